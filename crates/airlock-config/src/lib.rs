@@ -1,1 +1,167 @@
-//! placeholder
+//! airlock's configuration: the TOML file, its defaults and its validation.
+//!
+//! `load` reports *every* problem at once, each naming its key and line, instead of stopping at
+//! the first as a plain `#[serde(deny_unknown_fields)]` parse would: an operator fixing a config
+//! should see the whole list. So the file is parsed into a TOML table and walked key by key, each
+//! value deserialised on its own. Secrets are referenced by file path and never read here beyond a
+//! permission check; this crate must never log or return a secret's contents.
+
+mod check;
+mod lines;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use airlock_core::{Labels, PoolSpec, Scope};
+
+pub use check::load_str;
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    /// Dotted key, e.g. `github.poll_interval` or `pool[2].labels`.
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        match self.line {
+            Some(l) => write!(f, "{sev}: line {l}: {}: {}", self.key, self.message),
+            None => write!(f, "{sev}: {}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// A config that failed to load: every diagnostic, at least one of them an error.
+#[derive(Debug, thiserror::Error)]
+#[error("{} in {path}", summary(.diagnostics))]
+pub struct ConfigError {
+    pub path: String,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+fn summary(d: &[Diagnostic]) -> String {
+    let n = d.iter().filter(|d| d.severity == Severity::Error).count();
+    format!("{n} error{}", if n == 1 { "" } else { "s" })
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub github: GitHubConfig,
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerConfig {
+    /// Webhook, API and metrics.
+    pub listen: SocketAddr,
+    /// SQLite database, runner logs, sandboxes' files.
+    pub state_dir: PathBuf,
+    /// On SIGTERM, how long busy runners get to finish their jobs.
+    #[serde(with = "humantime_serde_shim")]
+    pub drain_grace: Duration,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GitHubConfig {
+    pub api_url: String,
+    pub webhook_secret_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde_shim")]
+    pub poll_interval: Duration,
+    #[serde(with = "humantime_serde_shim")]
+    pub request_timeout: Duration,
+    pub auth: Auth,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub enum Auth {
+    Token { token_file: PathBuf },
+    App {
+        /// The JWT issuer: the App's client ID (recommended by GitHub) or its numeric App ID.
+        issuer: String,
+        private_key_file: PathBuf,
+        installation_id: Option<u64>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Runner as a child process: NOT isolated. Development and demos only.
+    Process,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolConfig {
+    pub name: String,
+    pub scope: Scope,
+    pub labels: Vec<String>,
+    pub runner_group: String,
+    pub backend: BackendKind,
+    /// The runner program the process backend starts (actions/runner's `run.sh`, or ghsim's
+    /// stand-in `airlock-runner`).
+    pub runner_command: PathBuf,
+    pub min_idle: u32,
+    pub max_runners: u32,
+    #[serde(with = "humantime_serde_shim")]
+    pub boot_timeout: Duration,
+    #[serde(with = "humantime_serde_shim")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde_shim")]
+    pub job_timeout: Duration,
+}
+
+impl PoolConfig {
+    pub fn spec(&self) -> PoolSpec {
+        PoolSpec {
+            name: self.name.clone(),
+            scope: self.scope.clone(),
+            labels: Labels::new(&self.labels),
+            min_idle: self.min_idle,
+            max_runners: self.max_runners,
+            boot_timeout: self.boot_timeout.as_secs() as i64,
+            idle_timeout: self.idle_timeout.as_secs() as i64,
+            job_timeout: self.job_timeout.as_secs() as i64,
+        }
+    }
+}
+
+mod humantime_serde_shim {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/airlock";
+pub const DEFAULT_API_URL: &str = "https://api.github.com";
+
+/// Loads and validates a config file. Warnings come back with the config; any error fails.
+pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.display().to_string(),
+        diagnostics: vec![Diagnostic {
+            severity: Severity::Error,
+            key: "(file)".into(),
+            line: None,
+            message: format!("cannot read the config file: {e}"),
+        }],
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    load_str(&text, base).map_err(|diagnostics| ConfigError { path: path.display().to_string(), diagnostics })
+}

@@ -1,0 +1,529 @@
+//! The walker behind `load`: every key read on its own, every problem collected.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use airlock_core::{Labels, Scope};
+use serde::de::DeserializeOwned;
+use toml::{Table, Value};
+
+use crate::lines::LineIndex;
+use crate::*;
+
+struct Walker<'a> {
+    lines: LineIndex,
+    base: &'a Path,
+    diags: Vec<Diagnostic>,
+}
+
+impl Walker<'_> {
+    fn push(&mut self, severity: Severity, key: &str, message: impl Into<String>) {
+        // Point at the key's own line, or failing that at its section's header.
+        let line = self
+            .lines
+            .line(key)
+            .or_else(|| key.rsplit_once('.').and_then(|(section, _)| self.lines.line(section)));
+        self.diags.push(Diagnostic { severity, key: key.to_string(), line, message: message.into() });
+    }
+
+    fn error(&mut self, key: &str, message: impl Into<String>) {
+        self.push(Severity::Error, key, message)
+    }
+
+    fn warn(&mut self, key: &str, message: impl Into<String>) {
+        self.push(Severity::Warning, key, message)
+    }
+
+    /// Removes and deserialises `key`; a wrong type is reported and gives `None`.
+    fn take<T: DeserializeOwned>(&mut self, t: &mut Table, section: &str, key: &str, what: &str) -> Option<T> {
+        let v = t.remove(key)?;
+        let full = format!("{section}.{key}");
+        let shown = v.to_string();
+        match v.try_into::<T>() {
+            Ok(x) => Some(x),
+            Err(_) => {
+                self.error(&full, format!("expected {what}, got {shown}"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, t: &mut Table, section: &str, key: &str, default: Duration) -> Duration {
+        let Some(s) = self.take::<String>(t, section, key, "a duration such as \"90s\", \"5m\" or \"6h\"") else {
+            return default;
+        };
+        match humantime::parse_duration(&s) {
+            Ok(d) if d.is_zero() => {
+                self.error(&format!("{section}.{key}"), "must be longer than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.error(
+                    &format!("{section}.{key}"),
+                    format!("{s:?} is not a duration ({e}); write e.g. \"90s\", \"5m\" or \"6h\""),
+                );
+                default
+            }
+        }
+    }
+
+    fn path(&mut self, t: &mut Table, section: &str, key: &str) -> Option<PathBuf> {
+        let p: PathBuf = self.take::<String>(t, section, key, "a file path")?.into();
+        Some(if p.is_absolute() { p } else { self.base.join(p) })
+    }
+
+    fn unknown(&mut self, t: Table, section: &str, known: &[&str]) {
+        for k in t.keys() {
+            self.error(&format!("{section}.{k}"), format!("unknown key; expected one of: {}", known.join(", ")));
+        }
+    }
+
+    fn table(&mut self, root: &mut Table, name: &str) -> Table {
+        match root.remove(name) {
+            None => Table::new(),
+            Some(Value::Table(t)) => t,
+            Some(_) => {
+                self.error(name, "expected a table: [".to_string() + name + "]");
+                Table::new()
+            }
+        }
+    }
+
+    /// A secret file must exist, be readable, and not be readable by group or others.
+    fn secret_file(&mut self, key: &str, path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(path) {
+            Err(e) => self.error(key, format!("cannot read {}: {e}", path.display())),
+            Ok(m) if !m.is_file() => self.error(key, format!("{} is not a regular file", path.display())),
+            Ok(m) => {
+                let mode = m.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    self.error(
+                        key,
+                        format!(
+                            "{} is readable by other users (mode {mode:04o}); run: chmod 600 {}",
+                            path.display(),
+                            path.display()
+                        ),
+                    );
+                } else if let Err(e) = std::fs::File::open(path) {
+                    self.error(key, format!("cannot read {}: {e}", path.display()));
+                }
+            }
+        }
+    }
+}
+
+const SERVER_KEYS: &[&str] = &["listen", "state_dir", "drain_grace"];
+const GITHUB_KEYS: &[&str] = &[
+    "api_url",
+    "webhook_secret_file",
+    "poll_interval",
+    "request_timeout",
+    "token_file",
+    "app_id",
+    "client_id",
+    "private_key_file",
+    "installation_id",
+];
+const POOL_KEYS: &[&str] = &[
+    "name",
+    "scope",
+    "labels",
+    "runner_group",
+    "backend",
+    "runner_command",
+    "min_idle",
+    "max_runners",
+    "boot_timeout",
+    "idle_timeout",
+    "job_timeout",
+];
+
+/// Parses and validates config text; relative paths resolve against `base`.
+pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let mut w = Walker { lines: LineIndex::new(text), base, diags: Vec::new() };
+    let mut root: Table = match text.parse::<Table>() {
+        Ok(t) => t,
+        Err(e) => {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            return Err(vec![Diagnostic {
+                severity: Severity::Error,
+                key: "(syntax)".into(),
+                line,
+                message: e.message().to_string(),
+            }]);
+        }
+    };
+
+    // [server]
+    let mut t = w.table(&mut root, "server");
+    let listen = match w.take::<String>(&mut t, "server", "listen", "an address such as \"127.0.0.1:8080\"") {
+        Some(s) => match s.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                w.error("server.listen", format!("{s:?} is not an IP address and port such as \"127.0.0.1:8080\""));
+                DEFAULT_LISTEN.parse().unwrap()
+            }
+        },
+        None => DEFAULT_LISTEN.parse().unwrap(),
+    };
+    let state_dir = w.path(&mut t, "server", "state_dir").unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+    let drain_grace = w.duration(&mut t, "server", "drain_grace", Duration::from_secs(15 * 60));
+    w.unknown(t, "server", SERVER_KEYS);
+    let server = ServerConfig { listen, state_dir, drain_grace };
+
+    // [github]
+    let mut t = w.table(&mut root, "github");
+    let api_url = w
+        .take::<String>(&mut t, "github", "api_url", "a URL")
+        .unwrap_or_else(|| DEFAULT_API_URL.to_string());
+    if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+        w.error("github.api_url", format!("{api_url:?} must start with https:// (or http:// for a local emulator)"));
+    }
+    let api_url = api_url.trim_end_matches('/').to_string();
+    let webhook_secret_file = w.path(&mut t, "github", "webhook_secret_file");
+    let poll_interval = w.duration(&mut t, "github", "poll_interval", Duration::from_secs(60));
+    let request_timeout = w.duration(&mut t, "github", "request_timeout", Duration::from_secs(30));
+    let token_file = w.path(&mut t, "github", "token_file");
+    let app_id = w.take::<u64>(&mut t, "github", "app_id", "a number");
+    let client_id = w.take::<String>(&mut t, "github", "client_id", "a string such as \"Iv1.abc\"");
+    let private_key_file = w.path(&mut t, "github", "private_key_file");
+    let installation_id = w.take::<u64>(&mut t, "github", "installation_id", "a number");
+    w.unknown(t, "github", GITHUB_KEYS);
+
+    if app_id.is_some() && client_id.is_some() {
+        w.error("github.client_id", "set app_id or client_id, not both");
+    }
+    let issuer = client_id.or(app_id.map(|i| i.to_string()));
+    let auth = match (token_file, issuer, private_key_file) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            w.error("github.token_file", "set token_file or a GitHub App (app_id/client_id + private_key_file), not both");
+            None
+        }
+        (Some(token_file), None, None) => {
+            w.secret_file("github.token_file", &token_file);
+            Some(Auth::Token { token_file })
+        }
+        (None, Some(issuer), Some(private_key_file)) => {
+            w.secret_file("github.private_key_file", &private_key_file);
+            Some(Auth::App { issuer, private_key_file, installation_id })
+        }
+        (None, Some(_), None) => {
+            w.error("github.private_key_file", "a GitHub App needs private_key_file");
+            None
+        }
+        (None, None, Some(_)) => {
+            w.error("github.app_id", "private_key_file is set but neither app_id nor client_id is");
+            None
+        }
+        (None, None, None) => {
+            w.error("github", "no credentials: set token_file, or app_id (or client_id) and private_key_file");
+            None
+        }
+    };
+    match &webhook_secret_file {
+        Some(p) => w.secret_file("github.webhook_secret_file", p),
+        None => w.warn(
+            "github.webhook_secret_file",
+            "not set: every webhook will be refused and queued jobs are found only by polling",
+        ),
+    }
+
+    // [[pool]]
+    let pools_raw = match root.remove("pool") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a,
+        Some(_) => {
+            w.error("pool", "expected one or more [[pool]] tables");
+            Vec::new()
+        }
+    };
+    if pools_raw.is_empty() {
+        w.error("pool", "no pools: add at least one [[pool]]");
+    }
+    let mut pools = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut label_sets: HashMap<Labels, String> = HashMap::new();
+    for (i, v) in pools_raw.into_iter().enumerate() {
+        let sec = format!("pool[{i}]");
+        let Value::Table(mut t) = v else {
+            w.error(&sec, "expected a table");
+            continue;
+        };
+        let name = w.take::<String>(&mut t, &sec, "name", "a string").unwrap_or_default();
+        if name.is_empty() {
+            w.error(&format!("{sec}.name"), "every pool needs a name");
+        } else if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            || name.len() > 40
+        {
+            w.error(&format!("{sec}.name"), format!("{name:?}: use 1-40 of a-z, 0-9 and '-' (it becomes part of runner names)"));
+        } else if let Some(j) = names.insert(name.clone(), i) {
+            w.error(&format!("{sec}.name"), format!("{name:?} is already the name of pool[{j}]"));
+        }
+        let scope = match w.take::<String>(&mut t, &sec, "scope", "a string such as \"repo:OWNER/NAME\"") {
+            Some(s) => match Scope::parse(&s) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    w.error(&format!("{sec}.scope"), e);
+                    None
+                }
+            },
+            None => {
+                w.error(&format!("{sec}.scope"), "missing: set repo:OWNER/NAME, org:NAME or enterprise:SLUG");
+                None
+            }
+        };
+        let labels = w.take::<Vec<String>>(&mut t, &sec, "labels", "a list of strings").unwrap_or_default();
+        if labels.iter().all(|l| l.trim().is_empty()) {
+            w.error(&format!("{sec}.labels"), "empty: a pool without labels can never match a job");
+        } else if labels.len() > 100 {
+            w.error(&format!("{sec}.labels"), "GitHub allows at most 100 labels per runner");
+        } else {
+            let set = Labels::new(&labels);
+            if let Some(other) = label_sets.insert(set.clone(), name.clone()) {
+                w.warn(
+                    &format!("{sec}.labels"),
+                    format!("pool {other:?} serves the identical label set {set}; the one listed first gets every job"),
+                );
+            }
+        }
+        let runner_group = w.take::<String>(&mut t, &sec, "runner_group", "a string").unwrap_or_else(|| "Default".into());
+        let backend = match w.take::<String>(&mut t, &sec, "backend", "a string").as_deref() {
+            None | Some("process") => BackendKind::Process,
+            Some(b @ ("container" | "microvm")) => {
+                w.error(&format!("{sec}.backend"), format!("{b:?} is not available in this version; use \"process\""));
+                BackendKind::Process
+            }
+            Some(other) => {
+                w.error(&format!("{sec}.backend"), format!("{other:?} is not a backend; expected \"process\""));
+                BackendKind::Process
+            }
+        };
+        let runner_command = w
+            .path(&mut t, &sec, "runner_command")
+            .unwrap_or_else(|| PathBuf::from("/opt/actions-runner/run.sh"));
+        check_executable(&mut w, &format!("{sec}.runner_command"), &runner_command);
+        let min_idle = w.take::<u32>(&mut t, &sec, "min_idle", "a whole number ≥ 0").unwrap_or(0);
+        let max_runners = w.take::<u32>(&mut t, &sec, "max_runners", "a whole number ≥ 1").unwrap_or(8);
+        if max_runners == 0 {
+            w.error(&format!("{sec}.max_runners"), "must be at least 1");
+        }
+        if min_idle > max_runners {
+            w.error(&format!("{sec}.min_idle"), format!("{min_idle} is more than max_runners ({max_runners})"));
+        }
+        let boot_timeout = w.duration(&mut t, &sec, "boot_timeout", Duration::from_secs(300));
+        let idle_timeout = w.duration(&mut t, &sec, "idle_timeout", Duration::from_secs(600));
+        let job_timeout = w.duration(&mut t, &sec, "job_timeout", Duration::from_secs(6 * 3600));
+        w.unknown(t, &sec, POOL_KEYS);
+        if let Some(scope) = scope {
+            pools.push(PoolConfig {
+                name,
+                scope,
+                labels,
+                runner_group,
+                backend,
+                runner_command,
+                min_idle,
+                max_runners,
+                boot_timeout,
+                idle_timeout,
+                job_timeout,
+            });
+        }
+    }
+    for k in root.keys() {
+        w.error(k, "unknown top-level key; expected [server], [github] or [[pool]]");
+    }
+
+    let has_error = w.diags.iter().any(|d| d.severity == Severity::Error);
+    match (auth, has_error) {
+        (Some(auth), false) => Ok((
+            Config {
+                server,
+                github: GitHubConfig { api_url, webhook_secret_file, poll_interval, request_timeout, auth },
+                pools,
+            },
+            w.diags,
+        )),
+        _ => Err(w.diags),
+    }
+}
+
+fn check_executable(w: &mut Walker<'_>, key: &str, path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Err(e) => w.error(key, format!("cannot use {}: {e}", path.display())),
+        Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => {
+            w.error(key, format!("{} is not an executable file", path.display()))
+        }
+        Ok(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn dir_with_secrets() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (f, mode) in [("token", 0o600), ("secret", 0o600), ("open", 0o644)] {
+            let p = d.path().join(f);
+            std::fs::write(&p, "x").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        d
+    }
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:9090"
+state_dir = "state"
+
+[github]
+api_url = "http://127.0.0.1:1234/"
+webhook_secret_file = "secret"
+poll_interval = "3s"
+token_file = "token"
+
+[[pool]]
+name = "small"
+scope = "repo:octo/hello"
+labels = ["self-hosted", "linux"]
+runner_command = "/bin/sh"
+max_runners = 3
+
+[[pool]]
+name = "org-big"
+scope = "org:octo"
+labels = ["self-hosted", "big"]
+runner_command = "/bin/sh"
+boot_timeout = "90s"
+"#;
+
+    #[test]
+    fn a_good_config_loads_with_defaults() {
+        let d = dir_with_secrets();
+        let (c, diags) = load_str(GOOD, d.path()).unwrap();
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.server.state_dir, d.path().join("state"));
+        assert_eq!(c.github.api_url, "http://127.0.0.1:1234");
+        assert_eq!(c.github.poll_interval, Duration::from_secs(3));
+        assert_eq!(c.pools.len(), 2);
+        assert_eq!(c.pools[0].runner_group, "Default");
+        assert_eq!(c.pools[0].idle_timeout, Duration::from_secs(600));
+        assert_eq!(c.pools[1].boot_timeout, Duration::from_secs(90));
+        assert_eq!(c.pools[1].max_runners, 8);
+        assert!(matches!(c.github.auth, Auth::Token { .. }));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_key_and_line() {
+        let d = dir_with_secrets();
+        let bad = r#"
+[server]
+listen = "nonsense"
+colour = "blue"
+
+[github]
+poll_interval = "soon"
+token_file = "open"
+webhook_secret_file = "missing"
+
+[[pool]]
+name = "a"
+scope = "repo:octo/hello"
+labels = []
+runner_command = "/bin/sh"
+
+[[pool]]
+name = "b"
+scope = "team:x"
+labels = ["x"]
+min_idle = 5
+max_runners = 2
+runner_command = "/nonexistent/runner"
+backend = "kvm"
+boot_timeout = 7
+"#;
+        let diags = load_str(bad, d.path()).unwrap_err();
+        let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        let want = [
+            ("server.listen", 3),
+            ("server.colour", 4),
+            ("github.poll_interval", 7),
+            ("github.token_file", 8),
+            ("github.webhook_secret_file", 9),
+            ("pool[0].labels", 14),
+            ("pool[1].scope", 19),
+            ("pool[1].min_idle", 21),
+            ("pool[1].runner_command", 23),
+            ("pool[1].backend", 24),
+            ("pool[1].boot_timeout", 25),
+        ];
+        for (key, line) in want {
+            assert!(
+                diags.iter().any(|d| d.key == key && d.line == Some(line) && d.severity == Severity::Error),
+                "no error for {key} at line {line} in:\n{}",
+                text.join("\n")
+            );
+        }
+        assert!(text.iter().any(|t| t.contains("readable by other users (mode 0644)")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("can never match")), "{text:?}");
+    }
+
+    #[test]
+    fn warnings_for_identical_label_sets_and_no_webhook_secret() {
+        let d = dir_with_secrets();
+        let text = r#"
+[github]
+token_file = "token"
+[[pool]]
+name = "a"
+scope = "repo:o/r"
+labels = ["Linux", "x64"]
+runner_command = "/bin/sh"
+[[pool]]
+name = "b"
+scope = "repo:o/r"
+labels = ["x64", "linux"]
+runner_command = "/bin/sh"
+"#;
+        let (_, diags) = load_str(text, d.path()).unwrap();
+        assert_eq!(diags.len(), 2, "{diags:?}");
+        assert!(diags.iter().all(|d| d.severity == Severity::Warning));
+        assert!(diags.iter().any(|d| d.key == "pool[1].labels" && d.line == Some(12)));
+        assert!(diags.iter().any(|d| d.key == "github.webhook_secret_file"));
+    }
+
+    #[test]
+    fn credentials_must_be_one_kind() {
+        let d = dir_with_secrets();
+        let pool = "[[pool]]\nname=\"a\"\nscope=\"org:o\"\nlabels=[\"x\"]\nrunner_command=\"/bin/sh\"\n";
+        let cases = [
+            ("[github]\n", "no credentials"),
+            ("[github]\ntoken_file=\"token\"\napp_id=1\n", "not both"),
+            ("[github]\napp_id=1\n", "needs private_key_file"),
+            ("[github]\napp_id=1\nclient_id=\"Iv1.x\"\nprivate_key_file=\"token\"\n", "not both"),
+        ];
+        for (gh, want) in cases {
+            let diags = load_str(&format!("{gh}{pool}"), d.path()).unwrap_err();
+            assert!(diags.iter().any(|x| x.message.contains(want)), "{gh}: {diags:?}");
+        }
+        let (c, _) =
+            load_str(&format!("[github]\nclient_id=\"Iv1.x\"\nprivate_key_file=\"token\"\n{pool}"), d.path()).unwrap();
+        assert!(matches!(c.github.auth, Auth::App { ref issuer, .. } if issuer == "Iv1.x"));
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let diags = load_str("[server]\nlisten = \n", Path::new(".")).unwrap_err();
+        assert_eq!(diags.len(), 1);
+        assert_eq!(diags[0].line, Some(2), "{diags:?}");
+    }
+}
