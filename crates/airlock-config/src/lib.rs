@@ -134,9 +134,9 @@ impl PoolConfig {
             labels: Labels::new(&self.labels),
             min_idle: self.min_idle,
             max_runners: self.max_runners,
-            boot_timeout: self.boot_timeout.as_secs() as i64,
-            idle_timeout: self.idle_timeout.as_secs() as i64,
-            job_timeout: self.job_timeout.as_secs() as i64,
+            boot_timeout: self.boot_timeout.as_millis() as i64,
+            idle_timeout: self.idle_timeout.as_millis() as i64,
+            job_timeout: self.job_timeout.as_millis() as i64,
         }
     }
 }

@@ -10,10 +10,10 @@ pub mod planner;
 pub mod state;
 
 pub use labels::Labels;
-pub use planner::{plan, Op, PlanInput, PoolSpec, RegistrationView, RunnerView, StopReason};
+pub use planner::{choose_pool, plan, JobView, Op, PlanInput, PoolSpec, RegistrationView, RunnerView, StopReason};
 pub use state::{JobStatus, RunnerState, SandboxState, Step, TransitionError};
 
-/// Seconds since the Unix epoch. The core never reads the clock; callers pass `now`.
+/// Milliseconds since the Unix epoch. The core never reads the clock; callers pass `now`.
 pub type Timestamp = i64;
 
 /// The scope at which a pool registers its runners (and GitHub's runner endpoints live).
@@ -111,4 +111,23 @@ mod tests {
         }
         assert_eq!(r.to_string(), "repo:octo/hello");
     }
+}
+
+/// What airlock learned about one job, from a webhook or from polling. GitHub's JSON is turned
+/// into this by `airlock-github`; nothing past that crate sees GitHub's field names.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JobObservation {
+    pub id: u64,
+    pub run_id: u64,
+    /// `owner/name`.
+    pub repo: String,
+    pub enterprise: Option<String>,
+    pub name: String,
+    pub labels: Labels,
+    pub status: JobStatus,
+    pub conclusion: Option<String>,
+    pub runner_name: Option<String>,
+    pub created_at: Option<Timestamp>,
+    pub started_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
 }

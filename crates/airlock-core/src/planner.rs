@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::{JobStatus, Labels, RunnerState, Scope, Timestamp, RUNNER_PREFIX};
 
-/// A pool as the planner sees it: the config, with durations in seconds.
+/// A pool as the planner sees it: the config, with durations in milliseconds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSpec {
     pub name: String,
@@ -37,9 +37,9 @@ impl PoolSpec {
             labels: Labels::new(["self-hosted", name]),
             min_idle: 0,
             max_runners: 10,
-            boot_timeout: 300,
-            idle_timeout: 600,
-            job_timeout: 6 * 3600,
+            boot_timeout: 300_000,
+            idle_timeout: 600_000,
+            job_timeout: 6 * 3600_000,
         }
     }
     pub fn labels(mut self, l: &[&str]) -> Self {
@@ -268,7 +268,7 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Op> {
 mod tests {
     use super::*;
 
-    const NOW: Timestamp = 1_000_000;
+    const NOW: Timestamp = 1_700_000_000_000;
 
     fn job(id: u64, labels: &[&str]) -> JobView {
         JobView {
@@ -285,8 +285,8 @@ mod tests {
             name: name.into(),
             pool: pool.into(),
             state,
-            created_at: NOW - since_secs_ago,
-            state_since: NOW - since_secs_ago,
+            created_at: NOW - since_secs_ago * 1000,
+            state_since: NOW - since_secs_ago * 1000,
             sandbox_id: format!("sb-{name}"),
             exited: false,
         }

@@ -1,1 +1,621 @@
-//! placeholder
+//! airlock's state: SQLite in WAL mode, the embedded default. The only crate that knows SQL.
+//!
+//! Jobs, runners, sandboxes, the webhook deliveries seen (for deduplication) and an event
+//! history of every transition. Runner and sandbox moves are compare-and-set: the current state
+//! is read, checked by the exhaustive transition function in `airlock-core`, and written with
+//! `WHERE state = <what was read>` inside one transaction, so a concurrent or replayed move
+//! cannot overwrite a newer state. This crate must never call GitHub or a sandbox backend.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use airlock_core::{
+    JobObservation, JobStatus, Labels, RunnerState, SandboxState, Step, Timestamp, TransitionError,
+};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {path}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("the database {path} has schema version {found}, newer than this airlock ({supported}); upgrade airlock")]
+    TooNew { path: PathBuf, found: i64, supported: i64 },
+    #[error("database error")]
+    Sql(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("no {entity} named {id:?}")]
+    Missing { entity: &'static str, id: String },
+    #[error("{entity} {id:?} changed concurrently (expected {expected})")]
+    Conflict { entity: &'static str, id: String, expected: String },
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL,
+        repo TEXT NOT NULL,
+        enterprise TEXT,
+        name TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        status TEXT NOT NULL,
+        conclusion TEXT,
+        runner_name TEXT,
+        created_at INTEGER,
+        started_at INTEGER,
+        completed_at INTEGER,
+        first_seen_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX jobs_open ON jobs(status) WHERE status != 'completed';
+    CREATE TABLE runners (
+        name TEXT PRIMARY KEY,
+        pool TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        state TEXT NOT NULL,
+        github_id INTEGER,
+        sandbox_id TEXT NOT NULL,
+        job_id INTEGER,
+        created_at INTEGER NOT NULL,
+        state_since INTEGER NOT NULL,
+        started_at INTEGER,
+        stopped_at INTEGER,
+        exit_code INTEGER,
+        stop_reason TEXT,
+        took_unknown_job INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX runners_live ON runners(state) WHERE state != 'gone';
+    CREATE TABLE sandboxes (
+        id TEXT PRIMARY KEY,
+        runner_name TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        state_since INTEGER NOT NULL,
+        exit_code INTEGER
+    );
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        entity TEXT NOT NULL,
+        id TEXT NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE TABLE deliveries (
+        guid TEXT PRIMARY KEY,
+        event TEXT NOT NULL,
+        action TEXT,
+        received_at INTEGER NOT NULL
+    );
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    "#,
+];
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct JobRecord {
+    pub id: u64,
+    pub run_id: u64,
+    pub repo: String,
+    pub enterprise: Option<String>,
+    pub name: String,
+    pub labels: Labels,
+    pub status: JobStatus,
+    pub conclusion: Option<String>,
+    pub runner_name: Option<String>,
+    pub created_at: Option<Timestamp>,
+    pub started_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
+    pub first_seen_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunnerRecord {
+    pub name: String,
+    pub pool: String,
+    pub scope: String,
+    pub state: RunnerState,
+    pub github_id: Option<u64>,
+    pub sandbox_id: String,
+    pub job_id: Option<u64>,
+    pub created_at: Timestamp,
+    pub state_since: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub stopped_at: Option<Timestamp>,
+    pub exit_code: Option<i32>,
+    pub stop_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub at: Timestamp,
+    pub entity: String,
+    pub id: String,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub detail: Option<String>,
+}
+
+/// What became of a webhook delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ingest {
+    /// Seen before (same `X-GitHub-Delivery`): nothing changed.
+    Duplicate,
+    /// Stored; `changed` tells whether any job or runner moved.
+    Stored { changed: bool },
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+fn opt_u64(v: Option<i64>) -> Option<u64> {
+    v.map(|x| x as u64)
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let supported = MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(StoreError::TooNew { path: path.to_path_buf(), found: version, supported });
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(m)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Store { conn: Mutex::new(conn), path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
+        // back on drop), so a poisoned lock is safe to keep using.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a webhook delivery and applies the job it carries, in one transaction: either both
+    /// are stored or neither, so a crash between them cannot lose or double an event.
+    pub fn ingest_delivery(
+        &self,
+        guid: &str,
+        event: &str,
+        action: Option<&str>,
+        job: Option<&JobObservation>,
+        now: Timestamp,
+    ) -> Result<Ingest, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO deliveries (guid, event, action, received_at) VALUES (?1, ?2, ?3, ?4)",
+            params![guid, event, action, now],
+        )?;
+        if inserted == 0 {
+            return Ok(Ingest::Duplicate);
+        }
+        let changed = match job {
+            Some(j) => apply_job(&tx, j, now)?,
+            None => false,
+        };
+        tx.commit()?;
+        Ok(Ingest::Stored { changed })
+    }
+
+    /// Applies jobs seen by polling. Returns how many jobs or runners changed.
+    pub fn observe_jobs(&self, jobs: &[JobObservation], now: Timestamp) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut n = 0;
+        for j in jobs {
+            if apply_job(&tx, j, now)? {
+                n += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    pub fn open_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.jobs_where("status != 'completed'")
+    }
+
+    pub fn all_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.jobs_where("1")
+    }
+
+    pub fn job(&self, id: u64) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.jobs_where(&format!("id = {}", id as i64))?.pop())
+    }
+
+    fn jobs_where(&self, cond: &str) -> Result<Vec<JobRecord>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT id, run_id, repo, enterprise, name, labels, status, conclusion, runner_name,
+                    created_at, started_at, completed_at, first_seen_at FROM jobs WHERE {cond} ORDER BY id"
+        ))?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                JobRecord {
+                    id: r.get::<_, i64>(0)? as u64,
+                    run_id: r.get::<_, i64>(1)? as u64,
+                    repo: r.get(2)?,
+                    enterprise: r.get(3)?,
+                    name: r.get(4)?,
+                    labels: Labels::default(),
+                    status: JobStatus::Queued,
+                    conclusion: r.get(7)?,
+                    runner_name: r.get(8)?,
+                    created_at: r.get(9)?,
+                    started_at: r.get(10)?,
+                    completed_at: r.get(11)?,
+                    first_seen_at: r.get(12)?,
+                },
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut job, labels, status) = row?;
+            let labels: Vec<String> = serde_json::from_str(&labels)
+                .map_err(|e| StoreError::Corrupt { table: "jobs", detail: format!("labels of job {}: {e}", job.id) })?;
+            job.labels = Labels::new(labels);
+            job.status = JobStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt { table: "jobs", detail: format!("status {status:?}") })?;
+            out.push(job);
+        }
+        Ok(out)
+    }
+
+    /// Stores a new runner in `creating` with its sandbox, before anything exists outside: if
+    /// airlock dies right after, the runner is found and torn down instead of leaked.
+    pub fn insert_runner(
+        &self,
+        name: &str,
+        pool: &str,
+        scope: &str,
+        sandbox_id: &str,
+        backend: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO runners (name, pool, scope, state, sandbox_id, created_at, state_since)
+             VALUES (?1, ?2, ?3, 'creating', ?4, ?5, ?5)",
+            params![name, pool, scope, sandbox_id, now],
+        )?;
+        tx.execute(
+            "INSERT INTO sandboxes (id, runner_name, backend, state, created_at, state_since)
+             VALUES (?1, ?2, ?3, 'creating', ?4, ?4)",
+            params![sandbox_id, name, backend, now],
+        )?;
+        event(&tx, now, "runner", name, None, "creating", Some(pool))?;
+        event(&tx, now, "sandbox", sandbox_id, None, "creating", Some(backend))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Moves a runner by compare-and-set. `Unchanged` when it is already there.
+    pub fn runner_transition(
+        &self,
+        name: &str,
+        to: RunnerState,
+        now: Timestamp,
+        detail: Option<&str>,
+    ) -> Result<Step, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let step = runner_move(&tx, name, to, now, detail)?;
+        if to == RunnerState::Stopping {
+            if let Some(d) = detail {
+                tx.execute("UPDATE runners SET stop_reason = ?2 WHERE name = ?1 AND stop_reason IS NULL", params![name, d])?;
+            }
+        }
+        tx.commit()?;
+        Ok(step)
+    }
+
+    pub fn set_runner_registration(&self, name: &str, github_id: u64) -> Result<(), StoreError> {
+        self.conn()
+            .execute("UPDATE runners SET github_id = ?2 WHERE name = ?1", params![name, github_id as i64])?;
+        Ok(())
+    }
+
+    pub fn set_runner_started(&self, name: &str, now: Timestamp) -> Result<(), StoreError> {
+        self.conn().execute("UPDATE runners SET started_at = ?2 WHERE name = ?1", params![name, now])?;
+        Ok(())
+    }
+
+    /// Records how a runner's process ended. `took_unknown_job`: it exited cleanly without airlock
+    /// having seen it take a job, so it probably ran one whose webhook has not arrived yet.
+    pub fn set_runner_exit(&self, name: &str, code: Option<i32>, took_unknown_job: bool, now: Timestamp) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE runners SET exit_code = ?2, took_unknown_job = ?3, stopped_at = COALESCE(stopped_at, ?4) WHERE name = ?1",
+            params![name, code, took_unknown_job as i64, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn sandbox_transition(
+        &self,
+        id: &str,
+        to: SandboxState,
+        exit_code: Option<i32>,
+        now: Timestamp,
+    ) -> Result<Step, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let from: Option<String> =
+            tx.query_row("SELECT state FROM sandboxes WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        let from = from.ok_or_else(|| StoreError::Missing { entity: "sandbox", id: id.into() })?;
+        let cur = SandboxState::parse(&from)
+            .ok_or_else(|| StoreError::Corrupt { table: "sandboxes", detail: format!("state {from:?}") })?;
+        let step = cur.check(to)?;
+        if step == Step::Apply {
+            let n = tx.execute(
+                "UPDATE sandboxes SET state = ?2, state_since = ?3, exit_code = COALESCE(?4, exit_code)
+                 WHERE id = ?1 AND state = ?5",
+                params![id, to.as_str(), now, exit_code, from],
+            )?;
+            if n != 1 {
+                return Err(StoreError::Conflict { entity: "sandbox", id: id.into(), expected: from });
+            }
+            event(&tx, now, "sandbox", id, Some(&from), to.as_str(), exit_code.map(|c| format!("exit {c}")).as_deref())?;
+        }
+        tx.commit()?;
+        Ok(step)
+    }
+
+    pub fn live_runners(&self) -> Result<Vec<RunnerRecord>, StoreError> {
+        self.runners_where("state != 'gone'")
+    }
+
+    pub fn all_runners(&self) -> Result<Vec<RunnerRecord>, StoreError> {
+        self.runners_where("1")
+    }
+
+    pub fn runner(&self, name: &str) -> Result<Option<RunnerRecord>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!("{RUNNER_COLS} WHERE name = ?1"))?;
+        let r = st.query_row([name], runner_row).optional()?;
+        drop(st);
+        drop(conn);
+        r.map(|(r, s)| finish_runner(r, s)).transpose()
+    }
+
+    fn runners_where(&self, cond: &str) -> Result<Vec<RunnerRecord>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!("{RUNNER_COLS} WHERE {cond} ORDER BY created_at, name"))?;
+        let rows = st.query_map([], runner_row)?.collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(|(r, s)| finish_runner(r, s)).collect()
+    }
+
+    /// Per pool, runners that exited after taking a job airlock has not heard of, stopped after
+    /// `since` (the start of the last complete poll: one that began later would have seen the job).
+    pub fn unaccounted_exits(&self, since: Timestamp) -> Result<HashMap<String, u32>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT pool, COUNT(*) FROM runners
+             WHERE took_unknown_job = 1 AND job_id IS NULL AND stopped_at > ?1 GROUP BY pool",
+        )?;
+        let rows = st.query_map([since], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u32)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.conn().query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    pub fn events(&self, entity_id: Option<&str>) -> Result<Vec<EventRecord>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT seq, at, entity, id, from_state, to_state, detail FROM events
+             WHERE ?1 IS NULL OR id = ?1 ORDER BY seq",
+        )?;
+        let rows = st.query_map([entity_id], |r| {
+            Ok(EventRecord {
+                seq: r.get(0)?,
+                at: r.get(1)?,
+                entity: r.get(2)?,
+                id: r.get(3)?,
+                from_state: r.get(4)?,
+                to_state: r.get(5)?,
+                detail: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deliveries older than GitHub's redelivery window are no longer needed for deduplication.
+    pub fn prune_deliveries(&self, before: Timestamp) -> Result<usize, StoreError> {
+        Ok(self.conn().execute("DELETE FROM deliveries WHERE received_at < ?1", [before])?)
+    }
+
+    pub fn delivery_count(&self) -> Result<u64, StoreError> {
+        Ok(self.conn().query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+}
+
+const RUNNER_COLS: &str = "SELECT name, pool, scope, state, github_id, sandbox_id, job_id, created_at, state_since,
+    started_at, stopped_at, exit_code, stop_reason FROM runners";
+
+fn runner_row(r: &Row<'_>) -> rusqlite::Result<(RunnerRecord, String)> {
+    Ok((
+        RunnerRecord {
+            name: r.get(0)?,
+            pool: r.get(1)?,
+            scope: r.get(2)?,
+            state: RunnerState::Gone,
+            github_id: opt_u64(r.get(4)?),
+            sandbox_id: r.get(5)?,
+            job_id: opt_u64(r.get(6)?),
+            created_at: r.get(7)?,
+            state_since: r.get(8)?,
+            started_at: r.get(9)?,
+            stopped_at: r.get(10)?,
+            exit_code: r.get(11)?,
+            stop_reason: r.get(12)?,
+        },
+        r.get(3)?,
+    ))
+}
+
+fn finish_runner(mut r: RunnerRecord, state: String) -> Result<RunnerRecord, StoreError> {
+    r.state = RunnerState::parse(&state)
+        .ok_or_else(|| StoreError::Corrupt { table: "runners", detail: format!("state {state:?} of {}", r.name) })?;
+    Ok(r)
+}
+
+fn event(
+    tx: &rusqlite::Transaction<'_>,
+    at: Timestamp,
+    entity: &str,
+    id: &str,
+    from: Option<&str>,
+    to: &str,
+    detail: Option<&str>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO events (at, entity, id, from_state, to_state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![at, entity, id, from, to, detail],
+    )?;
+    Ok(())
+}
+
+fn runner_move(
+    tx: &rusqlite::Transaction<'_>,
+    name: &str,
+    to: RunnerState,
+    now: Timestamp,
+    detail: Option<&str>,
+) -> Result<Step, StoreError> {
+    let from: Option<String> =
+        tx.query_row("SELECT state FROM runners WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+    let from = from.ok_or_else(|| StoreError::Missing { entity: "runner", id: name.into() })?;
+    let cur = RunnerState::parse(&from)
+        .ok_or_else(|| StoreError::Corrupt { table: "runners", detail: format!("state {from:?}") })?;
+    let step = cur.check(to)?;
+    if step == Step::Apply {
+        let n = tx.execute(
+            "UPDATE runners SET state = ?2, state_since = ?3 WHERE name = ?1 AND state = ?4",
+            params![name, to.as_str(), now, from],
+        )?;
+        if n != 1 {
+            return Err(StoreError::Conflict { entity: "runner", id: name.into(), expected: from });
+        }
+        event(tx, now, "runner", name, Some(&from), to.as_str(), detail)?;
+    }
+    Ok(step)
+}
+
+/// Applies one observation of a job: insert, move forward, or ignore as stale. When it names one
+/// of our runners, that runner is marked as having taken this job (and busy, if it was not yet).
+fn apply_job(tx: &rusqlite::Transaction<'_>, j: &JobObservation, now: Timestamp) -> Result<bool, StoreError> {
+    let cur: Option<String> =
+        tx.query_row("SELECT status FROM jobs WHERE id = ?1", [j.id as i64], |r| r.get(0)).optional()?;
+    let labels = serde_json::to_string(&j.labels.to_vec()).expect("a list of strings serialises");
+    let mut changed = false;
+    match cur {
+        None => {
+            tx.execute(
+                "INSERT INTO jobs (id, run_id, repo, enterprise, name, labels, status, conclusion, runner_name,
+                                   created_at, started_at, completed_at, first_seen_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
+                params![
+                    j.id as i64,
+                    j.run_id as i64,
+                    j.repo,
+                    j.enterprise,
+                    j.name,
+                    labels,
+                    j.status.as_str(),
+                    j.conclusion,
+                    j.runner_name,
+                    j.created_at,
+                    j.started_at,
+                    j.completed_at,
+                    now
+                ],
+            )?;
+            event(tx, now, "job", &j.id.to_string(), None, j.status.as_str(), Some(&j.repo))?;
+            changed = true;
+        }
+        Some(from) => {
+            let cur = JobStatus::parse(&from)
+                .ok_or_else(|| StoreError::Corrupt { table: "jobs", detail: format!("status {from:?}") })?;
+            match cur.advance(j.status) {
+                Step::Apply => {
+                    tx.execute(
+                        "UPDATE jobs SET status = ?2, conclusion = COALESCE(?3, conclusion),
+                            runner_name = COALESCE(?4, runner_name), started_at = COALESCE(?5, started_at),
+                            completed_at = COALESCE(?6, completed_at), updated_at = ?7 WHERE id = ?1",
+                        params![j.id as i64, j.status.as_str(), j.conclusion, j.runner_name, j.started_at, j.completed_at, now],
+                    )?;
+                    event(tx, now, "job", &j.id.to_string(), Some(&from), j.status.as_str(), j.runner_name.as_deref())?;
+                    changed = true;
+                }
+                Step::Unchanged | Step::Stale => {
+                    // A stale status can still carry facts we lacked (e.g. the runner's name).
+                    tx.execute(
+                        "UPDATE jobs SET runner_name = COALESCE(runner_name, ?2), started_at = COALESCE(started_at, ?3)
+                         WHERE id = ?1",
+                        params![j.id as i64, j.runner_name, j.started_at],
+                    )?;
+                }
+            }
+        }
+    }
+    if let (Some(runner), JobStatus::InProgress | JobStatus::Completed) = (&j.runner_name, j.status) {
+        let row: Option<(String, Option<i64>)> = tx
+            .query_row("SELECT state, job_id FROM runners WHERE name = ?1", [runner], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((state, job_id)) = row {
+            if job_id.is_none() {
+                tx.execute("UPDATE runners SET job_id = ?2 WHERE name = ?1", params![runner, j.id as i64])?;
+                changed = true;
+            }
+            if matches!(state.as_str(), "creating" | "starting" | "idle") {
+                runner_move(tx, runner, RunnerState::Busy, now, Some(&format!("job {}", j.id)))?;
+                changed = true;
+            }
+        }
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests;
