@@ -1,1 +1,98 @@
-//! placeholder
+//! Sandbox backends: where a runner lives and dies. One trait, one implementation per kind of
+//! isolation, chosen by an enum and probed at start-up by running something tiny.
+//!
+//! A backend creates, starts, observes, lists and destroys sandboxes. It must never touch the
+//! store or call GitHub: it knows sandbox ids and runner programs, nothing else. Destroy is
+//! idempotent and correct even when create only half-finished; list reports what really exists
+//! (not what the store believes), which is how orphans are found after a crash. The runner's JIT
+//! config reaches it only through the environment of the runner process — never argv, never a
+//! world-readable file.
+
+pub mod process;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+/// The one-time runner config. Its `Debug` never prints the value.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub id: String,
+    pub runner_name: String,
+    /// The runner program to start (actions/runner's `run.sh`, or ghsim's `airlock-runner`).
+    pub runner_command: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxStatus {
+    /// Made but not started.
+    Created,
+    Running,
+    /// The runner process ended; its exit code when known (None: killed, or its supervisor was).
+    Exited(Option<i32>),
+    /// Nothing of it exists.
+    Missing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot create sandbox {id} at {path}")]
+    Create { id: String, path: PathBuf, source: std::io::Error },
+    #[error("cannot start the runner {command} in sandbox {id}")]
+    Start { id: String, command: PathBuf, source: std::io::Error },
+    #[error("sandbox {id} does not exist")]
+    Missing { id: String },
+    #[error("cannot destroy sandbox {id}: {detail}")]
+    Destroy { id: String, detail: String },
+    #[error("cannot list sandboxes in {path}")]
+    List { path: PathBuf, source: std::io::Error },
+    #[error("the {backend} backend failed its probe: {detail}")]
+    Probe { backend: &'static str, detail: String },
+    #[error("invalid sandbox id {id:?}")]
+    BadId { id: String },
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    fn kind(&self) -> &'static str;
+    /// Makes the sandbox without starting anything in it.
+    async fn create(&self, spec: &SandboxSpec) -> Result<(), SandboxError>;
+    /// Starts the runner with its JIT config.
+    async fn start(&self, spec: &SandboxSpec, jit: &Secret) -> Result<(), SandboxError>;
+    async fn status(&self, id: &str) -> Result<SandboxStatus, SandboxError>;
+    /// Every sandbox that exists, whatever the store thinks.
+    async fn list(&self) -> Result<Vec<(String, SandboxStatus)>, SandboxError>;
+    /// Removes the sandbox and everything in it; succeeds if it is already gone.
+    async fn destroy(&self, id: &str) -> Result<(), SandboxError>;
+}
+
+/// Sandbox ids become directory names: keep them to a safe alphabet.
+pub fn check_id(id: &str) -> Result<(), SandboxError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !id.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(SandboxError::BadId { id: id.to_string() })
+    }
+}
