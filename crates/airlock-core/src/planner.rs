@@ -78,6 +78,8 @@ pub struct RunnerView {
     pub sandbox_id: String,
     /// The backend reports its sandbox has exited (the runner process is done).
     pub exited: bool,
+    /// The runner's exit status, when it exited and the backend knows it.
+    pub exit_code: Option<i32>,
 }
 
 /// A runner registration as GitHub lists it.
@@ -188,7 +190,14 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Op> {
     for pool in input.pools {
         let runners = by_pool.remove(pool.name.as_str()).unwrap_or_default();
         let queued = demand.get(&pool.name).copied().unwrap_or(0);
-        let offset = input.unaccounted.get(&pool.name).copied().unwrap_or(0);
+        // Runners exiting cleanly right now without a known job most likely ran a queued job
+        // whose webhook is still on its way: count them like the earlier unaccounted exits.
+        let exiting = runners
+            .iter()
+            .filter(|r| r.exited && r.exit_code == Some(0))
+            .filter(|r| matches!(r.state, RunnerState::Starting | RunnerState::Idle))
+            .count() as u32;
+        let offset = input.unaccounted.get(&pool.name).copied().unwrap_or(0) + exiting;
         let wanted = if input.draining { 0 } else { queued.saturating_sub(offset) + pool.min_idle };
 
         let mut available: Vec<&RunnerView> = Vec::new();
@@ -289,6 +298,7 @@ mod tests {
             state_since: NOW - since_secs_ago * 1000,
             sandbox_id: format!("sb-{name}"),
             exited: false,
+            exit_code: None,
         }
     }
 
@@ -465,6 +475,16 @@ mod tests {
                 jobs: vec![job(1, &["small"]), job(2, &["small"])],
                 unaccounted: vec![("small", 1)],
                 want: vec![create("small")],
+                ..Default::default()
+            },
+            Case {
+                name: "a clean exit before the job's webhook offsets demand in the same pass",
+                jobs: vec![job(1, &["small"]), job(2, &["small"])],
+                runners: vec![
+                    RunnerView { exited: true, exit_code: Some(0), ..runner("s1", "small", Starting, 5) },
+                    RunnerView { exited: true, exit_code: Some(1), ..runner("s2", "small", Starting, 5) },
+                ],
+                want: vec![stop("s1", StopReason::Exited), stop("s2", StopReason::Exited), create("small")],
                 ..Default::default()
             },
             Case {

@@ -1,1 +1,245 @@
-//! placeholder
+//! The airlock daemon: wiring of the store, the GitHub client, a sandbox backend, the control
+//! loop, the poller and the HTTP side (webhook, API, metrics).
+//!
+//! The control loop is level-triggered: webhooks, runner exits, polls and a one-second tick only
+//! *wake* it; each pass reads what exists (store, backend) and what is wanted (open jobs), asks the
+//! pure planner for operations and performs them. A lost, duplicated or reordered event therefore
+//! changes nothing, and a pass interrupted by a crash is simply repeated after restart.
+
+mod http;
+pub mod metrics;
+mod poll;
+mod reconcile;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use airlock_config::{Auth, Config};
+use airlock_core::RegistrationView;
+use airlock_github::{AppCredentials, Client, ClientOptions, Credentials};
+use airlock_sandbox::process::ProcessBackend;
+use airlock_sandbox::Backend;
+use airlock_store::Store;
+use tokio::sync::{watch, Notify};
+
+pub use metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the state directory {path}")]
+    StateDir { path: String, source: std::io::Error },
+    #[error("cannot read {what} from {path}")]
+    Secret { what: &'static str, path: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] airlock_store::StoreError),
+    #[error(transparent)]
+    GitHub(#[from] airlock_github::GitHubError),
+    #[error(transparent)]
+    Sandbox(#[from] airlock_sandbox::SandboxError),
+    #[error("cannot listen on {addr}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Mutable state shared by the loop, the poller and the HTTP side. Never held across an await.
+#[derive(Debug, Default)]
+struct Shared {
+    /// The latest registrations GitHub listed, for orphan reaping and runner states.
+    registrations: Vec<RegistrationView>,
+    group_ids: HashMap<String, u64>,
+    /// No creates before this (after GitHub or the backend failed), doubling per failure.
+    backoff_until: Option<Instant>,
+    backoff: Duration,
+    draining: bool,
+    /// Unix ms at which the last complete poll started (see the planner's `unaccounted`).
+    last_poll_start: i64,
+}
+
+pub struct Inner {
+    cfg: Config,
+    store: Store,
+    github: Client,
+    backend: Box<dyn Backend>,
+    pub metrics: Arc<Metrics>,
+    wake: Notify,
+    poll_now: Notify,
+    shared: Mutex<Shared>,
+    webhook_secret: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner").field("state_dir", &self.cfg.server.state_dir).finish()
+    }
+}
+
+impl Inner {
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// A running daemon.
+pub struct Handle {
+    pub addr: SocketAddr,
+    pub inner: Arc<Inner>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What a drain left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Busy runners that did not finish within the grace period and were destroyed.
+    pub forced: usize,
+}
+
+fn read_secret(what: &'static str, path: &Path) -> Result<String, StartError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|source| StartError::Secret { what, path: path.display().to_string(), source })
+}
+
+/// Starts the daemon: opens the store, probes the backend, recovers from an interrupted run,
+/// binds the HTTP listener and starts the loop and the poller.
+pub async fn start(cfg: Config) -> Result<Handle, StartError> {
+    let dir = cfg.server.state_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|source| StartError::StateDir { path: dir.display().to_string(), source })?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let store = Store::open(&dir.join("airlock.db"))?;
+    let metrics = Arc::new(Metrics::default());
+
+    let credentials = match &cfg.github.auth {
+        Auth::Token { token_file } => Credentials::Token(read_secret("the GitHub token", token_file)?),
+        Auth::App { issuer, private_key_file, installation_id } => Credentials::App(AppCredentials {
+            issuer: issuer.clone(),
+            private_key_pem: read_secret("the GitHub App private key", private_key_file)?.into_bytes(),
+            installation_id: *installation_id,
+        }),
+    };
+    let m = metrics.clone();
+    let observer: airlock_github::RequestObserver = Arc::new(move |method, status| {
+        m.github_requests
+            .get_or_create(&metrics::RequestLabels { method: method.to_string(), status: status.to_string() })
+            .inc();
+    });
+    let github = Client::new(
+        &cfg.github.api_url,
+        credentials,
+        ClientOptions { timeout: cfg.github.request_timeout, observer: Some(observer) },
+    )?;
+    let webhook_secret = match &cfg.github.webhook_secret_file {
+        Some(p) => Some(read_secret("the webhook secret", p)?.into_bytes()),
+        None => None,
+    };
+
+    let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let backend = ProcessBackend::new(dir.join("sandboxes"), Some(exit_tx));
+    backend.probe().await?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: cfg.server.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: cfg.server.listen, source })?;
+
+    let inner = Arc::new(Inner {
+        cfg,
+        store,
+        github,
+        backend: Box::new(backend),
+        metrics,
+        wake: Notify::new(),
+        poll_now: Notify::new(),
+        shared: Mutex::new(Shared { backoff: Duration::from_secs(1), ..Default::default() }),
+        webhook_secret,
+    });
+    if inner.webhook_secret.is_none() {
+        tracing::warn!("no webhook secret configured: every webhook is refused; jobs are found by polling only");
+    }
+    reconcile::recover(&inner)?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let app = http::router(inner.clone());
+    let mut srv_stop = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                stopped(&mut srv_stop).await;
+            })
+            .await;
+    }));
+    let i = inner.clone();
+    tasks.push(tokio::spawn(async move {
+        while let Some(_id) = exit_rx.recv().await {
+            i.wake.notify_one();
+        }
+    }));
+    tasks.push(tokio::spawn(reconcile::run(inner.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(poll::run(inner.clone(), stop_rx)));
+    tracing::info!(%addr, state_dir = %inner.cfg.server.state_dir.display(), "airlock is running");
+    Ok(Handle { addr, inner, stop, tasks })
+}
+
+impl Handle {
+    /// Graceful shutdown: stop creating runners, remove idle ones, give busy ones `grace` to
+    /// finish their jobs, destroy what is left, then stop.
+    pub async fn drain(self, grace: Duration) -> DrainReport {
+        self.inner.shared().draining = true;
+        self.inner.wake.notify_one();
+        let deadline = Instant::now() + grace;
+        loop {
+            let live = self.inner.store.live_runners().unwrap_or_default();
+            if live.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let forced = reconcile::force_stop_all(&self.inner).await;
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        DrainReport { forced }
+    }
+
+    /// Stops every task at once without any cleanup, as a crash would (sandboxes keep running).
+    pub async fn crash(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Asks for an immediate poll (tests and the demo).
+    pub fn poll_now(&self) {
+        self.inner.poll_now.notify_one();
+    }
+}
+
+/// Resolves once `rx` has seen `true` (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -157,6 +157,7 @@ pub struct Sim {
     faults: Mutex<Faults>,
     stats: Mutex<Stats>,
     base: OnceLock<String>,
+    webhook_url: Mutex<Option<String>>,
     hooks: mpsc::UnboundedSender<webhooks::HookEvent>,
     job_added: Notify,
     /// installation token -> (installation id, expiry in Unix ms)
@@ -216,11 +217,12 @@ impl Sim {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let sim = Arc::new(Sim {
-            cfg,
+            cfg: cfg.clone(),
             world: Mutex::new(model::World::default()),
             faults: Mutex::new(Faults::default()),
             stats: Mutex::new(Stats::default()),
             base: OnceLock::new(),
+            webhook_url: Mutex::new(cfg.webhook_url.clone()),
             hooks: tx,
             job_added: Notify::new(),
             inst_tokens: Mutex::new(HashMap::new()),
@@ -305,6 +307,15 @@ impl Sim {
         Ok(Submitted { run_id, job_ids: ids })
     }
 
+    /// Where webhooks go from now on (None: nowhere).
+    pub fn set_webhook_url(&self, url: Option<String>) {
+        *self.webhook_url.lock().unwrap_or_else(|p| p.into_inner()) = url;
+    }
+
+    pub fn webhook_url(&self) -> Option<String> {
+        self.webhook_url.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn jobs(&self) -> Vec<SimJob> {
         self.lock_world().jobs.values().cloned().collect()
     }
@@ -332,7 +343,7 @@ impl Sim {
 
     /// Queues the webhook for one job's current state.
     fn emit(&self, w: &model::World, job_id: u64, action: &'static str) {
-        if self.cfg.webhook_url.is_none() {
+        if self.webhook_url().is_none() {
             return;
         }
         let Some(job) = w.jobs.get(&job_id) else { return };

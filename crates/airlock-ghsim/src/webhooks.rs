@@ -26,7 +26,6 @@ pub(crate) async fn deliver(
     mut rx: mpsc::UnboundedReceiver<HookEvent>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let Some(url) = sim.cfg.webhook_url.clone() else { return };
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client builds");
     let mut held: Option<HookEvent> = None;
     let mut n: u64 = 0;
@@ -37,7 +36,7 @@ pub(crate) async fn deliver(
                 _ = crate::stopped(&mut stop) => return,
                 r = tokio::time::timeout(Duration::from_millis(300), rx.recv()) => match r {
                     Ok(ev) => ev,
-                    Err(_) => { let ev = held.take(); send_one(&sim, &http, &url, ev).await; continue; }
+                    Err(_) => { let ev = held.take(); send_one(&sim, &http, ev).await; continue; }
                 },
             }
         } else {
@@ -60,18 +59,20 @@ pub(crate) async fn deliver(
                     continue;
                 }
                 Some(first) => {
-                    send_one(&sim, &http, &url, Some(ev)).await;
-                    send_one(&sim, &http, &url, Some(first)).await;
+                    send_one(&sim, &http, Some(ev)).await;
+                    send_one(&sim, &http, Some(first)).await;
                     continue;
                 }
             }
         }
-        send_one(&sim, &http, &url, Some(ev)).await;
+        send_one(&sim, &http, Some(ev)).await;
     }
 }
 
-async fn send_one(sim: &Sim, http: &reqwest::Client, url: &str, ev: Option<HookEvent>) {
+async fn send_one(sim: &Sim, http: &reqwest::Client, ev: Option<HookEvent>) {
     let Some(ev) = ev else { return };
+    let Some(url) = sim.webhook_url() else { return };
+    let url = url.as_str();
     let faults = sim.faults();
     if faults.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.delay_ms)).await;

@@ -1,0 +1,156 @@
+//! The HTTP side: `POST /webhook`, `GET /metrics`, `GET /healthz`, `GET /api/v1/status`.
+//! Handlers only check and parse a request into a `Command` and hand it to `dispatch`; they hold
+//! no logic of their own. A webhook is verified over the raw body before anything is parsed, and
+//! stored before it is answered, so a 2xx means it survives a crash.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use airlock_core::JobObservation;
+use airlock_github::webhook::{self, Event, MAX_BODY};
+use airlock_store::Ingest;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::metrics::DeliveryLabels;
+use crate::{now_ms, Inner};
+
+pub(crate) fn router(inner: Arc<Inner>) -> Router {
+    Router::new()
+        .route("/webhook", post(webhook_handler))
+        .route("/metrics", get(|State(i): State<Arc<Inner>>| async move { dispatch(&i, Command::Metrics) }))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/v1/status", get(|State(i): State<Arc<Inner>>| async move { dispatch(&i, Command::Status) }))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(inner)
+}
+
+/// Everything the HTTP side can ask of the daemon.
+enum Command {
+    Ingest { guid: String, event: String, action: Option<String>, job: Option<JobObservation> },
+    Ping { guid: String },
+    Status,
+    Metrics,
+}
+
+fn count(inner: &Inner, event: &str, outcome: &str) {
+    inner
+        .metrics
+        .webhook_deliveries
+        .get_or_create(&DeliveryLabels { event: event.into(), outcome: outcome.into() })
+        .inc();
+}
+
+fn refuse(status: StatusCode, msg: &str) -> Response {
+    (status, Json(json!({ "error": msg }))).into_response()
+}
+
+async fn webhook_handler(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let event = h("x-github-event").unwrap_or_default();
+    let Some(secret) = &inner.webhook_secret else {
+        count(&inner, &event, "refused");
+        return refuse(StatusCode::UNAUTHORIZED, "webhooks are disabled: no webhook secret is configured");
+    };
+    if let Err(e) = webhook::verify(secret, &body, h("x-hub-signature-256").as_deref()) {
+        count(&inner, &event, "bad_signature");
+        tracing::warn!(error = %e, "webhook refused");
+        return refuse(StatusCode::UNAUTHORIZED, &e.to_string());
+    }
+    if event.is_empty() {
+        count(&inner, "", "malformed");
+        return refuse(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header");
+    }
+    let Some(guid) = h("x-github-delivery").filter(|g| !g.is_empty() && g.len() <= 100) else {
+        count(&inner, &event, "malformed");
+        return refuse(StatusCode::BAD_REQUEST, "missing or invalid X-GitHub-Delivery header");
+    };
+    let cmd = match webhook::parse(&event, &body) {
+        Ok(Event::Ping) => Command::Ping { guid },
+        Ok(Event::WorkflowJob { action, job }) => Command::Ingest { guid, event, action: Some(action), job: Some(job) },
+        Ok(Event::Other) => Command::Ingest { guid, event, action: None, job: None },
+        Err(e) => {
+            count(&inner, &event, "malformed");
+            tracing::warn!(error = %e, "webhook refused");
+            return refuse(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+    };
+    dispatch(&inner, cmd)
+}
+
+fn dispatch(inner: &Inner, cmd: Command) -> Response {
+    match cmd {
+        Command::Ping { guid } => {
+            count(inner, "ping", "accepted");
+            tracing::info!(delivery = %guid, "ping from GitHub");
+            (StatusCode::OK, Json(json!({ "ok": "pong" }))).into_response()
+        }
+        Command::Ingest { guid, event, action, job } => {
+            let ignored = job.is_none();
+            match inner.store.ingest_delivery(&guid, &event, action.as_deref(), job.as_ref(), now_ms()) {
+                Ok(Ingest::Duplicate) => {
+                    count(inner, &event, "duplicate");
+                    (StatusCode::OK, Json(json!({ "ok": "duplicate delivery" }))).into_response()
+                }
+                Ok(Ingest::Stored { changed }) => {
+                    count(inner, &event, if ignored { "ignored" } else { "accepted" });
+                    if changed {
+                        inner.wake.notify_one();
+                    }
+                    (StatusCode::ACCEPTED, Json(json!({ "ok": "stored" }))).into_response()
+                }
+                Err(e) => {
+                    count(inner, &event, "error");
+                    tracing::error!(error = %e, delivery = %guid, "cannot store webhook delivery");
+                    refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot store the delivery; redeliver it")
+                }
+            }
+        }
+        Command::Metrics => (
+            StatusCode::OK,
+            [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            inner.metrics.encode(),
+        )
+            .into_response(),
+        Command::Status => match status(inner) {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        },
+    }
+}
+
+fn status(inner: &Inner) -> Result<serde_json::Value, airlock_store::StoreError> {
+    let runners = inner.store.live_runners()?;
+    let jobs = inner.store.open_jobs()?;
+    let pools: Vec<_> = inner.cfg.pools.iter().map(|p| p.spec()).collect();
+    let views: Vec<_> = jobs
+        .iter()
+        .map(|j| airlock_core::JobView {
+            id: j.id,
+            repo: j.repo.clone(),
+            enterprise: j.enterprise.clone(),
+            labels: j.labels.clone(),
+            status: j.status,
+        })
+        .collect();
+    let demand = airlock_core::planner::demand(&views, &pools);
+    let pools: Vec<_> = inner
+        .cfg
+        .pools
+        .iter()
+        .map(|p| {
+            let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
+            for r in runners.iter().filter(|r| r.pool == p.name) {
+                *by_state.entry(r.state.to_string()).or_default() += 1;
+            }
+            json!({ "name": p.name, "scope": p.scope.to_string(), "labels": p.labels, "queued": demand.get(&p.name).copied().unwrap_or(0), "runners": by_state })
+        })
+        .collect();
+    let draining = inner.shared().draining;
+    Ok(json!({ "draining": draining, "pools": pools, "runners": runners, "jobs": jobs }))
+}

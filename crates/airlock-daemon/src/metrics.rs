@@ -1,0 +1,111 @@
+//! The one metrics registry. Names follow Prometheus conventions; where ARC has an equivalent
+//! (`gha_idle_runners`, `gha_busy_runners`, `gha_assigned_jobs`), ours carry the same meaning
+//! under airlock's prefix, labelled by pool.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub event: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolStateLabels {
+    pub pool: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StopLabels {
+    pub pool: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: String,
+    pub class: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub webhook_deliveries: Family<DeliveryLabels, Counter>,
+    pub github_requests: Family<RequestLabels, Counter>,
+    pub runners: Family<PoolStateLabels, Gauge>,
+    pub queued_jobs: Family<PoolLabels, Gauge>,
+    pub runners_created: Family<PoolLabels, Counter>,
+    pub runners_stopped: Family<StopLabels, Counter>,
+    pub runner_start_seconds: Histogram,
+    pub reconcile_seconds: Histogram,
+    pub reconcile_errors: Family<OpLabels, Counter>,
+    pub polls: Family<OutcomeLabels, Counter>,
+    pub orphans_reaped: Family<OutcomeLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("airlock");
+        let m = Metrics {
+            webhook_deliveries: Family::default(),
+            github_requests: Family::default(),
+            runners: Family::default(),
+            queued_jobs: Family::default(),
+            runners_created: Family::default(),
+            runners_stopped: Family::default(),
+            runner_start_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            reconcile_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            reconcile_errors: Family::default(),
+            polls: Family::default(),
+            orphans_reaped: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("webhook_deliveries", "Webhook deliveries received, by event and outcome", m.webhook_deliveries.clone());
+        registry.register("github_requests", "Requests sent to the GitHub API, by method and status (0: no response)", m.github_requests.clone());
+        registry.register("runners", "Runners by pool and state (ARC: gha_idle_runners, gha_busy_runners)", m.runners.clone());
+        registry.register("queued_jobs", "Queued jobs each pool serves (ARC: gha_assigned_jobs)", m.queued_jobs.clone());
+        registry.register("runners_created", "Runners created", m.runners_created.clone());
+        registry.register("runners_stopped", "Runners torn down, by reason", m.runners_stopped.clone());
+        registry.register("runner_start_seconds", "From the decision to create a runner to its process running (JIT config, sandbox, start)", m.runner_start_seconds.clone());
+        registry.register("reconcile_seconds", "Duration of one reconcile pass", m.reconcile_seconds.clone());
+        registry.register("reconcile_errors", "Failed operations, by operation and error class", m.reconcile_errors.clone());
+        registry.register("polls", "Polls of GitHub for jobs and runners, by outcome", m.polls.clone());
+        registry.register("orphans_reaped", "Orphaned registrations and sandboxes removed", m.orphans_reaped.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("writing to a String cannot fail");
+        s
+    }
+}

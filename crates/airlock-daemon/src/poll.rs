@@ -1,0 +1,145 @@
+//! The poller: every `poll_interval` (and on demand) it asks GitHub for the runner registrations
+//! and the jobs of queued and in-progress runs in every pool's scope. It is how airlock finds jobs
+//! whose webhooks were lost, learns that runners came online or took a job, and collects the
+//! registrations the orphan reaper compares against the store. It only writes observations to the
+//! store and wakes the loop; it never creates or destroys anything.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use airlock_core::{JobObservation, JobStatus, RegistrationView, RunnerState, Scope};
+use airlock_github::GitHubError;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::metrics::OutcomeLabels;
+use crate::{now_ms, Inner};
+
+pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    if inner.cfg.pools.iter().any(|p| matches!(p.scope, Scope::Enterprise(_))) {
+        tracing::warn!("GitHub has no endpoint listing an enterprise's queued jobs: enterprise pools rely on webhooks alone");
+    }
+    loop {
+        let outcome = match poll_once(&inner).instrument(tracing::info_span!("poll")).await {
+            Ok(()) => "ok",
+            Err(e) => {
+                tracing::warn!(error = %e, "poll incomplete");
+                "error"
+            }
+        };
+        inner.metrics.polls.get_or_create(&OutcomeLabels { outcome: outcome.into() }).inc();
+        inner.wake.notify_one();
+        tokio::select! {
+            _ = crate::stopped(&mut stop) => return,
+            _ = inner.poll_now.notified() => {}
+            _ = tokio::time::sleep(inner.cfg.github.poll_interval) => {}
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PollError {
+    #[error(transparent)]
+    GitHub(#[from] GitHubError),
+    #[error(transparent)]
+    Store(#[from] airlock_store::StoreError),
+}
+
+async fn poll_once(inner: &Inner) -> Result<(), PollError> {
+    let started = now_ms();
+    let scopes: BTreeSet<Scope> = inner.cfg.pools.iter().map(|p| p.scope.clone()).collect();
+    let mut registrations = Vec::new();
+    let mut first_error = None;
+    for scope in &scopes {
+        match inner.github.list_runners(scope).await {
+            Ok(list) => {
+                apply_registrations(inner, &list)?;
+                registrations.extend(list.into_iter().map(|r| RegistrationView {
+                    scope: scope.clone(),
+                    id: r.id,
+                    name: r.name,
+                    busy: r.busy,
+                }));
+            }
+            Err(e) => {
+                first_error.get_or_insert(PollError::GitHub(e));
+                continue;
+            }
+        }
+        let repos = match scope {
+            Scope::Repo { owner, name } => vec![format!("{owner}/{name}")],
+            Scope::Org(o) => match inner.github.org_repos(scope, o).await {
+                Ok(r) => r,
+                Err(e) => {
+                    first_error.get_or_insert(PollError::GitHub(e));
+                    continue;
+                }
+            },
+            Scope::Enterprise(_) => vec![],
+        };
+        for repo in repos {
+            if let Err(e) = poll_repo(inner, scope, &repo, started).await {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        None => {
+            let mut s = inner.shared();
+            s.registrations = registrations;
+            s.last_poll_start = started;
+            Ok(())
+        }
+        Some(e) => Err(e),
+    }
+}
+
+async fn poll_repo(inner: &Inner, scope: &Scope, repo: &str, started: i64) -> Result<(), PollError> {
+    let jobs = inner.github.active_jobs(scope, repo).await?;
+    let seen: HashSet<u64> = jobs.iter().map(|j| j.id).collect();
+    inner.store.observe_jobs(&jobs, now_ms())?;
+    // Open jobs the poll no longer lists belong to runs that finished: settle them one by one.
+    let stale: Vec<_> = inner
+        .store
+        .open_jobs()?
+        .into_iter()
+        .filter(|j| j.repo.eq_ignore_ascii_case(repo) && j.first_seen_at < started && !seen.contains(&j.id))
+        .collect();
+    for j in stale {
+        let obs = match inner.github.job(scope, repo, j.id).await {
+            Ok(o) => o,
+            Err(GitHubError::NotFound { .. }) => JobObservation {
+                id: j.id,
+                run_id: j.run_id,
+                repo: j.repo.clone(),
+                enterprise: j.enterprise.clone(),
+                name: j.name.clone(),
+                labels: j.labels.clone(),
+                status: JobStatus::Completed,
+                conclusion: None,
+                runner_name: None,
+                created_at: j.created_at,
+                started_at: j.started_at,
+                completed_at: None,
+            },
+            Err(e) => return Err(e.into()),
+        };
+        inner.store.observe_jobs(&[obs], now_ms())?;
+    }
+    Ok(())
+}
+
+/// Runners GitHub lists as online become idle; busy ones become busy.
+fn apply_registrations(inner: &Inner, list: &[airlock_github::Registration]) -> Result<(), PollError> {
+    let now = now_ms();
+    for r in inner.store.live_runners()? {
+        let Some(reg) = list.iter().find(|x| Some(x.id) == r.github_id) else { continue };
+        let to = match (reg.busy, reg.online, r.state) {
+            (true, _, RunnerState::Starting | RunnerState::Idle) => RunnerState::Busy,
+            (false, true, RunnerState::Starting) => RunnerState::Idle,
+            _ => continue,
+        };
+        inner.store.runner_transition(&r.name, to, now, Some("seen at GitHub"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,378 @@
+//! The control loop and the executor of the planner's operations.
+//!
+//! Every operation is idempotent and safe to interrupt: a runner is stored in `creating` before
+//! anything exists outside, teardown moves it to `stopping` before touching the sandbox or the
+//! registration, and a runner found in `stopping` (after a crash) is simply torn down again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_core::{plan, JobView, Op, PlanInput, RunnerState, RunnerView, SandboxState, Scope, StopReason};
+use airlock_github::{ErrorClass, GitHubError};
+use airlock_sandbox::{SandboxSpec, SandboxStatus, Secret};
+use airlock_store::{RunnerRecord, StoreError};
+use rand::Rng;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::metrics::{OpLabels, OutcomeLabels, PoolLabels, PoolStateLabels, StopLabels};
+use crate::{now_ms, Inner};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpError {
+    #[error(transparent)]
+    GitHub(#[from] GitHubError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sandbox(#[from] airlock_sandbox::SandboxError),
+    #[error("pool {0:?} is not configured")]
+    NoPool(String),
+}
+
+impl OpError {
+    fn class(&self) -> &'static str {
+        match self {
+            OpError::GitHub(e) => match e.class() {
+                ErrorClass::Transient => "transient",
+                ErrorClass::RateLimited(_) => "rate_limited",
+                ErrorClass::NotFound => "not_found",
+                ErrorClass::Permanent => "permanent",
+            },
+            OpError::Store(_) => "store",
+            OpError::Sandbox(_) => "sandbox",
+            OpError::NoPool(_) => "config",
+        }
+    }
+}
+
+/// After a restart: runners caught mid-create never got a running sandbox worth keeping (their
+/// JIT config was only in memory), so they are torn down.
+pub(crate) fn recover(inner: &Inner) -> Result<(), StoreError> {
+    let now = now_ms();
+    for r in inner.store.live_runners()? {
+        if r.state == RunnerState::Creating {
+            tracing::warn!(runner = %r.name, "runner was being created when airlock stopped; tearing it down");
+            inner.store.runner_transition(&r.name, RunnerState::Stopping, now, Some("interrupted"))?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let started = Instant::now();
+        let span = tracing::info_span!("reconcile");
+        if let Err(e) = pass(&inner).instrument(span).await {
+            tracing::error!(error = %e, "reconcile pass failed");
+        }
+        inner.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+        tokio::select! {
+            _ = crate::stopped(&mut stop) => return,
+            _ = inner.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+fn pool_of<'a>(inner: &'a Inner, name: &str) -> Option<&'a airlock_config::PoolConfig> {
+    inner.cfg.pools.iter().find(|p| p.name == name)
+}
+
+/// One pass: observe, plan, act.
+pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
+    let now = now_ms();
+    let live = inner.store.live_runners()?;
+    let sandboxes: HashMap<String, SandboxStatus> = inner.backend.list().await?.into_iter().collect();
+    let mut views = Vec::with_capacity(live.len());
+    for r in &live {
+        let status = sandboxes.get(&r.sandbox_id).copied().unwrap_or(SandboxStatus::Missing);
+        let expected_running = matches!(r.state, RunnerState::Starting | RunnerState::Idle | RunnerState::Busy);
+        let exited = expected_running && matches!(status, SandboxStatus::Exited(_) | SandboxStatus::Missing);
+        if let (true, SandboxStatus::Exited(code)) = (exited, status) {
+            let _ = inner.store.sandbox_transition(&r.sandbox_id, SandboxState::Exited, code, now);
+        }
+        views.push(RunnerView {
+            name: r.name.clone(),
+            pool: r.pool.clone(),
+            state: r.state,
+            created_at: r.created_at,
+            state_since: r.state_since,
+            sandbox_id: r.sandbox_id.clone(),
+            exited,
+            exit_code: match status {
+                SandboxStatus::Exited(c) if exited => c,
+                _ => None,
+            },
+        });
+    }
+    let jobs: Vec<JobView> = inner
+        .store
+        .open_jobs()?
+        .into_iter()
+        .map(|j| JobView { id: j.id, repo: j.repo, enterprise: j.enterprise, labels: j.labels, status: j.status })
+        .collect();
+    let (registrations, draining, since) = {
+        let s = inner.shared();
+        (s.registrations.clone(), s.draining, s.last_poll_start)
+    };
+    let unaccounted = inner.store.unaccounted_exits(since)?;
+    let pools: Vec<_> = inner.cfg.pools.iter().map(|p| p.spec()).collect();
+    let listed: Vec<String> = sandboxes.keys().cloned().collect();
+    let ops = plan(&PlanInput {
+        now,
+        pools: &pools,
+        jobs: &jobs,
+        runners: &views,
+        unaccounted: &unaccounted,
+        registrations: &registrations,
+        sandboxes: &listed,
+        draining,
+    });
+
+    update_gauges(inner, &pools, &jobs, &views);
+    if !ops.is_empty() {
+        tracing::debug!(ops = ops.len(), "executing plan");
+    }
+    for op in ops {
+        let name = match &op {
+            Op::Create { .. } => "create",
+            Op::Stop { .. } => "stop",
+            Op::DeleteRegistration { .. } => "delete_registration",
+            Op::DestroySandbox { .. } => "destroy_sandbox",
+        };
+        if let Op::Create { .. } = op {
+            let s = inner.shared();
+            if s.backoff_until.is_some_and(|t| t > Instant::now()) {
+                continue;
+            }
+        }
+        let result = execute(inner, &live, op).await;
+        if let Err(e) = result {
+            inner.metrics.reconcile_errors.get_or_create(&OpLabels { op: name.into(), class: e.class().into() }).inc();
+            tracing::warn!(op = name, error = %e, "operation failed; will retry");
+            if name == "create" {
+                let mut s = inner.shared();
+                let wait = match &e {
+                    OpError::GitHub(g) => match g.class() {
+                        ErrorClass::RateLimited(w) => w,
+                        ErrorClass::Permanent => Duration::from_secs(60),
+                        _ => s.backoff,
+                    },
+                    _ => s.backoff,
+                };
+                s.backoff_until = Some(Instant::now() + wait);
+                s.backoff = (s.backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn update_gauges(inner: &Inner, pools: &[airlock_core::PoolSpec], jobs: &[JobView], runners: &[RunnerView]) {
+    let demand = airlock_core::planner::demand(jobs, pools);
+    for p in pools {
+        inner
+            .metrics
+            .queued_jobs
+            .get_or_create(&PoolLabels { pool: p.name.clone() })
+            .set(demand.get(&p.name).copied().unwrap_or(0) as i64);
+        for state in RunnerState::ALL {
+            if state == RunnerState::Gone {
+                continue;
+            }
+            let n = runners.iter().filter(|r| r.pool == p.name && r.state == state).count();
+            inner
+                .metrics
+                .runners
+                .get_or_create(&PoolStateLabels { pool: p.name.clone(), state: state.to_string() })
+                .set(n as i64);
+        }
+    }
+}
+
+async fn execute(inner: &Inner, live: &[RunnerRecord], op: Op) -> Result<(), OpError> {
+    match op {
+        Op::Create { pool } => create(inner, &pool).await,
+        Op::Stop { runner, reason } => {
+            let Some(r) = live.iter().find(|r| r.name == runner) else { return Ok(()) };
+            stop(inner, r, reason).await
+        }
+        Op::DeleteRegistration { scope, id, name } => {
+            tracing::info!(runner = %name, id, %scope, "deleting orphaned runner registration");
+            let r = inner.github.delete_runner(&scope, id).await;
+            inner.shared().registrations.retain(|x| x.id != id);
+            match r {
+                Ok(()) => {
+                    inner.metrics.orphans_reaped.get_or_create(&OutcomeLabels { outcome: "registration".into() }).inc();
+                    Ok(())
+                }
+                // Busy after all: it is running a job; leave it.
+                Err(GitHubError::Unprocessable { .. }) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Op::DestroySandbox { id } => {
+            tracing::info!(sandbox = %id, "destroying orphaned sandbox");
+            inner.backend.destroy(&id).await?;
+            inner.metrics.orphans_reaped.get_or_create(&OutcomeLabels { outcome: "sandbox".into() }).inc();
+            Ok(())
+        }
+    }
+}
+
+async fn group_id(inner: &Inner, pool: &airlock_config::PoolConfig) -> Result<u64, GitHubError> {
+    if let Some(id) = inner.shared().group_ids.get(&pool.name) {
+        return Ok(*id);
+    }
+    let id = inner.github.runner_group_id(&pool.scope, &pool.runner_group).await?;
+    inner.shared().group_ids.insert(pool.name.clone(), id);
+    Ok(id)
+}
+
+async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
+    let started = Instant::now();
+    let pool = pool_of(inner, pool_name).ok_or_else(|| OpError::NoPool(pool_name.into()))?;
+    let suffix = hex_id();
+    let name = airlock_core::runner_name(&pool.name, &suffix);
+    let span = tracing::info_span!("runner", runner = %name, pool = %pool.name);
+    async {
+        let gid = group_id(inner, pool).await?;
+        let now = now_ms();
+        inner.store.insert_runner(&name, &pool.name, &pool.scope.to_string(), &name, inner.backend.kind(), now)?;
+        let spec = SandboxSpec { id: name.clone(), runner_name: name.clone(), runner_command: pool.runner_command.clone() };
+        let made: Result<(), OpError> = async {
+            let jit = inner.github.generate_jitconfig(&pool.scope, &name, gid, &pool.labels).await?;
+            inner.store.set_runner_registration(&name, jit.runner_id)?;
+            inner.backend.create(&spec).await?;
+            inner.backend.start(&spec, &Secret::new(jit.encoded)).await?;
+            Ok(())
+        }
+        .await;
+        let now = now_ms();
+        match made {
+            Ok(()) => {
+                inner.store.sandbox_transition(&name, SandboxState::Running, None, now)?;
+                inner.store.runner_transition(&name, RunnerState::Starting, now, None)?;
+                inner.store.set_runner_started(&name, now)?;
+                inner.metrics.runners_created.get_or_create(&PoolLabels { pool: pool.name.clone() }).inc();
+                inner.metrics.runner_start_seconds.observe(started.elapsed().as_secs_f64());
+                inner.shared().backoff = Duration::from_secs(1);
+                tracing::info!("runner started");
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing half-made survives: tear down whatever exists (registration, sandbox).
+                let reason = format!("create failed: {e}");
+                inner.store.runner_transition(&name, RunnerState::Stopping, now, Some(&reason))?;
+                if let Some(r) = inner.store.runner(&name)? {
+                    let _ = teardown(inner, &r, true).await;
+                }
+                Err(e)
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn hex_id() -> String {
+    let b: [u8; 5] = rand::thread_rng().gen();
+    hex::encode(b)
+}
+
+mod hex {
+    pub fn encode(b: [u8; 5]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+}
+
+fn scope_of(r: &RunnerRecord) -> Option<Scope> {
+    Scope::parse(&r.scope).ok()
+}
+
+async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(), OpError> {
+    let span = tracing::info_span!("runner", runner = %r.name, pool = %r.pool);
+    async {
+        let now = now_ms();
+        let mut deregistered = false;
+        if reason.deregister_first() && r.state != RunnerState::Stopping {
+            if let (Some(id), Some(scope)) = (r.github_id, scope_of(r)) {
+                match inner.github.delete_runner(&scope, id).await {
+                    Ok(()) => deregistered = true,
+                    Err(GitHubError::Unprocessable { .. }) => {
+                        // GitHub says it is running a job: it is busy, not idle. Keep it.
+                        tracing::info!(reason = reason.as_str(), "runner is busy with a job; not stopping it");
+                        inner.store.runner_transition(&r.name, RunnerState::Busy, now, Some("busy at deregistration"))?;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let mut took_unknown_job = false;
+        if reason == StopReason::Exited {
+            let code = match inner.backend.status(&r.sandbox_id).await? {
+                SandboxStatus::Exited(c) => c,
+                _ => None,
+            };
+            took_unknown_job = code == Some(0) && r.job_id.is_none() && r.state != RunnerState::Busy;
+            inner.store.set_runner_exit(&r.name, code, took_unknown_job, now)?;
+            tracing::info!(exit = ?code, "runner exited");
+        }
+        inner.store.runner_transition(&r.name, RunnerState::Stopping, now, Some(reason.as_str()))?;
+        inner
+            .metrics
+            .runners_stopped
+            .get_or_create(&StopLabels { pool: r.pool.clone(), reason: reason.as_str().into() })
+            .inc();
+        // A runner that ran a job was removed by GitHub with it: don't spend a request on it.
+        let ran_job = reason == StopReason::Exited && (r.job_id.is_some() || r.state == RunnerState::Busy || took_unknown_job);
+        teardown(inner, r, !deregistered && !ran_job).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// The finalizer: destroy the sandbox, remove the registration, mark the runner gone. Each step
+/// is idempotent; a failure leaves the runner in `stopping` and the next pass resumes.
+async fn teardown(inner: &Inner, r: &RunnerRecord, deregister: bool) -> Result<(), OpError> {
+    inner.backend.destroy(&r.sandbox_id).await?;
+    let now = now_ms();
+    match inner.store.sandbox_transition(&r.sandbox_id, SandboxState::Destroyed, None, now) {
+        Ok(_) | Err(StoreError::Missing { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if deregister {
+        if let (Some(id), Some(scope)) = (r.github_id, scope_of(r)) {
+            match inner.github.delete_runner(&scope, id).await {
+                Ok(()) => {}
+                // Still running a job at GitHub though its sandbox is gone: GitHub will fail the
+                // job and drop the registration itself; the orphan reaper removes it otherwise.
+                Err(GitHubError::Unprocessable { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    inner.store.runner_transition(&r.name, RunnerState::Gone, now_ms(), None)?;
+    tracing::info!("runner gone");
+    Ok(())
+}
+
+/// End of a drain: whatever is still alive is destroyed (busy runners past the grace period).
+pub(crate) async fn force_stop_all(inner: &Inner) -> usize {
+    let mut forced = 0;
+    for r in inner.store.live_runners().unwrap_or_default() {
+        if r.state == RunnerState::Busy {
+            forced += 1;
+            tracing::warn!(runner = %r.name, "grace period over; destroying a busy runner");
+        }
+        let now = now_ms();
+        let _ = inner.store.runner_transition(&r.name, RunnerState::Stopping, now, Some("drain"));
+        if let Err(e) = teardown(inner, &r, true).await {
+            tracing::error!(runner = %r.name, error = %e, "teardown failed during drain; it will be reaped at next start");
+        }
+    }
+    forced
+}

@@ -1,0 +1,307 @@
+//! `airlock demo`: airlock's main job, end to end, with nothing to set up. It starts the GitHub
+//! emulator and the daemon (process backend, SQLite in a temporary state directory), submits
+//! sample workflows — several jobs over three pools, one job that fails, one whose webhook is
+//! lost — shows progress, prints a table per job and exits 0 only if every job ended as expected
+//! and nothing was left behind (sandboxes, runner registrations, processes, live runners).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use airlock_ghsim::{JobSpec, Sim, SimConfig, Status, Workflow};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Keep state here (SQLite, sandboxes, secrets) instead of a temporary directory.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Give up if the jobs have not finished by then.
+    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+struct Expect {
+    name: &'static str,
+    repo: &'static str,
+    labels: &'static [&'static str],
+    steps: &'static [&'static str],
+    drop_webhooks: bool,
+    conclusion: &'static str,
+}
+
+const JOBS: &[Expect] = &[
+    Expect { name: "build", repo: "demo/app", labels: &["self-hosted", "linux", "small"], steps: &["echo building", "mkdir -p out && echo ok > out/artifact", "cat out/artifact"], drop_webhooks: false, conclusion: "success" },
+    Expect { name: "unit-tests", repo: "demo/app", labels: &["self-hosted", "small"], steps: &["test \"$(expr 6 \\* 7)\" -eq 42"], drop_webhooks: false, conclusion: "success" },
+    Expect { name: "lint", repo: "demo/app", labels: &["small"], steps: &["echo 'src/main.rs:1: trailing whitespace' >&2; exit 1"], drop_webhooks: false, conclusion: "failure" },
+    Expect { name: "lost-webhook", repo: "demo/app", labels: &["self-hosted", "small"], steps: &["echo 'my webhooks were dropped; the poll found me'"], drop_webhooks: true, conclusion: "success" },
+    Expect { name: "package", repo: "demo/app", labels: &["self-hosted", "linux", "big"], steps: &["uname -sm", "sleep 1"], drop_webhooks: false, conclusion: "success" },
+    Expect { name: "integration", repo: "demo/app", labels: &["linux", "big"], steps: &["echo integration"], drop_webhooks: false, conclusion: "success" },
+    Expect { name: "e2e", repo: "demo/web", labels: &["self-hosted", "web"], steps: &["printf 'GET / -> 200\\n'"], drop_webhooks: false, conclusion: "success" },
+    Expect { name: "docs", repo: "demo/web", labels: &["web"], steps: &["echo docs"], drop_webhooks: false, conclusion: "success" },
+];
+
+fn config_text(state: &Path, api: &str, runner: &Path) -> String {
+    let r = runner.display();
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+state_dir = "{state}"
+drain_grace = "20s"
+
+[github]
+api_url = "{api}"
+webhook_secret_file = "webhook-secret"
+token_file = "token"
+poll_interval = "3s"
+request_timeout = "10s"
+
+[[pool]]
+name = "small"
+scope = "repo:demo/app"
+labels = ["self-hosted", "linux", "small"]
+runner_command = "{r}"
+max_runners = 3
+idle_timeout = "20s"
+boot_timeout = "60s"
+
+[[pool]]
+name = "big"
+scope = "repo:demo/app"
+labels = ["self-hosted", "linux", "big"]
+runner_command = "{r}"
+max_runners = 2
+idle_timeout = "20s"
+boot_timeout = "60s"
+
+[[pool]]
+name = "web"
+scope = "org:demo"
+labels = ["self-hosted", "linux", "web"]
+runner_command = "{r}"
+max_runners = 2
+idle_timeout = "20s"
+boot_timeout = "60s"
+"#,
+        state = state.display()
+    )
+}
+
+/// The stand-in runner is built with airlock and sits beside it.
+pub fn locate_runner() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find airlock's own path: {e}"))?;
+    let dir = exe.parent().ok_or("airlock's path has no directory")?;
+    for cand in [dir.join("airlock-runner"), dir.join("../airlock-runner")] {
+        if cand.is_file() {
+            return Ok(cand.canonicalize().unwrap_or(cand));
+        }
+    }
+    Err(format!(
+        "the stand-in runner airlock-runner is not next to {}; build it with: cargo build --release --bins",
+        exe.display()
+    ))
+}
+
+fn write_secret(path: &Path, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(value.as_bytes())
+}
+
+fn random_hex(n: usize) -> String {
+    use rand::Rng;
+    (0..n).map(|_| format!("{:02x}", rand::thread_rng().gen::<u8>())).collect()
+}
+
+/// Processes anywhere on the host that belong to one of airlock's sandboxes.
+pub fn sandbox_processes() -> Vec<i32> {
+    let needle = b"AIRLOCK_SANDBOX=";
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv.starts_with(needle)))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+pub async fn run(a: Args) -> u8 {
+    match demo(a).await {
+        Ok(true) => 0,
+        Ok(false) => crate::EXIT_UNEXPECTED,
+        Err(e) => {
+            eprintln!("airlock demo: {e}");
+            crate::EXIT_FAILURE
+        }
+    }
+}
+
+async fn demo(a: Args) -> Result<bool, String> {
+    let t0 = Instant::now();
+    let runner = locate_runner()?;
+    let tmp;
+    let state: PathBuf = match &a.state_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            d.canonicalize().map_err(|e| format!("{}: {e}", d.display()))?
+        }
+        None => {
+            tmp = tempfile::Builder::new().prefix("airlock-demo-").tempdir().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let secret = random_hex(32);
+    let token = format!("ghp_{}", random_hex(18));
+    write_secret(&state.join("webhook-secret"), &secret).map_err(|e| format!("cannot write the webhook secret: {e}"))?;
+    write_secret(&state.join("token"), &token).map_err(|e| format!("cannot write the token: {e}"))?;
+
+    println!("airlock demo");
+    println!("  state dir   {}", state.display());
+    println!("  runner      {} (process backend: NOT isolated; fine for a demo)", runner.display());
+    let sim = Sim::start(
+        SimConfig {
+            webhook_secret: secret.into_bytes(),
+            tokens: vec![token],
+            heartbeat_timeout: Duration::from_secs(10),
+            long_poll: Duration::from_secs(5),
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().expect("a valid address"),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    println!("  GitHub      emulated by ghsim at {}", sim.url);
+
+    let text = config_text(&state, &sim.url, &runner);
+    let (cfg, _) = airlock_config::load_str(&text, &state).map_err(|d| {
+        let lines: Vec<String> = d.iter().map(|x| x.to_string()).collect();
+        format!("the demo's own config is invalid:\n{}", lines.join("\n"))
+    })?;
+    let handle = airlock_daemon::start(cfg).await.map_err(|e| super::serve::chain(&e))?;
+    sim.sim.set_webhook_url(Some(format!("http://{}/webhook", handle.addr)));
+    println!("  airlock     http://{} (metrics at /metrics)", handle.addr);
+
+    let mut ids = Vec::new();
+    for repo in ["demo/app", "demo/web"] {
+        let jobs: Vec<&Expect> = JOBS.iter().filter(|j| j.repo == repo).collect();
+        let wf = Workflow {
+            repo: repo.into(),
+            name: "CI".into(),
+            jobs: jobs
+                .iter()
+                .map(|j| JobSpec {
+                    name: j.name.into(),
+                    labels: j.labels.iter().map(|s| s.to_string()).collect(),
+                    steps: j.steps.iter().map(|s| s.to_string()).collect(),
+                    drop_webhooks: j.drop_webhooks,
+                })
+                .collect(),
+        };
+        let sub = sim.sim.submit(&wf).map_err(|e| e.to_string())?;
+        ids.extend(sub.job_ids.into_iter().zip(jobs));
+    }
+    println!("\nsubmitted {} jobs over 3 pools ({} with lost webhooks)\n", ids.len(), JOBS.iter().filter(|j| j.drop_webhooks).count());
+
+    let deadline = Instant::now() + a.timeout;
+    let mut last = String::new();
+    let finished = loop {
+        let jobs = sim.sim.jobs();
+        let count = |s: Status| jobs.iter().filter(|j| j.status == s).count();
+        let runners = handle.inner.store().live_runners().unwrap_or_default();
+        let mut by_state: Vec<(String, usize)> = Vec::new();
+        for r in &runners {
+            match by_state.iter_mut().find(|(s, _)| *s == r.state.as_str()) {
+                Some((_, n)) => *n += 1,
+                None => by_state.push((r.state.to_string(), 1)),
+            }
+        }
+        let rs: Vec<String> = by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        let line = format!(
+            "jobs: {} queued · {} running · {} done    runners: {}",
+            count(Status::Queued),
+            count(Status::InProgress),
+            count(Status::Completed),
+            if rs.is_empty() { "none".to_string() } else { rs.join(" · ") }
+        );
+        if line != last {
+            println!("  {:>5.1}s  {line}", t0.elapsed().as_secs_f64());
+            last = line;
+        }
+        if count(Status::Completed) == jobs.len() && runners.is_empty() {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let report = handle.drain(Duration::from_secs(10)).await;
+    let jobs = sim.sim.jobs();
+    println!();
+    println!("{:<14} {:<9} {:<28} {:<26} {:>8} {:>9}  {:<8} {}", "JOB", "REPO", "LABELS", "RUNNER", "WAIT", "DURATION", "RESULT", "EXPECTED");
+    let mut ok = finished;
+    for (id, want) in &ids {
+        let Some(j) = jobs.iter().find(|j| j.id == *id) else { continue };
+        let wait = j.started_ms.map(|s| format!("{:.2}s", (s - j.created_ms) as f64 / 1000.0)).unwrap_or_else(|| "-".into());
+        let dur = match (j.started_ms, j.completed_ms) {
+            (Some(s), Some(c)) => format!("{:.2}s", (c - s) as f64 / 1000.0),
+            _ => "-".into(),
+        };
+        let got = j.conclusion.as_deref().unwrap_or("-");
+        let good = got == want.conclusion;
+        ok &= good;
+        println!(
+            "{:<14} {:<9} {:<28} {:<26} {:>8} {:>9}  {:<8} {}",
+            j.name,
+            j.repo,
+            j.labels.join(","),
+            j.runner_name.as_deref().unwrap_or("-"),
+            wait,
+            dur,
+            got,
+            if good { format!("{} ✓", want.conclusion) } else { format!("{} ✗", want.conclusion) }
+        );
+    }
+
+    // Nothing may be left behind.
+    let mut leftovers = Vec::new();
+    let regs = sim.sim.runners();
+    if !regs.is_empty() {
+        leftovers.push(format!("{} runner registration(s) at GitHub: {:?}", regs.len(), regs.iter().map(|r| &r.1).collect::<Vec<_>>()));
+    }
+    let sandboxes = std::fs::read_dir(state.join("sandboxes")).map(|d| d.count()).unwrap_or(0);
+    if sandboxes > 0 {
+        leftovers.push(format!("{sandboxes} sandbox director(ies) under {}", state.join("sandboxes").display()));
+    }
+    let procs = sandbox_processes();
+    if !procs.is_empty() {
+        leftovers.push(format!("sandbox processes still running: {procs:?}"));
+    }
+    if report.forced > 0 {
+        leftovers.push(format!("{} busy runner(s) had to be destroyed at shutdown", report.forced));
+    }
+    let stats = sim.sim.stats();
+    sim.shutdown().await;
+
+    println!();
+    println!(
+        "GitHub API requests: {} ({} answered 304) for {} jobs; webhooks: {} delivered, {} dropped on purpose",
+        stats.api_requests, stats.not_modified, ids.len(), stats.webhooks_sent, stats.webhooks_dropped
+    );
+    if !finished {
+        println!("✗ the jobs did not all finish within {}", humantime::format_duration(a.timeout));
+    }
+    if leftovers.is_empty() {
+        println!("✓ nothing left behind: no sandboxes, registrations, runner processes or live runners");
+    } else {
+        ok = false;
+        for l in &leftovers {
+            println!("✗ left behind: {l}");
+        }
+    }
+    println!("{} in {:.1}s", if ok { "✓ demo passed" } else { "✗ demo FAILED" }, t0.elapsed().as_secs_f64());
+    Ok(ok)
+}

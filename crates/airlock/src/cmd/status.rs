@@ -1,0 +1,50 @@
+//! `airlock status --config F`: asks the running daemon for its pools, runners and open jobs.
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Print the raw JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(a: Args) -> u8 {
+    let cfg = match super::load_config(&a.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let url = format!("http://{}/api/v1/status", cfg.server.listen);
+    let v: Value = match reqwest::get(&url).await.and_then(|r| r.error_for_status()) {
+        Ok(r) => match r.json().await {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("airlock: bad answer from {url}: {e}");
+                return crate::EXIT_FAILURE;
+            }
+        },
+        Err(e) => {
+            eprintln!("airlock: cannot reach the daemon at {url}: {e}");
+            return crate::EXIT_FAILURE;
+        }
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return 0;
+    }
+    println!("{:<20} {:>7}  runners", "POOL", "QUEUED");
+    for p in v["pools"].as_array().into_iter().flatten() {
+        let runners = p["runners"].as_object().map(|m| {
+            m.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ")
+        });
+        println!("{:<20} {:>7}  {}", p["name"].as_str().unwrap_or("?"), p["queued"], runners.filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into()));
+    }
+    println!();
+    for r in v["runners"].as_array().into_iter().flatten() {
+        println!("runner {:<40} {:<9} job {}", r["name"].as_str().unwrap_or("?"), r["state"].as_str().unwrap_or("?"), r["job_id"]);
+    }
+    0
+}
