@@ -15,11 +15,14 @@ use tracing::Instrument;
 use crate::metrics::OutcomeLabels;
 use crate::{now_ms, Inner};
 
+const MIN_POLL_SPACING: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     if inner.cfg.pools.iter().any(|p| matches!(p.scope, Scope::Enterprise(_))) {
         tracing::warn!("GitHub has no endpoint listing an enterprise's queued jobs: enterprise pools rely on webhooks alone");
     }
     loop {
+        let began = tokio::time::Instant::now();
         let outcome = match poll_once(&inner).instrument(tracing::info_span!("poll")).await {
             Ok(()) => "ok",
             Err(e) => {
@@ -31,7 +34,10 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
         inner.wake.notify_one();
         tokio::select! {
             _ = crate::stopped(&mut stop) => return,
-            _ = inner.poll_now.notified() => {}
+            _ = inner.poll_now.notified() => {
+                // Early polls are asked for by events; never more than one a second.
+                tokio::time::sleep_until(began + MIN_POLL_SPACING).await;
+            }
             _ = tokio::time::sleep(inner.cfg.github.poll_interval) => {}
         }
     }

@@ -320,6 +320,11 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
             took_unknown_job = code == Some(0) && r.job_id.is_none() && r.state != RunnerState::Busy;
             inner.store.set_runner_exit(&r.name, code, took_unknown_job, now)?;
             tracing::info!(exit = ?code, "runner exited");
+            if took_unknown_job {
+                // It ran a job airlock has not heard of: learn which one now rather than at the
+                // next scheduled poll, so the job it was started for does not wait on a guess.
+                inner.poll_now.notify_one();
+            }
         }
         inner.store.runner_transition(&r.name, RunnerState::Stopping, now, Some(reason.as_str()))?;
         inner

@@ -2,7 +2,6 @@
 //! faults, ETags and the exchange record apply to every REST route in one place.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -125,14 +124,12 @@ async fn handle(sim: Arc<Sim>, req: Request<Body>) -> Response {
         }
         *st.by_route.entry(route_name(&parts.method, &segs)).or_default() += 1;
     }
-    if let Some(rec) = &sim.record {
+    if sim.record.is_some() {
         let req_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let line = json!({
+        sim.record(&json!({
             "method": parts.method.as_str(), "path": path, "query": q,
             "request": req_json, "status": reply.status.as_u16(), "response": reply.body,
-        });
-        let mut f = rec.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(f, "{line}");
+        }));
     }
     into_response(reply)
 }

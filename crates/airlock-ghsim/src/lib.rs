@@ -341,6 +341,15 @@ impl Sim {
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Appends one line to the exchange record, if recording.
+    fn record(&self, line: &serde_json::Value) {
+        if let Some(rec) = &self.record {
+            use std::io::Write;
+            let mut f = rec.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
     /// Queues the webhook for one job's current state.
     fn emit(&self, w: &model::World, job_id: u64, action: &'static str) {
         if self.webhook_url().is_none() {
@@ -368,6 +377,7 @@ impl Sim {
                 payload["installation"] = serde_json::json!({ "id": id, "node_id": format!("MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9u{id}") });
             }
         }
+        self.record(&serde_json::json!({ "webhook": "workflow_job", "action": action, "payload": &payload }));
         let body = serde_json::to_vec(&payload).expect("JSON values serialise");
         let _ = self.hooks.send(webhooks::HookEvent { body, drop: job.drop_webhooks });
     }

@@ -1,0 +1,223 @@
+//! The end-to-end harness: a real ghsim and a real airlock daemon talking HTTP over loopback,
+//! with the process backend running the real stand-in runner binary.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use airlock_ghsim::{Faults, JobSpec, Running, Sim, SimConfig, Status, Workflow};
+
+pub const SECRET: &str = "e2e-webhook-secret";
+pub const TOKEN: &str = "ghp_e2etoken";
+
+/// The workspace's target directory (where cargo put this test's binaries).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// ghsim's stand-in runner, built if a narrower `cargo test -p` did not build it.
+pub fn runner_bin() -> PathBuf {
+    let p = target_dir().join("airlock-runner");
+    if !p.is_file() {
+        let st = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "airlock-runner"])
+            .status()
+            .expect("cargo runs");
+        assert!(st.success(), "building airlock-runner failed");
+    }
+    p
+}
+
+pub fn write_secret(p: &Path, v: &str) {
+    std::fs::write(p, v).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+pub struct Pool<'a> {
+    pub name: &'a str,
+    pub scope: &'a str,
+    pub labels: &'a [&'a str],
+    pub max: u32,
+    pub extra: &'a str,
+}
+
+pub fn pool<'a>(name: &'a str, labels: &'a [&'a str]) -> Pool<'a> {
+    Pool { name, scope: "repo:octo/hello", labels, max: 8, extra: "" }
+}
+
+pub fn config_text(state: &Path, api: &str, listen: &str, poll: &str, pools: &[Pool<'_>], runner: &Path) -> String {
+    let mut s = format!(
+        "[server]\nlisten = \"{listen}\"\nstate_dir = \"{}\"\ndrain_grace = \"20s\"\n\n[github]\napi_url = \"{api}\"\n\
+         webhook_secret_file = \"webhook-secret\"\ntoken_file = \"token\"\npoll_interval = \"{poll}\"\nrequest_timeout = \"5s\"\n",
+        state.display()
+    );
+    for p in pools {
+        let labels: Vec<String> = p.labels.iter().map(|l| format!("\"{l}\"")).collect();
+        s.push_str(&format!(
+            "\n[[pool]]\nname = \"{}\"\nscope = \"{}\"\nlabels = [{}]\nrunner_command = \"{}\"\nmax_runners = {}\n{}\n",
+            p.name,
+            p.scope,
+            labels.join(", "),
+            runner.display(),
+            p.max,
+            p.extra
+        ));
+    }
+    s
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub sim: Option<Running>,
+    pub daemon: Option<airlock_daemon::Handle>,
+    pub config: String,
+}
+
+impl Env {
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    pub fn sim(&self) -> &airlock_ghsim::Sim {
+        &self.sim.as_ref().unwrap().sim
+    }
+    pub fn daemon(&self) -> &airlock_daemon::Handle {
+        self.daemon.as_ref().unwrap()
+    }
+    pub fn store(&self) -> &airlock_store::Store {
+        self.daemon().inner.store()
+    }
+
+    pub async fn start_daemon(&mut self) {
+        let (cfg, _) = airlock_config::load_str(&self.config, self.dir.path()).expect("test config is valid");
+        let h = airlock_daemon::start(cfg).await.expect("daemon starts");
+        self.sim().set_webhook_url(Some(format!("http://{}/webhook", h.addr)));
+        self.daemon = Some(h);
+    }
+
+    pub fn submit(&self, repo: &str, jobs: &[(&str, &[&str], &[&str])]) -> Vec<u64> {
+        self.submit_specs(
+            repo,
+            jobs.iter()
+                .map(|(n, l, s)| JobSpec {
+                    name: n.to_string(),
+                    labels: l.iter().map(|x| x.to_string()).collect(),
+                    steps: s.iter().map(|x| x.to_string()).collect(),
+                    drop_webhooks: false,
+                })
+                .collect(),
+        )
+    }
+
+    pub fn submit_specs(&self, repo: &str, jobs: Vec<JobSpec>) -> Vec<u64> {
+        self.sim().submit(&Workflow { repo: repo.into(), name: "CI".into(), jobs }).unwrap().job_ids
+    }
+
+    /// Waits until every job ghsim knows is completed and airlock has no live runner left.
+    pub async fn wait_all_done(&self, timeout: Duration) {
+        let ok = wait_until(timeout, || {
+            self.sim().jobs().iter().all(|j| j.status == Status::Completed)
+                && self.store().live_runners().unwrap().is_empty()
+        })
+        .await;
+        if !ok {
+            let jobs: Vec<_> = self.sim().jobs().iter().map(|j| (j.id, j.name.clone(), j.status, j.runner_name.clone())).collect();
+            let runners: Vec<_> = self.store().live_runners().unwrap().iter().map(|r| (r.name.clone(), r.state)).collect();
+            panic!("not done after {timeout:?}: jobs {jobs:?}, live runners {runners:?}");
+        }
+    }
+
+    /// Nothing may be left: registrations, sandboxes, sandbox processes, live runners.
+    pub fn assert_nothing_left(&self) {
+        assert!(self.sim().runners().is_empty(), "registrations left: {:?}", self.sim().runners());
+        let sb: Vec<_> = std::fs::read_dir(self.state().join("sandboxes"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(sb.is_empty(), "sandboxes left: {sb:?}");
+        let procs = sandbox_processes(&self.state());
+        assert!(procs.is_empty(), "sandbox processes left: {procs:?}");
+    }
+
+    pub fn metrics(&self) -> String {
+        self.daemon().inner.metrics.encode()
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.drain(Duration::from_secs(10)).await;
+        }
+        if let Some(s) = self.sim.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+/// Processes marked as belonging to a sandbox whose working directory is under `state`.
+pub fn sandbox_processes(state: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
+            let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else { return false };
+            env.split(|b| *b == 0).any(|kv| kv.starts_with(b"AIRLOCK_SANDBOX=")) && cwd.starts_with(state)
+        })
+        .collect()
+}
+
+pub async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+/// ghsim + airlock with these pools; the daemon is started unless `start` is false.
+pub async fn env(pools: &[Pool<'_>], poll: &str, faults: Faults, start: bool) -> Env {
+    env_with(pools, poll, faults, start, &runner_bin(), SimConfig::default()).await
+}
+
+pub async fn env_with(pools: &[Pool<'_>], poll: &str, faults: Faults, start: bool, runner: &Path, sim_cfg: SimConfig) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    write_secret(&dir.path().join("webhook-secret"), SECRET);
+    write_secret(&dir.path().join("token"), TOKEN);
+    let sim = Sim::start(
+        SimConfig {
+            webhook_secret: SECRET.as_bytes().to_vec(),
+            tokens: vec![TOKEN.into()],
+            heartbeat_timeout: Duration::from_secs(5),
+            long_poll: Duration::from_secs(2),
+            ..sim_cfg
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    sim.sim.set_faults(faults);
+    let config = config_text(&dir.path().join("state"), &sim.url, "127.0.0.1:0", poll, pools, runner);
+    let mut e = Env { dir, sim: Some(sim), daemon: None, config };
+    if start {
+        e.start_daemon().await;
+    }
+    e
+}
+
+/// The value of one sample line of a Prometheus text exposition, e.g.
+/// `airlock_runners_created_total{pool="a"}`.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().split(' ').next()?.parse().ok()))
+        .unwrap_or(0.0)
+}
