@@ -20,6 +20,16 @@ const load = (p) => JSON.parse(fs.readFileSync(new URL(p, here)));
 const rest = load("node_modules/@octokit/openapi/generated/api.github.com.json");
 const hooks = load("node_modules/@octokit/openapi-webhooks/generated/api.github.com.json");
 
+// OpenAPI 3.0's `nullable: true` does not add null to an `enum` by itself, though GitHub's API
+// sends null for such fields (a queued job's `conclusion`): make that explicit for the validator.
+function nullableEnums(node) {
+  if (Array.isArray(node)) return node.forEach(nullableEnums);
+  if (!node || typeof node !== "object") return;
+  if (node.nullable === true && Array.isArray(node.enum) && !node.enum.includes(null)) node.enum.push(null);
+  Object.values(node).forEach(nullableEnums);
+}
+nullableEnums(rest);
+
 const ajv = new Ajv({ strict: false, allErrors: true, validateSchema: false, discriminator: false });
 addFormats(ajv);
 ajv.addSchema(rest, "rest");
@@ -94,9 +104,14 @@ for (const line of lines) {
   if (status === "304" && op.responses["304"] === undefined && method === "get") continue; // conditional GETs
   const resp = op.responses[status];
   if (!resp) {
-    // GitHub answers 401/403/429/5xx on any operation without documenting each one.
-    if (!["401", "403", "429", "500", "502", "503"].includes(status))
+    // GitHub answers 401/403/404/429/5xx on any operation without documenting each one; their
+    // bodies are GitHub's `basic-error`.
+    if (!["401", "403", "404", "429", "500", "502", "503"].includes(status))
       problems.push(`${where}: status ${status} is not documented for ${key} (documented: ${Object.keys(op.responses)})`);
+    else if (x.response) {
+      const v = validator("rest#/components/schemas/basic-error");
+      if (!v(x.response)) problems.push(`${where} -> ${status}: error body: ${ajv.errorsText(v.errors.slice(0, 5))}`);
+    }
     continue;
   }
   const r = resolve(resp);

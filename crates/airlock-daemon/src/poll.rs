@@ -89,6 +89,9 @@ async fn poll_once(inner: &Inner) -> Result<(), PollError> {
             }
         }
     }
+    // Runners torn down while this poll ran may still be listed: not orphans.
+    let gone: std::collections::HashSet<u64> = inner.store.gone_since(started)?.into_iter().collect();
+    registrations.retain(|r| !gone.contains(&r.id));
     match first_error {
         None => {
             let mut s = inner.shared();

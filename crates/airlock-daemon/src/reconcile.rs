@@ -361,6 +361,11 @@ async fn teardown(inner: &Inner, r: &RunnerRecord, deregister: bool) -> Result<(
         }
     }
     inner.store.runner_transition(&r.name, RunnerState::Gone, now_ms(), None)?;
+    // The last poll's list may still show its registration; it is not an orphan until a poll
+    // made after this moment lists it again.
+    if let Some(id) = r.github_id {
+        inner.shared().registrations.retain(|x| x.id != id);
+    }
     tracing::info!("runner gone");
     Ok(())
 }

@@ -428,6 +428,16 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Registration ids of runners that became gone at or after `since`.
+    pub fn gone_since(&self, since: Timestamp) -> Result<Vec<u64>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT github_id FROM runners WHERE state = 'gone' AND state_since >= ?1 AND github_id IS NOT NULL",
+        )?;
+        let rows = st.query_map([since], |r| r.get::<_, i64>(0))?;
+        Ok(rows.map(|r| r.map(|x| x as u64)).collect::<Result<_, _>>()?)
+    }
+
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self.conn().query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
