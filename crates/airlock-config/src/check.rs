@@ -21,11 +21,16 @@ struct Walker<'a> {
 impl Walker<'_> {
     fn push(&mut self, severity: Severity, key: &str, message: impl Into<String>) {
         // Point at the key's own line, or failing that at its section's header.
-        let line = self
-            .lines
-            .line(key)
-            .or_else(|| key.rsplit_once('.').and_then(|(section, _)| self.lines.line(section)));
-        self.diags.push(Diagnostic { severity, key: key.to_string(), line, message: message.into() });
+        let line = self.lines.line(key).or_else(|| {
+            key.rsplit_once('.')
+                .and_then(|(section, _)| self.lines.line(section))
+        });
+        self.diags.push(Diagnostic {
+            severity,
+            key: key.to_string(),
+            line,
+            message: message.into(),
+        });
     }
 
     fn error(&mut self, key: &str, message: impl Into<String>) {
@@ -37,7 +42,13 @@ impl Walker<'_> {
     }
 
     /// Removes and deserialises `key`; a wrong type is reported and gives `None`.
-    fn take<T: DeserializeOwned>(&mut self, t: &mut Table, section: &str, key: &str, what: &str) -> Option<T> {
+    fn take<T: DeserializeOwned>(
+        &mut self,
+        t: &mut Table,
+        section: &str,
+        key: &str,
+        what: &str,
+    ) -> Option<T> {
         let v = t.remove(key)?;
         let full = format!("{section}.{key}");
         let shown = v.to_string();
@@ -51,7 +62,12 @@ impl Walker<'_> {
     }
 
     fn duration(&mut self, t: &mut Table, section: &str, key: &str, default: Duration) -> Duration {
-        let Some(s) = self.take::<String>(t, section, key, "a duration such as \"90s\", \"5m\" or \"6h\"") else {
+        let Some(s) = self.take::<String>(
+            t,
+            section,
+            key,
+            "a duration such as \"90s\", \"5m\" or \"6h\"",
+        ) else {
             return default;
         };
         match humantime::parse_duration(&s) {
@@ -72,12 +88,19 @@ impl Walker<'_> {
 
     fn path(&mut self, t: &mut Table, section: &str, key: &str) -> Option<PathBuf> {
         let p: PathBuf = self.take::<String>(t, section, key, "a file path")?.into();
-        Some(if p.is_absolute() { p } else { self.base.join(p) })
+        Some(if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        })
     }
 
     fn unknown(&mut self, t: Table, section: &str, known: &[&str]) {
         for k in t.keys() {
-            self.error(&format!("{section}.{k}"), format!("unknown key; expected one of: {}", known.join(", ")));
+            self.error(
+                &format!("{section}.{k}"),
+                format!("unknown key; expected one of: {}", known.join(", ")),
+            );
         }
     }
 
@@ -97,7 +120,9 @@ impl Walker<'_> {
         use std::os::unix::fs::PermissionsExt;
         match std::fs::metadata(path) {
             Err(e) => self.error(key, format!("cannot read {}: {e}", path.display())),
-            Ok(m) if !m.is_file() => self.error(key, format!("{} is not a regular file", path.display())),
+            Ok(m) if !m.is_file() => {
+                self.error(key, format!("{} is not a regular file", path.display()))
+            }
             Ok(m) => {
                 let mode = m.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
@@ -145,11 +170,17 @@ const POOL_KEYS: &[&str] = &[
 
 /// Parses and validates config text; relative paths resolve against `base`.
 pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let mut w = Walker { lines: LineIndex::new(text), base, diags: Vec::new() };
+    let mut w = Walker {
+        lines: LineIndex::new(text),
+        base,
+        diags: Vec::new(),
+    };
     let mut root: Table = match text.parse::<Table>() {
         Ok(t) => t,
         Err(e) => {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
             return Err(vec![Diagnostic {
                 severity: Severity::Error,
                 key: "(syntax)".into(),
@@ -161,20 +192,39 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
 
     // [server]
     let mut t = w.table(&mut root, "server");
-    let listen = match w.take::<String>(&mut t, "server", "listen", "an address such as \"127.0.0.1:8080\"") {
+    let listen = match w.take::<String>(
+        &mut t,
+        "server",
+        "listen",
+        "an address such as \"127.0.0.1:8080\"",
+    ) {
         Some(s) => match s.parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
-                w.error("server.listen", format!("{s:?} is not an IP address and port such as \"127.0.0.1:8080\""));
+                w.error(
+                    "server.listen",
+                    format!("{s:?} is not an IP address and port such as \"127.0.0.1:8080\""),
+                );
                 DEFAULT_LISTEN.parse().unwrap()
             }
         },
         None => DEFAULT_LISTEN.parse().unwrap(),
     };
-    let state_dir = w.path(&mut t, "server", "state_dir").unwrap_or_else(|| DEFAULT_STATE_DIR.into());
-    let drain_grace = w.duration(&mut t, "server", "drain_grace", Duration::from_secs(15 * 60));
+    let state_dir = w
+        .path(&mut t, "server", "state_dir")
+        .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+    let drain_grace = w.duration(
+        &mut t,
+        "server",
+        "drain_grace",
+        Duration::from_secs(15 * 60),
+    );
     w.unknown(t, "server", SERVER_KEYS);
-    let server = ServerConfig { listen, state_dir, drain_grace };
+    let server = ServerConfig {
+        listen,
+        state_dir,
+        drain_grace,
+    };
 
     // [github]
     let mut t = w.table(&mut root, "github");
@@ -182,7 +232,10 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
         .take::<String>(&mut t, "github", "api_url", "a URL")
         .unwrap_or_else(|| DEFAULT_API_URL.to_string());
     if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
-        w.error("github.api_url", format!("{api_url:?} must start with https:// (or http:// for a local emulator)"));
+        w.error(
+            "github.api_url",
+            format!("{api_url:?} must start with https:// (or http:// for a local emulator)"),
+        );
     }
     let api_url = api_url.trim_end_matches('/').to_string();
     let webhook_secret_file = w.path(&mut t, "github", "webhook_secret_file");
@@ -190,7 +243,12 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
     let request_timeout = w.duration(&mut t, "github", "request_timeout", Duration::from_secs(30));
     let token_file = w.path(&mut t, "github", "token_file");
     let app_id = w.take::<u64>(&mut t, "github", "app_id", "a number");
-    let client_id = w.take::<String>(&mut t, "github", "client_id", "a string such as \"Iv1.abc\"");
+    let client_id = w.take::<String>(
+        &mut t,
+        "github",
+        "client_id",
+        "a string such as \"Iv1.abc\"",
+    );
     let private_key_file = w.path(&mut t, "github", "private_key_file");
     let installation_id = w.take::<u64>(&mut t, "github", "installation_id", "a number");
     w.unknown(t, "github", GITHUB_KEYS);
@@ -201,7 +259,10 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
     let issuer = client_id.or(app_id.map(|i| i.to_string()));
     let auth = match (token_file, issuer, private_key_file) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-            w.error("github.token_file", "set token_file or a GitHub App (app_id/client_id + private_key_file), not both");
+            w.error(
+                "github.token_file",
+                "set token_file or a GitHub App (app_id/client_id + private_key_file), not both",
+            );
             None
         }
         (Some(token_file), None, None) => {
@@ -210,18 +271,31 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
         }
         (None, Some(issuer), Some(private_key_file)) => {
             w.secret_file("github.private_key_file", &private_key_file);
-            Some(Auth::App { issuer, private_key_file, installation_id })
+            Some(Auth::App {
+                issuer,
+                private_key_file,
+                installation_id,
+            })
         }
         (None, Some(_), None) => {
-            w.error("github.private_key_file", "a GitHub App needs private_key_file");
+            w.error(
+                "github.private_key_file",
+                "a GitHub App needs private_key_file",
+            );
             None
         }
         (None, None, Some(_)) => {
-            w.error("github.app_id", "private_key_file is set but neither app_id nor client_id is");
+            w.error(
+                "github.app_id",
+                "private_key_file is set but neither app_id nor client_id is",
+            );
             None
         }
         (None, None, None) => {
-            w.error("github", "no credentials: set token_file, or app_id (or client_id) and private_key_file");
+            w.error(
+                "github",
+                "no credentials: set token_file, or app_id (or client_id) and private_key_file",
+            );
             None
         }
     };
@@ -254,17 +328,32 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
             w.error(&sec, "expected a table");
             continue;
         };
-        let name = w.take::<String>(&mut t, &sec, "name", "a string").unwrap_or_default();
+        let name = w
+            .take::<String>(&mut t, &sec, "name", "a string")
+            .unwrap_or_default();
         if name.is_empty() {
             w.error(&format!("{sec}.name"), "every pool needs a name");
-        } else if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        } else if !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             || name.len() > 40
         {
-            w.error(&format!("{sec}.name"), format!("{name:?}: use 1-40 of a-z, 0-9 and '-' (it becomes part of runner names)"));
+            w.error(
+                &format!("{sec}.name"),
+                format!("{name:?}: use 1-40 of a-z, 0-9 and '-' (it becomes part of runner names)"),
+            );
         } else if let Some(j) = names.insert(name.clone(), i) {
-            w.error(&format!("{sec}.name"), format!("{name:?} is already the name of pool[{j}]"));
+            w.error(
+                &format!("{sec}.name"),
+                format!("{name:?} is already the name of pool[{j}]"),
+            );
         }
-        let scope = match w.take::<String>(&mut t, &sec, "scope", "a string such as \"repo:OWNER/NAME\"") {
+        let scope = match w.take::<String>(
+            &mut t,
+            &sec,
+            "scope",
+            "a string such as \"repo:OWNER/NAME\"",
+        ) {
             Some(s) => match Scope::parse(&s) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -273,15 +362,26 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
                 }
             },
             None => {
-                w.error(&format!("{sec}.scope"), "missing: set repo:OWNER/NAME, org:NAME or enterprise:SLUG");
+                w.error(
+                    &format!("{sec}.scope"),
+                    "missing: set repo:OWNER/NAME, org:NAME or enterprise:SLUG",
+                );
                 None
             }
         };
-        let labels = w.take::<Vec<String>>(&mut t, &sec, "labels", "a list of strings").unwrap_or_default();
+        let labels = w
+            .take::<Vec<String>>(&mut t, &sec, "labels", "a list of strings")
+            .unwrap_or_default();
         if labels.iter().all(|l| l.trim().is_empty()) {
-            w.error(&format!("{sec}.labels"), "empty: a pool without labels can never match a job");
+            w.error(
+                &format!("{sec}.labels"),
+                "empty: a pool without labels can never match a job",
+            );
         } else if labels.len() > 100 {
-            w.error(&format!("{sec}.labels"), "GitHub allows at most 100 labels per runner");
+            w.error(
+                &format!("{sec}.labels"),
+                "GitHub allows at most 100 labels per runner",
+            );
         } else {
             let set = Labels::new(&labels);
             if let Some(other) = label_sets.insert(set.clone(), name.clone()) {
@@ -291,15 +391,26 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
                 );
             }
         }
-        let runner_group = w.take::<String>(&mut t, &sec, "runner_group", "a string").unwrap_or_else(|| "Default".into());
-        let backend = match w.take::<String>(&mut t, &sec, "backend", "a string").as_deref() {
+        let runner_group = w
+            .take::<String>(&mut t, &sec, "runner_group", "a string")
+            .unwrap_or_else(|| "Default".into());
+        let backend = match w
+            .take::<String>(&mut t, &sec, "backend", "a string")
+            .as_deref()
+        {
             None | Some("process") => BackendKind::Process,
             Some(b @ ("container" | "microvm")) => {
-                w.error(&format!("{sec}.backend"), format!("{b:?} is not available in this version; use \"process\""));
+                w.error(
+                    &format!("{sec}.backend"),
+                    format!("{b:?} is not available in this version; use \"process\""),
+                );
                 BackendKind::Process
             }
             Some(other) => {
-                w.error(&format!("{sec}.backend"), format!("{other:?} is not a backend; expected \"process\""));
+                w.error(
+                    &format!("{sec}.backend"),
+                    format!("{other:?} is not a backend; expected \"process\""),
+                );
                 BackendKind::Process
             }
         };
@@ -307,13 +418,20 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
             .path(&mut t, &sec, "runner_command")
             .unwrap_or_else(|| PathBuf::from("/opt/actions-runner/run.sh"));
         check_executable(&mut w, &format!("{sec}.runner_command"), &runner_command);
-        let min_idle = w.take::<u32>(&mut t, &sec, "min_idle", "a whole number ≥ 0").unwrap_or(0);
-        let max_runners = w.take::<u32>(&mut t, &sec, "max_runners", "a whole number ≥ 1").unwrap_or(8);
+        let min_idle = w
+            .take::<u32>(&mut t, &sec, "min_idle", "a whole number ≥ 0")
+            .unwrap_or(0);
+        let max_runners = w
+            .take::<u32>(&mut t, &sec, "max_runners", "a whole number ≥ 1")
+            .unwrap_or(8);
         if max_runners == 0 {
             w.error(&format!("{sec}.max_runners"), "must be at least 1");
         }
         if min_idle > max_runners {
-            w.error(&format!("{sec}.min_idle"), format!("{min_idle} is more than max_runners ({max_runners})"));
+            w.error(
+                &format!("{sec}.min_idle"),
+                format!("{min_idle} is more than max_runners ({max_runners})"),
+            );
         }
         let boot_timeout = w.duration(&mut t, &sec, "boot_timeout", Duration::from_secs(300));
         let idle_timeout = w.duration(&mut t, &sec, "idle_timeout", Duration::from_secs(600));
@@ -336,7 +454,10 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
         }
     }
     for k in root.keys() {
-        w.error(k, "unknown top-level key; expected [server], [github] or [[pool]]");
+        w.error(
+            k,
+            "unknown top-level key; expected [server], [github] or [[pool]]",
+        );
     }
 
     let has_error = w.diags.iter().any(|d| d.severity == Severity::Error);
@@ -344,7 +465,13 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
         (Some(auth), false) => Ok((
             Config {
                 server,
-                github: GitHubConfig { api_url, webhook_secret_file, poll_interval, request_timeout, auth },
+                github: GitHubConfig {
+                    api_url,
+                    webhook_secret_file,
+                    poll_interval,
+                    request_timeout,
+                    auth,
+                },
                 pools,
             },
             w.diags,
@@ -468,13 +595,22 @@ boot_timeout = 7
         ];
         for (key, line) in want {
             assert!(
-                diags.iter().any(|d| d.key == key && d.line == Some(line) && d.severity == Severity::Error),
+                diags
+                    .iter()
+                    .any(|d| d.key == key && d.line == Some(line) && d.severity == Severity::Error),
                 "no error for {key} at line {line} in:\n{}",
                 text.join("\n")
             );
         }
-        assert!(text.iter().any(|t| t.contains("readable by other users (mode 0644)")), "{text:?}");
-        assert!(text.iter().any(|t| t.contains("can never match")), "{text:?}");
+        assert!(
+            text.iter()
+                .any(|t| t.contains("readable by other users (mode 0644)")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.contains("can never match")),
+            "{text:?}"
+        );
     }
 
     #[test]
@@ -497,26 +633,38 @@ runner_command = "/bin/sh"
         let (_, diags) = load_str(text, d.path()).unwrap();
         assert_eq!(diags.len(), 2, "{diags:?}");
         assert!(diags.iter().all(|d| d.severity == Severity::Warning));
-        assert!(diags.iter().any(|d| d.key == "pool[1].labels" && d.line == Some(12)));
+        assert!(diags
+            .iter()
+            .any(|d| d.key == "pool[1].labels" && d.line == Some(12)));
         assert!(diags.iter().any(|d| d.key == "github.webhook_secret_file"));
     }
 
     #[test]
     fn credentials_must_be_one_kind() {
         let d = dir_with_secrets();
-        let pool = "[[pool]]\nname=\"a\"\nscope=\"org:o\"\nlabels=[\"x\"]\nrunner_command=\"/bin/sh\"\n";
+        let pool =
+            "[[pool]]\nname=\"a\"\nscope=\"org:o\"\nlabels=[\"x\"]\nrunner_command=\"/bin/sh\"\n";
         let cases = [
             ("[github]\n", "no credentials"),
             ("[github]\ntoken_file=\"token\"\napp_id=1\n", "not both"),
             ("[github]\napp_id=1\n", "needs private_key_file"),
-            ("[github]\napp_id=1\nclient_id=\"Iv1.x\"\nprivate_key_file=\"token\"\n", "not both"),
+            (
+                "[github]\napp_id=1\nclient_id=\"Iv1.x\"\nprivate_key_file=\"token\"\n",
+                "not both",
+            ),
         ];
         for (gh, want) in cases {
             let diags = load_str(&format!("{gh}{pool}"), d.path()).unwrap_err();
-            assert!(diags.iter().any(|x| x.message.contains(want)), "{gh}: {diags:?}");
+            assert!(
+                diags.iter().any(|x| x.message.contains(want)),
+                "{gh}: {diags:?}"
+            );
         }
-        let (c, _) =
-            load_str(&format!("[github]\nclient_id=\"Iv1.x\"\nprivate_key_file=\"token\"\n{pool}"), d.path()).unwrap();
+        let (c, _) = load_str(
+            &format!("[github]\nclient_id=\"Iv1.x\"\nprivate_key_file=\"token\"\n{pool}"),
+            d.path(),
+        )
+        .unwrap();
         assert!(matches!(c.github.auth, Auth::App { ref issuer, .. } if issuer == "Iv1.x"));
     }
 

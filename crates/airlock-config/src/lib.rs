@@ -90,7 +90,9 @@ pub struct GitHubConfig {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub enum Auth {
-    Token { token_file: PathBuf },
+    Token {
+        token_file: PathBuf,
+    },
     App {
         /// The JWT issuer: the App's client ID (recommended by GitHub) or its numeric App ID.
         issuer: String,
@@ -142,7 +144,10 @@ impl PoolConfig {
 }
 
 mod humantime_serde_shim {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 }
@@ -163,5 +168,8 @@ pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
         }],
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    load_str(&text, base).map_err(|diagnostics| ConfigError { path: path.display().to_string(), diagnostics })
+    load_str(&text, base).map_err(|diagnostics| ConfigError {
+        path: path.display().to_string(),
+        diagnostics,
+    })
 }

@@ -28,7 +28,11 @@ impl LineIndex {
             } else if let Some((k, _)) = line.split_once('=') {
                 let k = k.trim().trim_matches('"');
                 if !k.is_empty() && !k.starts_with('#') {
-                    let full = if section.is_empty() { k.to_string() } else { format!("{section}.{k}") };
+                    let full = if section.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{section}.{k}")
+                    };
                     keys.entry(full).or_insert(n);
                 }
             }

@@ -5,7 +5,18 @@
 use std::collections::BTreeSet;
 
 /// A set of labels, normalised to lower case so that `Linux` and `linux` are one label.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Labels(BTreeSet<String>);
 
 impl Labels {
@@ -14,7 +25,12 @@ impl Labels {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        Labels(labels.into_iter().map(|l| l.as_ref().trim().to_lowercase()).collect())
+        Labels(
+            labels
+                .into_iter()
+                .map(|l| l.as_ref().trim().to_lowercase())
+                .collect(),
+        )
     }
 
     /// True when a runner with `self` labels may take a job asking for `job`.

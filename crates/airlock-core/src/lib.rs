@@ -10,14 +10,18 @@ pub mod planner;
 pub mod state;
 
 pub use labels::Labels;
-pub use planner::{choose_pool, plan, JobView, Op, PlanInput, PoolSpec, RegistrationView, RunnerView, StopReason};
+pub use planner::{
+    choose_pool, plan, JobView, Op, PlanInput, PoolSpec, RegistrationView, RunnerView, StopReason,
+};
 pub use state::{JobStatus, RunnerState, SandboxState, Step, TransitionError};
 
 /// Milliseconds since the Unix epoch. The core never reads the clock; callers pass `now`.
 pub type Timestamp = i64;
 
 /// The scope at which a pool registers its runners (and GitHub's runner endpoints live).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Scope {
     Repo { owner: String, name: String },
     Org(String),
@@ -27,23 +31,27 @@ pub enum Scope {
 impl Scope {
     /// Parses `repo:OWNER/NAME`, `org:NAME` or `enterprise:SLUG`.
     pub fn parse(s: &str) -> Result<Scope, String> {
-        let (kind, rest) = s
-            .split_once(':')
-            .ok_or_else(|| format!("expected repo:OWNER/NAME, org:NAME or enterprise:SLUG, got {s:?}"))?;
+        let (kind, rest) = s.split_once(':').ok_or_else(|| {
+            format!("expected repo:OWNER/NAME, org:NAME or enterprise:SLUG, got {s:?}")
+        })?;
         let valid = |p: &str| {
             !p.is_empty()
-                && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         };
         match kind {
             "repo" => match rest.split_once('/') {
-                Some((o, n)) if valid(o) && valid(n) => {
-                    Ok(Scope::Repo { owner: o.to_string(), name: n.to_string() })
-                }
+                Some((o, n)) if valid(o) && valid(n) => Ok(Scope::Repo {
+                    owner: o.to_string(),
+                    name: n.to_string(),
+                }),
                 _ => Err(format!("expected repo:OWNER/NAME, got {s:?}")),
             },
             "org" if valid(rest) => Ok(Scope::Org(rest.to_string())),
             "enterprise" if valid(rest) => Ok(Scope::Enterprise(rest.to_string())),
-            _ => Err(format!("expected repo:OWNER/NAME, org:NAME or enterprise:SLUG, got {s:?}")),
+            _ => Err(format!(
+                "expected repo:OWNER/NAME, org:NAME or enterprise:SLUG, got {s:?}"
+            )),
         }
     }
 
@@ -60,9 +68,7 @@ impl Scope {
     /// `enterprise` (as a webhook or the poll reported them), may be served by this scope.
     pub fn covers(&self, repo: &str, enterprise: Option<&str>) -> bool {
         match self {
-            Scope::Repo { owner, name } => {
-                repo.eq_ignore_ascii_case(&format!("{owner}/{name}"))
-            }
+            Scope::Repo { owner, name } => repo.eq_ignore_ascii_case(&format!("{owner}/{name}")),
             Scope::Org(o) => repo
                 .split_once('/')
                 .is_some_and(|(owner, _)| owner.eq_ignore_ascii_case(o)),
@@ -106,7 +112,16 @@ mod tests {
         let e = Scope::parse("enterprise:big").unwrap();
         assert!(e.covers("a/b", Some("big")));
         assert!(!e.covers("a/b", None));
-        for bad in ["", "repo:", "repo:x", "repo:/x", "org:", "team:x", "org:a b", "repo:a/b/c"] {
+        for bad in [
+            "",
+            "repo:",
+            "repo:x",
+            "repo:/x",
+            "org:",
+            "team:x",
+            "org:a b",
+            "repo:a/b/c",
+        ] {
             assert!(Scope::parse(bad).is_err(), "{bad:?} should be refused");
         }
         assert_eq!(r.to_string(), "repo:octo/hello");

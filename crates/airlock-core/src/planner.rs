@@ -33,13 +33,16 @@ impl PoolSpec {
     pub fn test(name: &str) -> PoolSpec {
         PoolSpec {
             name: name.to_string(),
-            scope: Scope::Repo { owner: "octo".into(), name: "hello".into() },
+            scope: Scope::Repo {
+                owner: "octo".into(),
+                name: "hello".into(),
+            },
             labels: Labels::new(["self-hosted", name]),
             min_idle: 0,
             max_runners: 10,
             boot_timeout: 300_000,
             idle_timeout: 600_000,
-            job_timeout: 6 * 3600_000,
+            job_timeout: 6 * 3_600_000,
         }
     }
     pub fn labels(mut self, l: &[&str]) -> Self {
@@ -163,7 +166,9 @@ pub fn choose_pool<'p>(job: &JobView, pools: &'p [PoolSpec]) -> Option<&'p PoolS
     pools
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.scope.covers(&job.repo, job.enterprise.as_deref()) && p.labels.serves(&job.labels))
+        .filter(|(_, p)| {
+            p.scope.covers(&job.repo, job.enterprise.as_deref()) && p.labels.serves(&job.labels)
+        })
         .min_by_key(|(i, p)| (p.labels.len(), *i))
         .map(|(_, p)| p)
 }
@@ -198,7 +203,11 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Op> {
             .filter(|r| matches!(r.state, RunnerState::Starting | RunnerState::Idle))
             .count() as u32;
         let offset = input.unaccounted.get(&pool.name).copied().unwrap_or(0) + exiting;
-        let wanted = if input.draining { 0 } else { queued.saturating_sub(offset) + pool.min_idle };
+        let wanted = if input.draining {
+            0
+        } else {
+            queued.saturating_sub(offset) + pool.min_idle
+        };
 
         let mut available: Vec<&RunnerView> = Vec::new();
         for r in &runners {
@@ -210,13 +219,18 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Op> {
                 Some(StopReason::Exited)
             } else if r.state == RunnerState::Busy && in_state > pool.job_timeout {
                 Some(StopReason::JobTimeout)
-            } else if matches!(r.state, RunnerState::Creating | RunnerState::Starting) && age > pool.boot_timeout {
+            } else if matches!(r.state, RunnerState::Creating | RunnerState::Starting)
+                && age > pool.boot_timeout
+            {
                 Some(StopReason::BootTimeout)
             } else {
                 None
             };
             match stop {
-                Some(reason) => ops.push(Op::Stop { runner: r.name.clone(), reason }),
+                Some(reason) => ops.push(Op::Stop {
+                    runner: r.name.clone(),
+                    reason,
+                }),
                 None if r.state.available() => available.push(r),
                 None => {}
             }
@@ -232,15 +246,24 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Op> {
                 .filter(|r| input.draining || input.now - r.state_since >= pool.idle_timeout)
                 .collect();
             idle.sort_by_key(|r| (r.state_since, r.name.clone()));
-            let reason = if input.draining { StopReason::Drain } else { StopReason::IdleTimeout };
+            let reason = if input.draining {
+                StopReason::Drain
+            } else {
+                StopReason::IdleTimeout
+            };
             for r in idle.into_iter().take((have - wanted) as usize) {
-                ops.push(Op::Stop { runner: r.name.clone(), reason });
+                ops.push(Op::Stop {
+                    runner: r.name.clone(),
+                    reason,
+                });
             }
         } else if wanted > have {
             let live = runners.len() as u32;
             let room = pool.max_runners.saturating_sub(live);
             for _ in 0..(wanted - have).min(room) {
-                ops.push(Op::Create { pool: pool.name.clone() });
+                ops.push(Op::Create {
+                    pool: pool.name.clone(),
+                });
             }
         }
     }
@@ -255,16 +278,27 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Op> {
             (RunnerState::Busy, false) => continue,
             _ => StopReason::Drain,
         };
-        ops.push(Op::Stop { runner: r.name.clone(), reason });
+        ops.push(Op::Stop {
+            runner: r.name.clone(),
+            reason,
+        });
     }
 
     let live: HashSet<&str> = input.runners.iter().map(|r| r.name.as_str()).collect();
     for reg in input.registrations {
         if reg.name.starts_with(RUNNER_PREFIX) && !live.contains(reg.name.as_str()) && !reg.busy {
-            ops.push(Op::DeleteRegistration { scope: reg.scope.clone(), id: reg.id, name: reg.name.clone() });
+            ops.push(Op::DeleteRegistration {
+                scope: reg.scope.clone(),
+                id: reg.id,
+                name: reg.name.clone(),
+            });
         }
     }
-    let owned: HashSet<&str> = input.runners.iter().map(|r| r.sandbox_id.as_str()).collect();
+    let owned: HashSet<&str> = input
+        .runners
+        .iter()
+        .map(|r| r.sandbox_id.as_str())
+        .collect();
     for id in input.sandboxes {
         if !owned.contains(id.as_str()) {
             ops.push(Op::DestroySandbox { id: id.clone() });
@@ -334,12 +368,18 @@ mod tests {
         Op::Create { pool: pool.into() }
     }
     fn stop(runner: &str, reason: StopReason) -> Op {
-        Op::Stop { runner: runner.into(), reason }
+        Op::Stop {
+            runner: runner.into(),
+            reason,
+        }
     }
 
     fn run(c: Case) {
-        let unaccounted: HashMap<String, u32> =
-            c.unaccounted.iter().map(|(p, n)| (p.to_string(), *n)).collect();
+        let unaccounted: HashMap<String, u32> = c
+            .unaccounted
+            .iter()
+            .map(|(p, n)| (p.to_string(), *n))
+            .collect();
         let sandboxes: Vec<String> = c.sandboxes.iter().map(|s| s.to_string()).collect();
         let input = PlanInput {
             now: NOW,
@@ -361,7 +401,10 @@ mod tests {
     fn planner_table() {
         use RunnerState::*;
         let cases = vec![
-            Case { name: "nothing queued, nothing to do", ..Default::default() },
+            Case {
+                name: "nothing queued, nothing to do",
+                ..Default::default()
+            },
             Case {
                 name: "one runner per queued job",
                 jobs: vec![job(1, &["self-hosted", "small"]), job(2, &["small"])],
@@ -379,7 +422,10 @@ mod tests {
             Case {
                 name: "starting and idle runners already cover demand",
                 jobs: vec![job(1, &["small"]), job(2, &["small"])],
-                runners: vec![runner("s1", "small", Starting, 5), runner("i1", "small", Idle, 5)],
+                runners: vec![
+                    runner("s1", "small", Starting, 5),
+                    runner("i1", "small", Idle, 5),
+                ],
                 ..Default::default()
             },
             Case {
@@ -401,20 +447,33 @@ mod tests {
                     PoolSpec::test("small").labels(&["self-hosted", "linux", "x64"]),
                     PoolSpec::test("small2").labels(&["self-hosted", "linux", "arm"]),
                 ],
-                jobs: vec![job(1, &["linux"]), job(2, &["linux", "big"]), job(3, &["self-hosted"])],
+                jobs: vec![
+                    job(1, &["linux"]),
+                    job(2, &["linux", "big"]),
+                    job(3, &["self-hosted"]),
+                ],
                 want: vec![create("big"), create("small"), create("small")],
                 ..Default::default()
             },
             Case {
                 name: "a job outside the pool's scope is not its demand",
-                jobs: vec![JobView { repo: "octo/other".into(), ..job(1, &["small"]) }],
+                jobs: vec![JobView {
+                    repo: "octo/other".into(),
+                    ..job(1, &["small"])
+                }],
                 ..Default::default()
             },
             Case {
                 name: "in-progress and waiting jobs need no new runner",
                 jobs: vec![
-                    JobView { status: JobStatus::InProgress, ..job(1, &["small"]) },
-                    JobView { status: JobStatus::Waiting, ..job(2, &["small"]) },
+                    JobView {
+                        status: JobStatus::InProgress,
+                        ..job(1, &["small"])
+                    },
+                    JobView {
+                        status: JobStatus::Waiting,
+                        ..job(2, &["small"])
+                    },
                 ],
                 ..Default::default()
             },
@@ -464,10 +523,16 @@ mod tests {
             Case {
                 name: "exited runners are torn down, stopping ones resumed",
                 runners: vec![
-                    RunnerView { exited: true, ..runner("b1", "small", Busy, 10) },
+                    RunnerView {
+                        exited: true,
+                        ..runner("b1", "small", Busy, 10)
+                    },
                     runner("x1", "small", Stopping, 10),
                 ],
-                want: vec![stop("b1", StopReason::Exited), stop("x1", StopReason::Resume)],
+                want: vec![
+                    stop("b1", StopReason::Exited),
+                    stop("x1", StopReason::Resume),
+                ],
                 ..Default::default()
             },
             Case {
@@ -481,10 +546,22 @@ mod tests {
                 name: "a clean exit before the job's webhook offsets demand in the same pass",
                 jobs: vec![job(1, &["small"]), job(2, &["small"])],
                 runners: vec![
-                    RunnerView { exited: true, exit_code: Some(0), ..runner("s1", "small", Starting, 5) },
-                    RunnerView { exited: true, exit_code: Some(1), ..runner("s2", "small", Starting, 5) },
+                    RunnerView {
+                        exited: true,
+                        exit_code: Some(0),
+                        ..runner("s1", "small", Starting, 5)
+                    },
+                    RunnerView {
+                        exited: true,
+                        exit_code: Some(1),
+                        ..runner("s2", "small", Starting, 5)
+                    },
                 ],
-                want: vec![stop("s1", StopReason::Exited), stop("s2", StopReason::Exited), create("small")],
+                want: vec![
+                    stop("s1", StopReason::Exited),
+                    stop("s2", StopReason::Exited),
+                    create("small"),
+                ],
                 ..Default::default()
             },
             Case {
@@ -507,7 +584,8 @@ mod tests {
                 ..Default::default()
             },
             Case {
-                name: "orphan registrations and sandboxes are reaped; busy ones and others' are not",
+                name:
+                    "orphan registrations and sandboxes are reaped; busy ones and others' are not",
                 runners: vec![runner("airlock-small-a", "small", Idle, 1)],
                 registrations: vec![
                     RegistrationView {
@@ -542,7 +620,9 @@ mod tests {
                         id: 2,
                         name: "airlock-small-b".into(),
                     },
-                    Op::DestroySandbox { id: "sb-lost".into() },
+                    Op::DestroySandbox {
+                        id: "sb-lost".into(),
+                    },
                 ],
                 ..Default::default()
             },
@@ -554,9 +634,12 @@ mod tests {
 
     #[test]
     fn ten_thousand_jobs_plan_in_one_pass() {
-        let pools: Vec<PoolSpec> =
-            (0..50).map(|i| PoolSpec::test(&format!("p{i}")).max(1000)).collect();
-        let jobs: Vec<JobView> = (0..10_000).map(|i| job(i, &[&format!("p{}", i % 50)])).collect();
+        let pools: Vec<PoolSpec> = (0..50)
+            .map(|i| PoolSpec::test(&format!("p{i}")).max(1000))
+            .collect();
+        let jobs: Vec<JobView> = (0..10_000)
+            .map(|i| job(i, &[&format!("p{}", i % 50)]))
+            .collect();
         let unaccounted = HashMap::new();
         let ops = plan(&PlanInput {
             now: NOW,

@@ -70,9 +70,10 @@ impl JobStatus {
     pub fn advance(self, to: JobStatus) -> Step {
         use JobStatus::*;
         match (self, to) {
-            (Queued, Queued) | (Waiting, Waiting) | (InProgress, InProgress) | (Completed, Completed) => {
-                Step::Unchanged
-            }
+            (Queued, Queued)
+            | (Waiting, Waiting)
+            | (InProgress, InProgress)
+            | (Completed, Completed) => Step::Unchanged,
             (Queued, Waiting) | (Waiting, Queued) => Step::Apply,
             (Queued, InProgress) | (Queued, Completed) => Step::Apply,
             (Waiting, InProgress) | (Waiting, Completed) => Step::Apply,
@@ -159,19 +160,32 @@ impl RunnerState {
             (Busy, Stopping) => true,
             (Busy, Creating) | (Busy, Starting) | (Busy, Idle) | (Busy, Gone) => false,
             (Stopping, Gone) => true,
-            (Stopping, Creating) | (Stopping, Starting) | (Stopping, Idle) | (Stopping, Busy) => false,
-            (Gone, Creating) | (Gone, Starting) | (Gone, Idle) | (Gone, Busy) | (Gone, Stopping) => false,
+            (Stopping, Creating) | (Stopping, Starting) | (Stopping, Idle) | (Stopping, Busy) => {
+                false
+            }
+            (Gone, Creating)
+            | (Gone, Starting)
+            | (Gone, Idle)
+            | (Gone, Busy)
+            | (Gone, Stopping) => false,
         };
         if ok {
             Ok(Step::Apply)
         } else {
-            Err(TransitionError { entity: "runner", from: self.to_string(), to: to.to_string() })
+            Err(TransitionError {
+                entity: "runner",
+                from: self.to_string(),
+                to: to.to_string(),
+            })
         }
     }
 
     /// Counts towards the pool's supply of runners that can still take a queued job.
     pub fn available(self) -> bool {
-        matches!(self, RunnerState::Creating | RunnerState::Starting | RunnerState::Idle)
+        matches!(
+            self,
+            RunnerState::Creating | RunnerState::Starting | RunnerState::Idle
+        )
     }
 }
 
@@ -215,9 +229,10 @@ impl SandboxState {
     pub fn check(self, to: SandboxState) -> Result<Step, TransitionError> {
         use SandboxState::*;
         let ok = match (self, to) {
-            (Creating, Creating) | (Running, Running) | (Exited, Exited) | (Destroyed, Destroyed) => {
-                return Ok(Step::Unchanged)
-            }
+            (Creating, Creating)
+            | (Running, Running)
+            | (Exited, Exited)
+            | (Destroyed, Destroyed) => return Ok(Step::Unchanged),
             (Creating, Running) | (Creating, Exited) | (Creating, Destroyed) => true,
             (Running, Exited) | (Running, Destroyed) => true,
             (Running, Creating) => false,
@@ -228,7 +243,11 @@ impl SandboxState {
         if ok {
             Ok(Step::Apply)
         } else {
-            Err(TransitionError { entity: "sandbox", from: self.as_str().into(), to: to.as_str().into() })
+            Err(TransitionError {
+                entity: "sandbox",
+                from: self.as_str().into(),
+                to: to.as_str().into(),
+            })
         }
     }
 }

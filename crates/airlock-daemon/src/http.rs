@@ -23,17 +23,30 @@ use crate::{now_ms, Inner};
 pub(crate) fn router(inner: Arc<Inner>) -> Router {
     Router::new()
         .route("/webhook", post(webhook_handler))
-        .route("/metrics", get(|State(i): State<Arc<Inner>>| async move { dispatch(&i, Command::Metrics) }))
+        .route(
+            "/metrics",
+            get(|State(i): State<Arc<Inner>>| async move { dispatch(&i, Command::Metrics) }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/api/v1/status", get(|State(i): State<Arc<Inner>>| async move { dispatch(&i, Command::Status) }))
+        .route(
+            "/api/v1/status",
+            get(|State(i): State<Arc<Inner>>| async move { dispatch(&i, Command::Status) }),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(inner)
 }
 
 /// Everything the HTTP side can ask of the daemon.
 enum Command {
-    Ingest { guid: String, event: String, action: Option<String>, job: Option<JobObservation> },
-    Ping { guid: String },
+    Ingest {
+        guid: String,
+        event: String,
+        action: Option<String>,
+        job: Option<Box<JobObservation>>,
+    },
+    Ping {
+        guid: String,
+    },
     Status,
     Metrics,
 }
@@ -42,7 +55,10 @@ fn count(inner: &Inner, event: &str, outcome: &str) {
     inner
         .metrics
         .webhook_deliveries
-        .get_or_create(&DeliveryLabels { event: event.into(), outcome: outcome.into() })
+        .get_or_create(&DeliveryLabels {
+            event: event.into(),
+            outcome: outcome.into(),
+        })
         .inc();
 }
 
@@ -50,12 +66,24 @@ fn refuse(status: StatusCode, msg: &str) -> Response {
     (status, Json(json!({ "error": msg }))).into_response()
 }
 
-async fn webhook_handler(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
-    let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+async fn webhook_handler(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let h = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let event = h("x-github-event").unwrap_or_default();
     let Some(secret) = &inner.webhook_secret else {
         count(&inner, &event, "refused");
-        return refuse(StatusCode::UNAUTHORIZED, "webhooks are disabled: no webhook secret is configured");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "webhooks are disabled: no webhook secret is configured",
+        );
     };
     if let Err(e) = webhook::verify(secret, &body, h("x-hub-signature-256").as_deref()) {
         count(&inner, &event, "bad_signature");
@@ -68,12 +96,25 @@ async fn webhook_handler(State(inner): State<Arc<Inner>>, headers: HeaderMap, bo
     }
     let Some(guid) = h("x-github-delivery").filter(|g| !g.is_empty() && g.len() <= 100) else {
         count(&inner, &event, "malformed");
-        return refuse(StatusCode::BAD_REQUEST, "missing or invalid X-GitHub-Delivery header");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "missing or invalid X-GitHub-Delivery header",
+        );
     };
     let cmd = match webhook::parse(&event, &body) {
         Ok(Event::Ping) => Command::Ping { guid },
-        Ok(Event::WorkflowJob { action, job }) => Command::Ingest { guid, event, action: Some(action), job: Some(job) },
-        Ok(Event::Other) => Command::Ingest { guid, event, action: None, job: None },
+        Ok(Event::WorkflowJob { action, job }) => Command::Ingest {
+            guid,
+            event,
+            action: Some(action),
+            job: Some(job),
+        },
+        Ok(Event::Other) => Command::Ingest {
+            guid,
+            event,
+            action: None,
+            job: None,
+        },
         Err(e) => {
             count(&inner, &event, "malformed");
             tracing::warn!(error = %e, "webhook refused");
@@ -90,9 +131,20 @@ fn dispatch(inner: &Inner, cmd: Command) -> Response {
             tracing::info!(delivery = %guid, "ping from GitHub");
             (StatusCode::OK, Json(json!({ "ok": "pong" }))).into_response()
         }
-        Command::Ingest { guid, event, action, job } => {
+        Command::Ingest {
+            guid,
+            event,
+            action,
+            job,
+        } => {
             let ignored = job.is_none();
-            match inner.store.ingest_delivery(&guid, &event, action.as_deref(), job.as_ref(), now_ms()) {
+            match inner.store.ingest_delivery(
+                &guid,
+                &event,
+                action.as_deref(),
+                job.as_deref(),
+                now_ms(),
+            ) {
                 Ok(Ingest::Duplicate) => {
                     count(inner, &event, "duplicate");
                     (StatusCode::OK, Json(json!({ "ok": "duplicate delivery" }))).into_response()
@@ -107,13 +159,19 @@ fn dispatch(inner: &Inner, cmd: Command) -> Response {
                 Err(e) => {
                     count(inner, &event, "error");
                     tracing::error!(error = %e, delivery = %guid, "cannot store webhook delivery");
-                    refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot store the delivery; redeliver it")
+                    refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "cannot store the delivery; redeliver it",
+                    )
                 }
             }
         }
         Command::Metrics => (
             StatusCode::OK,
-            [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             inner.metrics.encode(),
         )
             .into_response(),

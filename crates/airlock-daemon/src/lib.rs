@@ -30,9 +30,16 @@ pub use metrics::Metrics;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot create the state directory {path}")]
-    StateDir { path: String, source: std::io::Error },
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot read {what} from {path}")]
-    Secret { what: &'static str, path: String, source: std::io::Error },
+    Secret {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] airlock_store::StoreError),
     #[error(transparent)]
@@ -40,7 +47,10 @@ pub enum StartError {
     #[error(transparent)]
     Sandbox(#[from] airlock_sandbox::SandboxError),
     #[error("cannot listen on {addr}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 pub fn now_ms() -> i64 {
@@ -75,7 +85,9 @@ pub struct Inner {
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inner").field("state_dir", &self.cfg.server.state_dir).finish()
+        f.debug_struct("Inner")
+            .field("state_dir", &self.cfg.server.state_dir)
+            .finish()
     }
 }
 
@@ -107,14 +119,21 @@ pub struct DrainReport {
 fn read_secret(what: &'static str, path: &Path) -> Result<String, StartError> {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
-        .map_err(|source| StartError::Secret { what, path: path.display().to_string(), source })
+        .map_err(|source| StartError::Secret {
+            what,
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// Starts the daemon: opens the store, probes the backend, recovers from an interrupted run,
 /// binds the HTTP listener and starts the loop and the poller.
 pub async fn start(cfg: Config) -> Result<Handle, StartError> {
     let dir = cfg.server.state_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|source| StartError::StateDir { path: dir.display().to_string(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| StartError::StateDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
@@ -123,23 +142,36 @@ pub async fn start(cfg: Config) -> Result<Handle, StartError> {
     let metrics = Arc::new(Metrics::default());
 
     let credentials = match &cfg.github.auth {
-        Auth::Token { token_file } => Credentials::Token(read_secret("the GitHub token", token_file)?),
-        Auth::App { issuer, private_key_file, installation_id } => Credentials::App(AppCredentials {
+        Auth::Token { token_file } => {
+            Credentials::Token(read_secret("the GitHub token", token_file)?)
+        }
+        Auth::App {
+            issuer,
+            private_key_file,
+            installation_id,
+        } => Credentials::App(AppCredentials {
             issuer: issuer.clone(),
-            private_key_pem: read_secret("the GitHub App private key", private_key_file)?.into_bytes(),
+            private_key_pem: read_secret("the GitHub App private key", private_key_file)?
+                .into_bytes(),
             installation_id: *installation_id,
         }),
     };
     let m = metrics.clone();
     let observer: airlock_github::RequestObserver = Arc::new(move |method, status| {
         m.github_requests
-            .get_or_create(&metrics::RequestLabels { method: method.to_string(), status: status.to_string() })
+            .get_or_create(&metrics::RequestLabels {
+                method: method.to_string(),
+                status: status.to_string(),
+            })
             .inc();
     });
     let github = Client::new(
         &cfg.github.api_url,
         credentials,
-        ClientOptions { timeout: cfg.github.request_timeout, observer: Some(observer) },
+        ClientOptions {
+            timeout: cfg.github.request_timeout,
+            observer: Some(observer),
+        },
     )?;
     let webhook_secret = match &cfg.github.webhook_secret_file {
         Some(p) => Some(read_secret("the webhook secret", p)?.into_bytes()),
@@ -152,8 +184,14 @@ pub async fn start(cfg: Config) -> Result<Handle, StartError> {
 
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
-        .map_err(|source| StartError::Listen { addr: cfg.server.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: cfg.server.listen, source })?;
+        .map_err(|source| StartError::Listen {
+            addr: cfg.server.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: cfg.server.listen,
+        source,
+    })?;
 
     let inner = Arc::new(Inner {
         cfg,
@@ -163,7 +201,10 @@ pub async fn start(cfg: Config) -> Result<Handle, StartError> {
         metrics,
         wake: Notify::new(),
         poll_now: Notify::new(),
-        shared: Mutex::new(Shared { backoff: Duration::from_secs(1), ..Default::default() }),
+        shared: Mutex::new(Shared {
+            backoff: Duration::from_secs(1),
+            ..Default::default()
+        }),
         webhook_secret,
     });
     if inner.webhook_secret.is_none() {
@@ -191,7 +232,12 @@ pub async fn start(cfg: Config) -> Result<Handle, StartError> {
     tasks.push(tokio::spawn(reconcile::run(inner.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(poll::run(inner.clone(), stop_rx)));
     tracing::info!(%addr, state_dir = %inner.cfg.server.state_dir.display(), "airlock is running");
-    Ok(Handle { addr, inner, stop, tasks })
+    Ok(Handle {
+        addr,
+        inner,
+        stop,
+        tasks,
+    })
 }
 
 impl Handle {

@@ -87,17 +87,57 @@ impl Default for Metrics {
             orphans_reaped: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("webhook_deliveries", "Webhook deliveries received, by event and outcome", m.webhook_deliveries.clone());
-        registry.register("github_requests", "Requests sent to the GitHub API, by method and status (0: no response)", m.github_requests.clone());
-        registry.register("runners", "Runners by pool and state (ARC: gha_idle_runners, gha_busy_runners)", m.runners.clone());
-        registry.register("queued_jobs", "Queued jobs each pool serves (ARC: gha_assigned_jobs)", m.queued_jobs.clone());
-        registry.register("runners_created", "Runners created", m.runners_created.clone());
-        registry.register("runners_stopped", "Runners torn down, by reason", m.runners_stopped.clone());
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries received, by event and outcome",
+            m.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "github_requests",
+            "Requests sent to the GitHub API, by method and status (0: no response)",
+            m.github_requests.clone(),
+        );
+        registry.register(
+            "runners",
+            "Runners by pool and state (ARC: gha_idle_runners, gha_busy_runners)",
+            m.runners.clone(),
+        );
+        registry.register(
+            "queued_jobs",
+            "Queued jobs each pool serves (ARC: gha_assigned_jobs)",
+            m.queued_jobs.clone(),
+        );
+        registry.register(
+            "runners_created",
+            "Runners created",
+            m.runners_created.clone(),
+        );
+        registry.register(
+            "runners_stopped",
+            "Runners torn down, by reason",
+            m.runners_stopped.clone(),
+        );
         registry.register("runner_start_seconds", "From the decision to create a runner to its process running (JIT config, sandbox, start)", m.runner_start_seconds.clone());
-        registry.register("reconcile_seconds", "Duration of one reconcile pass", m.reconcile_seconds.clone());
-        registry.register("reconcile_errors", "Failed operations, by operation and error class", m.reconcile_errors.clone());
-        registry.register("polls", "Polls of GitHub for jobs and runners, by outcome", m.polls.clone());
-        registry.register("orphans_reaped", "Orphaned registrations and sandboxes removed", m.orphans_reaped.clone());
+        registry.register(
+            "reconcile_seconds",
+            "Duration of one reconcile pass",
+            m.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed operations, by operation and error class",
+            m.reconcile_errors.clone(),
+        );
+        registry.register(
+            "polls",
+            "Polls of GitHub for jobs and runners, by outcome",
+            m.polls.clone(),
+        );
+        registry.register(
+            "orphans_reaped",
+            "Orphaned registrations and sandboxes removed",
+            m.orphans_reaped.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -105,7 +145,8 @@ impl Default for Metrics {
 impl Metrics {
     pub fn encode(&self) -> String {
         let mut s = String::new();
-        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut s, &self.registry)
+            .expect("writing to a String cannot fail");
         s
     }
 }

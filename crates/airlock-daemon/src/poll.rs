@@ -18,19 +18,33 @@ use crate::{now_ms, Inner};
 const MIN_POLL_SPACING: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
-    if inner.cfg.pools.iter().any(|p| matches!(p.scope, Scope::Enterprise(_))) {
+    if inner
+        .cfg
+        .pools
+        .iter()
+        .any(|p| matches!(p.scope, Scope::Enterprise(_)))
+    {
         tracing::warn!("GitHub has no endpoint listing an enterprise's queued jobs: enterprise pools rely on webhooks alone");
     }
     loop {
         let began = tokio::time::Instant::now();
-        let outcome = match poll_once(&inner).instrument(tracing::info_span!("poll")).await {
+        let outcome = match poll_once(&inner)
+            .instrument(tracing::info_span!("poll"))
+            .await
+        {
             Ok(()) => "ok",
             Err(e) => {
                 tracing::warn!(error = %e, "poll incomplete");
                 "error"
             }
         };
-        inner.metrics.polls.get_or_create(&OutcomeLabels { outcome: outcome.into() }).inc();
+        inner
+            .metrics
+            .polls
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
         inner.wake.notify_one();
         tokio::select! {
             _ = crate::stopped(&mut stop) => return,
@@ -90,7 +104,8 @@ async fn poll_once(inner: &Inner) -> Result<(), PollError> {
         }
     }
     // Runners torn down while this poll ran may still be listed: not orphans.
-    let gone: std::collections::HashSet<u64> = inner.store.gone_since(started)?.into_iter().collect();
+    let gone: std::collections::HashSet<u64> =
+        inner.store.gone_since(started)?.into_iter().collect();
     registrations.retain(|r| !gone.contains(&r.id));
     match first_error {
         None => {
@@ -103,7 +118,12 @@ async fn poll_once(inner: &Inner) -> Result<(), PollError> {
     }
 }
 
-async fn poll_repo(inner: &Inner, scope: &Scope, repo: &str, started: i64) -> Result<(), PollError> {
+async fn poll_repo(
+    inner: &Inner,
+    scope: &Scope,
+    repo: &str,
+    started: i64,
+) -> Result<(), PollError> {
     let jobs = inner.github.active_jobs(scope, repo).await?;
     let seen: HashSet<u64> = jobs.iter().map(|j| j.id).collect();
     inner.store.observe_jobs(&jobs, now_ms())?;
@@ -112,7 +132,9 @@ async fn poll_repo(inner: &Inner, scope: &Scope, repo: &str, started: i64) -> Re
         .store
         .open_jobs()?
         .into_iter()
-        .filter(|j| j.repo.eq_ignore_ascii_case(repo) && j.first_seen_at < started && !seen.contains(&j.id))
+        .filter(|j| {
+            j.repo.eq_ignore_ascii_case(repo) && j.first_seen_at < started && !seen.contains(&j.id)
+        })
         .collect();
     for j in stale {
         let obs = match inner.github.job(scope, repo, j.id).await {
@@ -139,16 +161,23 @@ async fn poll_repo(inner: &Inner, scope: &Scope, repo: &str, started: i64) -> Re
 }
 
 /// Runners GitHub lists as online become idle; busy ones become busy.
-fn apply_registrations(inner: &Inner, list: &[airlock_github::Registration]) -> Result<(), PollError> {
+fn apply_registrations(
+    inner: &Inner,
+    list: &[airlock_github::Registration],
+) -> Result<(), PollError> {
     let now = now_ms();
     for r in inner.store.live_runners()? {
-        let Some(reg) = list.iter().find(|x| Some(x.id) == r.github_id) else { continue };
+        let Some(reg) = list.iter().find(|x| Some(x.id) == r.github_id) else {
+            continue;
+        };
         let to = match (reg.busy, reg.online, r.state) {
             (true, _, RunnerState::Starting | RunnerState::Idle) => RunnerState::Busy,
             (false, true, RunnerState::Starting) => RunnerState::Idle,
             _ => continue,
         };
-        inner.store.runner_transition(&r.name, to, now, Some("seen at GitHub"))?;
+        inner
+            .store
+            .runner_transition(&r.name, to, now, Some("seen at GitHub"))?;
     }
     Ok(())
 }

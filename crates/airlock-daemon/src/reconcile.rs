@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_core::{plan, JobView, Op, PlanInput, RunnerState, RunnerView, SandboxState, Scope, StopReason};
+use airlock_core::{
+    plan, JobView, Op, PlanInput, RunnerState, RunnerView, SandboxState, Scope, StopReason,
+};
 use airlock_github::{ErrorClass, GitHubError};
 use airlock_sandbox::{SandboxSpec, SandboxStatus, Secret};
 use airlock_store::{RunnerRecord, StoreError};
@@ -54,7 +56,12 @@ pub(crate) fn recover(inner: &Inner) -> Result<(), StoreError> {
     for r in inner.store.live_runners()? {
         if r.state == RunnerState::Creating {
             tracing::warn!(runner = %r.name, "runner was being created when airlock stopped; tearing it down");
-            inner.store.runner_transition(&r.name, RunnerState::Stopping, now, Some("interrupted"))?;
+            inner.store.runner_transition(
+                &r.name,
+                RunnerState::Stopping,
+                now,
+                Some("interrupted"),
+            )?;
         }
     }
     Ok(())
@@ -67,7 +74,10 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
         if let Err(e) = pass(&inner).instrument(span).await {
             tracing::error!(error = %e, "reconcile pass failed");
         }
-        inner.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+        inner
+            .metrics
+            .reconcile_seconds
+            .observe(started.elapsed().as_secs_f64());
         tokio::select! {
             _ = crate::stopped(&mut stop) => return,
             _ = inner.wake.notified() => {}
@@ -84,14 +94,24 @@ fn pool_of<'a>(inner: &'a Inner, name: &str) -> Option<&'a airlock_config::PoolC
 pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
     let now = now_ms();
     let live = inner.store.live_runners()?;
-    let sandboxes: HashMap<String, SandboxStatus> = inner.backend.list().await?.into_iter().collect();
+    let sandboxes: HashMap<String, SandboxStatus> =
+        inner.backend.list().await?.into_iter().collect();
     let mut views = Vec::with_capacity(live.len());
     for r in &live {
-        let status = sandboxes.get(&r.sandbox_id).copied().unwrap_or(SandboxStatus::Missing);
-        let expected_running = matches!(r.state, RunnerState::Starting | RunnerState::Idle | RunnerState::Busy);
-        let exited = expected_running && matches!(status, SandboxStatus::Exited(_) | SandboxStatus::Missing);
+        let status = sandboxes
+            .get(&r.sandbox_id)
+            .copied()
+            .unwrap_or(SandboxStatus::Missing);
+        let expected_running = matches!(
+            r.state,
+            RunnerState::Starting | RunnerState::Idle | RunnerState::Busy
+        );
+        let exited =
+            expected_running && matches!(status, SandboxStatus::Exited(_) | SandboxStatus::Missing);
         if let (true, SandboxStatus::Exited(code)) = (exited, status) {
-            let _ = inner.store.sandbox_transition(&r.sandbox_id, SandboxState::Exited, code, now);
+            let _ = inner
+                .store
+                .sandbox_transition(&r.sandbox_id, SandboxState::Exited, code, now);
         }
         views.push(RunnerView {
             name: r.name.clone(),
@@ -111,7 +131,13 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
         .store
         .open_jobs()?
         .into_iter()
-        .map(|j| JobView { id: j.id, repo: j.repo, enterprise: j.enterprise, labels: j.labels, status: j.status })
+        .map(|j| JobView {
+            id: j.id,
+            repo: j.repo,
+            enterprise: j.enterprise,
+            labels: j.labels,
+            status: j.status,
+        })
         .collect();
     let (registrations, draining, since) = {
         let s = inner.shared();
@@ -150,7 +176,14 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
         }
         let result = execute(inner, &live, op).await;
         if let Err(e) = result {
-            inner.metrics.reconcile_errors.get_or_create(&OpLabels { op: name.into(), class: e.class().into() }).inc();
+            inner
+                .metrics
+                .reconcile_errors
+                .get_or_create(&OpLabels {
+                    op: name.into(),
+                    class: e.class().into(),
+                })
+                .inc();
             tracing::warn!(op = name, error = %e, "operation failed; will retry");
             if name == "create" {
                 let mut s = inner.shared();
@@ -170,23 +203,36 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
     Ok(())
 }
 
-fn update_gauges(inner: &Inner, pools: &[airlock_core::PoolSpec], jobs: &[JobView], runners: &[RunnerView]) {
+fn update_gauges(
+    inner: &Inner,
+    pools: &[airlock_core::PoolSpec],
+    jobs: &[JobView],
+    runners: &[RunnerView],
+) {
     let demand = airlock_core::planner::demand(jobs, pools);
     for p in pools {
         inner
             .metrics
             .queued_jobs
-            .get_or_create(&PoolLabels { pool: p.name.clone() })
+            .get_or_create(&PoolLabels {
+                pool: p.name.clone(),
+            })
             .set(demand.get(&p.name).copied().unwrap_or(0) as i64);
         for state in RunnerState::ALL {
             if state == RunnerState::Gone {
                 continue;
             }
-            let n = runners.iter().filter(|r| r.pool == p.name && r.state == state).count();
+            let n = runners
+                .iter()
+                .filter(|r| r.pool == p.name && r.state == state)
+                .count();
             inner
                 .metrics
                 .runners
-                .get_or_create(&PoolStateLabels { pool: p.name.clone(), state: state.to_string() })
+                .get_or_create(&PoolStateLabels {
+                    pool: p.name.clone(),
+                    state: state.to_string(),
+                })
                 .set(n as i64);
         }
     }
@@ -196,7 +242,9 @@ async fn execute(inner: &Inner, live: &[RunnerRecord], op: Op) -> Result<(), OpE
     match op {
         Op::Create { pool } => create(inner, &pool).await,
         Op::Stop { runner, reason } => {
-            let Some(r) = live.iter().find(|r| r.name == runner) else { return Ok(()) };
+            let Some(r) = live.iter().find(|r| r.name == runner) else {
+                return Ok(());
+            };
             stop(inner, r, reason).await
         }
         Op::DeleteRegistration { scope, id, name } => {
@@ -205,7 +253,13 @@ async fn execute(inner: &Inner, live: &[RunnerRecord], op: Op) -> Result<(), OpE
             inner.shared().registrations.retain(|x| x.id != id);
             match r {
                 Ok(()) => {
-                    inner.metrics.orphans_reaped.get_or_create(&OutcomeLabels { outcome: "registration".into() }).inc();
+                    inner
+                        .metrics
+                        .orphans_reaped
+                        .get_or_create(&OutcomeLabels {
+                            outcome: "registration".into(),
+                        })
+                        .inc();
                     Ok(())
                 }
                 // Busy after all: it is running a job; leave it.
@@ -216,7 +270,13 @@ async fn execute(inner: &Inner, live: &[RunnerRecord], op: Op) -> Result<(), OpE
         Op::DestroySandbox { id } => {
             tracing::info!(sandbox = %id, "destroying orphaned sandbox");
             inner.backend.destroy(&id).await?;
-            inner.metrics.orphans_reaped.get_or_create(&OutcomeLabels { outcome: "sandbox".into() }).inc();
+            inner
+                .metrics
+                .orphans_reaped
+                .get_or_create(&OutcomeLabels {
+                    outcome: "sandbox".into(),
+                })
+                .inc();
             Ok(())
         }
     }
@@ -226,7 +286,10 @@ async fn group_id(inner: &Inner, pool: &airlock_config::PoolConfig) -> Result<u6
     if let Some(id) = inner.shared().group_ids.get(&pool.name) {
         return Ok(*id);
     }
-    let id = inner.github.runner_group_id(&pool.scope, &pool.runner_group).await?;
+    let id = inner
+        .github
+        .runner_group_id(&pool.scope, &pool.runner_group)
+        .await?;
     inner.shared().group_ids.insert(pool.name.clone(), id);
     Ok(id)
 }
@@ -240,24 +303,54 @@ async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
     async {
         let gid = group_id(inner, pool).await?;
         let now = now_ms();
-        inner.store.insert_runner(&name, &pool.name, &pool.scope.to_string(), &name, inner.backend.kind(), now)?;
-        let spec = SandboxSpec { id: name.clone(), runner_name: name.clone(), runner_command: pool.runner_command.clone() };
+        inner.store.insert_runner(
+            &name,
+            &pool.name,
+            &pool.scope.to_string(),
+            &name,
+            inner.backend.kind(),
+            now,
+        )?;
+        let spec = SandboxSpec {
+            id: name.clone(),
+            runner_name: name.clone(),
+            runner_command: pool.runner_command.clone(),
+        };
         let made: Result<(), OpError> = async {
-            let jit = inner.github.generate_jitconfig(&pool.scope, &name, gid, &pool.labels).await?;
+            let jit = inner
+                .github
+                .generate_jitconfig(&pool.scope, &name, gid, &pool.labels)
+                .await?;
             inner.store.set_runner_registration(&name, jit.runner_id)?;
             inner.backend.create(&spec).await?;
-            inner.backend.start(&spec, &Secret::new(jit.encoded)).await?;
+            inner
+                .backend
+                .start(&spec, &Secret::new(jit.encoded))
+                .await?;
             Ok(())
         }
         .await;
         let now = now_ms();
         match made {
             Ok(()) => {
-                inner.store.sandbox_transition(&name, SandboxState::Running, None, now)?;
-                inner.store.runner_transition(&name, RunnerState::Starting, now, None)?;
+                inner
+                    .store
+                    .sandbox_transition(&name, SandboxState::Running, None, now)?;
+                inner
+                    .store
+                    .runner_transition(&name, RunnerState::Starting, now, None)?;
                 inner.store.set_runner_started(&name, now)?;
-                inner.metrics.runners_created.get_or_create(&PoolLabels { pool: pool.name.clone() }).inc();
-                inner.metrics.runner_start_seconds.observe(started.elapsed().as_secs_f64());
+                inner
+                    .metrics
+                    .runners_created
+                    .get_or_create(&PoolLabels {
+                        pool: pool.name.clone(),
+                    })
+                    .inc();
+                inner
+                    .metrics
+                    .runner_start_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 inner.shared().backoff = Duration::from_secs(1);
                 tracing::info!("runner started");
                 Ok(())
@@ -265,7 +358,9 @@ async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
             Err(e) => {
                 // Nothing half-made survives: tear down whatever exists (registration, sandbox).
                 let reason = format!("create failed: {e}");
-                inner.store.runner_transition(&name, RunnerState::Stopping, now, Some(&reason))?;
+                inner
+                    .store
+                    .runner_transition(&name, RunnerState::Stopping, now, Some(&reason))?;
                 if let Some(r) = inner.store.runner(&name)? {
                     let _ = teardown(inner, &r, true).await;
                 }
@@ -303,8 +398,16 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
                     Ok(()) => deregistered = true,
                     Err(GitHubError::Unprocessable { .. }) => {
                         // GitHub says it is running a job: it is busy, not idle. Keep it.
-                        tracing::info!(reason = reason.as_str(), "runner is busy with a job; not stopping it");
-                        inner.store.runner_transition(&r.name, RunnerState::Busy, now, Some("busy at deregistration"))?;
+                        tracing::info!(
+                            reason = reason.as_str(),
+                            "runner is busy with a job; not stopping it"
+                        );
+                        inner.store.runner_transition(
+                            &r.name,
+                            RunnerState::Busy,
+                            now,
+                            Some("busy at deregistration"),
+                        )?;
                         return Ok(());
                     }
                     Err(e) => return Err(e.into()),
@@ -317,8 +420,11 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
                 SandboxStatus::Exited(c) => c,
                 _ => None,
             };
-            took_unknown_job = code == Some(0) && r.job_id.is_none() && r.state != RunnerState::Busy;
-            inner.store.set_runner_exit(&r.name, code, took_unknown_job, now)?;
+            took_unknown_job =
+                code == Some(0) && r.job_id.is_none() && r.state != RunnerState::Busy;
+            inner
+                .store
+                .set_runner_exit(&r.name, code, took_unknown_job, now)?;
             tracing::info!(exit = ?code, "runner exited");
             if took_unknown_job {
                 // It ran a job airlock has not heard of: learn which one now rather than at the
@@ -326,14 +432,23 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
                 inner.poll_now.notify_one();
             }
         }
-        inner.store.runner_transition(&r.name, RunnerState::Stopping, now, Some(reason.as_str()))?;
+        inner.store.runner_transition(
+            &r.name,
+            RunnerState::Stopping,
+            now,
+            Some(reason.as_str()),
+        )?;
         inner
             .metrics
             .runners_stopped
-            .get_or_create(&StopLabels { pool: r.pool.clone(), reason: reason.as_str().into() })
+            .get_or_create(&StopLabels {
+                pool: r.pool.clone(),
+                reason: reason.as_str().into(),
+            })
             .inc();
         // A runner that ran a job was removed by GitHub with it: don't spend a request on it.
-        let ran_job = reason == StopReason::Exited && (r.job_id.is_some() || r.state == RunnerState::Busy || took_unknown_job);
+        let ran_job = reason == StopReason::Exited
+            && (r.job_id.is_some() || r.state == RunnerState::Busy || took_unknown_job);
         teardown(inner, r, !deregistered && !ran_job).await
     }
     .instrument(span)
@@ -345,7 +460,10 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
 async fn teardown(inner: &Inner, r: &RunnerRecord, deregister: bool) -> Result<(), OpError> {
     inner.backend.destroy(&r.sandbox_id).await?;
     let now = now_ms();
-    match inner.store.sandbox_transition(&r.sandbox_id, SandboxState::Destroyed, None, now) {
+    match inner
+        .store
+        .sandbox_transition(&r.sandbox_id, SandboxState::Destroyed, None, now)
+    {
         Ok(_) | Err(StoreError::Missing { .. }) => {}
         Err(e) => return Err(e.into()),
     }
@@ -360,7 +478,9 @@ async fn teardown(inner: &Inner, r: &RunnerRecord, deregister: bool) -> Result<(
             }
         }
     }
-    inner.store.runner_transition(&r.name, RunnerState::Gone, now_ms(), None)?;
+    inner
+        .store
+        .runner_transition(&r.name, RunnerState::Gone, now_ms(), None)?;
     // The last poll's list may still show its registration; it is not an orphan until a poll
     // made after this moment lists it again.
     if let Some(id) = r.github_id {
@@ -379,7 +499,9 @@ pub(crate) async fn force_stop_all(inner: &Inner) -> usize {
             tracing::warn!(runner = %r.name, "grace period over; destroying a busy runner");
         }
         let now = now_ms();
-        let _ = inner.store.runner_transition(&r.name, RunnerState::Stopping, now, Some("drain"));
+        let _ = inner
+            .store
+            .runner_transition(&r.name, RunnerState::Stopping, now, Some("drain"));
         if let Err(e) = teardown(inner, &r, true).await {
             tracing::error!(runner = %r.name, error = %e, "teardown failed during drain; it will be reaped at next start");
         }

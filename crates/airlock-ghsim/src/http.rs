@@ -34,13 +34,24 @@ struct Reply {
 
 impl Reply {
     fn json(status: u16, body: Value) -> Reply {
-        Reply { status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body: Some(body), headers: vec![] }
+        Reply {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            body: Some(body),
+            headers: vec![],
+        }
     }
     fn empty(status: u16) -> Reply {
-        Reply { status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body: None, headers: vec![] }
+        Reply {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            body: None,
+            headers: vec![],
+        }
     }
     fn error(status: u16, message: &str) -> Reply {
-        Reply::json(status, json!({ "message": message, "documentation_url": "https://docs.github.com/rest", "status": status.to_string() }))
+        Reply::json(
+            status,
+            json!({ "message": message, "documentation_url": "https://docs.github.com/rest", "status": status.to_string() }),
+        )
     }
     fn not_found() -> Reply {
         Reply::error(404, "Not Found")
@@ -82,7 +93,9 @@ async fn handle(sim: Arc<Sim>, req: Request<Body>) -> Response {
     };
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     if segs.first() == Some(&"_ghsim") {
-        return into_response(private(&sim, &parts.method, &segs[1..], &parts.headers, &body).await);
+        return into_response(
+            private(&sim, &parts.method, &segs[1..], &parts.headers, &body).await,
+        );
     }
 
     let faults = sim.faults();
@@ -107,8 +120,14 @@ async fn handle(sim: Arc<Sim>, req: Request<Body>) -> Response {
     // ETags on successful GETs; a matching If-None-Match gets a bodiless 304.
     if parts.method == Method::GET && reply.status == StatusCode::OK {
         if let Some(b) = &reply.body {
-            let etag = format!("W/\"{}\"", &hex::encode(sha2::Sha256::digest(b.to_string()))[..32]);
-            let inm = parts.headers.get("if-none-match").and_then(|v| v.to_str().ok());
+            let etag = format!(
+                "W/\"{}\"",
+                &hex::encode(sha2::Sha256::digest(b.to_string()))[..32]
+            );
+            let inm = parts
+                .headers
+                .get("if-none-match")
+                .and_then(|v| v.to_str().ok());
             if inm == Some(etag.as_str()) {
                 reply.status = StatusCode::NOT_MODIFIED;
                 reply.body = None;
@@ -122,7 +141,9 @@ async fn handle(sim: Arc<Sim>, req: Request<Body>) -> Response {
         if reply.status == StatusCode::NOT_MODIFIED {
             st.not_modified += 1;
         }
-        *st.by_route.entry(route_name(&parts.method, &segs)).or_default() += 1;
+        *st.by_route
+            .entry(route_name(&parts.method, &segs))
+            .or_default() += 1;
     }
     if sim.record.is_some() {
         let req_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -141,7 +162,10 @@ fn route_name(method: &Method, segs: &[&str]) -> String {
         .enumerate()
         .map(|(i, s)| {
             let prev = if i > 0 { segs[i - 1] } else { "" };
-            if s.chars().all(|c| c.is_ascii_digit()) || matches!(prev, "repos" | "orgs" | "enterprises") || (i >= 2 && segs[i - 2] == "repos" && i == 2) {
+            if s.chars().all(|c| c.is_ascii_digit())
+                || matches!(prev, "repos" | "orgs" | "enterprises")
+                || (i >= 2 && segs[i - 2] == "repos" && i == 2)
+            {
                 "*"
             } else {
                 s
@@ -182,7 +206,10 @@ fn take_fault(sim: &Sim) -> Option<Reply> {
 }
 
 fn authenticate(sim: &Sim, headers: &HeaderMap) -> Result<Principal, Reply> {
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let token = auth
         .strip_prefix("Bearer ")
         .or_else(|| auth.strip_prefix("bearer "))
@@ -195,7 +222,13 @@ fn authenticate(sim: &Sim, headers: &HeaderMap) -> Result<Principal, Reply> {
     if sim.cfg.tokens.iter().any(|t| t == token) {
         return Ok(Principal::Token(token.to_string()));
     }
-    if let Some((inst, exp)) = sim.inst_tokens.lock().unwrap_or_else(|p| p.into_inner()).get(token).copied() {
+    if let Some((inst, exp)) = sim
+        .inst_tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(token)
+        .copied()
+    {
         if exp <= now_ms() {
             return Err(Reply::error(401, "Bad credentials"));
         }
@@ -221,18 +254,26 @@ fn verify_jwt(app: &crate::AppConfig, token: &str) -> Result<(), Reply> {
         .map_err(|_| Reply::error(500, "ghsim: the App public key is not an RSA PEM"))?;
     let mut v = Validation::new(Algorithm::RS256);
     v.leeway = 0;
-    v.required_spec_claims = ["exp", "iat", "iss"].iter().map(|s| s.to_string()).collect();
+    v.required_spec_claims = ["exp", "iat", "iss"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     v.validate_exp = true;
-    let data = jsonwebtoken::decode::<Claims>(token, &key, &v).map_err(|e| {
-        Reply::error(401, &format!("A JSON web token could not be decoded ({e})"))
-    })?;
+    let data = jsonwebtoken::decode::<Claims>(token, &key, &v)
+        .map_err(|e| Reply::error(401, &format!("A JSON web token could not be decoded ({e})")))?;
     let c = data.claims;
     let now = chrono::Utc::now().timestamp();
     if c.exp - c.iat > 600 || c.exp > now + 600 {
-        return Err(Reply::error(401, "'Expiration time' claim ('exp') is too far in the future"));
+        return Err(Reply::error(
+            401,
+            "'Expiration time' claim ('exp') is too far in the future",
+        ));
     }
     if c.iat > now + 60 {
-        return Err(Reply::error(401, "'Issued at' claim ('iat') must be an Integer representing a time in the past"));
+        return Err(Reply::error(
+            401,
+            "'Issued at' claim ('iat') must be an Integer representing a time in the past",
+        ));
     }
     let iss = match &c.iss {
         Value::String(s) => s.clone(),
@@ -240,7 +281,10 @@ fn verify_jwt(app: &crate::AppConfig, token: &str) -> Result<(), Reply> {
         _ => String::new(),
     };
     if iss != app.client_id && iss != app.app_id.to_string() {
-        return Err(Reply::error(401, "'Issuer' claim ('iss') must be an Integer or the App's client ID"));
+        return Err(Reply::error(
+            401,
+            "'Issuer' claim ('iss') must be an Integer or the App's client ID",
+        ));
     }
     Ok(())
 }
@@ -261,14 +305,20 @@ fn rate_check(sim: &Sim, p: &Principal) -> Result<Vec<(&'static str, String)>, R
     let headers = |used: u64, reset: i64| {
         vec![
             ("x-ratelimit-limit", limit.to_string()),
-            ("x-ratelimit-remaining", limit.saturating_sub(used).to_string()),
+            (
+                "x-ratelimit-remaining",
+                limit.saturating_sub(used).to_string(),
+            ),
             ("x-ratelimit-used", used.to_string()),
             ("x-ratelimit-reset", reset.to_string()),
             ("x-ratelimit-resource", "core".to_string()),
         ]
     };
     if e.1 >= limit {
-        let mut r = Reply::error(403, "API rate limit exceeded. Check out the documentation for more information.");
+        let mut r = Reply::error(
+            403,
+            "API rate limit exceeded. Check out the documentation for more information.",
+        );
         r.headers = headers(e.1, e.0);
         return Err(r);
     }
@@ -279,7 +329,10 @@ fn rate_check(sim: &Sim, p: &Principal) -> Result<Vec<(&'static str, String)>, R
 fn allowed(sim: &Sim, p: &Principal, scope: &Scope) -> Result<(), Reply> {
     match p {
         Principal::Token(_) => Ok(()),
-        Principal::App => Err(Reply::error(401, "A JSON web token cannot be used for this endpoint; use an installation token")),
+        Principal::App => Err(Reply::error(
+            401,
+            "A JSON web token cannot be used for this endpoint; use an installation token",
+        )),
         Principal::Installation(id) => {
             let account = sim
                 .cfg
@@ -303,18 +356,38 @@ fn allowed(sim: &Sim, p: &Principal, scope: &Scope) -> Result<(), Reply> {
 }
 
 /// Slices `items` per GitHub's `per_page`/`page` and builds the `link` header.
-fn paginate(sim: &Sim, path: &str, q: &HashMap<String, String>, items: Vec<Value>) -> (Vec<Value>, Option<String>) {
-    let per = q.get("per_page").and_then(|v| v.parse::<usize>().ok()).unwrap_or(30).clamp(1, 100);
-    let page = q.get("page").and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).max(1);
+fn paginate(
+    sim: &Sim,
+    path: &str,
+    q: &HashMap<String, String>,
+    items: Vec<Value>,
+) -> (Vec<Value>, Option<String>) {
+    let per = q
+        .get("per_page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(30)
+        .clamp(1, 100);
+    let page = q
+        .get("page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
     let last = items.len().div_ceil(per).max(1);
     let slice: Vec<Value> = items.into_iter().skip((page - 1) * per).take(per).collect();
     if last <= 1 {
         return (slice, None);
     }
-    let mut other: Vec<String> =
-        q.iter().filter(|(k, _)| *k != "page" && *k != "per_page").map(|(k, v)| format!("{k}={v}")).collect();
+    let mut other: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| *k != "page" && *k != "per_page")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     other.sort();
-    let extra = if other.is_empty() { String::new() } else { format!("&{}", other.join("&")) };
+    let extra = if other.is_empty() {
+        String::new()
+    } else {
+        format!("&{}", other.join("&"))
+    };
     let url = |p: usize| format!("{}{path}?per_page={per}&page={p}{extra}", sim.base());
     let mut parts = Vec::new();
     if page < last {
@@ -328,7 +401,13 @@ fn paginate(sim: &Sim, path: &str, q: &HashMap<String, String>, items: Vec<Value
     (slice, Some(parts.join(", ")))
 }
 
-fn paged(sim: &Sim, path: &str, q: &HashMap<String, String>, key: Option<&str>, items: Vec<Value>) -> Reply {
+fn paged(
+    sim: &Sim,
+    path: &str,
+    q: &HashMap<String, String>,
+    key: Option<&str>,
+    items: Vec<Value>,
+) -> Reply {
     let total = items.len();
     let (page, link) = paginate(sim, path, q, items);
     let body = match key {
@@ -358,53 +437,92 @@ fn installation_json(sim: &Sim, id: u64, account: &str) -> Value {
     })
 }
 
-fn rest(sim: &Sim, p: &Principal, method: &Method, segs: &[&str], q: &HashMap<String, String>, body: &[u8]) -> Reply {
+fn rest(
+    sim: &Sim,
+    p: &Principal,
+    method: &Method,
+    segs: &[&str],
+    q: &HashMap<String, String>,
+    body: &[u8],
+) -> Reply {
     let path = format!("/{}", segs.join("/"));
     match (method.clone(), segs) {
         (Method::GET, ["rate_limit"]) => {
             let now = chrono::Utc::now().timestamp();
             let core = json!({"limit": sim.cfg.rate_limit, "remaining": sim.cfg.rate_limit, "reset": now + 3600, "used": 0});
-            Reply::json(200, json!({ "rate": core, "resources": { "core": core, "search": core } }))
+            Reply::json(
+                200,
+                json!({ "rate": core, "resources": { "core": core, "search": core } }),
+            )
         }
         (Method::POST, ["app", "installations", id, "access_tokens"]) => {
             if !matches!(p, Principal::App) {
                 return Reply::error(401, "A JSON web token is required for this endpoint");
             }
             let Some(id) = id.parse::<u64>().ok().filter(|id| {
-                sim.cfg.app.as_ref().is_some_and(|a| a.installations.iter().any(|(i, _)| i == id))
+                sim.cfg
+                    .app
+                    .as_ref()
+                    .is_some_and(|a| a.installations.iter().any(|(i, _)| i == id))
             }) else {
                 return Reply::not_found();
             };
             let token = random_token("ghs");
             let exp = now_ms() + sim.cfg.installation_token_ttl.as_millis() as i64;
-            sim.inst_tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(token.clone(), (id, exp));
-            Reply::json(201, json!({
-                "token": token, "expires_at": model::rfc3339(exp),
-                "permissions": { "administration": "write", "organization_self_hosted_runners": "write", "actions": "read" },
-                "repository_selection": "all"
-            }))
+            sim.inst_tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(token.clone(), (id, exp));
+            Reply::json(
+                201,
+                json!({
+                    "token": token, "expires_at": model::rfc3339(exp),
+                    "permissions": { "administration": "write", "organization_self_hosted_runners": "write", "actions": "read" },
+                    "repository_selection": "all"
+                }),
+            )
         }
-        (Method::GET, ["repos", owner, _, "installation"]) | (Method::GET, ["orgs", owner, "installation"]) => {
+        (Method::GET, ["repos", owner, _, "installation"])
+        | (Method::GET, ["orgs", owner, "installation"]) => {
             if !matches!(p, Principal::App) {
                 return Reply::error(401, "A JSON web token is required for this endpoint");
             }
-            match sim.cfg.app.as_ref().and_then(|a| a.installations.iter().find(|(_, acct)| acct.eq_ignore_ascii_case(owner))) {
+            match sim.cfg.app.as_ref().and_then(|a| {
+                a.installations
+                    .iter()
+                    .find(|(_, acct)| acct.eq_ignore_ascii_case(owner))
+            }) {
                 Some((id, acct)) => Reply::json(200, installation_json(sim, *id, acct)),
                 None => Reply::not_found(),
             }
         }
         (m, ["repos", o, r, "actions", "runners", rest @ ..]) => {
-            let scope = Scope::Repo { owner: o.to_string(), name: r.to_string() };
+            let scope = Scope::Repo {
+                owner: o.to_string(),
+                name: r.to_string(),
+            };
             runners(sim, p, &scope, m, rest, q, body, &path)
         }
         (m, ["orgs", o, "actions", "runners", rest @ ..]) => {
             runners(sim, p, &Scope::Org(o.to_string()), m, rest, q, body, &path)
         }
-        (m, ["enterprises", e, "actions", "runners", rest @ ..]) => {
-            runners(sim, p, &Scope::Enterprise(e.to_string()), m, rest, q, body, &path)
-        }
-        (Method::GET, ["orgs", o, "actions", "runner-groups"]) | (Method::GET, ["enterprises", o, "actions", "runner-groups"]) => {
-            let scope = if segs[0] == "orgs" { Scope::Org(o.to_string()) } else { Scope::Enterprise(o.to_string()) };
+        (m, ["enterprises", e, "actions", "runners", rest @ ..]) => runners(
+            sim,
+            p,
+            &Scope::Enterprise(e.to_string()),
+            m,
+            rest,
+            q,
+            body,
+            &path,
+        ),
+        (Method::GET, ["orgs", o, "actions", "runner-groups"])
+        | (Method::GET, ["enterprises", o, "actions", "runner-groups"]) => {
+            let scope = if segs[0] == "orgs" {
+                Scope::Org(o.to_string())
+            } else {
+                Scope::Enterprise(o.to_string())
+            };
             if let Err(r) = allowed(sim, p, &scope) {
                 return r;
             }
@@ -424,14 +542,21 @@ fn rest(sim: &Sim, p: &Principal, method: &Method, segs: &[&str], q: &HashMap<St
             let items: Vec<Value> = w
                 .repos
                 .iter()
-                .filter(|(full, _)| full.split('/').next().is_some_and(|x| x.eq_ignore_ascii_case(o)))
+                .filter(|(full, _)| {
+                    full.split('/')
+                        .next()
+                        .is_some_and(|x| x.eq_ignore_ascii_case(o))
+                })
                 .map(|(full, id)| model::repository(sim.base(), full, *id))
                 .collect();
             drop(w);
             paged(sim, &path, q, None, items)
         }
         (Method::GET, ["repos", o, r, "actions", "runs"]) => {
-            let scope = Scope::Repo { owner: o.to_string(), name: r.to_string() };
+            let scope = Scope::Repo {
+                owner: o.to_string(),
+                name: r.to_string(),
+            };
             if let Err(rep) = allowed(sim, p, &scope) {
                 return rep;
             }
@@ -452,7 +577,10 @@ fn rest(sim: &Sim, p: &Principal, method: &Method, segs: &[&str], q: &HashMap<St
             paged(sim, &path, q, Some("workflow_runs"), items)
         }
         (Method::GET, ["repos", o, r, "actions", "runs", run, "jobs"]) => {
-            let scope = Scope::Repo { owner: o.to_string(), name: r.to_string() };
+            let scope = Scope::Repo {
+                owner: o.to_string(),
+                name: r.to_string(),
+            };
             if let Err(rep) = allowed(sim, p, &scope) {
                 return rep;
             }
@@ -470,15 +598,27 @@ fn rest(sim: &Sim, p: &Principal, method: &Method, segs: &[&str], q: &HashMap<St
             paged(sim, &path, q, Some("jobs"), items)
         }
         (Method::GET, ["repos", o, r, "actions", "jobs", id]) => {
-            let scope = Scope::Repo { owner: o.to_string(), name: r.to_string() };
+            let scope = Scope::Repo {
+                owner: o.to_string(),
+                name: r.to_string(),
+            };
             if let Err(rep) = allowed(sim, p, &scope) {
                 return rep;
             }
             let w = sim.lock_world();
             let full = format!("{o}/{r}");
-            match id.parse::<u64>().ok().and_then(|id| w.jobs.get(&id)).filter(|j| j.repo.eq_ignore_ascii_case(&full)) {
+            match id
+                .parse::<u64>()
+                .ok()
+                .and_then(|id| w.jobs.get(&id))
+                .filter(|j| j.repo.eq_ignore_ascii_case(&full))
+            {
                 Some(j) => {
-                    let name = w.runs.get(&j.run_id).map(|r| r.name.clone()).unwrap_or_default();
+                    let name = w
+                        .runs
+                        .get(&j.run_id)
+                        .map(|r| r.name.clone())
+                        .unwrap_or_default();
                     Reply::json(200, model::job_json(sim.base(), j, &name, true))
                 }
                 None => Reply::not_found(),
@@ -531,18 +671,34 @@ fn runners(
                 Err(e) => return Reply::error(422, &format!("Invalid request: {e}")),
             };
             if req.name.trim().is_empty() || req.labels.is_empty() || req.labels.len() > 100 {
-                return Reply::error(422, "Validation Failed: name is required and labels must have 1 to 100 entries");
+                return Reply::error(
+                    422,
+                    "Validation Failed: name is required and labels must have 1 to 100 entries",
+                );
             }
             if req.runner_group_id != 1 {
                 return Reply::not_found();
             }
             let _ = req.work_folder;
             let mut w = sim.lock_world();
-            if w.runners.values().any(|r| &r.scope == scope && r.name.eq_ignore_ascii_case(&req.name)) {
-                return Reply::error(409, &format!("Already exists - A runner with the name {} already exists.", req.name));
+            if w.runners
+                .values()
+                .any(|r| &r.scope == scope && r.name.eq_ignore_ascii_case(&req.name))
+            {
+                return Reply::error(
+                    409,
+                    &format!(
+                        "Already exists - A runner with the name {} already exists.",
+                        req.name
+                    ),
+                );
             }
             let id = w.id();
-            let mut labels = vec!["self-hosted".to_string(), "Linux".to_string(), "X64".to_string()];
+            let mut labels = vec![
+                "self-hosted".to_string(),
+                "Linux".to_string(),
+                "X64".to_string(),
+            ];
             for l in &req.labels {
                 if !labels.iter().any(|x| x.eq_ignore_ascii_case(l)) {
                     labels.push(l.clone());
@@ -563,22 +719,40 @@ fn runners(
             let encoded = encode_jit(sim, &runner);
             let json = model::runner_json(&runner);
             w.runners.insert(id, runner);
-            Reply::json(201, json!({ "runner": json, "encoded_jit_config": encoded }))
+            Reply::json(
+                201,
+                json!({ "runner": json, "encoded_jit_config": encoded }),
+            )
         }
         (Method::GET, [id]) => {
             let w = sim.lock_world();
-            match id.parse::<u64>().ok().and_then(|id| w.runners.get(&id)).filter(|r| &r.scope == scope) {
+            match id
+                .parse::<u64>()
+                .ok()
+                .and_then(|id| w.runners.get(&id))
+                .filter(|r| &r.scope == scope)
+            {
                 Some(r) => Reply::json(200, model::runner_json(r)),
                 None => Reply::not_found(),
             }
         }
         (Method::DELETE, [id]) => {
             let mut w = sim.lock_world();
-            let Some(id) = id.parse::<u64>().ok().filter(|id| w.runners.get(id).is_some_and(|r| &r.scope == scope)) else {
+            let Some(id) = id
+                .parse::<u64>()
+                .ok()
+                .filter(|id| w.runners.get(id).is_some_and(|r| &r.scope == scope))
+            else {
                 return Reply::not_found();
             };
             if w.runners[&id].busy {
-                return Reply::error(422, &format!("Bad request - Runner \"{}\" is still running a job\"", w.runners[&id].name));
+                return Reply::error(
+                    422,
+                    &format!(
+                        "Bad request - Runner \"{}\" is still running a job\"",
+                        w.runners[&id].name
+                    ),
+                );
             }
             w.runners.remove(&id);
             Reply::empty(204)
@@ -600,7 +774,8 @@ fn encode_jit(sim: &Sim, r: &SimRunner) -> String {
         "data": { "clientId": format!("ghsim-{}", r.id), "authorizationUrl": format!("{}/_ghsim/token", sim.base()), "requireFipsCryptography": "False", "token": r.token }
     });
     let rsa: [u8; 32] = rand::thread_rng().gen();
-    let rsaparams = json!({ "d": hex::encode(rsa), "modulus": hex::encode(rsa), "exponent": "AQAB" });
+    let rsaparams =
+        json!({ "d": hex::encode(rsa), "modulus": hex::encode(rsa), "exponent": "AQAB" });
     let files = json!({ ".runner": b64(&runner), ".credentials": b64(&creds), ".credentials_rsaparams": b64(&rsaparams) });
     base64::engine::general_purpose::STANDARD.encode(files.to_string())
 }
@@ -625,7 +800,13 @@ pub(crate) fn finish_job(sim: &Sim, w: &mut World, job_id: u64, conclusion: &str
 }
 
 /// `/_ghsim/...`: the stand-in runner's protocol and the test-control API.
-async fn private(sim: &Arc<Sim>, method: &Method, segs: &[&str], headers: &HeaderMap, body: &[u8]) -> Reply {
+async fn private(
+    sim: &Arc<Sim>,
+    method: &Method,
+    segs: &[&str],
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Reply {
     match (method.clone(), segs) {
         (Method::POST, ["runner", action]) => runner_protocol(sim, action, headers, body).await,
         (Method::POST, ["workflows"]) => match serde_json::from_slice::<crate::Workflow>(body) {
@@ -638,7 +819,10 @@ async fn private(sim: &Arc<Sim>, method: &Method, segs: &[&str], headers: &Heade
         (Method::GET, ["jobs"]) => Reply::json(200, json!(sim.jobs())),
         (Method::GET, ["runners"]) => {
             let w = sim.lock_world();
-            Reply::json(200, Value::Array(w.runners.values().map(model::runner_json).collect()))
+            Reply::json(
+                200,
+                Value::Array(w.runners.values().map(model::runner_json).collect()),
+            )
         }
         (Method::GET, ["stats"]) => Reply::json(200, json!(sim.stats())),
         (Method::GET, ["faults"]) => Reply::json(200, json!(sim.faults())),
@@ -664,7 +848,9 @@ async fn runner_protocol(sim: &Arc<Sim>, action: &str, headers: &HeaderMap, body
     match action {
         "connect" | "heartbeat" => {
             let mut w = sim.lock_world();
-            let Some(id) = find(&w) else { return Reply::error(404, "runner not registered") };
+            let Some(id) = find(&w) else {
+                return Reply::error(404, "runner not registered");
+            };
             let r = w.runners.get_mut(&id).expect("found above");
             r.online = true;
             r.last_seen = Instant::now();
@@ -678,7 +864,9 @@ async fn runner_protocol(sim: &Arc<Sim>, action: &str, headers: &HeaderMap, body
                 notified.as_mut().enable();
                 {
                     let mut w = sim.lock_world();
-                    let Some(id) = find(&w) else { return Reply::error(404, "runner not registered") };
+                    let Some(id) = find(&w) else {
+                        return Reply::error(404, "runner not registered");
+                    };
                     {
                         let r = w.runners.get_mut(&id).expect("found above");
                         r.online = true;
@@ -703,7 +891,10 @@ async fn runner_protocol(sim: &Arc<Sim>, action: &str, headers: &HeaderMap, body
                         r.busy = true;
                         r.job = Some(job_id);
                         sim.emit(&w, job_id, "in_progress");
-                        return Reply::json(200, json!({ "job_id": job_id, "name": name, "steps": steps }));
+                        return Reply::json(
+                            200,
+                            json!({ "job_id": job_id, "name": name, "steps": steps }),
+                        );
                     }
                 }
                 if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -723,11 +914,16 @@ async fn runner_protocol(sim: &Arc<Sim>, action: &str, headers: &HeaderMap, body
                 Ok(d) => d,
                 Err(e) => return Reply::error(422, &format!("invalid completion: {e}")),
             };
-            if !matches!(done.conclusion.as_str(), "success" | "failure" | "cancelled") {
+            if !matches!(
+                done.conclusion.as_str(),
+                "success" | "failure" | "cancelled"
+            ) {
                 return Reply::error(422, "conclusion must be success, failure or cancelled");
             }
             let mut w = sim.lock_world();
-            let Some(id) = find(&w) else { return Reply::error(404, "runner not registered") };
+            let Some(id) = find(&w) else {
+                return Reply::error(404, "runner not registered");
+            };
             if w.runners[&id].job != Some(done.job_id) {
                 return Reply::error(409, "that job is not this runner's");
             }
@@ -747,9 +943,18 @@ mod tests {
     #[test]
     fn route_names_hide_ids() {
         assert_eq!(
-            route_name(&Method::GET, &["repos", "octo", "hello", "actions", "runs", "12", "jobs"]),
+            route_name(
+                &Method::GET,
+                &["repos", "octo", "hello", "actions", "runs", "12", "jobs"]
+            ),
             "GET /repos/*/*/actions/runs/*/jobs"
         );
-        assert_eq!(route_name(&Method::DELETE, &["orgs", "octo", "actions", "runners", "5"]), "DELETE /orgs/*/actions/runners/*");
+        assert_eq!(
+            route_name(
+                &Method::DELETE,
+                &["orgs", "octo", "actions", "runners", "5"]
+            ),
+            "DELETE /orgs/*/actions/runners/*"
+        );
     }
 }

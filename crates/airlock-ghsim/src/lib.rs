@@ -188,9 +188,15 @@ impl Running {
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error("cannot listen on {addr}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot open the record file {path}")]
-    Record { path: PathBuf, source: std::io::Error },
+    Record {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid workflow: {0}")]
     Workflow(String),
 }
@@ -202,16 +208,26 @@ fn now_ms() -> i64 {
 impl Sim {
     /// Binds `listen` (port 0 picks one) and serves until `shutdown`.
     pub async fn start(cfg: SimConfig, listen: SocketAddr) -> Result<Running, SimError> {
-        let listener =
-            tokio::net::TcpListener::bind(listen).await.map_err(|source| SimError::Bind { addr: listen, source })?;
-        let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: listen, source })?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| SimError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| SimError::Bind {
+            addr: listen,
+            source,
+        })?;
         let record = match &cfg.record {
             Some(p) => Some(Mutex::new(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(|source| SimError::Record { path: p.clone(), source })?,
+                    .map_err(|source| SimError::Record {
+                        path: p.clone(),
+                        source,
+                    })?,
             )),
             None => None,
         };
@@ -243,11 +259,20 @@ impl Sim {
         });
         let hooks = tokio::spawn(webhooks::deliver(sim.clone(), rx, stop_rx.clone()));
         let watchdog = tokio::spawn(watchdog(sim.clone(), stop_rx));
-        Ok(Running { addr, url, sim, stop, tasks: vec![server, hooks, watchdog] })
+        Ok(Running {
+            addr,
+            url,
+            sim,
+            stop,
+            tasks: vec![server, hooks, watchdog],
+        })
     }
 
     pub fn base(&self) -> &str {
-        self.base.get().map(String::as_str).unwrap_or("http://127.0.0.1")
+        self.base
+            .get()
+            .map(String::as_str)
+            .unwrap_or("http://127.0.0.1")
     }
 
     fn lock_world(&self) -> std::sync::MutexGuard<'_, model::World> {
@@ -257,13 +282,21 @@ impl Sim {
     /// Creates a run with its jobs, all queued, and sends their `queued` webhooks.
     pub fn submit(&self, wf: &Workflow) -> Result<Submitted, SimError> {
         if airlock_core::Scope::parse(&format!("repo:{}", wf.repo)).is_err() {
-            return Err(SimError::Workflow(format!("repo {:?} is not OWNER/NAME", wf.repo)));
+            return Err(SimError::Workflow(format!(
+                "repo {:?} is not OWNER/NAME",
+                wf.repo
+            )));
         }
         if wf.jobs.is_empty() {
-            return Err(SimError::Workflow("a workflow needs at least one job".into()));
+            return Err(SimError::Workflow(
+                "a workflow needs at least one job".into(),
+            ));
         }
         if let Some(j) = wf.jobs.iter().find(|j| j.labels.is_empty()) {
-            return Err(SimError::Workflow(format!("job {:?} has no labels", j.name)));
+            return Err(SimError::Workflow(format!(
+                "job {:?} has no labels",
+                j.name
+            )));
         }
         let now = now_ms();
         let mut w = self.lock_world();
@@ -271,7 +304,12 @@ impl Sim {
         let run_id = w.id();
         w.runs.insert(
             run_id,
-            model::SimRun { id: run_id, repo: wf.repo.clone(), name: wf.name.clone(), created_at: model::rfc3339(now) },
+            model::SimRun {
+                id: run_id,
+                repo: wf.repo.clone(),
+                name: wf.name.clone(),
+                created_at: model::rfc3339(now),
+            },
         );
         let mut ids = Vec::new();
         for spec in &wf.jobs {
@@ -304,7 +342,10 @@ impl Sim {
         }
         drop(w);
         self.job_added.notify_waiters();
-        Ok(Submitted { run_id, job_ids: ids })
+        Ok(Submitted {
+            run_id,
+            job_ids: ids,
+        })
     }
 
     /// Where webhooks go from now on (None: nowhere).
@@ -313,7 +354,10 @@ impl Sim {
     }
 
     pub fn webhook_url(&self) -> Option<String> {
-        self.webhook_url.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.webhook_url
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn jobs(&self) -> Vec<SimJob> {
@@ -326,7 +370,11 @@ impl Sim {
 
     /// Runner registrations: (id, name, online, busy).
     pub fn runners(&self) -> Vec<(u64, String, bool, bool)> {
-        self.lock_world().runners.values().map(|r| (r.id, r.name.clone(), r.online, r.busy)).collect()
+        self.lock_world()
+            .runners
+            .values()
+            .map(|r| (r.id, r.name.clone(), r.online, r.busy))
+            .collect()
     }
 
     pub fn set_faults(&self, f: Faults) {
@@ -334,7 +382,10 @@ impl Sim {
     }
 
     pub fn faults(&self) -> Faults {
-        self.faults.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn stats(&self) -> Stats {
@@ -355,8 +406,14 @@ impl Sim {
         if self.webhook_url().is_none() {
             return;
         }
-        let Some(job) = w.jobs.get(&job_id) else { return };
-        let wf_name = w.runs.get(&job.run_id).map(|r| r.name.clone()).unwrap_or_default();
+        let Some(job) = w.jobs.get(&job_id) else {
+            return;
+        };
+        let wf_name = w
+            .runs
+            .get(&job.run_id)
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
         let repo_id = w.repos.get(&job.repo).copied().unwrap_or(1);
         let base = self.base();
         let owner = job.repo.split('/').next().unwrap_or_default();
@@ -373,13 +430,20 @@ impl Sim {
             }
         });
         if let Some(app) = &self.cfg.app {
-            if let Some((id, _)) = app.installations.iter().find(|(_, acct)| acct.eq_ignore_ascii_case(owner)) {
+            if let Some((id, _)) = app
+                .installations
+                .iter()
+                .find(|(_, acct)| acct.eq_ignore_ascii_case(owner))
+            {
                 payload["installation"] = serde_json::json!({ "id": id, "node_id": format!("MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9u{id}") });
             }
         }
         self.record(&serde_json::json!({ "webhook": "workflow_job", "action": action, "payload": &payload }));
         let body = serde_json::to_vec(&payload).expect("JSON values serialise");
-        let _ = self.hooks.send(webhooks::HookEvent { body, drop: job.drop_webhooks });
+        let _ = self.hooks.send(webhooks::HookEvent {
+            body,
+            drop: job.drop_webhooks,
+        });
     }
 }
 
@@ -406,7 +470,13 @@ async fn watchdog(sim: Arc<Sim>, mut stop: tokio::sync::watch::Receiver<bool>) {
         for (runner, job) in lost {
             w.runners.remove(&runner);
             if let Some(id) = job {
-                http::finish_job(&sim, &mut w, id, "failure", "The runner lost communication with the server.");
+                http::finish_job(
+                    &sim,
+                    &mut w,
+                    id,
+                    "failure",
+                    "The runner lost communication with the server.",
+                );
             }
         }
     }

@@ -31,10 +31,18 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let a = Args::parse();
-    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
-    let mut cfg = airlock_ghsim::SimConfig { webhook_url: a.webhook_url, record: a.record, ..Default::default() };
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let mut cfg = airlock_ghsim::SimConfig {
+        webhook_url: a.webhook_url,
+        record: a.record,
+        ..Default::default()
+    };
     if let Some(p) = &a.webhook_secret_file {
         cfg.webhook_secret = read(p)?.trim().as_bytes().to_vec();
     }
@@ -43,8 +51,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut workflows = Vec::new();
     for p in &a.workflow {
-        let f: airlock_ghsim::WorkflowFile =
-            toml::from_str(&read(p)?).with_context(|| format!("invalid workflow file {}", p.display()))?;
+        let f: airlock_ghsim::WorkflowFile = toml::from_str(&read(p)?)
+            .with_context(|| format!("invalid workflow file {}", p.display()))?;
         workflows.extend(f.workflow);
     }
     let running = airlock_ghsim::Sim::start(cfg, a.listen).await?;

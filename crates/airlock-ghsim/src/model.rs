@@ -248,7 +248,11 @@ pub fn run_json(base: &str, run: &SimRun, status: Status, repo_id: u64) -> Value
     let u = format!("{base}/repos/{}", run.repo);
     let ru = format!("{u}/actions/runs/{}", run.id);
     let repo = repository(base, &run.repo, repo_id);
-    let conclusion = if status == Status::Completed { Some("success") } else { None };
+    let conclusion = if status == Status::Completed {
+        Some("success")
+    } else {
+        None
+    };
     json!({
         "id": run.id, "name": run.name, "node_id": format!("WFR_kwLO{}", run.id), "head_branch": "main",
         "head_sha": sha(run.id), "path": ".github/workflows/ci.yml", "display_title": run.name,

@@ -18,7 +18,14 @@ pub(crate) struct HookEvent {
 fn guid() -> String {
     let b: [u8; 16] = rand::thread_rng().gen();
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 pub(crate) async fn deliver(
@@ -26,7 +33,10 @@ pub(crate) async fn deliver(
     mut rx: mpsc::UnboundedReceiver<HookEvent>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client builds");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTP client builds");
     let mut held: Option<HookEvent> = None;
     let mut n: u64 = 0;
     loop {
@@ -48,8 +58,11 @@ pub(crate) async fn deliver(
         let Some(ev) = next else { return };
         n += 1;
         let faults = sim.faults();
-        if ev.drop || (faults.drop_every > 0 && n % faults.drop_every as u64 == 0) {
-            sim.stats.lock().unwrap_or_else(|p| p.into_inner()).webhooks_dropped += 1;
+        if ev.drop || (faults.drop_every > 0 && n.is_multiple_of(faults.drop_every as u64)) {
+            sim.stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .webhooks_dropped += 1;
             continue;
         }
         if faults.reorder {

@@ -14,11 +14,27 @@ fn repo() -> Scope {
 }
 
 async fn sim(cfg: SimConfig) -> airlock_ghsim::Running {
-    Sim::start(SimConfig { tokens: vec![TOKEN.into()], ..cfg }, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+    Sim::start(
+        SimConfig {
+            tokens: vec![TOKEN.into()],
+            ..cfg
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
 }
 
 fn client(url: &str) -> Client {
-    Client::new(url, Credentials::Token(TOKEN.into()), ClientOptions { timeout: Duration::from_secs(5), observer: None }).unwrap()
+    Client::new(
+        url,
+        Credentials::Token(TOKEN.into()),
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            observer: None,
+        },
+    )
+    .unwrap()
 }
 
 fn labels(l: &[&str]) -> Vec<String> {
@@ -29,12 +45,24 @@ fn labels(l: &[&str]) -> Vec<String> {
 async fn runner_registration_lifecycle() {
     let s = sim(SimConfig::default()).await;
     let c = client(&s.url);
-    let jit = c.generate_jitconfig(&repo(), "airlock-small-1", 1, &labels(&["small"])).await.unwrap();
+    let jit = c
+        .generate_jitconfig(&repo(), "airlock-small-1", 1, &labels(&["small"]))
+        .await
+        .unwrap();
     assert!(!jit.encoded.is_empty());
-    assert!(!format!("{jit:?}").contains(&jit.encoded), "Debug must not print the JIT config");
-    let dup = c.generate_jitconfig(&repo(), "airlock-small-1", 1, &labels(&["small"])).await.unwrap_err();
+    assert!(
+        !format!("{jit:?}").contains(&jit.encoded),
+        "Debug must not print the JIT config"
+    );
+    let dup = c
+        .generate_jitconfig(&repo(), "airlock-small-1", 1, &labels(&["small"]))
+        .await
+        .unwrap_err();
     assert!(matches!(dup, GitHubError::Conflict { .. }), "{dup}");
-    let bad = c.generate_jitconfig(&repo(), "x", 1, &[]).await.unwrap_err();
+    let bad = c
+        .generate_jitconfig(&repo(), "x", 1, &[])
+        .await
+        .unwrap_err();
     assert!(matches!(bad, GitHubError::Unprocessable { .. }), "{bad}");
 
     let list = c.list_runners(&repo()).await.unwrap();
@@ -50,10 +78,22 @@ async fn runner_registration_lifecycle() {
     let e = c.get_runner(&repo(), jit.runner_id).await.unwrap_err();
     assert_eq!(e.class(), ErrorClass::NotFound);
     // Other scopes see their own runners only.
-    assert!(c.list_runners(&Scope::parse("org:octo").unwrap()).await.unwrap().is_empty());
-    assert_eq!(c.runner_group_id(&Scope::parse("org:octo").unwrap(), "Default").await.unwrap(), 1);
+    assert!(c
+        .list_runners(&Scope::parse("org:octo").unwrap())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        c.runner_group_id(&Scope::parse("org:octo").unwrap(), "Default")
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(c.runner_group_id(&repo(), "Default").await.unwrap(), 1);
-    let e = c.runner_group_id(&Scope::parse("org:octo").unwrap(), "gpu-boxes").await.unwrap_err();
+    let e = c
+        .runner_group_id(&Scope::parse("org:octo").unwrap(), "gpu-boxes")
+        .await
+        .unwrap_err();
     assert_eq!(e.class(), ErrorClass::NotFound);
     s.shutdown().await;
 }
@@ -63,16 +103,26 @@ async fn pagination_and_etags() {
     let s = sim(SimConfig::default()).await;
     let c = client(&s.url);
     for i in 0..250 {
-        c.generate_jitconfig(&repo(), &format!("airlock-p-{i}"), 1, &labels(&["p"])).await.unwrap();
+        c.generate_jitconfig(&repo(), &format!("airlock-p-{i}"), 1, &labels(&["p"]))
+            .await
+            .unwrap();
     }
     let before = s.sim.stats();
     let list = c.list_runners(&repo()).await.unwrap();
     assert_eq!(list.len(), 250);
     let after = s.sim.stats();
-    assert_eq!(after.api_requests - before.api_requests, 3, "250 runners at 100 a page");
+    assert_eq!(
+        after.api_requests - before.api_requests,
+        3,
+        "250 runners at 100 a page"
+    );
     let again = c.list_runners(&repo()).await.unwrap();
     assert_eq!(again, list);
-    assert_eq!(s.sim.stats().not_modified - after.not_modified, 3, "unchanged pages answer 304");
+    assert_eq!(
+        s.sim.stats().not_modified - after.not_modified,
+        3,
+        "unchanged pages answer 304"
+    );
     s.shutdown().await;
 }
 
@@ -86,19 +136,48 @@ async fn polling_finds_queued_jobs() {
             repo: "octo/hello".into(),
             name: "CI".into(),
             jobs: vec![
-                JobSpec { name: "a".into(), labels: labels(&["self-hosted", "small"]), steps: vec![], drop_webhooks: false },
-                JobSpec { name: "b".into(), labels: labels(&["big"]), steps: vec![], drop_webhooks: false },
+                JobSpec {
+                    name: "a".into(),
+                    labels: labels(&["self-hosted", "small"]),
+                    steps: vec![],
+                    drop_webhooks: false,
+                },
+                JobSpec {
+                    name: "b".into(),
+                    labels: labels(&["big"]),
+                    steps: vec![],
+                    drop_webhooks: false,
+                },
             ],
         })
         .unwrap();
-    s.sim.submit(&Workflow { repo: "octo/other".into(), name: "CI".into(), jobs: vec![JobSpec { name: "c".into(), labels: labels(&["x"]), steps: vec![], drop_webhooks: false }] }).unwrap();
+    s.sim
+        .submit(&Workflow {
+            repo: "octo/other".into(),
+            name: "CI".into(),
+            jobs: vec![JobSpec {
+                name: "c".into(),
+                labels: labels(&["x"]),
+                steps: vec![],
+                drop_webhooks: false,
+            }],
+        })
+        .unwrap();
     let jobs = c.active_jobs(&repo(), "octo/hello").await.unwrap();
     assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), sub.job_ids);
-    assert!(jobs.iter().all(|j| j.status == JobStatus::Queued && j.repo == "octo/hello"));
-    assert_eq!(jobs[0].labels, airlock_core::Labels::new(["self-hosted", "small"]));
+    assert!(jobs
+        .iter()
+        .all(|j| j.status == JobStatus::Queued && j.repo == "octo/hello"));
+    assert_eq!(
+        jobs[0].labels,
+        airlock_core::Labels::new(["self-hosted", "small"])
+    );
     let one = c.job(&repo(), "octo/hello", sub.job_ids[1]).await.unwrap();
     assert_eq!(one.name, "b");
-    let repos = c.org_repos(&Scope::parse("org:octo").unwrap(), "octo").await.unwrap();
+    let repos = c
+        .org_repos(&Scope::parse("org:octo").unwrap(), "octo")
+        .await
+        .unwrap();
     assert_eq!(repos, ["octo/hello", "octo/other"]);
     s.shutdown().await;
 }
@@ -107,35 +186,84 @@ async fn polling_finds_queued_jobs() {
 async fn errors_are_classified_and_rate_limits_respected() {
     let s = sim(SimConfig::default()).await;
     let c = client(&s.url);
-    s.sim.set_faults(Faults { error_5xx: 1, ..Default::default() });
-    assert_eq!(c.list_runners(&repo()).await.unwrap_err().class(), ErrorClass::Transient);
+    s.sim.set_faults(Faults {
+        error_5xx: 1,
+        ..Default::default()
+    });
+    assert_eq!(
+        c.list_runners(&repo()).await.unwrap_err().class(),
+        ErrorClass::Transient
+    );
     c.list_runners(&repo()).await.unwrap();
 
-    s.sim.set_faults(Faults { rate_limit: 1, rate_limit_status: 429, retry_after_s: 2, ..Default::default() });
+    s.sim.set_faults(Faults {
+        rate_limit: 1,
+        rate_limit_status: 429,
+        retry_after_s: 2,
+        ..Default::default()
+    });
     let e = c.list_runners(&repo()).await.unwrap_err();
-    assert_eq!(e.class(), ErrorClass::RateLimited(Duration::from_secs(2)), "{e}");
+    assert_eq!(
+        e.class(),
+        ErrorClass::RateLimited(Duration::from_secs(2)),
+        "{e}"
+    );
     // Until retry-after has passed, the client does not call GitHub at all.
     let sent = s.sim.stats().api_requests;
-    assert!(matches!(c.list_runners(&repo()).await.unwrap_err().class(), ErrorClass::RateLimited(_)));
+    assert!(matches!(
+        c.list_runners(&repo()).await.unwrap_err().class(),
+        ErrorClass::RateLimited(_)
+    ));
     assert_eq!(s.sim.stats().api_requests, sent);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     c.list_runners(&repo()).await.unwrap();
 
-    s.sim.set_faults(Faults { rate_limit: 1, rate_limit_status: 403, retry_after_s: 1, ..Default::default() });
-    assert!(matches!(c.list_runners(&repo()).await.unwrap_err().class(), ErrorClass::RateLimited(_)));
+    s.sim.set_faults(Faults {
+        rate_limit: 1,
+        rate_limit_status: 403,
+        retry_after_s: 1,
+        ..Default::default()
+    });
+    assert!(matches!(
+        c.list_runners(&repo()).await.unwrap_err().class(),
+        ErrorClass::RateLimited(_)
+    ));
 
-    let bad = Client::new(&s.url, Credentials::Token("wrong".into()), ClientOptions::default()).unwrap();
+    let bad = Client::new(
+        &s.url,
+        Credentials::Token("wrong".into()),
+        ClientOptions::default(),
+    )
+    .unwrap();
     let e = bad.list_runners(&repo()).await.unwrap_err();
-    assert!(matches!(e, GitHubError::Permanent { status: 401, .. }), "{e}");
+    assert!(
+        matches!(e, GitHubError::Permanent { status: 401, .. }),
+        "{e}"
+    );
 
-    let nowhere = Client::new("http://127.0.0.1:9", Credentials::Token(TOKEN.into()), ClientOptions { timeout: Duration::from_secs(2), observer: None }).unwrap();
-    assert_eq!(nowhere.list_runners(&repo()).await.unwrap_err().class(), ErrorClass::Transient);
+    let nowhere = Client::new(
+        "http://127.0.0.1:9",
+        Credentials::Token(TOKEN.into()),
+        ClientOptions {
+            timeout: Duration::from_secs(2),
+            observer: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        nowhere.list_runners(&repo()).await.unwrap_err().class(),
+        ErrorClass::Transient
+    );
     s.shutdown().await;
 }
 
 #[tokio::test]
 async fn primary_rate_limit_exhaustion_waits_until_reset() {
-    let s = sim(SimConfig { rate_limit: 3, ..Default::default() }).await;
+    let s = sim(SimConfig {
+        rate_limit: 3,
+        ..Default::default()
+    })
+    .await;
     let c = client(&s.url);
     for _ in 0..3 {
         c.get_runner(&repo(), 999).await.unwrap_err();
@@ -179,29 +307,57 @@ async fn github_app_auth_with_installation_lookup_and_token_cache() {
     let s = sim(app_sim_config()).await;
     for issuer in ["Iv1.ghsimtest", "12345"] {
         let c = app_client(&s.url, issuer, None);
-        c.generate_jitconfig(&repo(), &format!("airlock-a-{issuer}"), 1, &labels(&["a"])).await.unwrap();
+        c.generate_jitconfig(&repo(), &format!("airlock-a-{issuer}"), 1, &labels(&["a"]))
+            .await
+            .unwrap();
         for _ in 0..5 {
             c.list_runners(&repo()).await.unwrap();
-            c.list_runners(&Scope::parse("org:octo").unwrap()).await.unwrap();
+            c.list_runners(&Scope::parse("org:octo").unwrap())
+                .await
+                .unwrap();
         }
     }
     let st = s.sim.stats();
     // Per client: one installation lookup per scope and one token for the installation.
-    assert_eq!(st.by_route.get("POST /app/installations/*/access_tokens"), Some(&2), "{:?}", st.by_route);
-    assert_eq!(st.by_route.get("GET /repos/*/*/installation"), Some(&2), "{:?}", st.by_route);
-    assert_eq!(st.by_route.get("GET /orgs/*/installation"), Some(&2), "{:?}", st.by_route);
+    assert_eq!(
+        st.by_route.get("POST /app/installations/*/access_tokens"),
+        Some(&2),
+        "{:?}",
+        st.by_route
+    );
+    assert_eq!(
+        st.by_route.get("GET /repos/*/*/installation"),
+        Some(&2),
+        "{:?}",
+        st.by_route
+    );
+    assert_eq!(
+        st.by_route.get("GET /orgs/*/installation"),
+        Some(&2),
+        "{:?}",
+        st.by_route
+    );
 
     // An installation only reaches its own account.
     let c = app_client(&s.url, "Iv1.ghsimtest", Some(679));
     let e = c.list_runners(&repo()).await.unwrap_err();
-    assert!(matches!(e, GitHubError::Permanent { status: 403, .. }), "{e}");
+    assert!(
+        matches!(e, GitHubError::Permanent { status: 403, .. }),
+        "{e}"
+    );
     // A wrong issuer is refused.
     let c = app_client(&s.url, "Iv1.someoneelse", None);
     let e = c.list_runners(&repo()).await.unwrap_err();
-    assert!(matches!(e, GitHubError::Permanent { status: 401, .. }), "{e}");
+    assert!(
+        matches!(e, GitHubError::Permanent { status: 401, .. }),
+        "{e}"
+    );
     // Apps cannot manage enterprise runners.
     let c = app_client(&s.url, "12345", None);
-    let e = c.list_runners(&Scope::parse("enterprise:ghsim").unwrap()).await.unwrap_err();
+    let e = c
+        .list_runners(&Scope::parse("enterprise:ghsim").unwrap())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("manage_runners:enterprise"), "{e}");
     s.shutdown().await;
 }
@@ -210,11 +366,21 @@ async fn github_app_auth_with_installation_lookup_and_token_cache() {
 async fn installation_tokens_are_refreshed_before_expiry() {
     // Tokens that live 11 minutes are within the 10-minute refresh margin after a minute; with
     // a 5-minute lifetime every call must fetch a new one rather than use one about to expire.
-    let s = sim(SimConfig { installation_token_ttl: Duration::from_secs(300), ..app_sim_config() }).await;
+    let s = sim(SimConfig {
+        installation_token_ttl: Duration::from_secs(300),
+        ..app_sim_config()
+    })
+    .await;
     let c = app_client(&s.url, "12345", Some(678));
     for _ in 0..3 {
         c.list_runners(&repo()).await.unwrap();
     }
-    assert_eq!(s.sim.stats().by_route.get("POST /app/installations/*/access_tokens"), Some(&3));
+    assert_eq!(
+        s.sim
+            .stats()
+            .by_route
+            .get("POST /app/installations/*/access_tokens"),
+        Some(&3)
+    );
     s.shutdown().await;
 }

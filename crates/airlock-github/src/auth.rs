@@ -20,7 +20,11 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Credentials::Token(_) => f.write_str("Token(<redacted>)"),
-            Credentials::App(a) => write!(f, "App(issuer={}, installation={:?})", a.issuer, a.installation_id),
+            Credentials::App(a) => write!(
+                f,
+                "App(issuer={}, installation={:?})",
+                a.issuer, a.installation_id
+            ),
         }
     }
 }
@@ -68,9 +72,11 @@ impl Auth {
         Ok(match c {
             Credentials::Token(t) => Auth::Token(t.trim().to_string()),
             Credentials::App(a) => Auth::App(AppAuth {
-                key: EncodingKey::from_rsa_pem(&a.private_key_pem).map_err(|e| GitHubError::Auth {
-                    what: "GitHub App private key".into(),
-                    detail: format!("not an RSA private key in PEM form ({e})"),
+                key: EncodingKey::from_rsa_pem(&a.private_key_pem).map_err(|e| {
+                    GitHubError::Auth {
+                        what: "GitHub App private key".into(),
+                        detail: format!("not an RSA private key in PEM form ({e})"),
+                    }
                 })?,
                 issuer: a.issuer,
                 fixed_installation: a.installation_id,
@@ -85,9 +91,17 @@ impl AppAuth {
     /// A fresh App JWT: `iat` = now − 60 s, `exp` = iat + 9 min.
     pub(crate) fn jwt(&self, now_s: i64) -> Result<String, GitHubError> {
         let iat = now_s - JWT_BACKDATE_S;
-        let claims = Claims { iat, exp: iat + JWT_LIFETIME_S, iss: &self.issuer };
-        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key)
-            .map_err(|e| GitHubError::Auth { what: "GitHub App JWT".into(), detail: e.to_string() })
+        let claims = Claims {
+            iat,
+            exp: iat + JWT_LIFETIME_S,
+            iss: &self.issuer,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key).map_err(|e| {
+            GitHubError::Auth {
+                what: "GitHub App JWT".into(),
+                detail: e.to_string(),
+            }
+        })
     }
 
     pub(crate) fn cached_token(&self, installation: u64, now_ms: i64) -> Option<String> {

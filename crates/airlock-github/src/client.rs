@@ -11,7 +11,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::auth::{Auth, AppAuth};
+use crate::auth::{AppAuth, Auth};
 use crate::model::*;
 use crate::{Credentials, GitHubError, ACCEPT, API_VERSION, USER_AGENT};
 
@@ -27,7 +27,10 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { timeout: Duration::from_secs(30), observer: None }
+        ClientOptions {
+            timeout: Duration::from_secs(30),
+            observer: None,
+        }
     }
 }
 
@@ -39,7 +42,11 @@ pub struct JitConfig {
 
 impl std::fmt::Debug for JitConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "JitConfig {{ runner_id: {}, encoded: <redacted> }}", self.runner_id)
+        write!(
+            f,
+            "JitConfig {{ runner_id: {}, encoded: <redacted> }}",
+            self.runner_id
+        )
     }
 }
 
@@ -82,13 +89,20 @@ fn now_ms() -> i64 {
 }
 
 impl Client {
-    pub fn new(api_url: &str, credentials: Credentials, opts: ClientOptions) -> Result<Client, GitHubError> {
+    pub fn new(
+        api_url: &str,
+        credentials: Credentials,
+        opts: ClientOptions,
+    ) -> Result<Client, GitHubError> {
         let http = reqwest::Client::builder()
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout.min(Duration::from_secs(10)))
             .user_agent(USER_AGENT)
             .build()
-            .map_err(|e| GitHubError::Auth { what: "HTTP client".into(), detail: e.to_string() })?;
+            .map_err(|e| GitHubError::Auth {
+                what: "HTTP client".into(),
+                detail: e.to_string(),
+            })?;
         Ok(Client {
             http,
             api: api_url.trim_end_matches('/').to_string(),
@@ -115,18 +129,34 @@ impl Client {
         labels: &[String],
     ) -> Result<JitConfig, GitHubError> {
         let what = format!("generate JIT config for {name} at {scope}");
-        let body = serde_json::to_vec(&JitRequest { name, runner_group_id, labels, work_folder: None })
-            .expect("JIT request serialises");
+        let body = serde_json::to_vec(&JitRequest {
+            name,
+            runner_group_id,
+            labels,
+            work_folder: None,
+        })
+        .expect("JIT request serialises");
         let path = format!("{}/generate-jitconfig", scope.runners_path());
-        let (_, bytes) = self.send(Method::POST, &path, Some(scope), Some(body), &what).await?;
+        let (_, bytes) = self
+            .send(Method::POST, &path, Some(scope), Some(body), &what)
+            .await?;
         let r: JitResponse = decode(&bytes, &what)?;
-        Ok(JitConfig { runner_id: r.runner.id, encoded: r.encoded_jit_config })
+        Ok(JitConfig {
+            runner_id: r.runner.id,
+            encoded: r.encoded_jit_config,
+        })
     }
 
     /// Every registration at this scope (all pages).
     pub async fn list_runners(&self, scope: &Scope) -> Result<Vec<Registration>, GitHubError> {
         let what = format!("list runners at {scope}");
-        let pages = self.get_pages(&format!("{}?per_page=100", scope.runners_path()), scope, &what).await?;
+        let pages = self
+            .get_pages(
+                &format!("{}?per_page=100", scope.runners_path()),
+                scope,
+                &what,
+            )
+            .await?;
         let mut out = Vec::new();
         for page in pages {
             let list: RunnerList = decode(&page, &what)?;
@@ -138,7 +168,15 @@ impl Client {
 
     pub async fn get_runner(&self, scope: &Scope, id: u64) -> Result<Registration, GitHubError> {
         let what = format!("get runner {id} at {scope}");
-        let (_, bytes) = self.send(Method::GET, &format!("{}/{id}", scope.runners_path()), Some(scope), None, &what).await?;
+        let (_, bytes) = self
+            .send(
+                Method::GET,
+                &format!("{}/{id}", scope.runners_path()),
+                Some(scope),
+                None,
+                &what,
+            )
+            .await?;
         Ok(registration(decode(&bytes, &what)?))
     }
 
@@ -146,7 +184,16 @@ impl Client {
     /// `Unprocessable` (422): the caller keeps it.
     pub async fn delete_runner(&self, scope: &Scope, id: u64) -> Result<(), GitHubError> {
         let what = format!("delete runner {id} at {scope}");
-        match self.send(Method::DELETE, &format!("{}/{id}", scope.runners_path()), Some(scope), None, &what).await {
+        match self
+            .send(
+                Method::DELETE,
+                &format!("{}/{id}", scope.runners_path()),
+                Some(scope),
+                None,
+                &what,
+            )
+            .await
+        {
             Ok(_) | Err(GitHubError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
@@ -166,7 +213,11 @@ impl Client {
                 .runner_groups
                 .iter()
                 .find(|g| g.name.eq_ignore_ascii_case(name))
-                .or_else(|| (name == "Default").then(|| groups.runner_groups.iter().find(|g| g.default)).flatten());
+                .or_else(|| {
+                    (name == "Default")
+                        .then(|| groups.runner_groups.iter().find(|g| g.default))
+                        .flatten()
+                });
             if let Some(g) = found {
                 return Ok(g.id);
             }
@@ -178,7 +229,10 @@ impl Client {
     pub async fn org_repos(&self, scope: &Scope, org: &str) -> Result<Vec<String>, GitHubError> {
         let what = format!("list repositories of {org}");
         let mut out = Vec::new();
-        for page in self.get_pages(&format!("orgs/{org}/repos?per_page=100"), scope, &what).await? {
+        for page in self
+            .get_pages(&format!("orgs/{org}/repos?per_page=100"), scope, &what)
+            .await?
+        {
             let repos: Vec<Repo> = decode(&page, &what)?;
             out.extend(repos.into_iter().map(|r| r.full_name));
         }
@@ -187,7 +241,11 @@ impl Client {
 
     /// Jobs of the repository's queued and in-progress runs (a run in progress can still hold
     /// queued jobs). Completed jobs of those runs are included: they settle what webhooks missed.
-    pub async fn active_jobs(&self, scope: &Scope, repo: &str) -> Result<Vec<JobObservation>, GitHubError> {
+    pub async fn active_jobs(
+        &self,
+        scope: &Scope,
+        repo: &str,
+    ) -> Result<Vec<JobObservation>, GitHubError> {
         let what = format!("poll jobs of {repo}");
         let mut run_ids = Vec::new();
         for status in ["queued", "in_progress"] {
@@ -205,7 +263,13 @@ impl Client {
             for page in self.get_pages(&path, scope, &what).await? {
                 let jobs: Jobs = decode(&page, &what)?;
                 for j in jobs.jobs {
-                    out.push(j.observe(repo, None).map_err(|detail| GitHubError::Decode { what: what.clone(), detail })?);
+                    out.push(
+                        j.observe(repo, None)
+                            .map_err(|detail| GitHubError::Decode {
+                                what: what.clone(),
+                                detail,
+                            })?,
+                    );
                 }
             }
         }
@@ -213,27 +277,54 @@ impl Client {
     }
 
     /// One job, for settling a job the poll no longer lists.
-    pub async fn job(&self, scope: &Scope, repo: &str, id: u64) -> Result<JobObservation, GitHubError> {
+    pub async fn job(
+        &self,
+        scope: &Scope,
+        repo: &str,
+        id: u64,
+    ) -> Result<JobObservation, GitHubError> {
         let what = format!("get job {id} of {repo}");
-        let (_, bytes) =
-            self.send(Method::GET, &format!("repos/{repo}/actions/jobs/{id}"), Some(scope), None, &what).await?;
+        let (_, bytes) = self
+            .send(
+                Method::GET,
+                &format!("repos/{repo}/actions/jobs/{id}"),
+                Some(scope),
+                None,
+                &what,
+            )
+            .await?;
         let job: Job = decode(&bytes, &what)?;
-        job.observe(repo, None).map_err(|detail| GitHubError::Decode { what, detail })
+        job.observe(repo, None)
+            .map_err(|detail| GitHubError::Decode { what, detail })
     }
 
     // ---- the request path -------------------------------------------------------------------
 
-    async fn get_pages(&self, first: &str, scope: &Scope, what: &str) -> Result<Vec<bytes_cache::Body>, GitHubError> {
+    async fn get_pages(
+        &self,
+        first: &str,
+        scope: &Scope,
+        what: &str,
+    ) -> Result<Vec<bytes_cache::Body>, GitHubError> {
         let mut out = Vec::new();
         let mut next = Some(first.to_string());
         let mut guard = 0;
         while let Some(path) = next.take() {
             guard += 1;
             if guard > 1000 {
-                return Err(GitHubError::Decode { what: what.into(), detail: "more than 1000 pages".into() });
+                return Err(GitHubError::Decode {
+                    what: what.into(),
+                    detail: "more than 1000 pages".into(),
+                });
             }
-            let (headers, body) = self.send(Method::GET, &path, Some(scope), None, what).await?;
-            next = next_link(&headers).map(|url| url.strip_prefix(&format!("{}/", self.api)).unwrap_or(&url).to_string());
+            let (headers, body) = self
+                .send(Method::GET, &path, Some(scope), None, what)
+                .await?;
+            next = next_link(&headers).map(|url| {
+                url.strip_prefix(&format!("{}/", self.api))
+                    .unwrap_or(&url)
+                    .to_string()
+            });
             out.push(body);
         }
         Ok(out)
@@ -256,7 +347,11 @@ impl Client {
             Some(s) => self.token_for(s).await?,
             None => self.bearer_without_scope()?,
         };
-        let _write = if method == Method::GET { None } else { Some(self.writes.lock().await) };
+        let _write = if method == Method::GET {
+            None
+        } else {
+            Some(self.writes.lock().await)
+        };
         self.check_blocked(what)?;
 
         let mut req = self
@@ -266,7 +361,11 @@ impl Client {
             .header("x-github-api-version", API_VERSION)
             .bearer_auth(&token);
         let cached = if method == Method::GET {
-            self.etags.lock().unwrap_or_else(|p| p.into_inner()).get(&url).cloned()
+            self.etags
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&url)
+                .cloned()
         } else {
             None
         };
@@ -280,23 +379,33 @@ impl Client {
             Ok(r) => r,
             Err(e) => {
                 self.observe(&method, 0);
-                let detail = if e.is_timeout() { "timed out".to_string() } else { root_cause(&e) };
-                return Err(GitHubError::Transient { what: what.into(), detail });
+                let detail = if e.is_timeout() {
+                    "timed out".to_string()
+                } else {
+                    root_cause(&e)
+                };
+                return Err(GitHubError::Transient {
+                    what: what.into(),
+                    detail,
+                });
             }
         };
         let status = resp.status();
         self.observe(&method, status.as_u16());
         let headers = resp.headers().clone();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| GitHubError::Transient { what: what.into(), detail: root_cause(&e) })?;
+        let bytes = resp.bytes().await.map_err(|e| GitHubError::Transient {
+            what: what.into(),
+            detail: root_cause(&e),
+        })?;
 
         if status == StatusCode::NOT_MODIFIED {
             if let Some((_, body)) = cached {
                 return Ok((headers, body));
             }
-            return Err(GitHubError::Decode { what: what.into(), detail: "304 without a cached copy".into() });
+            return Err(GitHubError::Decode {
+                what: what.into(),
+                detail: "304 without a cached copy".into(),
+            });
         }
         if status.is_success() {
             let body = Arc::new(bytes.to_vec());
@@ -314,21 +423,37 @@ impl Client {
         Err(self.classify(status, &headers, &bytes, what))
     }
 
-    fn classify(&self, status: StatusCode, headers: &HeaderMap, body: &[u8], what: &str) -> GitHubError {
+    fn classify(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        what: &str,
+    ) -> GitHubError {
         let message = serde_json::from_slice::<ApiMessage>(body)
             .map(|m| m.message)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
         let what = what.to_string();
-        if let Some(wait) = rate_limit_wait(status, headers, &message, chrono::Utc::now().timestamp()) {
-            *self.blocked_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + wait);
+        if let Some(wait) =
+            rate_limit_wait(status, headers, &message, chrono::Utc::now().timestamp())
+        {
+            *self.blocked_until.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Instant::now() + wait);
             return GitHubError::RateLimited { what, wait };
         }
         match status.as_u16() {
             404 | 410 => GitHubError::NotFound { what },
             409 => GitHubError::Conflict { what, message },
             422 => GitHubError::Unprocessable { what, message },
-            500..=599 => GitHubError::Transient { what, detail: format!("status {status}: {message}") },
-            s => GitHubError::Permanent { what, status: s, message },
+            500..=599 => GitHubError::Transient {
+                what,
+                detail: format!("status {status}: {message}"),
+            },
+            s => GitHubError::Permanent {
+                what,
+                status: s,
+                message,
+            },
         }
     }
 
@@ -337,7 +462,10 @@ impl Client {
         if let Some(until) = *blocked {
             let now = Instant::now();
             if until > now {
-                return Err(GitHubError::RateLimited { what: what.into(), wait: until - now });
+                return Err(GitHubError::RateLimited {
+                    what: what.into(),
+                    wait: until - now,
+                });
             }
             *blocked = None;
         }
@@ -370,11 +498,23 @@ impl Client {
         }
         let what = format!("installation token for installation {installation}");
         let jwt = app.jwt(chrono::Utc::now().timestamp())?;
-        let (_, bytes) = self.send_with(Method::POST, &format!("app/installations/{installation}/access_tokens"), &jwt, &what).await?;
+        let (_, bytes) = self
+            .send_with(
+                Method::POST,
+                &format!("app/installations/{installation}/access_tokens"),
+                &jwt,
+                &what,
+            )
+            .await?;
         let t: InstallationToken = decode(&bytes, &what)?;
-        let expires = crate::parse_time(&t.expires_at)
-            .ok_or_else(|| GitHubError::Decode { what: what.clone(), detail: format!("expires_at {:?}", t.expires_at) })?;
-        app.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(installation, (t.token.clone(), expires));
+        let expires = crate::parse_time(&t.expires_at).ok_or_else(|| GitHubError::Decode {
+            what: what.clone(),
+            detail: format!("expires_at {:?}", t.expires_at),
+        })?;
+        app.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(installation, (t.token.clone(), expires));
         Ok(t.token)
     }
 
@@ -392,19 +532,33 @@ impl Client {
                 })
             }
         };
-        if let Some(id) = app.installations.lock().unwrap_or_else(|p| p.into_inner()).get(&path) {
+        if let Some(id) = app
+            .installations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&path)
+        {
             return Ok(*id);
         }
         let what = format!("find the App installation for {scope}");
         let jwt = app.jwt(chrono::Utc::now().timestamp())?;
         let (_, bytes) = self.send_with(Method::GET, &path, &jwt, &what).await?;
         let inst: Installation = decode(&bytes, &what)?;
-        app.installations.lock().unwrap_or_else(|p| p.into_inner()).insert(path, inst.id);
+        app.installations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path, inst.id);
         Ok(inst.id)
     }
 
     /// A request authenticated with an explicit bearer (the App JWT); no ETags, no write lock.
-    async fn send_with(&self, method: Method, path: &str, bearer: &str, what: &str) -> Result<(HeaderMap, bytes_cache::Body), GitHubError> {
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: &str,
+        what: &str,
+    ) -> Result<(HeaderMap, bytes_cache::Body), GitHubError> {
         self.check_blocked(what)?;
         let url = format!("{}/{}", self.api, path);
         let resp = self
@@ -419,13 +573,19 @@ impl Client {
             Ok(r) => r,
             Err(e) => {
                 self.observe(&method, 0);
-                return Err(GitHubError::Transient { what: what.into(), detail: root_cause(&e) });
+                return Err(GitHubError::Transient {
+                    what: what.into(),
+                    detail: root_cause(&e),
+                });
             }
         };
         let status = resp.status();
         self.observe(&method, status.as_u16());
         let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.map_err(|e| GitHubError::Transient { what: what.into(), detail: root_cause(&e) })?;
+        let bytes = resp.bytes().await.map_err(|e| GitHubError::Transient {
+            what: what.into(),
+            detail: root_cause(&e),
+        })?;
         if status.is_success() {
             return Ok((headers, Arc::new(bytes.to_vec())));
         }
@@ -444,7 +604,10 @@ fn registration(r: Runner) -> Registration {
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, GitHubError> {
-    serde_json::from_slice(bytes).map_err(|e| GitHubError::Decode { what: what.into(), detail: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| GitHubError::Decode {
+        what: what.into(),
+        detail: e.to_string(),
+    })
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -463,17 +626,32 @@ pub(crate) fn next_link(headers: &HeaderMap) -> Option<String> {
         params
             .split(';')
             .any(|p| p.trim() == "rel=\"next\"")
-            .then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+            .then(|| {
+                url.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
     })
 }
 
 /// GitHub's rules: a 403 or 429 is a rate limit when it says so; wait `retry-after` if given,
 /// else until `x-ratelimit-reset` when nothing remains, else at least a minute.
-pub(crate) fn rate_limit_wait(status: StatusCode, headers: &HeaderMap, message: &str, now_s: i64) -> Option<Duration> {
+pub(crate) fn rate_limit_wait(
+    status: StatusCode,
+    headers: &HeaderMap,
+    message: &str,
+    now_s: i64,
+) -> Option<Duration> {
     if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
         return None;
     }
-    let num = |name: &str| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok());
+    let num = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
     if let Some(secs) = num("retry-after") {
         return Some(Duration::from_secs(secs.max(1) as u64));
     }
@@ -506,15 +684,42 @@ mod tests {
         let f = StatusCode::FORBIDDEN;
         let cases: Vec<(StatusCode, HeaderMap, &str, Option<u64>)> = vec![
             (f, h(&[("retry-after", "30")]), "", Some(30)),
-            (StatusCode::TOO_MANY_REQUESTS, h(&[("retry-after", "5")]), "", Some(5)),
-            (f, h(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1120")]), "", Some(120)),
-            (f, h(&[]), "You have exceeded a secondary rate limit", Some(60)),
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                h(&[("retry-after", "5")]),
+                "",
+                Some(5),
+            ),
+            (
+                f,
+                h(&[
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-reset", "1120"),
+                ]),
+                "",
+                Some(120),
+            ),
+            (
+                f,
+                h(&[]),
+                "You have exceeded a secondary rate limit",
+                Some(60),
+            ),
             (StatusCode::TOO_MANY_REQUESTS, h(&[]), "", Some(60)),
-            (f, h(&[("x-ratelimit-remaining", "10")]), "Resource not accessible by integration", None),
+            (
+                f,
+                h(&[("x-ratelimit-remaining", "10")]),
+                "Resource not accessible by integration",
+                None,
+            ),
             (StatusCode::NOT_FOUND, h(&[("retry-after", "3")]), "", None),
         ];
         for (status, headers, msg, want) in cases {
-            assert_eq!(rate_limit_wait(status, &headers, msg, 1000).map(|d| d.as_secs()), want, "{status} {msg}");
+            assert_eq!(
+                rate_limit_wait(status, &headers, msg, 1000).map(|d| d.as_secs()),
+                want,
+                "{status} {msg}"
+            );
         }
     }
 
@@ -524,7 +729,10 @@ mod tests {
             "link",
             "<https://api.github.com/x?page=3>; rel=\"next\", <https://api.github.com/x?page=9>; rel=\"last\"",
         )]);
-        assert_eq!(next_link(&m).as_deref(), Some("https://api.github.com/x?page=3"));
+        assert_eq!(
+            next_link(&m).as_deref(),
+            Some("https://api.github.com/x?page=3")
+        );
         let m = h(&[("link", "<https://api.github.com/x?page=1>; rel=\"prev\"")]);
         assert_eq!(next_link(&m), None);
         assert_eq!(next_link(&HeaderMap::new()), None);

@@ -16,7 +16,11 @@ pub enum GitHubError {
     #[error("{what}: refused (422): {message}")]
     Unprocessable { what: String, message: String },
     #[error("{what}: refused with status {status}: {message}")]
-    Permanent { what: String, status: u16, message: String },
+    Permanent {
+        what: String,
+        status: u16,
+        message: String,
+    },
     #[error("{what}: unexpected response: {detail}")]
     Decode { what: String, detail: String },
     #[error("{what}: {detail}")]

@@ -20,5 +20,7 @@ pub const USER_AGENT: &str = concat!("airlock/", env!("CARGO_PKG_VERSION"));
 
 /// Parses GitHub's RFC 3339 timestamps into Unix milliseconds.
 pub fn parse_time(s: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }

@@ -106,7 +106,11 @@ pub(crate) struct ApiMessage {
 }
 
 impl Job {
-    pub fn observe(self, repo: &str, enterprise: Option<String>) -> Result<airlock_core::JobObservation, String> {
+    pub fn observe(
+        self,
+        repo: &str,
+        enterprise: Option<String>,
+    ) -> Result<airlock_core::JobObservation, String> {
         let status = airlock_core::JobStatus::from_github(&self.status)
             .ok_or_else(|| format!("job {} has unknown status {:?}", self.id, self.status))?;
         Ok(airlock_core::JobObservation {

@@ -30,7 +30,10 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 
 pub fn verify(secret: &[u8], body: &[u8], header: Option<&str>) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
-    let hex_sig = header.trim().strip_prefix("sha256=").ok_or(SignatureError::Malformed)?;
+    let hex_sig = header
+        .trim()
+        .strip_prefix("sha256=")
+        .ok_or(SignatureError::Malformed)?;
     let given = hex::decode(hex_sig).map_err(|_| SignatureError::Malformed)?;
     if given.len() != 32 {
         return Err(SignatureError::Malformed);
@@ -48,7 +51,10 @@ pub fn verify(secret: &[u8], body: &[u8], header: Option<&str>) -> Result<(), Si
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Ping,
-    WorkflowJob { action: String, job: JobObservation },
+    WorkflowJob {
+        action: String,
+        job: Box<JobObservation>,
+    },
     /// Any other event: accepted and ignored.
     Other,
 }
@@ -80,16 +86,23 @@ struct Enterprise {
 
 /// Decodes an already verified delivery of event type `event` (the `X-GitHub-Event` header).
 pub fn parse(event: &str, body: &[u8]) -> Result<Event, PayloadError> {
-    let err = |detail: String| PayloadError { event: event.to_string(), detail };
+    let err = |detail: String| PayloadError {
+        event: event.to_string(),
+        detail,
+    };
     match event {
         "ping" => Ok(Event::Ping),
         "workflow_job" => {
-            let p: WorkflowJobPayload = serde_json::from_slice(body).map_err(|e| err(e.to_string()))?;
+            let p: WorkflowJobPayload =
+                serde_json::from_slice(body).map_err(|e| err(e.to_string()))?;
             let job = p
                 .workflow_job
                 .observe(&p.repository.full_name, p.enterprise.map(|e| e.slug))
                 .map_err(err)?;
-            Ok(Event::WorkflowJob { action: p.action, job })
+            Ok(Event::WorkflowJob {
+                action: p.action,
+                job: Box::new(job),
+            })
         }
         _ => Ok(Event::Other),
     }
@@ -106,12 +119,27 @@ mod tests {
         let want = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
         assert_eq!(sign(secret, body), want);
         assert_eq!(verify(secret, body, Some(want)), Ok(()));
-        assert_eq!(verify(secret, b"Hello, World?", Some(want)), Err(SignatureError::Mismatch));
-        assert_eq!(verify(b"other", body, Some(want)), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(secret, b"Hello, World?", Some(want)),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(b"other", body, Some(want)),
+            Err(SignatureError::Mismatch)
+        );
         assert_eq!(verify(secret, body, None), Err(SignatureError::Missing));
-        assert_eq!(verify(secret, body, Some("sha1=abc")), Err(SignatureError::Malformed));
-        assert_eq!(verify(secret, body, Some("sha256=zz")), Err(SignatureError::Malformed));
-        assert_eq!(verify(secret, body, Some("sha256=abcd")), Err(SignatureError::Malformed));
+        assert_eq!(
+            verify(secret, body, Some("sha1=abc")),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify(secret, body, Some("sha256=zz")),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify(secret, body, Some("sha256=abcd")),
+            Err(SignatureError::Malformed)
+        );
     }
 
     #[test]
@@ -123,7 +151,10 @@ mod tests {
             Event::WorkflowJob { action, job } => {
                 assert_eq!(action, "queued");
                 assert_eq!(job.repo, "octo/hello");
-                assert_eq!(job.labels, airlock_core::Labels::new(["self-hosted", "linux"]));
+                assert_eq!(
+                    job.labels,
+                    airlock_core::Labels::new(["self-hosted", "linux"])
+                );
                 assert_eq!(job.created_at, Some(1_704_067_200_000));
             }
             e => panic!("{e:?}"),

@@ -30,7 +30,9 @@ struct Identity {
 }
 
 fn b64(s: &str) -> Result<Vec<u8>, String> {
-    base64::engine::general_purpose::STANDARD.decode(s.trim()).map_err(|e| format!("not base64: {e}"))
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map_err(|e| format!("not base64: {e}"))
 }
 
 /// GitHub's encoding: base64 of a JSON map from file name to base64 file content.
@@ -38,13 +40,21 @@ fn decode_jit(encoded: &str) -> Result<Identity, String> {
     let files: serde_json::Map<String, Value> =
         serde_json::from_slice(&b64(encoded)?).map_err(|e| format!("not a JSON map: {e}"))?;
     let file = |name: &str| -> Result<Value, String> {
-        let v = files.get(name).and_then(Value::as_str).ok_or_else(|| format!("no {name} file"))?;
+        let v = files
+            .get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("no {name} file"))?;
         serde_json::from_slice(&b64(v)?).map_err(|e| format!("{name} is not JSON: {e}"))
     };
     let runner = file(".runner")?;
     let creds = file(".credentials")?;
     file(".credentials_rsaparams")?;
-    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string).ok_or_else(|| format!("missing {k}"));
+    let s = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("missing {k}"))
+    };
     Ok(Identity {
         name: s(&runner, "agentName")?,
         server: s(&runner, "serverUrl")?.trim_end_matches('/').to_string(),
@@ -53,7 +63,10 @@ fn decode_jit(encoded: &str) -> Result<Identity, String> {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(10)).timeout(Duration::from_secs(60)).build()
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .build()
 }
 
 enum Outcome {
@@ -64,7 +77,11 @@ enum Outcome {
 
 fn call(agent: &ureq::Agent, id: &Identity, path: &str, body: Value) -> Outcome {
     let url = format!("{}/_ghsim/runner/{path}", id.server);
-    match agent.post(&url).set("authorization", &format!("Bearer {}", id.token)).send_json(body) {
+    match agent
+        .post(&url)
+        .set("authorization", &format!("Bearer {}", id.token))
+        .send_json(body)
+    {
         Ok(r) if r.status() == 204 => Outcome::Ok(None),
         Ok(r) => match r.into_json::<Value>() {
             Ok(v) => Outcome::Ok(Some(v)),
@@ -77,7 +94,11 @@ fn call(agent: &ureq::Agent, id: &Identity, path: &str, body: Value) -> Outcome 
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let from_arg = args.iter().position(|a| a == "--jitconfig").and_then(|i| args.get(i + 1)).cloned();
+    let from_arg = args
+        .iter()
+        .position(|a| a == "--jitconfig")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let encoded = match std::env::var(ENV).ok().or(from_arg) {
         Some(e) => e,
         None => {
@@ -131,14 +152,22 @@ fn main() {
         }
     };
     let job_id = job.get("job_id").and_then(Value::as_u64).unwrap_or(0);
-    let job_name = job.get("name").and_then(Value::as_str).unwrap_or("?").to_string();
+    let job_name = job
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_string();
     println!("Running job: {job_name} ({job_id})");
 
     let done = Arc::new(AtomicBool::new(false));
     let beat = {
         let done = done.clone();
         let agent = agent.clone();
-        let id = Identity { name: id.name.clone(), server: id.server.clone(), token: id.token.clone() };
+        let id = Identity {
+            name: id.name.clone(),
+            server: id.server.clone(),
+            token: id.token.clone(),
+        };
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
                 let _ = call(&agent, &id, "heartbeat", json!({ "job_id": job_id }));
@@ -155,9 +184,15 @@ fn main() {
     let steps: Vec<String> = job
         .get("steps")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
-    let work = std::env::current_dir().unwrap_or_else(|_| "/".into()).join("_work");
+    let work = std::env::current_dir()
+        .unwrap_or_else(|_| "/".into())
+        .join("_work");
     let _ = std::fs::create_dir_all(&work);
     let mut log = String::new();
     let mut conclusion = "success";
@@ -192,7 +227,10 @@ fn main() {
                 std::process::exit(1);
             }
             Outcome::Failed(e) => {
-                eprintln!("airlock-runner: reporting the result failed ({e}), attempt {}", attempt + 1);
+                eprintln!(
+                    "airlock-runner: reporting the result failed ({e}), attempt {}",
+                    attempt + 1
+                );
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
@@ -201,7 +239,12 @@ fn main() {
 }
 
 /// Runs one step with `sh -e -c`, streaming its output to ours and into the job log (capped).
-fn run_step(step: &str, work: &std::path::Path, job_id: u64, log: &mut String) -> Result<i32, String> {
+fn run_step(
+    step: &str,
+    work: &std::path::Path,
+    job_id: u64,
+    log: &mut String,
+) -> Result<i32, String> {
     let mut child = Command::new("/bin/sh")
         .arg("-e")
         .arg("-c")
@@ -222,7 +265,10 @@ fn run_step(step: &str, work: &std::path::Path, job_id: u64, log: &mut String) -
         let _ = err.read_to_string(&mut s);
         s
     });
-    for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(Result::ok) {
+    for line in BufReader::new(child.stdout.take().expect("piped"))
+        .lines()
+        .map_while(Result::ok)
+    {
         println!("{line}");
         if log.len() < LOG_CAP {
             log.push_str(&line);
@@ -236,6 +282,8 @@ fn run_step(step: &str, work: &std::path::Path, job_id: u64, log: &mut String) -
             log.push_str(&stderr);
         }
     }
-    let status = child.wait().map_err(|e| format!("waiting for the step: {e}"))?;
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for the step: {e}"))?;
     Ok(status.code().unwrap_or(128 + 9))
 }

@@ -55,17 +55,31 @@ pub enum SandboxStatus {
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("cannot create sandbox {id} at {path}")]
-    Create { id: String, path: PathBuf, source: std::io::Error },
+    Create {
+        id: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot start the runner {command} in sandbox {id}")]
-    Start { id: String, command: PathBuf, source: std::io::Error },
+    Start {
+        id: String,
+        command: PathBuf,
+        source: std::io::Error,
+    },
     #[error("sandbox {id} does not exist")]
     Missing { id: String },
     #[error("cannot destroy sandbox {id}: {detail}")]
     Destroy { id: String, detail: String },
     #[error("cannot list sandboxes in {path}")]
-    List { path: PathBuf, source: std::io::Error },
+    List {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the {backend} backend failed its probe: {detail}")]
-    Probe { backend: &'static str, detail: String },
+    Probe {
+        backend: &'static str,
+        detail: String,
+    },
     #[error("invalid sandbox id {id:?}")]
     BadId { id: String },
 }

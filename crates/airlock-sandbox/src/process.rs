@@ -41,7 +41,10 @@ pub struct ProcessBackend {
 impl ProcessBackend {
     /// `root` holds one directory per sandbox. `exits` is told the id of each sandbox whose
     /// runner ends while this process watches it.
-    pub fn new(root: PathBuf, exits: Option<tokio::sync::mpsc::UnboundedSender<String>>) -> ProcessBackend {
+    pub fn new(
+        root: PathBuf,
+        exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    ) -> ProcessBackend {
         ProcessBackend { root, exits }
     }
 
@@ -56,9 +59,15 @@ impl ProcessBackend {
             .arg("exit 7")
             .output()
             .await
-            .map_err(|e| SandboxError::Probe { backend: "process", detail: format!("cannot run /bin/sh: {e}") })?;
+            .map_err(|e| SandboxError::Probe {
+                backend: "process",
+                detail: format!("cannot run /bin/sh: {e}"),
+            })?;
         if out.status.code() != Some(7) {
-            return Err(SandboxError::Probe { backend: "process", detail: format!("/bin/sh exited {:?}", out.status) });
+            return Err(SandboxError::Probe {
+                backend: "process",
+                detail: format!("/bin/sh exited {:?}", out.status),
+            });
         }
         Ok(())
     }
@@ -106,7 +115,9 @@ fn status_of(dir: &Path) -> SandboxStatus {
 /// Pids of processes whose environment carries this sandbox's marker.
 fn marked_processes(id: &str) -> Vec<i32> {
     let needle = format!("{MARKER_ENV}={id}");
-    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
@@ -126,7 +137,11 @@ impl Backend for ProcessBackend {
     async fn create(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
         check_id(&spec.id)?;
         let dir = self.dir(&spec.id);
-        let err = |source| SandboxError::Create { id: spec.id.clone(), path: dir.clone(), source };
+        let err = |source| SandboxError::Create {
+            id: spec.id.clone(),
+            path: dir.clone(),
+            source,
+        };
         std::fs::create_dir_all(dir.join("work/tmp")).map_err(err)?;
         set_private(&dir).map_err(err)?;
         Ok(())
@@ -136,7 +151,9 @@ impl Backend for ProcessBackend {
         check_id(&spec.id)?;
         let dir = self.dir(&spec.id);
         if !dir.join("work").is_dir() {
-            return Err(SandboxError::Missing { id: spec.id.clone() });
+            return Err(SandboxError::Missing {
+                id: spec.id.clone(),
+            });
         }
         tracing::warn!(
             sandbox = %spec.id,
@@ -150,7 +167,10 @@ impl Backend for ProcessBackend {
             .arg(&spec.runner_command)
             .current_dir(&dir)
             .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()))
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+            )
             .env("HOME", &work)
             .env("TMPDIR", work.join("tmp"))
             .env("LANG", "C.UTF-8")
@@ -162,16 +182,22 @@ impl Backend for ProcessBackend {
             .stderr(std::process::Stdio::null())
             .process_group(0)
             .kill_on_drop(false);
-        let mut child = cmd
-            .spawn()
-            .map_err(|source| SandboxError::Start { id: spec.id.clone(), command: spec.runner_command.clone(), source })?;
+        let mut child = cmd.spawn().map_err(|source| SandboxError::Start {
+            id: spec.id.clone(),
+            command: spec.runner_command.clone(),
+            source,
+        })?;
         let pid = child.id().unwrap_or(0) as i32;
         let start = proc_start(pid).map(|(s, _)| s).unwrap_or(0);
         let pidfile = dir.join("pid");
         let tmp = dir.join("pid.tmp");
         std::fs::write(&tmp, format!("{pid} {start}\n"))
             .and_then(|_| std::fs::rename(&tmp, &pidfile))
-            .map_err(|source| SandboxError::Start { id: spec.id.clone(), command: spec.runner_command.clone(), source })?;
+            .map_err(|source| SandboxError::Start {
+                id: spec.id.clone(),
+                command: spec.runner_command.clone(),
+                source,
+            })?;
         let exits = self.exits.clone();
         let id = spec.id.clone();
         tokio::spawn(async move {
@@ -192,7 +218,12 @@ impl Backend for ProcessBackend {
         let entries = match std::fs::read_dir(&self.root) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(source) => return Err(SandboxError::List { path: self.root.clone(), source }),
+            Err(source) => {
+                return Err(SandboxError::List {
+                    path: self.root.clone(),
+                    source,
+                })
+            }
         };
         let mut out = Vec::new();
         for e in entries.flatten() {
@@ -224,14 +255,20 @@ impl Backend for ProcessBackend {
                 let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
             }
             if attempt == 49 {
-                return Err(SandboxError::Destroy { id: id.into(), detail: format!("processes {left:?} survive SIGKILL") });
+                return Err(SandboxError::Destroy {
+                    id: id.into(),
+                    detail: format!("processes {left:?} survive SIGKILL"),
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SandboxError::Destroy { id: id.into(), detail: format!("removing {}: {e}", dir.display()) }),
+            Err(e) => Err(SandboxError::Destroy {
+                id: id.into(),
+                detail: format!("removing {}: {e}", dir.display()),
+            }),
         }
     }
 }
@@ -246,7 +283,11 @@ mod tests {
     use super::*;
 
     fn spec(id: &str, cmd: &Path) -> SandboxSpec {
-        SandboxSpec { id: id.into(), runner_name: format!("airlock-t-{id}"), runner_command: cmd.to_path_buf() }
+        SandboxSpec {
+            id: id.into(),
+            runner_name: format!("airlock-t-{id}"),
+            runner_command: cmd.to_path_buf(),
+        }
     }
 
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -263,13 +304,23 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let b = ProcessBackend::new(t.path().join("sb"), Some(tx));
         b.probe().await.unwrap();
-        let cmd = script(t.path(), "runner", "echo \"args=$*\"; echo \"jit=$ACTIONS_RUNNER_INPUT_JITCONFIG\"; pwd; exit 3");
+        let cmd = script(
+            t.path(),
+            "runner",
+            "echo \"args=$*\"; echo \"jit=$ACTIONS_RUNNER_INPUT_JITCONFIG\"; pwd; exit 3",
+        );
         let s = spec("a1", &cmd);
         assert_eq!(b.status("a1").await.unwrap(), SandboxStatus::Missing);
         b.create(&s).await.unwrap();
         assert_eq!(b.status("a1").await.unwrap(), SandboxStatus::Created);
         b.start(&s, &Secret::new("s3cret".into())).await.unwrap();
-        assert_eq!(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().as_deref(), Some("a1"));
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("a1")
+        );
         // The exit-status file lands just after the child is reaped.
         let mut st = b.status("a1").await.unwrap();
         for _ in 0..100 {
@@ -281,10 +332,16 @@ mod tests {
         }
         assert_eq!(st, SandboxStatus::Exited(Some(3)));
         let log = std::fs::read_to_string(t.path().join("sb/a1/runner.log")).unwrap();
-        assert!(log.contains("args=\n"), "the secret must not be in argv: {log}");
+        assert!(
+            log.contains("args=\n"),
+            "the secret must not be in argv: {log}"
+        );
         assert!(log.contains("jit=s3cret"));
         assert!(log.contains("/sb/a1/work"));
-        assert_eq!(b.list().await.unwrap(), vec![("a1".to_string(), SandboxStatus::Exited(Some(3)))]);
+        assert_eq!(
+            b.list().await.unwrap(),
+            vec![("a1".to_string(), SandboxStatus::Exited(Some(3)))]
+        );
         b.destroy("a1").await.unwrap();
         b.destroy("a1").await.unwrap();
         assert_eq!(b.status("a1").await.unwrap(), SandboxStatus::Missing);
@@ -309,7 +366,10 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(seen >= 3, "supervisor, runner and both sleeps should be marked, saw {seen}");
+        assert!(
+            seen >= 3,
+            "supervisor, runner and both sleeps should be marked, saw {seen}"
+        );
         assert_eq!(b.status("b2").await.unwrap(), SandboxStatus::Running);
         b.destroy("b2").await.unwrap();
         assert!(marked_processes("b2").is_empty());
@@ -319,9 +379,15 @@ mod tests {
         b.create(&spec("c3", &cmd)).await.unwrap();
         b.destroy("c3").await.unwrap();
         std::fs::create_dir_all(t.path().join("sb/d4")).unwrap();
-        assert_eq!(b.list().await.unwrap(), vec![("d4".to_string(), SandboxStatus::Created)]);
+        assert_eq!(
+            b.list().await.unwrap(),
+            vec![("d4".to_string(), SandboxStatus::Created)]
+        );
         b.destroy("d4").await.unwrap();
         assert!(b.list().await.unwrap().is_empty());
-        assert!(matches!(b.destroy("../etc").await, Err(SandboxError::BadId { .. })));
+        assert!(matches!(
+            b.destroy("../etc").await,
+            Err(SandboxError::BadId { .. })
+        ));
     }
 }

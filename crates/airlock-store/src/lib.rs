@@ -18,9 +18,16 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the database {path}")]
-    Open { path: PathBuf, source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("the database {path} has schema version {found}, newer than this airlock ({supported}); upgrade airlock")]
-    TooNew { path: PathBuf, found: i64, supported: i64 },
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("database error")]
     Sql(#[from] rusqlite::Error),
     #[error(transparent)]
@@ -28,7 +35,11 @@ pub enum StoreError {
     #[error("no {entity} named {id:?}")]
     Missing { entity: &'static str, id: String },
     #[error("{entity} {id:?} changed concurrently (expected {expected})")]
-    Conflict { entity: &'static str, id: String, expected: String },
+    Conflict {
+        entity: &'static str,
+        id: String,
+        expected: String,
+    },
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
 }
@@ -169,16 +180,27 @@ fn opt_u64(v: Option<i64>) -> Option<u64> {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let supported = MIGRATIONS.len() as i64;
         if version > supported {
-            return Err(StoreError::TooNew { path: path.to_path_buf(), found: version, supported });
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                supported,
+            });
         }
         for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.transaction()?;
@@ -186,7 +208,10 @@ impl Store {
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
         }
-        Ok(Store { conn: Mutex::new(conn), path: path.to_path_buf() })
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -227,7 +252,11 @@ impl Store {
     }
 
     /// Applies jobs seen by polling. Returns how many jobs or runners changed.
-    pub fn observe_jobs(&self, jobs: &[JobObservation], now: Timestamp) -> Result<usize, StoreError> {
+    pub fn observe_jobs(
+        &self,
+        jobs: &[JobObservation],
+        now: Timestamp,
+    ) -> Result<usize, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut n = 0;
@@ -282,11 +311,16 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (mut job, labels, status) = row?;
-            let labels: Vec<String> = serde_json::from_str(&labels)
-                .map_err(|e| StoreError::Corrupt { table: "jobs", detail: format!("labels of job {}: {e}", job.id) })?;
+            let labels: Vec<String> =
+                serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt {
+                    table: "jobs",
+                    detail: format!("labels of job {}: {e}", job.id),
+                })?;
             job.labels = Labels::new(labels);
-            job.status = JobStatus::parse(&status)
-                .ok_or_else(|| StoreError::Corrupt { table: "jobs", detail: format!("status {status:?}") })?;
+            job.status = JobStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
+                table: "jobs",
+                detail: format!("status {status:?}"),
+            })?;
             out.push(job);
         }
         Ok(out)
@@ -316,7 +350,15 @@ impl Store {
             params![sandbox_id, name, backend, now],
         )?;
         event(&tx, now, "runner", name, None, "creating", Some(pool))?;
-        event(&tx, now, "sandbox", sandbox_id, None, "creating", Some(backend))?;
+        event(
+            &tx,
+            now,
+            "sandbox",
+            sandbox_id,
+            None,
+            "creating",
+            Some(backend),
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -334,7 +376,10 @@ impl Store {
         let step = runner_move(&tx, name, to, now, detail)?;
         if to == RunnerState::Stopping {
             if let Some(d) = detail {
-                tx.execute("UPDATE runners SET stop_reason = ?2 WHERE name = ?1 AND stop_reason IS NULL", params![name, d])?;
+                tx.execute(
+                    "UPDATE runners SET stop_reason = ?2 WHERE name = ?1 AND stop_reason IS NULL",
+                    params![name, d],
+                )?;
             }
         }
         tx.commit()?;
@@ -342,19 +387,30 @@ impl Store {
     }
 
     pub fn set_runner_registration(&self, name: &str, github_id: u64) -> Result<(), StoreError> {
-        self.conn()
-            .execute("UPDATE runners SET github_id = ?2 WHERE name = ?1", params![name, github_id as i64])?;
+        self.conn().execute(
+            "UPDATE runners SET github_id = ?2 WHERE name = ?1",
+            params![name, github_id as i64],
+        )?;
         Ok(())
     }
 
     pub fn set_runner_started(&self, name: &str, now: Timestamp) -> Result<(), StoreError> {
-        self.conn().execute("UPDATE runners SET started_at = ?2 WHERE name = ?1", params![name, now])?;
+        self.conn().execute(
+            "UPDATE runners SET started_at = ?2 WHERE name = ?1",
+            params![name, now],
+        )?;
         Ok(())
     }
 
     /// Records how a runner's process ended. `took_unknown_job`: it exited cleanly without airlock
     /// having seen it take a job, so it probably ran one whose webhook has not arrived yet.
-    pub fn set_runner_exit(&self, name: &str, code: Option<i32>, took_unknown_job: bool, now: Timestamp) -> Result<(), StoreError> {
+    pub fn set_runner_exit(
+        &self,
+        name: &str,
+        code: Option<i32>,
+        took_unknown_job: bool,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE runners SET exit_code = ?2, took_unknown_job = ?3, stopped_at = COALESCE(stopped_at, ?4) WHERE name = ?1",
             params![name, code, took_unknown_job as i64, now],
@@ -371,11 +427,19 @@ impl Store {
     ) -> Result<Step, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let from: Option<String> =
-            tx.query_row("SELECT state FROM sandboxes WHERE id = ?1", [id], |r| r.get(0)).optional()?;
-        let from = from.ok_or_else(|| StoreError::Missing { entity: "sandbox", id: id.into() })?;
-        let cur = SandboxState::parse(&from)
-            .ok_or_else(|| StoreError::Corrupt { table: "sandboxes", detail: format!("state {from:?}") })?;
+        let from: Option<String> = tx
+            .query_row("SELECT state FROM sandboxes WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let from = from.ok_or_else(|| StoreError::Missing {
+            entity: "sandbox",
+            id: id.into(),
+        })?;
+        let cur = SandboxState::parse(&from).ok_or_else(|| StoreError::Corrupt {
+            table: "sandboxes",
+            detail: format!("state {from:?}"),
+        })?;
         let step = cur.check(to)?;
         if step == Step::Apply {
             let n = tx.execute(
@@ -384,9 +448,21 @@ impl Store {
                 params![id, to.as_str(), now, exit_code, from],
             )?;
             if n != 1 {
-                return Err(StoreError::Conflict { entity: "sandbox", id: id.into(), expected: from });
+                return Err(StoreError::Conflict {
+                    entity: "sandbox",
+                    id: id.into(),
+                    expected: from,
+                });
             }
-            event(&tx, now, "sandbox", id, Some(&from), to.as_str(), exit_code.map(|c| format!("exit {c}")).as_deref())?;
+            event(
+                &tx,
+                now,
+                "sandbox",
+                id,
+                Some(&from),
+                to.as_str(),
+                exit_code.map(|c| format!("exit {c}")).as_deref(),
+            )?;
         }
         tx.commit()?;
         Ok(step)
@@ -411,8 +487,12 @@ impl Store {
 
     fn runners_where(&self, cond: &str) -> Result<Vec<RunnerRecord>, StoreError> {
         let conn = self.conn();
-        let mut st = conn.prepare(&format!("{RUNNER_COLS} WHERE {cond} ORDER BY created_at, name"))?;
-        let rows = st.query_map([], runner_row)?.collect::<Result<Vec<_>, _>>()?;
+        let mut st = conn.prepare(&format!(
+            "{RUNNER_COLS} WHERE {cond} ORDER BY created_at, name"
+        ))?;
+        let rows = st
+            .query_map([], runner_row)?
+            .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter().map(|(r, s)| finish_runner(r, s)).collect()
     }
 
@@ -424,7 +504,9 @@ impl Store {
             "SELECT pool, COUNT(*) FROM runners
              WHERE took_unknown_job = 1 AND job_id IS NULL AND stopped_at > ?1 GROUP BY pool",
         )?;
-        let rows = st.query_map([since], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u32)))?;
+        let rows = st.query_map([since], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u32))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -435,11 +517,16 @@ impl Store {
             "SELECT github_id FROM runners WHERE state = 'gone' AND state_since >= ?1 AND github_id IS NOT NULL",
         )?;
         let rows = st.query_map([since], |r| r.get::<_, i64>(0))?;
-        Ok(rows.map(|r| r.map(|x| x as u64)).collect::<Result<_, _>>()?)
+        Ok(rows
+            .map(|r| r.map(|x| x as u64))
+            .collect::<Result<_, _>>()?)
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.conn().query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+        Ok(self
+            .conn()
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
@@ -472,15 +559,22 @@ impl Store {
 
     /// Deliveries older than GitHub's redelivery window are no longer needed for deduplication.
     pub fn prune_deliveries(&self, before: Timestamp) -> Result<usize, StoreError> {
-        Ok(self.conn().execute("DELETE FROM deliveries WHERE received_at < ?1", [before])?)
+        Ok(self
+            .conn()
+            .execute("DELETE FROM deliveries WHERE received_at < ?1", [before])?)
     }
 
     pub fn delivery_count(&self) -> Result<u64, StoreError> {
-        Ok(self.conn().query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM deliveries", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
     }
 }
 
-const RUNNER_COLS: &str = "SELECT name, pool, scope, state, github_id, sandbox_id, job_id, created_at, state_since,
+const RUNNER_COLS: &str =
+    "SELECT name, pool, scope, state, github_id, sandbox_id, job_id, created_at, state_since,
     started_at, stopped_at, exit_code, stop_reason FROM runners";
 
 fn runner_row(r: &Row<'_>) -> rusqlite::Result<(RunnerRecord, String)> {
@@ -505,8 +599,10 @@ fn runner_row(r: &Row<'_>) -> rusqlite::Result<(RunnerRecord, String)> {
 }
 
 fn finish_runner(mut r: RunnerRecord, state: String) -> Result<RunnerRecord, StoreError> {
-    r.state = RunnerState::parse(&state)
-        .ok_or_else(|| StoreError::Corrupt { table: "runners", detail: format!("state {state:?} of {}", r.name) })?;
+    r.state = RunnerState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+        table: "runners",
+        detail: format!("state {state:?} of {}", r.name),
+    })?;
     Ok(r)
 }
 
@@ -533,11 +629,19 @@ fn runner_move(
     now: Timestamp,
     detail: Option<&str>,
 ) -> Result<Step, StoreError> {
-    let from: Option<String> =
-        tx.query_row("SELECT state FROM runners WHERE name = ?1", [name], |r| r.get(0)).optional()?;
-    let from = from.ok_or_else(|| StoreError::Missing { entity: "runner", id: name.into() })?;
-    let cur = RunnerState::parse(&from)
-        .ok_or_else(|| StoreError::Corrupt { table: "runners", detail: format!("state {from:?}") })?;
+    let from: Option<String> = tx
+        .query_row("SELECT state FROM runners WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let from = from.ok_or_else(|| StoreError::Missing {
+        entity: "runner",
+        id: name.into(),
+    })?;
+    let cur = RunnerState::parse(&from).ok_or_else(|| StoreError::Corrupt {
+        table: "runners",
+        detail: format!("state {from:?}"),
+    })?;
     let step = cur.check(to)?;
     if step == Step::Apply {
         let n = tx.execute(
@@ -545,7 +649,11 @@ fn runner_move(
             params![name, to.as_str(), now, from],
         )?;
         if n != 1 {
-            return Err(StoreError::Conflict { entity: "runner", id: name.into(), expected: from });
+            return Err(StoreError::Conflict {
+                entity: "runner",
+                id: name.into(),
+                expected: from,
+            });
         }
         event(tx, now, "runner", name, Some(&from), to.as_str(), detail)?;
     }
@@ -554,9 +662,18 @@ fn runner_move(
 
 /// Applies one observation of a job: insert, move forward, or ignore as stale. When it names one
 /// of our runners, that runner is marked as having taken this job (and busy, if it was not yet).
-fn apply_job(tx: &rusqlite::Transaction<'_>, j: &JobObservation, now: Timestamp) -> Result<bool, StoreError> {
-    let cur: Option<String> =
-        tx.query_row("SELECT status FROM jobs WHERE id = ?1", [j.id as i64], |r| r.get(0)).optional()?;
+fn apply_job(
+    tx: &rusqlite::Transaction<'_>,
+    j: &JobObservation,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let cur: Option<String> = tx
+        .query_row(
+            "SELECT status FROM jobs WHERE id = ?1",
+            [j.id as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
     let labels = serde_json::to_string(&j.labels.to_vec()).expect("a list of strings serialises");
     let mut changed = false;
     match cur {
@@ -581,12 +698,22 @@ fn apply_job(tx: &rusqlite::Transaction<'_>, j: &JobObservation, now: Timestamp)
                     now
                 ],
             )?;
-            event(tx, now, "job", &j.id.to_string(), None, j.status.as_str(), Some(&j.repo))?;
+            event(
+                tx,
+                now,
+                "job",
+                &j.id.to_string(),
+                None,
+                j.status.as_str(),
+                Some(&j.repo),
+            )?;
             changed = true;
         }
         Some(from) => {
-            let cur = JobStatus::parse(&from)
-                .ok_or_else(|| StoreError::Corrupt { table: "jobs", detail: format!("status {from:?}") })?;
+            let cur = JobStatus::parse(&from).ok_or_else(|| StoreError::Corrupt {
+                table: "jobs",
+                detail: format!("status {from:?}"),
+            })?;
             match cur.advance(j.status) {
                 Step::Apply => {
                     tx.execute(
@@ -595,7 +722,15 @@ fn apply_job(tx: &rusqlite::Transaction<'_>, j: &JobObservation, now: Timestamp)
                             completed_at = COALESCE(?6, completed_at), updated_at = ?7 WHERE id = ?1",
                         params![j.id as i64, j.status.as_str(), j.conclusion, j.runner_name, j.started_at, j.completed_at, now],
                     )?;
-                    event(tx, now, "job", &j.id.to_string(), Some(&from), j.status.as_str(), j.runner_name.as_deref())?;
+                    event(
+                        tx,
+                        now,
+                        "job",
+                        &j.id.to_string(),
+                        Some(&from),
+                        j.status.as_str(),
+                        j.runner_name.as_deref(),
+                    )?;
                     changed = true;
                 }
                 Step::Unchanged | Step::Stale => {
@@ -609,17 +744,31 @@ fn apply_job(tx: &rusqlite::Transaction<'_>, j: &JobObservation, now: Timestamp)
             }
         }
     }
-    if let (Some(runner), JobStatus::InProgress | JobStatus::Completed) = (&j.runner_name, j.status) {
+    if let (Some(runner), JobStatus::InProgress | JobStatus::Completed) = (&j.runner_name, j.status)
+    {
         let row: Option<(String, Option<i64>)> = tx
-            .query_row("SELECT state, job_id FROM runners WHERE name = ?1", [runner], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT state, job_id FROM runners WHERE name = ?1",
+                [runner],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         if let Some((state, job_id)) = row {
             if job_id.is_none() {
-                tx.execute("UPDATE runners SET job_id = ?2 WHERE name = ?1", params![runner, j.id as i64])?;
+                tx.execute(
+                    "UPDATE runners SET job_id = ?2 WHERE name = ?1",
+                    params![runner, j.id as i64],
+                )?;
                 changed = true;
             }
             if matches!(state.as_str(), "creating" | "starting" | "idle") {
-                runner_move(tx, runner, RunnerState::Busy, now, Some(&format!("job {}", j.id)))?;
+                runner_move(
+                    tx,
+                    runner,
+                    RunnerState::Busy,
+                    now,
+                    Some(&format!("job {}", j.id)),
+                )?;
                 changed = true;
             }
         }

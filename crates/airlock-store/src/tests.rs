@@ -27,57 +27,127 @@ fn open() -> (tempfile::TempDir, Store) {
 fn deliveries_are_deduplicated_and_out_of_order_is_harmless() {
     let (_d, s) = open();
     let q = obs(1, JobStatus::Queued, None);
-    assert_eq!(s.ingest_delivery("g1", "workflow_job", Some("queued"), Some(&q), 10).unwrap(), Ingest::Stored { changed: true });
-    assert_eq!(s.ingest_delivery("g1", "workflow_job", Some("queued"), Some(&q), 11).unwrap(), Ingest::Duplicate);
+    assert_eq!(
+        s.ingest_delivery("g1", "workflow_job", Some("queued"), Some(&q), 10)
+            .unwrap(),
+        Ingest::Stored { changed: true }
+    );
+    assert_eq!(
+        s.ingest_delivery("g1", "workflow_job", Some("queued"), Some(&q), 11)
+            .unwrap(),
+        Ingest::Duplicate
+    );
     // completed arrives before in_progress
     let c = obs(1, JobStatus::Completed, Some("airlock-x-1"));
-    s.ingest_delivery("g3", "workflow_job", Some("completed"), Some(&c), 12).unwrap();
+    s.ingest_delivery("g3", "workflow_job", Some("completed"), Some(&c), 12)
+        .unwrap();
     let p = obs(1, JobStatus::InProgress, Some("airlock-x-1"));
-    assert_eq!(s.ingest_delivery("g2", "workflow_job", Some("in_progress"), Some(&p), 13).unwrap(), Ingest::Stored { changed: false });
+    assert_eq!(
+        s.ingest_delivery("g2", "workflow_job", Some("in_progress"), Some(&p), 13)
+            .unwrap(),
+        Ingest::Stored { changed: false }
+    );
     let j = s.job(1).unwrap().unwrap();
     assert_eq!(j.status, JobStatus::Completed);
     assert_eq!(j.conclusion.as_deref(), Some("success"));
     assert_eq!(j.runner_name.as_deref(), Some("airlock-x-1"));
     assert!(s.open_jobs().unwrap().is_empty());
-    let moves: Vec<String> = s.events(Some("1")).unwrap().into_iter().map(|e| e.to_state).collect();
+    let moves: Vec<String> = s
+        .events(Some("1"))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.to_state)
+        .collect();
     assert_eq!(moves, ["queued", "completed"]);
 }
 
 #[test]
 fn runner_moves_are_checked_and_compare_and_set() {
     let (_d, s) = open();
-    s.insert_runner("airlock-small-a", "small", "repo:octo/hello", "sb-a", "process", 1).unwrap();
-    assert_eq!(s.runner_transition("airlock-small-a", RunnerState::Starting, 2, None).unwrap(), Step::Apply);
-    assert_eq!(s.runner_transition("airlock-small-a", RunnerState::Starting, 3, None).unwrap(), Step::Unchanged);
-    let err = s.runner_transition("airlock-small-a", RunnerState::Gone, 4, None).unwrap_err();
-    assert_eq!(err.to_string(), "illegal runner transition from starting to gone");
+    s.insert_runner(
+        "airlock-small-a",
+        "small",
+        "repo:octo/hello",
+        "sb-a",
+        "process",
+        1,
+    )
+    .unwrap();
+    assert_eq!(
+        s.runner_transition("airlock-small-a", RunnerState::Starting, 2, None)
+            .unwrap(),
+        Step::Apply
+    );
+    assert_eq!(
+        s.runner_transition("airlock-small-a", RunnerState::Starting, 3, None)
+            .unwrap(),
+        Step::Unchanged
+    );
+    let err = s
+        .runner_transition("airlock-small-a", RunnerState::Gone, 4, None)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "illegal runner transition from starting to gone"
+    );
     // A job naming the runner makes it busy and binds the job to it.
-    s.observe_jobs(&[obs(5, JobStatus::InProgress, Some("airlock-small-a"))], 5).unwrap();
+    s.observe_jobs(&[obs(5, JobStatus::InProgress, Some("airlock-small-a"))], 5)
+        .unwrap();
     let r = s.runner("airlock-small-a").unwrap().unwrap();
     assert_eq!((r.state, r.job_id), (RunnerState::Busy, Some(5)));
-    assert!(s.runner_transition("airlock-small-a", RunnerState::Idle, 6, None).is_err());
-    s.runner_transition("airlock-small-a", RunnerState::Stopping, 7, Some("exited")).unwrap();
-    s.runner_transition("airlock-small-a", RunnerState::Gone, 8, None).unwrap();
+    assert!(s
+        .runner_transition("airlock-small-a", RunnerState::Idle, 6, None)
+        .is_err());
+    s.runner_transition("airlock-small-a", RunnerState::Stopping, 7, Some("exited"))
+        .unwrap();
+    s.runner_transition("airlock-small-a", RunnerState::Gone, 8, None)
+        .unwrap();
     assert!(s.live_runners().unwrap().is_empty());
-    assert_eq!(s.runner("airlock-small-a").unwrap().unwrap().stop_reason.as_deref(), Some("exited"));
-    assert!(matches!(s.runner_transition("nope", RunnerState::Idle, 9, None), Err(StoreError::Missing { .. })));
-    let history: Vec<String> = s.events(Some("airlock-small-a")).unwrap().into_iter().map(|e| e.to_state).collect();
-    assert_eq!(history, ["creating", "starting", "busy", "stopping", "gone"]);
+    assert_eq!(
+        s.runner("airlock-small-a")
+            .unwrap()
+            .unwrap()
+            .stop_reason
+            .as_deref(),
+        Some("exited")
+    );
+    assert!(matches!(
+        s.runner_transition("nope", RunnerState::Idle, 9, None),
+        Err(StoreError::Missing { .. })
+    ));
+    let history: Vec<String> = s
+        .events(Some("airlock-small-a"))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.to_state)
+        .collect();
+    assert_eq!(
+        history,
+        ["creating", "starting", "busy", "stopping", "gone"]
+    );
 }
 
 #[test]
 fn sandboxes_and_unaccounted_exits() {
     let (_d, s) = open();
-    s.insert_runner("airlock-p-a", "p", "repo:o/r", "sb-a", "process", 1).unwrap();
-    s.sandbox_transition("sb-a", SandboxState::Running, None, 2).unwrap();
-    s.sandbox_transition("sb-a", SandboxState::Exited, Some(0), 3).unwrap();
-    assert!(s.sandbox_transition("sb-a", SandboxState::Running, None, 4).is_err());
-    s.sandbox_transition("sb-a", SandboxState::Destroyed, None, 5).unwrap();
-    s.set_runner_exit("airlock-p-a", Some(0), true, 100).unwrap();
+    s.insert_runner("airlock-p-a", "p", "repo:o/r", "sb-a", "process", 1)
+        .unwrap();
+    s.sandbox_transition("sb-a", SandboxState::Running, None, 2)
+        .unwrap();
+    s.sandbox_transition("sb-a", SandboxState::Exited, Some(0), 3)
+        .unwrap();
+    assert!(s
+        .sandbox_transition("sb-a", SandboxState::Running, None, 4)
+        .is_err());
+    s.sandbox_transition("sb-a", SandboxState::Destroyed, None, 5)
+        .unwrap();
+    s.set_runner_exit("airlock-p-a", Some(0), true, 100)
+        .unwrap();
     assert_eq!(s.unaccounted_exits(50).unwrap().get("p"), Some(&1));
     assert!(s.unaccounted_exits(100).unwrap().is_empty());
     // Once the webhook names the runner, the exit is accounted for.
-    s.observe_jobs(&[obs(9, JobStatus::Completed, Some("airlock-p-a"))], 101).unwrap();
+    s.observe_jobs(&[obs(9, JobStatus::Completed, Some("airlock-p-a"))], 101)
+        .unwrap();
     assert!(s.unaccounted_exits(50).unwrap().is_empty());
 }
 
@@ -87,15 +157,27 @@ fn everything_survives_reopening() {
     let path = d.path().join("airlock.db");
     {
         let s = Store::open(&path).unwrap();
-        s.ingest_delivery("g", "workflow_job", Some("queued"), Some(&obs(3, JobStatus::Queued, None)), 1).unwrap();
-        s.insert_runner("airlock-p-b", "p", "repo:o/r", "sb-b", "process", 1).unwrap();
+        s.ingest_delivery(
+            "g",
+            "workflow_job",
+            Some("queued"),
+            Some(&obs(3, JobStatus::Queued, None)),
+            1,
+        )
+        .unwrap();
+        s.insert_runner("airlock-p-b", "p", "repo:o/r", "sb-b", "process", 1)
+            .unwrap();
         s.set_meta("k", "v").unwrap();
     }
     let s = Store::open(&path).unwrap();
     assert_eq!(s.open_jobs().unwrap().len(), 1);
     assert_eq!(s.live_runners().unwrap()[0].state, RunnerState::Creating);
     assert_eq!(s.meta("k").unwrap().as_deref(), Some("v"));
-    assert_eq!(s.ingest_delivery("g", "workflow_job", None, None, 2).unwrap(), Ingest::Duplicate);
+    assert_eq!(
+        s.ingest_delivery("g", "workflow_job", None, None, 2)
+            .unwrap(),
+        Ingest::Duplicate
+    );
 }
 
 #[test]

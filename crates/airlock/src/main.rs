@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "airlock", version, about = "Self-hosted GitHub Actions runners: one fresh, disposable sandbox per job")]
+#[command(
+    name = "airlock",
+    version,
+    about = "Self-hosted GitHub Actions runners: one fresh, disposable sandbox per job"
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -50,7 +54,9 @@ pub const EXIT_UNEXPECTED: u8 = 3;
 fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
@@ -64,7 +70,10 @@ fn main() -> ExitCode {
         _ => "info",
     };
     init_logging(cli.global.log_format, default_log);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("airlock: cannot start the runtime: {e}");

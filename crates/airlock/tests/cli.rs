@@ -25,23 +25,48 @@ fn check_config_exit_statuses_and_messages() {
         "[github]\ntoken_file = \"token\"\nwebhook_secret_file = \"webhook-secret\"\n[[pool]]\nname = \"a\"\nscope = \"repo:o/r\"\nlabels = [\"x\"]\nrunner_command = \"/bin/sh\"\n",
     )
     .unwrap();
-    let out = airlock().args(["check-config", "--config"]).arg(&good).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = airlock()
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 pool)"));
 
     let bad = d.path().join("bad.toml");
     std::fs::write(&bad, "[github]\ntoken_file = \"token\"\npoll_interval = \"often\"\n[[pool]]\nname = \"a\"\nscope = \"repo:o/r\"\nlabels = []\nrunner_command = \"/bin/sh\"\nsize = 3\n").unwrap();
-    let out = airlock().args(["check-config", "--config"]).arg(&bad).output().unwrap();
+    let out = airlock()
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    for want in ["line 3: github.poll_interval", "line 7: pool[0].labels", "line 9: pool[0].size: unknown key", "3 errors in"] {
+    for want in [
+        "line 3: github.poll_interval",
+        "line 7: pool[0].labels",
+        "line 9: pool[0].size: unknown key",
+        "3 errors in",
+    ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
-    let out = airlock().args(["check-config", "--config", "/nonexistent.toml"]).output().unwrap();
+    let out = airlock()
+        .args(["check-config", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the config file"));
     let out = airlock().args(["serve"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "missing --config is a usage error");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "missing --config is a usage error"
+    );
     let out = airlock().args(["frobnicate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
@@ -51,13 +76,27 @@ fn the_demo_passes_and_leaves_nothing() {
     runner_bin();
     let d = tempfile::tempdir().unwrap();
     // The runner is found beside the airlock binary.
-    let out = airlock().args(["demo", "--state-dir"]).arg(d.path()).output().unwrap();
+    let out = airlock()
+        .args(["demo", "--state-dir"])
+        .arg(d.path())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("✓ demo passed"), "{text}");
     assert!(text.contains("lost-webhook"), "{text}");
     assert!(text.contains("failure  failure ✓"), "{text}");
-    assert_eq!(std::fs::read_dir(d.path().join("sandboxes")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(d.path().join("sandboxes"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 struct Serve {
@@ -75,13 +114,22 @@ fn serve(config: &std::path::Path) -> Serve {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("airlock listening on http://").unwrap_or_else(|| panic!("unexpected: {line:?}")).to_string();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("airlock listening on http://")
+        .unwrap_or_else(|| panic!("unexpected: {line:?}"))
+        .to_string();
     Serve { child, addr }
 }
 
 fn signal(child: &Child, sig: &str) {
-    let st = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
+    let st = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
@@ -94,26 +142,71 @@ async fn sigterm_drains_and_sigkill_loses_nothing() {
 
     // 1. SIGKILL in the middle of two jobs, then restart: both finish, nothing leaks.
     let mut s = serve(&cfg_path);
-    e.sim().set_webhook_url(Some(format!("http://{}/webhook", s.addr)));
-    e.submit("octo/hello", &[("k1", &["small"], &["sleep 2"]), ("k2", &["small"], &["sleep 2"])]);
-    assert!(wait_until(Duration::from_secs(30), || e.sim().jobs().iter().all(|j| j.status == Status::InProgress)).await);
+    e.sim()
+        .set_webhook_url(Some(format!("http://{}/webhook", s.addr)));
+    e.submit(
+        "octo/hello",
+        &[
+            ("k1", &["small"], &["sleep 2"]),
+            ("k2", &["small"], &["sleep 2"]),
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || e
+            .sim()
+            .jobs()
+            .iter()
+            .all(|j| j.status == Status::InProgress))
+        .await
+    );
     signal(&s.child, "-KILL");
     let _ = s.child.wait();
     let mut s = serve(&cfg_path);
-    e.sim().set_webhook_url(Some(format!("http://{}/webhook", s.addr)));
-    assert!(wait_until(Duration::from_secs(60), || e.sim().jobs().iter().all(|j| j.status == Status::Completed)).await);
-    assert!(e.sim().jobs().iter().all(|j| j.conclusion.as_deref() == Some("success")), "{:?}", e.sim().jobs());
+    e.sim()
+        .set_webhook_url(Some(format!("http://{}/webhook", s.addr)));
+    assert!(
+        wait_until(Duration::from_secs(60), || e
+            .sim()
+            .jobs()
+            .iter()
+            .all(|j| j.status == Status::Completed))
+        .await
+    );
+    assert!(
+        e.sim()
+            .jobs()
+            .iter()
+            .all(|j| j.conclusion.as_deref() == Some("success")),
+        "{:?}",
+        e.sim().jobs()
+    );
 
     // 2. SIGTERM while a job runs: the busy runner finishes, airlock exits 0.
     e.submit("octo/hello", &[("t1", &["small"], &["sleep 2"])]);
-    assert!(wait_until(Duration::from_secs(30), || e.sim().jobs().iter().any(|j| j.name == "t1" && j.status == Status::InProgress)).await);
+    assert!(
+        wait_until(Duration::from_secs(30), || e
+            .sim()
+            .jobs()
+            .iter()
+            .any(|j| j.name == "t1" && j.status == Status::InProgress))
+        .await
+    );
     signal(&s.child, "-TERM");
     let status = s.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     let t1 = e.sim().jobs().into_iter().find(|j| j.name == "t1").unwrap();
-    assert_eq!(t1.conclusion.as_deref(), Some("success"), "the drain let the busy runner finish");
+    assert_eq!(
+        t1.conclusion.as_deref(),
+        Some("success"),
+        "the drain let the busy runner finish"
+    );
     assert!(e.sim().runners().is_empty(), "{:?}", e.sim().runners());
     assert!(sandbox_processes(&e.state()).is_empty());
-    assert_eq!(std::fs::read_dir(e.state().join("sandboxes")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(e.state().join("sandboxes"))
+            .unwrap()
+            .count(),
+        0
+    );
     e.shutdown().await;
 }

@@ -16,7 +16,10 @@ async fn twenty_jobs_over_three_pools() {
     let pools = [
         pool("small", &["self-hosted", "linux", "small"]),
         pool("big", &["self-hosted", "linux", "big"]),
-        Pool { scope: "org:octo", ..pool("org-gpu", &["self-hosted", "linux", "gpu"]) },
+        Pool {
+            scope: "org:octo",
+            ..pool("org-gpu", &["self-hosted", "linux", "gpu"])
+        },
     ];
     let e = env(&pools, "60s", Faults::default(), true).await;
     let mut want = Vec::new();
@@ -27,7 +30,11 @@ async fn twenty_jobs_over_three_pools() {
             _ => ("octo/other", &["gpu"], "org-gpu"),
         };
         let fail = i == 7;
-        let step = if fail { "echo failing on purpose; exit 3" } else { "echo hello from $GITHUB_JOB_ID; test -d ." };
+        let step = if fail {
+            "echo failing on purpose; exit 3"
+        } else {
+            "echo hello from $GITHUB_JOB_ID; test -d ."
+        };
         let ids = e.submit(repo, &[(&format!("job-{i}"), labels, &[step])]);
         want.push((ids[0], pool, if fail { "failure" } else { "success" }));
     }
@@ -38,19 +45,33 @@ async fn twenty_jobs_over_three_pools() {
         let j = jobs.iter().find(|j| j.id == id).unwrap();
         assert_eq!(j.conclusion.as_deref(), Some(conclusion), "job {}", j.name);
         let runner = j.runner_name.clone().unwrap();
-        assert!(runner.starts_with(&format!("airlock-{pool}-")), "{} ran on {runner}", j.name);
-        assert!(runners_seen.insert(runner.clone()), "runner {runner} ran two jobs");
+        assert!(
+            runner.starts_with(&format!("airlock-{pool}-")),
+            "{} ran on {runner}",
+            j.name
+        );
+        assert!(
+            runners_seen.insert(runner.clone()),
+            "runner {runner} ran two jobs"
+        );
     }
     // Every job is known to the store as completed, with its runner.
     let stored = e.store().all_jobs().unwrap();
     assert_eq!(stored.len(), 20);
-    assert!(stored.iter().all(|j| j.status == JobStatus::Completed && j.runner_name.is_some()));
+    assert!(stored
+        .iter()
+        .all(|j| j.status == JobStatus::Completed && j.runner_name.is_some()));
     let all = e.store().all_runners().unwrap();
     assert!(all.iter().all(|r| r.state == RunnerState::Gone));
     let m = e.metrics();
     let created: f64 = ["small", "big", "org-gpu"]
         .iter()
-        .map(|p| metric(&m, &format!("airlock_runners_created_total{{pool=\"{p}\"}}")))
+        .map(|p| {
+            metric(
+                &m,
+                &format!("airlock_runners_created_total{{pool=\"{p}\"}}"),
+            )
+        })
         .sum();
     assert_eq!(created, 20.0, "one runner per job, no spares:\n{m}");
     e.assert_nothing_left();
@@ -60,18 +81,39 @@ async fn twenty_jobs_over_three_pools() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_webhooks_are_recovered_by_polling() {
     let pools = [pool("small", &["self-hosted", "small"])];
-    let e = env(&pools, "1s", Faults { drop_every: 1, ..Default::default() }, true).await;
+    let e = env(
+        &pools,
+        "1s",
+        Faults {
+            drop_every: 1,
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
     let ids = e.submit_specs(
         "octo/hello",
         (0..4)
-            .map(|i| JobSpec { name: format!("j{i}"), labels: vec!["small".into()], steps: vec!["true".into()], drop_webhooks: false })
+            .map(|i| JobSpec {
+                name: format!("j{i}"),
+                labels: vec!["small".into()],
+                steps: vec!["true".into()],
+                drop_webhooks: false,
+            })
             .collect(),
     );
     e.wait_all_done(T).await;
     for id in ids {
-        assert_eq!(e.sim().job(id).unwrap().conclusion.as_deref(), Some("success"));
+        assert_eq!(
+            e.sim().job(id).unwrap().conclusion.as_deref(),
+            Some("success")
+        );
     }
-    assert_eq!(e.sim().stats().webhooks_sent, 0, "every webhook was dropped");
+    assert_eq!(
+        e.sim().stats().webhooks_sent,
+        0,
+        "every webhook was dropped"
+    );
     e.assert_nothing_left();
     e.shutdown().await;
 }
@@ -79,17 +121,43 @@ async fn lost_webhooks_are_recovered_by_polling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_and_reordered_deliveries_change_nothing() {
     let pools = [pool("small", &["self-hosted", "small"])];
-    let e = env(&pools, "60s", Faults { duplicate: true, reorder: true, ..Default::default() }, true).await;
+    let e = env(
+        &pools,
+        "60s",
+        Faults {
+            duplicate: true,
+            reorder: true,
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
     for i in 0..6 {
         e.submit("octo/hello", &[(&format!("j{i}"), &["small"], &["true"])]);
     }
     e.wait_all_done(T).await;
-    assert!(e.sim().jobs().iter().all(|j| j.conclusion.as_deref() == Some("success")));
+    assert!(e
+        .sim()
+        .jobs()
+        .iter()
+        .all(|j| j.conclusion.as_deref() == Some("success")));
     let m = e.metrics();
-    assert!(metric(&m, "airlock_webhook_deliveries_total{event=\"workflow_job\",outcome=\"duplicate\"}") >= 6.0, "{m}");
+    assert!(
+        metric(
+            &m,
+            "airlock_webhook_deliveries_total{event=\"workflow_job\",outcome=\"duplicate\"}"
+        ) >= 6.0,
+        "{m}"
+    );
     // Each job moved queued -> in_progress -> completed at most once in the history.
     for j in e.store().all_jobs().unwrap() {
-        let moves: Vec<String> = e.store().events(Some(&j.id.to_string())).unwrap().into_iter().map(|e| e.to_state).collect();
+        let moves: Vec<String> = e
+            .store()
+            .events(Some(&j.id.to_string()))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.to_state)
+            .collect();
         let mut sorted = moves.clone();
         sorted.dedup();
         assert_eq!(moves, sorted, "job {} history {moves:?}", j.id);
@@ -107,7 +175,12 @@ async fn a_runner_may_take_another_matching_job() {
     let e = env(&pools, "1h", Faults::default(), true).await;
     let b = e.submit_specs(
         "octo/hello",
-        vec![JobSpec { name: "B".into(), labels: vec!["small".into()], steps: vec!["true".into()], drop_webhooks: true }],
+        vec![JobSpec {
+            name: "B".into(),
+            labels: vec!["small".into()],
+            steps: vec!["true".into()],
+            drop_webhooks: true,
+        }],
     )[0];
     let a = e.submit("octo/hello", &[("A", &["self-hosted", "small"], &["true"])])[0];
     e.wait_all_done(T).await;
@@ -116,7 +189,11 @@ async fn a_runner_may_take_another_matching_job() {
     assert_eq!(jb.conclusion.as_deref(), Some("success"));
     let runners = e.store().all_runners().unwrap();
     assert_eq!(runners.len(), 2, "{runners:?}");
-    assert_eq!(jb.runner_name.as_deref(), Some(runners[0].name.as_str()), "the first runner took B, the job it was not started for");
+    assert_eq!(
+        jb.runner_name.as_deref(),
+        Some(runners[0].name.as_str()),
+        "the first runner took B, the job it was not started for"
+    );
     e.assert_nothing_left();
     e.shutdown().await;
 }
@@ -126,12 +203,27 @@ async fn a_runner_that_never_comes_up_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     // Connects nowhere: never online, never takes a job.
     let dud = script(dir.path(), "dud-runner", "exec sleep 300");
-    let pools = [Pool { extra: "boot_timeout = \"2s\"", ..pool("small", &["self-hosted", "small"]) }];
-    let e = env_with(&pools, "1s", Faults::default(), true, &dud, Default::default()).await;
+    let pools = [Pool {
+        extra: "boot_timeout = \"2s\"",
+        ..pool("small", &["self-hosted", "small"])
+    }];
+    let e = env_with(
+        &pools,
+        "1s",
+        Faults::default(),
+        true,
+        &dud,
+        Default::default(),
+    )
+    .await;
     e.submit("octo/hello", &[("stuck", &["small"], &["true"])]);
     let m = || e.metrics();
     assert!(
-        wait_until(T, || metric(&m(), "airlock_runners_stopped_total{pool=\"small\",reason=\"boot_timeout\"}") >= 2.0).await,
+        wait_until(T, || metric(
+            &m(),
+            "airlock_runners_stopped_total{pool=\"small\",reason=\"boot_timeout\"}"
+        ) >= 2.0)
+        .await,
         "{}",
         m()
     );
@@ -143,7 +235,11 @@ async fn a_runner_that_never_comes_up_is_replaced() {
     let dir_state = e.state();
     let mut e = e;
     e.daemon.take().unwrap().drain(Duration::from_secs(5)).await;
-    assert!(e.sim().runners().is_empty(), "registrations left: {:?}", e.sim().runners());
+    assert!(
+        e.sim().runners().is_empty(),
+        "registrations left: {:?}",
+        e.sim().runners()
+    );
     assert!(sandbox_processes(&dir_state).is_empty());
     e.shutdown().await;
 }
@@ -152,8 +248,21 @@ async fn a_runner_that_never_comes_up_is_replaced() {
 async fn a_crash_mid_run_loses_nothing_and_leaks_nothing() {
     let pools = [pool("small", &["self-hosted", "small"])];
     let mut e = env(&pools, "1s", Faults::default(), true).await;
-    e.submit("octo/hello", &[("slow-1", &["small"], &["sleep 2"]), ("slow-2", &["small"], &["sleep 2"])]);
-    assert!(wait_until(T, || e.sim().jobs().iter().all(|j| j.status == Status::InProgress)).await);
+    e.submit(
+        "octo/hello",
+        &[
+            ("slow-1", &["small"], &["sleep 2"]),
+            ("slow-2", &["small"], &["sleep 2"]),
+        ],
+    );
+    assert!(
+        wait_until(T, || e
+            .sim()
+            .jobs()
+            .iter()
+            .all(|j| j.status == Status::InProgress))
+        .await
+    );
     // Crash: every task of the daemon stops at once; the runners keep running.
     e.daemon.take().unwrap().crash().await;
     // While airlock is down: a job is queued (its webhook fails), an orphan registration and an
@@ -166,36 +275,83 @@ async fn a_crash_mid_run_loses_nothing_and_leaks_nothing() {
     )
     .unwrap();
     let scope = airlock_core::Scope::parse("repo:octo/hello").unwrap();
-    c.generate_jitconfig(&scope, "airlock-small-orphan", 1, &["small".into()]).await.unwrap();
+    c.generate_jitconfig(&scope, "airlock-small-orphan", 1, &["small".into()])
+        .await
+        .unwrap();
     std::fs::create_dir_all(e.state().join("sandboxes/airlock-small-lost")).unwrap();
 
     e.start_daemon().await;
     e.wait_all_done(T).await;
-    assert!(e.sim().jobs().iter().all(|j| j.conclusion.as_deref() == Some("success")), "{:?}", e.sim().jobs());
-    assert!(wait_until(T, || e.sim().runners().is_empty()).await, "orphan registration not reaped: {:?}", e.sim().runners());
-    assert!(wait_until(T, || !e.state().join("sandboxes/airlock-small-lost").exists()).await, "orphan sandbox not reaped");
+    assert!(
+        e.sim()
+            .jobs()
+            .iter()
+            .all(|j| j.conclusion.as_deref() == Some("success")),
+        "{:?}",
+        e.sim().jobs()
+    );
+    assert!(
+        wait_until(T, || e.sim().runners().is_empty()).await,
+        "orphan registration not reaped: {:?}",
+        e.sim().runners()
+    );
+    assert!(
+        wait_until(T, || !e
+            .state()
+            .join("sandboxes/airlock-small-lost")
+            .exists())
+        .await,
+        "orphan sandbox not reaped"
+    );
     let m = e.metrics();
-    assert!(metric(&m, "airlock_orphans_reaped_total{outcome=\"registration\"}") >= 1.0, "{m}");
-    assert!(metric(&m, "airlock_orphans_reaped_total{outcome=\"sandbox\"}") >= 1.0, "{m}");
+    assert!(
+        metric(&m, "airlock_orphans_reaped_total{outcome=\"registration\"}") >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "airlock_orphans_reaped_total{outcome=\"sandbox\"}") >= 1.0,
+        "{m}"
+    );
     e.assert_nothing_left();
     e.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_idle_warm_pool_and_idle_timeout() {
-    let pools = [Pool { extra: "min_idle = 1\nidle_timeout = \"1s\"", ..pool("warm", &["self-hosted", "warm"]) }];
+    let pools = [Pool {
+        extra: "min_idle = 1\nidle_timeout = \"1s\"",
+        ..pool("warm", &["self-hosted", "warm"])
+    }];
     let e = env(&pools, "1s", Faults::default(), true).await;
     // A warm runner appears with no job queued and goes idle once online.
     assert!(
-        wait_until(T, || e.store().live_runners().unwrap().iter().any(|r| r.state == RunnerState::Idle)).await,
+        wait_until(T, || e
+            .store()
+            .live_runners()
+            .unwrap()
+            .iter()
+            .any(|r| r.state == RunnerState::Idle))
+        .await,
         "no idle warm runner"
     );
     let warm = e.store().live_runners().unwrap()[0].name.clone();
     let id = e.submit("octo/hello", &[("uses-warm", &["warm"], &["true"])])[0];
     assert!(wait_until(T, || e.sim().job(id).unwrap().status == Status::Completed).await);
-    assert_eq!(e.sim().job(id).unwrap().runner_name.as_deref(), Some(warm.as_str()), "the warm runner took the job");
+    assert_eq!(
+        e.sim().job(id).unwrap().runner_name.as_deref(),
+        Some(warm.as_str()),
+        "the warm runner took the job"
+    );
     // And the pool is refilled; the one idle runner is kept despite idle_timeout (min_idle).
-    assert!(wait_until(T, || e.store().live_runners().unwrap().iter().any(|r| r.state == RunnerState::Idle && r.name != warm)).await);
+    assert!(
+        wait_until(T, || e
+            .store()
+            .live_runners()
+            .unwrap()
+            .iter()
+            .any(|r| r.state == RunnerState::Idle && r.name != warm))
+        .await
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(e.store().live_runners().unwrap().len(), 1);
     e.shutdown().await;
@@ -204,20 +360,44 @@ async fn min_idle_warm_pool_and_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_failures_back_off_and_recover() {
     let pools = [pool("small", &["self-hosted", "small"])];
-    let e = env(&pools, "1s", Faults { error_5xx: 2, ..Default::default() }, true).await;
+    let e = env(
+        &pools,
+        "1s",
+        Faults {
+            error_5xx: 2,
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
     e.submit("octo/hello", &[("j", &["small"], &["true"])]);
     e.wait_all_done(T).await;
-    e.sim().set_faults(Faults { rate_limit: 1, rate_limit_status: 403, retry_after_s: 1, ..Default::default() });
+    e.sim().set_faults(Faults {
+        rate_limit: 1,
+        rate_limit_status: 403,
+        retry_after_s: 1,
+        ..Default::default()
+    });
     e.submit("octo/hello", &[("k", &["small"], &["true"])]);
     e.wait_all_done(T).await;
-    assert!(e.sim().jobs().iter().all(|j| j.conclusion.as_deref() == Some("success")));
+    assert!(e
+        .sim()
+        .jobs()
+        .iter()
+        .all(|j| j.conclusion.as_deref() == Some("success")));
     let m = e.metrics();
     let errors: f64 = m
         .lines()
-        .filter(|l| l.starts_with("airlock_reconcile_errors_total{") || l.starts_with("airlock_polls_total{outcome=\"error\"}"))
+        .filter(|l| {
+            l.starts_with("airlock_reconcile_errors_total{")
+                || l.starts_with("airlock_polls_total{outcome=\"error\"}")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert!(errors >= 1.0, "the injected failures must show in metrics:\n{m}");
+    assert!(
+        errors >= 1.0,
+        "the injected failures must show in metrics:\n{m}"
+    );
     e.assert_nothing_left();
     e.shutdown().await;
 }
@@ -226,15 +406,33 @@ async fn github_failures_back_off_and_recover() {
 /// a defect. This run covers jobs, failures, rate limits, orphans and polls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_is_updated() {
-    let pools = [Pool { max: 1, ..pool("small", &["self-hosted", "small"]) }];
+    let pools = [Pool {
+        max: 1,
+        ..pool("small", &["self-hosted", "small"])
+    }];
     let mut e = env(&pools, "1h", Faults::default(), false).await;
     std::fs::create_dir_all(e.state().join("sandboxes/airlock-small-stray")).unwrap();
     e.start_daemon().await;
     // After the start-up poll, the next GitHub call (the first runner's JIT config) fails.
-    assert!(wait_until(T, || metric(&e.metrics(), "airlock_polls_total{outcome=\"ok\"}") >= 1.0).await);
-    e.sim().set_faults(Faults { error_5xx: 1, ..Default::default() });
+    assert!(
+        wait_until(T, || metric(
+            &e.metrics(),
+            "airlock_polls_total{outcome=\"ok\"}"
+        ) >= 1.0)
+        .await
+    );
+    e.sim().set_faults(Faults {
+        error_5xx: 1,
+        ..Default::default()
+    });
     // One runner at most, two jobs: the second waits, queued, for the first to finish.
-    e.submit("octo/hello", &[("j", &["small"], &["sleep 1"]), ("k", &["small"], &["sleep 1"])]);
+    e.submit(
+        "octo/hello",
+        &[
+            ("j", &["small"], &["sleep 1"]),
+            ("k", &["small"], &["sleep 1"]),
+        ],
+    );
     // Gauges go back to zero: sample the exposition throughout the run.
     let mut ever_positive: std::collections::BTreeSet<String> = Default::default();
     let mut families: Vec<String>;
@@ -246,12 +444,21 @@ async fn every_metric_is_updated() {
     let end = std::time::Instant::now() + T;
     loop {
         let text = e.metrics();
-        families = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(|l| l.split(' ').next().unwrap().to_string()).collect();
+        families = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect();
         for f in &families {
             let positive = text
                 .lines()
                 .filter(|l| !l.starts_with('#') && l.starts_with(f.as_str()))
-                .any(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 0.0));
+                .any(|l| {
+                    l.rsplit(' ')
+                        .next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| v > 0.0)
+                });
             if positive {
                 ever_positive.insert(f.clone());
             }
@@ -264,7 +471,11 @@ async fn every_metric_is_updated() {
     assert!(done(&e), "the run did not finish");
     assert!(families.len() >= 11, "{families:?}");
     for f in &families {
-        assert!(ever_positive.contains(f), "metric {f} was never updated:\n{}", e.metrics());
+        assert!(
+            ever_positive.contains(f),
+            "metric {f} was never updated:\n{}",
+            e.metrics()
+        );
     }
     e.shutdown().await;
 }

@@ -12,7 +12,13 @@ fn sign(body: &[u8]) -> String {
     airlock_github::webhook::sign(SECRET.as_bytes(), body)
 }
 
-async fn post(url: &str, event: &str, guid: &str, sig: Option<&str>, body: Vec<u8>) -> (u16, String) {
+async fn post(
+    url: &str,
+    event: &str,
+    guid: &str,
+    sig: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, String) {
     let mut r = reqwest::Client::new()
         .post(url)
         .header("x-github-event", event)
@@ -23,7 +29,10 @@ async fn post(url: &str, event: &str, guid: &str, sig: Option<&str>, body: Vec<u
         r = r.header("x-hub-signature-256", s);
     }
     let resp = r.send().await.unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+    (
+        resp.status().as_u16(),
+        resp.text().await.unwrap_or_default(),
+    )
 }
 
 const JOB: &str = r#"{"action":"queued","workflow_job":{"id":4242,"run_id":1,"status":"queued","conclusion":null,
@@ -39,13 +48,31 @@ async fn the_webhook_endpoint_checks_before_it_stores() {
     let body = JOB.as_bytes().to_vec();
 
     // Missing, malformed and wrong signatures: 401 and nothing stored.
-    assert_eq!(post(&url, "workflow_job", "d1", None, body.clone()).await.0, 401);
-    assert_eq!(post(&url, "workflow_job", "d1", Some("sha256=00"), body.clone()).await.0, 401);
+    assert_eq!(
+        post(&url, "workflow_job", "d1", None, body.clone()).await.0,
+        401
+    );
+    assert_eq!(
+        post(&url, "workflow_job", "d1", Some("sha256=00"), body.clone())
+            .await
+            .0,
+        401
+    );
     let other_key = airlock_github::webhook::sign(b"not the secret", &body);
-    assert_eq!(post(&url, "workflow_job", "d1", Some(&other_key), body.clone()).await.0, 401);
+    assert_eq!(
+        post(&url, "workflow_job", "d1", Some(&other_key), body.clone())
+            .await
+            .0,
+        401
+    );
     let mut tampered = body.clone();
     tampered[20] ^= 1;
-    assert_eq!(post(&url, "workflow_job", "d1", Some(&sign(&body)), tampered).await.0, 401);
+    assert_eq!(
+        post(&url, "workflow_job", "d1", Some(&sign(&body)), tampered)
+            .await
+            .0,
+        401
+    );
     assert_eq!(store.delivery_count().unwrap(), 0);
     assert!(store.all_jobs().unwrap().is_empty());
 
@@ -58,26 +85,54 @@ async fn the_webhook_endpoint_checks_before_it_stores() {
     assert_eq!(store.delivery_count().unwrap(), 1);
 
     // Ping, other events, malformed payloads, missing headers.
-    assert_eq!(post(&url, "ping", "d2", Some(&sign(b"{}")), b"{}".to_vec()).await.0, 200);
+    assert_eq!(
+        post(&url, "ping", "d2", Some(&sign(b"{}")), b"{}".to_vec())
+            .await
+            .0,
+        200
+    );
     let push = br#"{"ref":"refs/heads/main"}"#.to_vec();
-    assert_eq!(post(&url, "push", "d3", Some(&sign(&push)), push).await.0, 202);
+    assert_eq!(
+        post(&url, "push", "d3", Some(&sign(&push)), push).await.0,
+        202
+    );
     let bad = br#"{"action":"queued","workflow_job":{"id":"x"}}"#.to_vec();
     let (st, text) = post(&url, "workflow_job", "d4", Some(&sign(&bad)), bad).await;
     assert_eq!(st, 400);
     assert!(text.contains("malformed workflow_job payload"), "{text}");
-    assert_eq!(post(&url, "", "d5", Some(&sign(&body)), body.clone()).await.0, 400);
-    assert_eq!(post(&url, "workflow_job", "", Some(&sign(&body)), body.clone()).await.0, 400);
+    assert_eq!(
+        post(&url, "", "d5", Some(&sign(&body)), body.clone())
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        post(&url, "workflow_job", "", Some(&sign(&body)), body.clone())
+            .await
+            .0,
+        400
+    );
 
     // Over 25 MB: 413 without reading it all.
     let big = vec![b' '; 25 * 1024 * 1024 + 1];
     let sig = sign(&big);
-    assert_eq!(post(&url, "workflow_job", "d6", Some(&sig), big).await.0, 413);
-    assert_eq!(store.delivery_count().unwrap(), 2, "only the good workflow_job and the push were stored");
+    assert_eq!(
+        post(&url, "workflow_job", "d6", Some(&sig), big).await.0,
+        413
+    );
+    assert_eq!(
+        store.delivery_count().unwrap(),
+        2,
+        "only the good workflow_job and the push were stored"
+    );
     e.shutdown().await;
 }
 
 fn node_available() -> bool {
-    std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success())
+    std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn openapi_dir() -> std::path::PathBuf {
@@ -88,11 +143,25 @@ fn openapi_dir() -> std::path::PathBuf {
 /// and understood; the same payloads tampered with are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn githubs_example_payloads_signed_by_githubs_code() {
-    assert!(node_available(), "node is required (scripts/test.sh installs the npm packages)");
+    assert!(
+        node_available(),
+        "node is required (scripts/test.sh installs the npm packages)"
+    );
     let dir = openapi_dir();
-    assert!(dir.join("node_modules/@octokit/webhooks-examples").is_dir(), "run: npm ci --prefix tests/openapi");
-    let out = std::process::Command::new("node").arg(dir.join("sign-examples.mjs")).arg(SECRET).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        dir.join("node_modules/@octokit/webhooks-examples").is_dir(),
+        "run: npm ci --prefix tests/openapi"
+    );
+    let out = std::process::Command::new("node")
+        .arg(dir.join("sign-examples.mjs"))
+        .arg(SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pools = [pool("small", &["self-hosted", "small"])];
     let e = env(&pools, "1h", Faults::default(), true).await;
     let url = format!("http://{}/webhook", e.daemon().addr);
@@ -101,13 +170,29 @@ async fn githubs_example_payloads_signed_by_githubs_code() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let body = v["body"].as_str().unwrap().as_bytes().to_vec();
         let sig = v["signature"].as_str().unwrap();
-        assert_eq!(sig, sign(&body), "airlock's signing must agree with GitHub's reference");
-        let (st, text) = post(&url, "workflow_job", &format!("ex-{i}"), Some(sig), body.clone()).await;
+        assert_eq!(
+            sig,
+            sign(&body),
+            "airlock's signing must agree with GitHub's reference"
+        );
+        let (st, text) = post(
+            &url,
+            "workflow_job",
+            &format!("ex-{i}"),
+            Some(sig),
+            body.clone(),
+        )
+        .await;
         assert_eq!(st, 202, "example {i} ({}) refused: {text}", v["action"]);
         let mut t = body.clone();
         let k = t.len() / 2;
         t[k] = if t[k] == b'1' { b'2' } else { b'1' };
-        assert_eq!(post(&url, "workflow_job", &format!("ex-t-{i}"), Some(sig), t).await.0, 401);
+        assert_eq!(
+            post(&url, "workflow_job", &format!("ex-t-{i}"), Some(sig), t)
+                .await
+                .0,
+            401
+        );
         n += 1;
     }
     assert!(n >= 4, "expected several examples, got {n}");
@@ -120,36 +205,59 @@ async fn githubs_example_payloads_signed_by_githubs_code() {
 /// run conforms to GitHub's OpenAPI descriptions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_and_emulator_conform_to_githubs_openapi() {
-    assert!(node_available(), "node is required (scripts/test.sh installs the npm packages)");
+    assert!(
+        node_available(),
+        "node is required (scripts/test.sh installs the npm packages)"
+    );
     let dir = openapi_dir();
-    assert!(dir.join("node_modules/@octokit/openapi").is_dir(), "run: npm ci --prefix tests/openapi");
+    assert!(
+        dir.join("node_modules/@octokit/openapi").is_dir(),
+        "run: npm ci --prefix tests/openapi"
+    );
     let rec_dir = tempfile::tempdir().unwrap();
     let record = rec_dir.path().join("exchanges.jsonl");
-    let pools = [
-        pool("small", &["self-hosted", "small"]),
-        airlock_pool_org(),
-    ];
+    let pools = [pool("small", &["self-hosted", "small"]), airlock_pool_org()];
     let e = env_with(
         &pools,
         "1s",
         Faults::default(),
         true,
         &runner_bin(),
-        airlock_ghsim::SimConfig { record: Some(record.clone()), ..Default::default() },
+        airlock_ghsim::SimConfig {
+            record: Some(record.clone()),
+            ..Default::default()
+        },
     )
     .await;
-    e.submit("octo/hello", &[("a", &["small"], &["true"]), ("b", &["small"], &["exit 1"])]);
+    e.submit(
+        "octo/hello",
+        &[("a", &["small"], &["true"]), ("b", &["small"], &["exit 1"])],
+    );
     e.submit("octo/other", &[("c", &["org"], &["true"])]);
     e.wait_all_done(Duration::from_secs(60)).await;
     // Errors GitHub documents: a 404 and a 409 and a 422.
-    let c = airlock_github::Client::new(&e.sim.as_ref().unwrap().url, airlock_github::Credentials::Token(TOKEN.into()), Default::default()).unwrap();
+    let c = airlock_github::Client::new(
+        &e.sim.as_ref().unwrap().url,
+        airlock_github::Credentials::Token(TOKEN.into()),
+        Default::default(),
+    )
+    .unwrap();
     let scope = airlock_core::Scope::parse("repo:octo/hello").unwrap();
     let _ = c.get_runner(&scope, 999_999).await;
-    let jit = c.generate_jitconfig(&scope, "airlock-small-x", 1, &["small".into()]).await.unwrap();
-    let _ = c.generate_jitconfig(&scope, "airlock-small-x", 1, &["small".into()]).await;
+    let jit = c
+        .generate_jitconfig(&scope, "airlock-small-x", 1, &["small".into()])
+        .await
+        .unwrap();
+    let _ = c
+        .generate_jitconfig(&scope, "airlock-small-x", 1, &["small".into()])
+        .await;
     c.delete_runner(&scope, jit.runner_id).await.unwrap();
     e.shutdown().await;
-    let out = std::process::Command::new("node").arg(dir.join("validate.mjs")).arg(&record).output().unwrap();
+    let out = std::process::Command::new("node")
+        .arg(dir.join("validate.mjs"))
+        .arg(&record)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "nonconforming exchanges:\n{text}");
@@ -170,5 +278,8 @@ async fn client_and_emulator_conform_to_githubs_openapi() {
 }
 
 fn airlock_pool_org() -> Pool<'static> {
-    Pool { scope: "org:octo", ..pool("org", &["self-hosted", "org"]) }
+    Pool {
+        scope: "org:octo",
+        ..pool("org", &["self-hosted", "org"])
+    }
 }

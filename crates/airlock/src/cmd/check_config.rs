@@ -10,7 +10,12 @@ pub struct Args {
 pub fn run(a: Args) -> u8 {
     match super::load_config(&a.config) {
         Ok(c) => {
-            println!("{}: valid ({} pool{})", a.config.display(), c.pools.len(), if c.pools.len() == 1 { "" } else { "s" });
+            println!(
+                "{}: valid ({} pool{})",
+                a.config.display(),
+                c.pools.len(),
+                if c.pools.len() == 1 { "" } else { "s" }
+            );
             0
         }
         Err(code) => code,

@@ -29,14 +29,74 @@ struct Expect {
 }
 
 const JOBS: &[Expect] = &[
-    Expect { name: "build", repo: "demo/app", labels: &["self-hosted", "linux", "small"], steps: &["echo building", "mkdir -p out && echo ok > out/artifact", "cat out/artifact"], drop_webhooks: false, conclusion: "success" },
-    Expect { name: "unit-tests", repo: "demo/app", labels: &["self-hosted", "small"], steps: &["test \"$(expr 6 \\* 7)\" -eq 42"], drop_webhooks: false, conclusion: "success" },
-    Expect { name: "lint", repo: "demo/app", labels: &["small"], steps: &["echo 'src/main.rs:1: trailing whitespace' >&2; exit 1"], drop_webhooks: false, conclusion: "failure" },
-    Expect { name: "lost-webhook", repo: "demo/app", labels: &["self-hosted", "small"], steps: &["echo 'my webhooks were dropped; the poll found me'"], drop_webhooks: true, conclusion: "success" },
-    Expect { name: "package", repo: "demo/app", labels: &["self-hosted", "linux", "big"], steps: &["uname -sm", "sleep 1"], drop_webhooks: false, conclusion: "success" },
-    Expect { name: "integration", repo: "demo/app", labels: &["linux", "big"], steps: &["echo integration"], drop_webhooks: false, conclusion: "success" },
-    Expect { name: "e2e", repo: "demo/web", labels: &["self-hosted", "web"], steps: &["printf 'GET / -> 200\\n'"], drop_webhooks: false, conclusion: "success" },
-    Expect { name: "docs", repo: "demo/web", labels: &["web"], steps: &["echo docs"], drop_webhooks: false, conclusion: "success" },
+    Expect {
+        name: "build",
+        repo: "demo/app",
+        labels: &["self-hosted", "linux", "small"],
+        steps: &[
+            "echo building",
+            "mkdir -p out && echo ok > out/artifact",
+            "cat out/artifact",
+        ],
+        drop_webhooks: false,
+        conclusion: "success",
+    },
+    Expect {
+        name: "unit-tests",
+        repo: "demo/app",
+        labels: &["self-hosted", "small"],
+        steps: &["test \"$(expr 6 \\* 7)\" -eq 42"],
+        drop_webhooks: false,
+        conclusion: "success",
+    },
+    Expect {
+        name: "lint",
+        repo: "demo/app",
+        labels: &["small"],
+        steps: &["echo 'src/main.rs:1: trailing whitespace' >&2; exit 1"],
+        drop_webhooks: false,
+        conclusion: "failure",
+    },
+    Expect {
+        name: "lost-webhook",
+        repo: "demo/app",
+        labels: &["self-hosted", "small"],
+        steps: &["echo 'my webhooks were dropped; the poll found me'"],
+        drop_webhooks: true,
+        conclusion: "success",
+    },
+    Expect {
+        name: "package",
+        repo: "demo/app",
+        labels: &["self-hosted", "linux", "big"],
+        steps: &["uname -sm", "sleep 1"],
+        drop_webhooks: false,
+        conclusion: "success",
+    },
+    Expect {
+        name: "integration",
+        repo: "demo/app",
+        labels: &["linux", "big"],
+        steps: &["echo integration"],
+        drop_webhooks: false,
+        conclusion: "success",
+    },
+    Expect {
+        name: "e2e",
+        repo: "demo/web",
+        labels: &["self-hosted", "web"],
+        steps: &["printf 'GET / -> 200\\n'"],
+        drop_webhooks: false,
+        conclusion: "success",
+    },
+    Expect {
+        name: "docs",
+        repo: "demo/web",
+        labels: &["web"],
+        steps: &["echo docs"],
+        drop_webhooks: false,
+        conclusion: "success",
+    },
 ];
 
 fn config_text(state: &Path, api: &str, runner: &Path) -> String {
@@ -88,7 +148,8 @@ boot_timeout = "60s"
 
 /// The stand-in runner is built with airlock and sits beside it.
 pub fn locate_runner() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find airlock's own path: {e}"))?;
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find airlock's own path: {e}"))?;
     let dir = exe.parent().ok_or("airlock's path has no directory")?;
     for cand in [dir.join("airlock-runner"), dir.join("../airlock-runner")] {
         if cand.is_file() {
@@ -104,19 +165,28 @@ pub fn locate_runner() -> Result<PathBuf, String> {
 fn write_secret(path: &Path, value: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(value.as_bytes())
 }
 
 fn random_hex(n: usize) -> String {
     use rand::Rng;
-    (0..n).map(|_| format!("{:02x}", rand::thread_rng().gen::<u8>())).collect()
+    (0..n)
+        .map(|_| format!("{:02x}", rand::thread_rng().gen::<u8>()))
+        .collect()
 }
 
 /// Processes anywhere on the host that belong to one of airlock's sandboxes.
 pub fn sandbox_processes() -> Vec<i32> {
     let needle = b"AIRLOCK_SANDBOX=";
-    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
@@ -144,22 +214,32 @@ async fn demo(a: Args) -> Result<bool, String> {
     let tmp;
     let state: PathBuf = match &a.state_dir {
         Some(d) => {
-            std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-            d.canonicalize().map_err(|e| format!("{}: {e}", d.display()))?
+            std::fs::create_dir_all(d)
+                .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            d.canonicalize()
+                .map_err(|e| format!("{}: {e}", d.display()))?
         }
         None => {
-            tmp = tempfile::Builder::new().prefix("airlock-demo-").tempdir().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
+            tmp = tempfile::Builder::new()
+                .prefix("airlock-demo-")
+                .tempdir()
+                .map_err(|e| format!("cannot make a temporary directory: {e}"))?;
             tmp.path().to_path_buf()
         }
     };
     let secret = random_hex(32);
     let token = format!("ghp_{}", random_hex(18));
-    write_secret(&state.join("webhook-secret"), &secret).map_err(|e| format!("cannot write the webhook secret: {e}"))?;
-    write_secret(&state.join("token"), &token).map_err(|e| format!("cannot write the token: {e}"))?;
+    write_secret(&state.join("webhook-secret"), &secret)
+        .map_err(|e| format!("cannot write the webhook secret: {e}"))?;
+    write_secret(&state.join("token"), &token)
+        .map_err(|e| format!("cannot write the token: {e}"))?;
 
     println!("airlock demo");
     println!("  state dir   {}", state.display());
-    println!("  runner      {} (process backend: NOT isolated; fine for a demo)", runner.display());
+    println!(
+        "  runner      {} (process backend: NOT isolated; fine for a demo)",
+        runner.display()
+    );
     let sim = Sim::start(
         SimConfig {
             webhook_secret: secret.into_bytes(),
@@ -179,8 +259,11 @@ async fn demo(a: Args) -> Result<bool, String> {
         let lines: Vec<String> = d.iter().map(|x| x.to_string()).collect();
         format!("the demo's own config is invalid:\n{}", lines.join("\n"))
     })?;
-    let handle = airlock_daemon::start(cfg).await.map_err(|e| super::serve::chain(&e))?;
-    sim.sim.set_webhook_url(Some(format!("http://{}/webhook", handle.addr)));
+    let handle = airlock_daemon::start(cfg)
+        .await
+        .map_err(|e| super::serve::chain(&e))?;
+    sim.sim
+        .set_webhook_url(Some(format!("http://{}/webhook", handle.addr)));
     println!("  airlock     http://{} (metrics at /metrics)", handle.addr);
 
     let mut ids = Vec::new();
@@ -202,7 +285,11 @@ async fn demo(a: Args) -> Result<bool, String> {
         let sub = sim.sim.submit(&wf).map_err(|e| e.to_string())?;
         ids.extend(sub.job_ids.into_iter().zip(jobs));
     }
-    println!("\nsubmitted {} jobs over 3 pools ({} with lost webhooks)\n", ids.len(), JOBS.iter().filter(|j| j.drop_webhooks).count());
+    println!(
+        "\nsubmitted {} jobs over 3 pools ({} with lost webhooks)\n",
+        ids.len(),
+        JOBS.iter().filter(|j| j.drop_webhooks).count()
+    );
 
     let deadline = Instant::now() + a.timeout;
     let mut last = String::new();
@@ -223,7 +310,11 @@ async fn demo(a: Args) -> Result<bool, String> {
             count(Status::Queued),
             count(Status::InProgress),
             count(Status::Completed),
-            if rs.is_empty() { "none".to_string() } else { rs.join(" · ") }
+            if rs.is_empty() {
+                "none".to_string()
+            } else {
+                rs.join(" · ")
+            }
         );
         if line != last {
             println!("  {:>5.1}s  {line}", t0.elapsed().as_secs_f64());
@@ -241,11 +332,19 @@ async fn demo(a: Args) -> Result<bool, String> {
     let report = handle.drain(Duration::from_secs(10)).await;
     let jobs = sim.sim.jobs();
     println!();
-    println!("{:<14} {:<9} {:<28} {:<26} {:>8} {:>9}  {:<8} {}", "JOB", "REPO", "LABELS", "RUNNER", "WAIT", "DURATION", "RESULT", "EXPECTED");
+    println!(
+        "{:<14} {:<9} {:<28} {:<26} {:>8} {:>9}  {:<8} EXPECTED",
+        "JOB", "REPO", "LABELS", "RUNNER", "WAIT", "DURATION", "RESULT"
+    );
     let mut ok = finished;
     for (id, want) in &ids {
-        let Some(j) = jobs.iter().find(|j| j.id == *id) else { continue };
-        let wait = j.started_ms.map(|s| format!("{:.2}s", (s - j.created_ms) as f64 / 1000.0)).unwrap_or_else(|| "-".into());
+        let Some(j) = jobs.iter().find(|j| j.id == *id) else {
+            continue;
+        };
+        let wait = j
+            .started_ms
+            .map(|s| format!("{:.2}s", (s - j.created_ms) as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
         let dur = match (j.started_ms, j.completed_ms) {
             (Some(s), Some(c)) => format!("{:.2}s", (c - s) as f64 / 1000.0),
             _ => "-".into(),
@@ -262,7 +361,11 @@ async fn demo(a: Args) -> Result<bool, String> {
             wait,
             dur,
             got,
-            if good { format!("{} ✓", want.conclusion) } else { format!("{} ✗", want.conclusion) }
+            if good {
+                format!("{} ✓", want.conclusion)
+            } else {
+                format!("{} ✗", want.conclusion)
+            }
         );
     }
 
@@ -270,18 +373,30 @@ async fn demo(a: Args) -> Result<bool, String> {
     let mut leftovers = Vec::new();
     let regs = sim.sim.runners();
     if !regs.is_empty() {
-        leftovers.push(format!("{} runner registration(s) at GitHub: {:?}", regs.len(), regs.iter().map(|r| &r.1).collect::<Vec<_>>()));
+        leftovers.push(format!(
+            "{} runner registration(s) at GitHub: {:?}",
+            regs.len(),
+            regs.iter().map(|r| &r.1).collect::<Vec<_>>()
+        ));
     }
-    let sandboxes = std::fs::read_dir(state.join("sandboxes")).map(|d| d.count()).unwrap_or(0);
+    let sandboxes = std::fs::read_dir(state.join("sandboxes"))
+        .map(|d| d.count())
+        .unwrap_or(0);
     if sandboxes > 0 {
-        leftovers.push(format!("{sandboxes} sandbox director(ies) under {}", state.join("sandboxes").display()));
+        leftovers.push(format!(
+            "{sandboxes} sandbox director(ies) under {}",
+            state.join("sandboxes").display()
+        ));
     }
     let procs = sandbox_processes();
     if !procs.is_empty() {
         leftovers.push(format!("sandbox processes still running: {procs:?}"));
     }
     if report.forced > 0 {
-        leftovers.push(format!("{} busy runner(s) had to be destroyed at shutdown", report.forced));
+        leftovers.push(format!(
+            "{} busy runner(s) had to be destroyed at shutdown",
+            report.forced
+        ));
     }
     let stats = sim.sim.stats();
     sim.shutdown().await;
@@ -292,16 +407,29 @@ async fn demo(a: Args) -> Result<bool, String> {
         stats.api_requests, stats.not_modified, ids.len(), stats.webhooks_sent, stats.webhooks_dropped
     );
     if !finished {
-        println!("✗ the jobs did not all finish within {}", humantime::format_duration(a.timeout));
+        println!(
+            "✗ the jobs did not all finish within {}",
+            humantime::format_duration(a.timeout)
+        );
     }
     if leftovers.is_empty() {
-        println!("✓ nothing left behind: no sandboxes, registrations, runner processes or live runners");
+        println!(
+            "✓ nothing left behind: no sandboxes, registrations, runner processes or live runners"
+        );
     } else {
         ok = false;
         for l in &leftovers {
             println!("✗ left behind: {l}");
         }
     }
-    println!("{} in {:.1}s", if ok { "✓ demo passed" } else { "✗ demo FAILED" }, t0.elapsed().as_secs_f64());
+    println!(
+        "{} in {:.1}s",
+        if ok {
+            "✓ demo passed"
+        } else {
+            "✗ demo FAILED"
+        },
+        t0.elapsed().as_secs_f64()
+    );
     Ok(ok)
 }

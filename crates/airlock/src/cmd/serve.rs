@@ -23,7 +23,10 @@ pub async fn run(a: Args) -> u8 {
         }
     };
     println!("airlock listening on http://{}", handle.addr);
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         eprintln!("airlock: cannot install signal handlers");
         return crate::EXIT_FAILURE;
     };
@@ -34,7 +37,10 @@ pub async fn run(a: Args) -> u8 {
     tracing::info!(grace = %humantime::format_duration(grace), "draining: no new runners; busy runners may finish");
     let report = handle.drain(grace).await;
     if report.forced > 0 {
-        tracing::warn!(forced = report.forced, "busy runners were destroyed when the grace period ended");
+        tracing::warn!(
+            forced = report.forced,
+            "busy runners were destroyed when the grace period ended"
+        );
     }
     tracing::info!("stopped");
     0

@@ -38,13 +38,28 @@ pub async fn run(a: Args) -> u8 {
     println!("{:<20} {:>7}  runners", "POOL", "QUEUED");
     for p in v["pools"].as_array().into_iter().flatten() {
         let runners = p["runners"].as_object().map(|m| {
-            m.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ")
+            m.iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         });
-        println!("{:<20} {:>7}  {}", p["name"].as_str().unwrap_or("?"), p["queued"], runners.filter(|s| !s.is_empty()).unwrap_or_else(|| "none".into()));
+        println!(
+            "{:<20} {:>7}  {}",
+            p["name"].as_str().unwrap_or("?"),
+            p["queued"],
+            runners
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "none".into())
+        );
     }
     println!();
     for r in v["runners"].as_array().into_iter().flatten() {
-        println!("runner {:<40} {:<9} job {}", r["name"].as_str().unwrap_or("?"), r["state"].as_str().unwrap_or("?"), r["job_id"]);
+        println!(
+            "runner {:<40} {:<9} job {}",
+            r["name"].as_str().unwrap_or("?"),
+            r["state"].as_str().unwrap_or("?"),
+            r["job_id"]
+        );
     }
     0
 }

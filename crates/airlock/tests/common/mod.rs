@@ -51,10 +51,23 @@ pub struct Pool<'a> {
 }
 
 pub fn pool<'a>(name: &'a str, labels: &'a [&'a str]) -> Pool<'a> {
-    Pool { name, scope: "repo:octo/hello", labels, max: 8, extra: "" }
+    Pool {
+        name,
+        scope: "repo:octo/hello",
+        labels,
+        max: 8,
+        extra: "",
+    }
 }
 
-pub fn config_text(state: &Path, api: &str, listen: &str, poll: &str, pools: &[Pool<'_>], runner: &Path) -> String {
+pub fn config_text(
+    state: &Path,
+    api: &str,
+    listen: &str,
+    poll: &str,
+    pools: &[Pool<'_>],
+    runner: &Path,
+) -> String {
     let mut s = format!(
         "[server]\nlisten = \"{listen}\"\nstate_dir = \"{}\"\ndrain_grace = \"20s\"\n\n[github]\napi_url = \"{api}\"\n\
          webhook_secret_file = \"webhook-secret\"\ntoken_file = \"token\"\npoll_interval = \"{poll}\"\nrequest_timeout = \"5s\"\n",
@@ -97,9 +110,11 @@ impl Env {
     }
 
     pub async fn start_daemon(&mut self) {
-        let (cfg, _) = airlock_config::load_str(&self.config, self.dir.path()).expect("test config is valid");
+        let (cfg, _) =
+            airlock_config::load_str(&self.config, self.dir.path()).expect("test config is valid");
         let h = airlock_daemon::start(cfg).await.expect("daemon starts");
-        self.sim().set_webhook_url(Some(format!("http://{}/webhook", h.addr)));
+        self.sim()
+            .set_webhook_url(Some(format!("http://{}/webhook", h.addr)));
         self.daemon = Some(h);
     }
 
@@ -118,26 +133,51 @@ impl Env {
     }
 
     pub fn submit_specs(&self, repo: &str, jobs: Vec<JobSpec>) -> Vec<u64> {
-        self.sim().submit(&Workflow { repo: repo.into(), name: "CI".into(), jobs }).unwrap().job_ids
+        self.sim()
+            .submit(&Workflow {
+                repo: repo.into(),
+                name: "CI".into(),
+                jobs,
+            })
+            .unwrap()
+            .job_ids
     }
 
     /// Waits until every job ghsim knows is completed and airlock has no live runner left.
     pub async fn wait_all_done(&self, timeout: Duration) {
         let ok = wait_until(timeout, || {
-            self.sim().jobs().iter().all(|j| j.status == Status::Completed)
+            self.sim()
+                .jobs()
+                .iter()
+                .all(|j| j.status == Status::Completed)
                 && self.store().live_runners().unwrap().is_empty()
         })
         .await;
         if !ok {
-            let jobs: Vec<_> = self.sim().jobs().iter().map(|j| (j.id, j.name.clone(), j.status, j.runner_name.clone())).collect();
-            let runners: Vec<_> = self.store().live_runners().unwrap().iter().map(|r| (r.name.clone(), r.state)).collect();
+            let jobs: Vec<_> = self
+                .sim()
+                .jobs()
+                .iter()
+                .map(|j| (j.id, j.name.clone(), j.status, j.runner_name.clone()))
+                .collect();
+            let runners: Vec<_> = self
+                .store()
+                .live_runners()
+                .unwrap()
+                .iter()
+                .map(|r| (r.name.clone(), r.state))
+                .collect();
             panic!("not done after {timeout:?}: jobs {jobs:?}, live runners {runners:?}");
         }
     }
 
     /// Nothing may be left: registrations, sandboxes, sandbox processes, live runners.
     pub fn assert_nothing_left(&self) {
-        assert!(self.sim().runners().is_empty(), "registrations left: {:?}", self.sim().runners());
+        assert!(
+            self.sim().runners().is_empty(),
+            "registrations left: {:?}",
+            self.sim().runners()
+        );
         let sb: Vec<_> = std::fs::read_dir(self.state().join("sandboxes"))
             .map(|d| d.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();
@@ -162,13 +202,21 @@ impl Env {
 
 /// Processes marked as belonging to a sandbox whose working directory is under `state`.
 pub fn sandbox_processes(state: &Path) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
-            let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else { return false };
-            env.split(|b| *b == 0).any(|kv| kv.starts_with(b"AIRLOCK_SANDBOX=")) && cwd.starts_with(state)
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                return false;
+            };
+            let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+                return false;
+            };
+            env.split(|b| *b == 0)
+                .any(|kv| kv.starts_with(b"AIRLOCK_SANDBOX="))
+                && cwd.starts_with(state)
         })
         .collect()
 }
@@ -186,10 +234,25 @@ pub async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
 
 /// ghsim + airlock with these pools; the daemon is started unless `start` is false.
 pub async fn env(pools: &[Pool<'_>], poll: &str, faults: Faults, start: bool) -> Env {
-    env_with(pools, poll, faults, start, &runner_bin(), SimConfig::default()).await
+    env_with(
+        pools,
+        poll,
+        faults,
+        start,
+        &runner_bin(),
+        SimConfig::default(),
+    )
+    .await
 }
 
-pub async fn env_with(pools: &[Pool<'_>], poll: &str, faults: Faults, start: bool, runner: &Path, sim_cfg: SimConfig) -> Env {
+pub async fn env_with(
+    pools: &[Pool<'_>],
+    poll: &str,
+    faults: Faults,
+    start: bool,
+    runner: &Path,
+    sim_cfg: SimConfig,
+) -> Env {
     let dir = tempfile::tempdir().unwrap();
     write_secret(&dir.path().join("webhook-secret"), SECRET);
     write_secret(&dir.path().join("token"), TOKEN);
@@ -206,8 +269,20 @@ pub async fn env_with(pools: &[Pool<'_>], poll: &str, faults: Faults, start: boo
     .await
     .unwrap();
     sim.sim.set_faults(faults);
-    let config = config_text(&dir.path().join("state"), &sim.url, "127.0.0.1:0", poll, pools, runner);
-    let mut e = Env { dir, sim: Some(sim), daemon: None, config };
+    let config = config_text(
+        &dir.path().join("state"),
+        &sim.url,
+        "127.0.0.1:0",
+        poll,
+        pools,
+        runner,
+    );
+    let mut e = Env {
+        dir,
+        sim: Some(sim),
+        daemon: None,
+        config,
+    };
     if start {
         e.start_daemon().await;
     }
@@ -218,6 +293,9 @@ pub async fn env_with(pools: &[Pool<'_>], poll: &str, faults: Faults, start: boo
 /// `airlock_runners_created_total{pool="a"}`.
 pub fn metric(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().split(' ').next()?.parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|rest| rest.trim().split(' ').next()?.parse().ok())
+        })
         .unwrap_or(0.0)
 }

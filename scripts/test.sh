@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# airlock's test command (see README.md). Installs everything the tests need, builds every
+# binary, and runs every test. Needs: the Rust toolchain, Node.js with npm, /bin/sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "==> npm packages for the GitHub conformance tests (pinned by tests/openapi/package-lock.json)"
+npm ci --prefix tests/openapi --no-audit --no-fund --loglevel=error
+
+echo "==> cargo build --workspace --bins (airlock, airlock-ghsim, airlock-runner)"
+cargo build --workspace --bins --locked
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "==> installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+echo "==> rustfmt and clippy"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+
+echo "==> cargo nextest run --workspace"
+cargo nextest run --workspace --locked --profile ci
