@@ -173,15 +173,26 @@ pub fn choose_pool<'p>(job: &JobView, pools: &'p [PoolSpec]) -> Option<&'p PoolS
         .map(|(_, p)| p)
 }
 
-/// Queued jobs per pool name.
+/// Queued jobs per pool name. Jobs sharing a repository and label set share a pool, so the
+/// choice is made once per distinct pair (thousands of jobs usually have a handful of shapes).
 pub fn demand(jobs: &[JobView], pools: &[PoolSpec]) -> HashMap<String, u32> {
-    let mut out: HashMap<String, u32> = HashMap::new();
+    let mut by_pool: Vec<u32> = vec![0; pools.len()];
+    let mut memo: HashMap<(&str, Option<&str>, &Labels), Option<usize>> = HashMap::new();
     for job in jobs.iter().filter(|j| j.status == JobStatus::Queued) {
-        if let Some(p) = choose_pool(job, pools) {
-            *out.entry(p.name.clone()).or_default() += 1;
+        let key = (job.repo.as_str(), job.enterprise.as_deref(), &job.labels);
+        let chosen = *memo.entry(key).or_insert_with(|| {
+            choose_pool(job, pools).and_then(|p| pools.iter().position(|x| std::ptr::eq(x, p)))
+        });
+        if let Some(i) = chosen {
+            by_pool[i] += 1;
         }
     }
-    out
+    pools
+        .iter()
+        .zip(by_pool)
+        .filter(|(_, n)| *n > 0)
+        .map(|(p, n)| (p.name.clone(), n))
+        .collect()
 }
 
 pub fn plan(input: &PlanInput<'_>) -> Vec<Op> {

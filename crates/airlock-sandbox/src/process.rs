@@ -36,6 +36,9 @@ echo "$code" > ../exit_status.tmp && mv ../exit_status.tmp ../exit_status
 pub struct ProcessBackend {
     root: PathBuf,
     exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Supervisors this process started and is still waiting on: known to be running without
+    /// looking at the disk or /proc (which `list` would otherwise do for every sandbox, every pass).
+    watched: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl ProcessBackend {
@@ -45,7 +48,18 @@ impl ProcessBackend {
         root: PathBuf,
         exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     ) -> ProcessBackend {
-        ProcessBackend { root, exits }
+        ProcessBackend {
+            root,
+            exits,
+            watched: Default::default(),
+        }
+    }
+
+    fn is_watched(&self, id: &str) -> bool {
+        self.watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
     }
 
     /// Proves the backend works here by running a trivial process through the same supervisor.
@@ -200,8 +214,17 @@ impl Backend for ProcessBackend {
             })?;
         let exits = self.exits.clone();
         let id = spec.id.clone();
+        let watched = self.watched.clone();
+        watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone());
         tokio::spawn(async move {
             let _ = child.wait().await;
+            watched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
             if let Some(tx) = exits {
                 let _ = tx.send(id);
             }
@@ -211,6 +234,9 @@ impl Backend for ProcessBackend {
 
     async fn status(&self, id: &str) -> Result<SandboxStatus, SandboxError> {
         check_id(id)?;
+        if self.is_watched(id) {
+            return Ok(SandboxStatus::Running);
+        }
         Ok(status_of(&self.dir(id)))
     }
 
@@ -228,8 +254,13 @@ impl Backend for ProcessBackend {
         let mut out = Vec::new();
         for e in entries.flatten() {
             if let Some(id) = e.file_name().to_str() {
-                if check_id(id).is_ok() && e.path().is_dir() {
-                    out.push((id.to_string(), status_of(&e.path())));
+                if check_id(id).is_ok() && e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let st = if self.is_watched(id) {
+                        SandboxStatus::Running
+                    } else {
+                        status_of(&e.path())
+                    };
+                    out.push((id.to_string(), st));
                 }
             }
         }
@@ -240,6 +271,10 @@ impl Backend for ProcessBackend {
     async fn destroy(&self, id: &str) -> Result<(), SandboxError> {
         check_id(id)?;
         let dir = self.dir(id);
+        self.watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         if let Some((pid, start)) = read_pid(&dir) {
             if alive(pid, start) {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
