@@ -83,6 +83,8 @@ pub struct RunnerView {
     pub exited: bool,
     /// The runner's exit status, when it exited and the backend knows it.
     pub exit_code: Option<i32>,
+    /// airlock knows which job it took (a webhook or poll named this runner on a job).
+    pub job_known: bool,
 }
 
 /// A runner registration as GitHub lists it.
@@ -206,12 +208,18 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Op> {
     for pool in input.pools {
         let runners = by_pool.remove(pool.name.as_str()).unwrap_or_default();
         let queued = demand.get(&pool.name).copied().unwrap_or(0);
-        // Runners exiting cleanly right now without a known job most likely ran a queued job
-        // whose webhook is still on its way: count them like the earlier unaccounted exits.
+        // A runner that is busy, or exiting cleanly, without airlock knowing its job took one of
+        // the jobs that still look queued (their webhooks are on the way): count each as serving
+        // one, like the earlier unaccounted exits, or it would get a spare runner.
         let exiting = runners
             .iter()
-            .filter(|r| r.exited && r.exit_code == Some(0))
-            .filter(|r| matches!(r.state, RunnerState::Starting | RunnerState::Idle))
+            .filter(|r| !r.job_known)
+            .filter(|r| {
+                r.state == RunnerState::Busy
+                    || (r.exited
+                        && r.exit_code == Some(0)
+                        && matches!(r.state, RunnerState::Starting | RunnerState::Idle))
+            })
             .count() as u32;
         let offset = input.unaccounted.get(&pool.name).copied().unwrap_or(0) + exiting;
         let wanted = if input.draining {
@@ -344,6 +352,7 @@ mod tests {
             sandbox_id: format!("sb-{name}"),
             exited: false,
             exit_code: None,
+            job_known: false,
         }
     }
 
@@ -411,7 +420,8 @@ mod tests {
     #[test]
     fn planner_table() {
         use RunnerState::*;
-        let cases = vec![
+        let cases =
+            vec![
             Case {
                 name: "nothing queued, nothing to do",
                 ..Default::default()
@@ -573,6 +583,16 @@ mod tests {
                     stop("s2", StopReason::Exited),
                     create("small"),
                 ],
+                ..Default::default()
+            },
+            Case {
+                name: "a runner seen busy before its job's webhook offsets that job",
+                jobs: vec![job(1, &["small"]), job(2, &["small"])],
+                runners: vec![
+                    runner("b1", "small", Busy, 5),
+                    RunnerView { job_known: true, ..runner("b2", "small", Busy, 5) },
+                ],
+                want: vec![create("small")],
                 ..Default::default()
             },
             Case {

@@ -138,6 +138,20 @@ fn dispatch(inner: &Inner, cmd: Command) -> Response {
             job,
         } => {
             let ignored = job.is_none();
+            // Jobs for other runners (GitHub-hosted, other tools') are recorded but need no pass.
+            let relevant = job.as_deref().is_some_and(|j| {
+                let view = airlock_core::JobView {
+                    id: j.id,
+                    repo: j.repo.clone(),
+                    enterprise: j.enterprise.clone(),
+                    labels: j.labels.clone(),
+                    status: j.status,
+                };
+                airlock_core::choose_pool(&view, &inner.specs).is_some()
+                    || j.runner_name
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with(airlock_core::RUNNER_PREFIX))
+            });
             match inner.store.ingest_delivery(
                 &guid,
                 &event,
@@ -151,7 +165,7 @@ fn dispatch(inner: &Inner, cmd: Command) -> Response {
                 }
                 Ok(Ingest::Stored { changed }) => {
                     count(inner, &event, if ignored { "ignored" } else { "accepted" });
-                    if changed {
+                    if changed && relevant {
                         inner.wake.notify_one();
                     }
                     (StatusCode::ACCEPTED, Json(json!({ "ok": "stored" }))).into_response()

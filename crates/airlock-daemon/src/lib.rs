@@ -73,6 +73,8 @@ struct Shared {
 
 pub struct Inner {
     cfg: Config,
+    /// The pools as the planner sees them.
+    specs: Vec<airlock_core::PoolSpec>,
     store: Store,
     github: Client,
     backend: Box<dyn Backend>,
@@ -194,6 +196,7 @@ pub async fn start(cfg: Config) -> Result<Handle, StartError> {
     })?;
 
     let inner = Arc::new(Inner {
+        specs: cfg.pools.iter().map(|p| p.spec()).collect(),
         cfg,
         store,
         github,

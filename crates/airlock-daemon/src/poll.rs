@@ -65,8 +65,14 @@ pub(crate) enum PollError {
     Store(#[from] airlock_store::StoreError),
 }
 
+/// GitHub redelivers for at most three days; a delivery id older than that cannot come back.
+const DELIVERY_RETENTION_MS: i64 = 4 * 24 * 3600 * 1000;
+
 async fn poll_once(inner: &Inner) -> Result<(), PollError> {
     let started = now_ms();
+    inner
+        .store
+        .prune_deliveries(started - DELIVERY_RETENTION_MS)?;
     let scopes: BTreeSet<Scope> = inner.cfg.pools.iter().map(|p| p.scope.clone()).collect();
     let mut registrations = Vec::new();
     let mut first_error = None;

@@ -125,6 +125,7 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
                 SandboxStatus::Exited(c) if exited => c,
                 _ => None,
             },
+            job_known: r.job_id.is_some(),
         });
     }
     let jobs: Vec<JobView> = inner
@@ -144,11 +145,11 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
         (s.registrations.clone(), s.draining, s.last_poll_start)
     };
     let unaccounted = inner.store.unaccounted_exits(since)?;
-    let pools: Vec<_> = inner.cfg.pools.iter().map(|p| p.spec()).collect();
+    let pools = &inner.specs;
     let listed: Vec<String> = sandboxes.keys().cloned().collect();
     let ops = plan(&PlanInput {
         now,
-        pools: &pools,
+        pools,
         jobs: &jobs,
         runners: &views,
         unaccounted: &unaccounted,
@@ -157,7 +158,7 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
         draining,
     });
 
-    update_gauges(inner, &pools, &jobs, &views);
+    update_gauges(inner, pools, &jobs, &views);
     if !ops.is_empty() {
         tracing::debug!(ops = ops.len(), "executing plan");
     }
@@ -420,8 +421,7 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
                 SandboxStatus::Exited(c) => c,
                 _ => None,
             };
-            took_unknown_job =
-                code == Some(0) && r.job_id.is_none() && r.state != RunnerState::Busy;
+            took_unknown_job = code == Some(0) && r.job_id.is_none();
             inner
                 .store
                 .set_runner_exit(&r.name, code, took_unknown_job, now)?;

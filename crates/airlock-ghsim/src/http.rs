@@ -19,6 +19,9 @@ use sha2::Digest;
 use crate::model::{self, SimRunner, Status, World};
 use crate::{now_ms, Sim};
 
+/// REST API versions GitHub accepts in `X-GitHub-Api-Version`.
+const SUPPORTED_VERSIONS: &[&str] = &["2022-11-28", "2026-03-10"];
+
 pub(crate) fn router(sim: Arc<Sim>) -> Router {
     Router::new().fallback(move |req: Request<Body>| {
         let sim = sim.clone();
@@ -101,6 +104,32 @@ async fn handle(sim: Arc<Sim>, req: Request<Body>) -> Response {
     let faults = sim.faults();
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    }
+    let header = |k: &str| {
+        parts
+            .headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let version = header("x-github-api-version");
+    if header("accept") != "application/vnd.github+json"
+        || version.is_empty()
+        || header("user-agent").is_empty()
+    {
+        sim.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .missing_headers += 1;
+    }
+    if header("user-agent").is_empty() {
+        return into_response(Reply::error(403, "Request forbidden by administrative rules. Please make sure your request has a User-Agent header"));
+    }
+    if !version.is_empty() && !SUPPORTED_VERSIONS.contains(&version) {
+        return into_response(Reply::error(
+            400,
+            &format!("API version {version} is not supported."),
+        ));
     }
     let mut reply = if let Some(r) = take_fault(&sim) {
         r

@@ -109,6 +109,9 @@ pub struct Stats {
     pub webhooks_sent: u64,
     pub webhooks_dropped: u64,
     pub webhooks_failed: u64,
+    /// REST requests that lacked `Accept: application/vnd.github+json`,
+    /// `X-GitHub-Api-Version` or a `User-Agent` (GitHub refuses requests without a user agent).
+    pub missing_headers: u64,
 }
 
 /// A workflow run to submit: jobs with labels and shell steps.

@@ -75,6 +75,25 @@ async fn runner_registration_lifecycle() {
 
     c.delete_runner(&repo(), jit.runner_id).await.unwrap();
     c.delete_runner(&repo(), jit.runner_id).await.unwrap(); // already gone is fine
+    assert_eq!(
+        s.sim.stats().missing_headers,
+        0,
+        "every request carries Accept, X-GitHub-Api-Version and User-Agent"
+    );
+    // ghsim enforces what GitHub enforces.
+    let raw = reqwest::Client::builder().build().unwrap();
+    let url = format!("{}/repos/octo/hello/actions/runners", s.url);
+    let r = raw
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .header("user-agent", "t")
+        .header("x-github-api-version", "1999-01-01")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = raw.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403, "no User-Agent");
     let e = c.get_runner(&repo(), jit.runner_id).await.unwrap_err();
     assert_eq!(e.class(), ErrorClass::NotFound);
     // Other scopes see their own runners only.

@@ -137,16 +137,25 @@ fn main() {
     }
     println!("Listening for Jobs");
 
+    // Like the real listener, give up (retryable exit) when the server stays unreachable.
+    let mut failures = 0;
     let job = loop {
         match call(&agent, &id, "acquire", json!({})) {
             Outcome::Ok(Some(job)) => break job,
-            Outcome::Ok(None) => continue,
+            Outcome::Ok(None) => failures = 0,
             Outcome::Gone => {
                 println!("Runner registration removed; exiting");
                 std::process::exit(1);
             }
             Outcome::Failed(e) => {
+                failures += 1;
                 eprintln!("airlock-runner: {e}; retrying");
+                if failures >= 60 {
+                    eprintln!(
+                        "airlock-runner: the server has been unreachable for a minute; giving up"
+                    );
+                    std::process::exit(2);
+                }
                 std::thread::sleep(Duration::from_secs(1));
             }
         }

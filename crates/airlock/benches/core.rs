@@ -296,6 +296,7 @@ fn planner(reps: usize) -> String {
             sandbox_id: format!("airlock-p{}-{i}", i % 50),
             exited: false,
             exit_code: None,
+            job_known: false,
         })
         .collect();
     let mut read = Vec::new();

@@ -181,6 +181,35 @@ async fn sigterm_drains_and_sigkill_loses_nothing() {
         e.sim().jobs()
     );
 
+    // `airlock status` talks to the running daemon.
+    let mut cfg_listen = e.config.clone();
+    cfg_listen = cfg_listen.replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{}\"", s.addr),
+    );
+    let status_cfg = e.dir.path().join("status.toml");
+    std::fs::write(&status_cfg, cfg_listen).unwrap();
+    let out = airlock()
+        .args(["status", "--config"])
+        .arg(&status_cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("small"), "{text}");
+    let out = airlock()
+        .args(["status", "--json", "--config"])
+        .arg(&status_cfg)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["pools"][0]["name"], "small");
+
     // 2. SIGTERM while a job runs: the busy runner finishes, airlock exits 0.
     e.submit("octo/hello", &[("t1", &["small"], &["sleep 2"])]);
     assert!(
@@ -209,4 +238,70 @@ async fn sigterm_drains_and_sigkill_loses_nothing() {
         0
     );
     e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_binary_takes_workflows_from_a_file() {
+    let bin = target_dir().join("airlock-ghsim");
+    assert!(bin.is_file(), "build it first: cargo build --bins");
+    let d = tempfile::tempdir().unwrap();
+    let wf = d.path().join("wf.toml");
+    std::fs::write(
+        &wf,
+        "[[workflow]]\nrepo = \"octo/hello\"\nname = \"CI\"\n[[workflow.job]]\nname = \"a\"\nlabels = [\"x\"]\nsteps = [\"true\"]\n\
+         [[workflow.job]]\nname = \"b\"\nlabels = [\"y\"]\n",
+    )
+    .unwrap();
+    write_secret(&d.path().join("token"), TOKEN);
+    let mut child = Command::new(&bin)
+        .args(["--listen", "127.0.0.1:0", "--token-file"])
+        .arg(d.path().join("token"))
+        .arg("--workflow")
+        .arg(&wf)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .strip_prefix("ghsim listening on ")
+        .unwrap()
+        .to_string();
+    let c = airlock_github::Client::new(
+        &url,
+        airlock_github::Credentials::Token(TOKEN.into()),
+        Default::default(),
+    )
+    .unwrap();
+    let jobs = c
+        .active_jobs(
+            &airlock_core::Scope::parse("repo:octo/hello").unwrap(),
+            "octo/hello",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // A broken workflow file is refused with the file named.
+    std::fs::write(
+        &wf,
+        "[[workflow]]\nrepo = \"octo/hello\"\n[[workflow.job]]\nname = \"a\"\nlabelz = []\n",
+    )
+    .unwrap();
+    let out = Command::new(&bin)
+        .args(["--listen", "127.0.0.1:0", "--workflow"])
+        .arg(&wf)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid workflow file") && err.contains("labelz"),
+        "{err}"
+    );
 }

@@ -479,3 +479,55 @@ async fn every_metric_is_updated() {
     }
     e.shutdown().await;
 }
+
+/// A runner that took a job airlock has not heard of (its webhooks lost, no poll yet) reaches its
+/// boot timeout: airlock asks GitHub to remove the registration first, GitHub answers 422 (busy),
+/// and the runner is kept and finishes its job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_runner_is_never_killed_by_a_timeout() {
+    let pools = [Pool {
+        extra: "min_idle = 1\nboot_timeout = \"3s\"",
+        ..pool("warm", &["self-hosted", "warm"])
+    }];
+    let e = env(&pools, "1h", Faults::default(), true).await;
+    assert!(
+        wait_until(T, || e.sim().runners().iter().any(|r| r.2)).await,
+        "the warm runner never came online"
+    );
+    let id = e.submit_specs(
+        "octo/hello",
+        vec![JobSpec {
+            name: "secret-job".into(),
+            labels: vec!["warm".into()],
+            steps: vec!["sleep 5".into()],
+            drop_webhooks: true,
+        }],
+    )[0];
+    assert!(wait_until(T, || e.sim().job(id).unwrap().status == Status::Completed).await);
+    let job = e.sim().job(id).unwrap();
+    assert_eq!(
+        job.conclusion.as_deref(),
+        Some("success"),
+        "the busy runner was killed"
+    );
+    let runner = job.runner_name.unwrap();
+    let history: Vec<String> = e
+        .store()
+        .events(Some(&runner))
+        .unwrap()
+        .into_iter()
+        .map(|ev| format!("{}:{}", ev.to_state, ev.detail.unwrap_or_default()))
+        .collect();
+    assert!(
+        history.iter().any(|h| h == "busy:busy at deregistration"),
+        "{history:?}"
+    );
+    assert_eq!(
+        metric(
+            &e.metrics(),
+            "airlock_runners_stopped_total{pool=\"warm\",reason=\"boot_timeout\"}"
+        ),
+        0.0
+    );
+    e.shutdown().await;
+}

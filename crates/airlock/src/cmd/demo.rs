@@ -181,8 +181,9 @@ fn random_hex(n: usize) -> String {
         .collect()
 }
 
-/// Processes anywhere on the host that belong to one of airlock's sandboxes.
-pub fn sandbox_processes() -> Vec<i32> {
+/// Processes of this demo's sandboxes: marked as sandbox processes and working under `state`
+/// (other airlock instances on the host are not the demo's business).
+pub fn sandbox_processes(state: &Path) -> Vec<i32> {
     let needle = b"AIRLOCK_SANDBOX=";
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return vec![];
@@ -190,9 +191,12 @@ pub fn sandbox_processes() -> Vec<i32> {
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
+            let marked = std::fs::read(format!("/proc/{pid}/environ"))
                 .map(|env| env.split(|b| *b == 0).any(|kv| kv.starts_with(needle)))
-                .unwrap_or(false)
+                .unwrap_or(false);
+            marked
+                && std::fs::read_link(format!("/proc/{pid}/cwd"))
+                    .is_ok_and(|cwd| cwd.starts_with(state))
         })
         .collect()
 }
@@ -388,7 +392,7 @@ async fn demo(a: Args) -> Result<bool, String> {
             state.join("sandboxes").display()
         ));
     }
-    let procs = sandbox_processes();
+    let procs = sandbox_processes(&state);
     if !procs.is_empty() {
         leftovers.push(format!("sandbox processes still running: {procs:?}"));
     }

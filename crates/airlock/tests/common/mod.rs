@@ -167,7 +167,27 @@ impl Env {
                 .iter()
                 .map(|r| (r.name.clone(), r.state))
                 .collect();
-            panic!("not done after {timeout:?}: jobs {jobs:?}, live runners {runners:?}");
+            let events: Vec<String> = self
+                .store()
+                .events(None)
+                .unwrap()
+                .into_iter()
+                .map(|e| {
+                    format!(
+                        "{} {} {} {:?}->{} {}",
+                        e.at,
+                        e.entity,
+                        e.id,
+                        e.from_state,
+                        e.to_state,
+                        e.detail.unwrap_or_default()
+                    )
+                })
+                .collect();
+            panic!(
+                "not done after {timeout:?}: jobs {jobs:?}, live runners {runners:?}\nhistory:\n{}",
+                events.join("\n")
+            );
         }
     }
 
@@ -196,6 +216,17 @@ impl Env {
         }
         if let Some(s) = self.sim.take() {
             s.shutdown().await;
+        }
+    }
+}
+
+/// A test that fails part-way must not leave runner processes behind for the next ones.
+impl Drop for Env {
+    fn drop(&mut self) {
+        for pid in sandbox_processes(&self.state()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
         }
     }
 }
