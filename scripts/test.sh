@@ -10,6 +10,9 @@ npm ci --prefix tests/openapi --no-audit --no-fund --loglevel=error
 echo "==> cargo build --workspace --bins (airlock, airlock-ghsim, airlock-runner)"
 cargo build --workspace --bins --locked
 
+echo "==> the stand-in runner as a static binary (scripts/build-standin.sh)"
+bash scripts/build-standin.sh
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"
   cargo install cargo-nextest --locked

@@ -305,3 +305,69 @@ async fn the_emulator_binary_takes_workflows_from_a_file() {
         "{err}"
     );
 }
+
+/// The stand-in runner built by scripts/build-standin.sh runs alone in an empty root directory
+/// (no libc, no shell, nothing), as it will in minimal images. Without a JIT config it says so.
+#[test]
+fn the_static_stand_in_runs_in_an_empty_root() {
+    let bin = target_dir()
+        .parent()
+        .unwrap()
+        .join("standin-bin/airlock-runner");
+    assert!(
+        bin.is_file(),
+        "build it first: bash scripts/build-standin.sh"
+    );
+    let root = tempfile::tempdir().unwrap();
+    std::fs::copy(&bin, root.path().join("airlock-runner")).unwrap();
+    let out = cmd_in(root.path())
+        .arg("/airlock-runner")
+        .env_clear()
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no JIT config"), "{err}");
+    let out = cmd_in(root.path())
+        .arg("/airlock-runner")
+        .env_clear()
+        .env("ACTIONS_RUNNER_INPUT_JITCONFIG", "bm90IGpzb24=")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unusable JIT config"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// `chroot ROOT` (as root) or `unshare --map-root-user chroot ROOT`, by absolute path: the
+/// child's environment is cleared, so PATH cannot be used to find them.
+fn cmd_in(root: &std::path::Path) -> Command {
+    let find = |name: &str| {
+        ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(name))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{name} not found"))
+    };
+    if nix_is_root() {
+        let mut c = Command::new(find("chroot"));
+        c.arg(root);
+        c
+    } else {
+        let mut c = Command::new(find("unshare"));
+        c.arg("--map-root-user").arg(find("chroot")).arg(root);
+        c
+    }
+}

@@ -227,7 +227,16 @@ async fn a_runner_that_never_comes_up_is_replaced() {
         "{}",
         m()
     );
-    assert!(metric(&m(), "airlock_runners_created_total{pool=\"small\"}") >= 3.0);
+    // Each timed-out runner is replaced (in the same pass, right after its teardown).
+    assert!(
+        wait_until(T, || metric(
+            &m(),
+            "airlock_runners_created_total{pool=\"small\"}"
+        ) >= 3.0)
+        .await,
+        "{}",
+        m()
+    );
     // Never more than one at a time for one queued job.
     assert!(e.store().live_runners().unwrap().len() <= 2);
     let (sim, daemon) = (e.sim.as_ref().unwrap(), e.daemon.as_ref().unwrap());
