@@ -151,6 +151,8 @@ impl Env {
                 .iter()
                 .all(|j| j.status == Status::Completed)
                 && self.store().live_runners().unwrap().is_empty()
+                // The last `completed` webhooks may still be on their way to the store.
+                && self.store().open_jobs().unwrap().is_empty()
         })
         .await;
         if !ok {

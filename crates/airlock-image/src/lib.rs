@@ -1,0 +1,797 @@
+//! Runner images: root filesystems that sandboxes start from.
+//!
+//! `build` makes one from Debian packages with mmdebstrap (base packages plus the pool's extras),
+//! adds an unprivileged `runner` user (uid 1001) and a runner program — GitHub's `actions-runner`
+//! release, verified against its SHA-256 before anything else is done, or ghsim's stand-in for the
+//! emulator — and writes a manifest (packages with versions, runner, build time, size, content
+//! digest). The result lands under `images/NAME/<digest>/` by one atomic rename: a build that fails
+//! or is interrupted leaves only a `.building-*` directory, which the next build removes.
+//!
+//! Images are immutable once landed: nothing here writes into a landed image, the digest covers
+//! every path, mode, owner and byte, and `verify` recomputes it. This crate must never touch the
+//! store or a sandbox; which digests are in use is the caller's to say.
+
+mod digest;
+mod sources;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+pub use digest::tree_digest;
+
+/// The unprivileged user the runner runs as inside images.
+pub const RUNNER_UID: u32 = 1001;
+/// Where the stand-in runner is installed in emulator images.
+pub const STANDIN_PATH: &str = "opt/airlock/airlock-runner";
+/// Where GitHub's runner is unpacked.
+pub const ACTIONS_RUNNER_DIR: &str = "home/runner/actions-runner";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("invalid image name {name:?}: use 1-40 of a-z, 0-9 and '-'")]
+    BadName { name: String },
+    #[error("invalid package name {name:?}")]
+    BadPackage { name: String },
+    #[error("{tool} is not installed (install it with: apt-get install {package})")]
+    MissingTool {
+        tool: &'static str,
+        package: &'static str,
+    },
+    #[error("{tool} failed: {detail}")]
+    Tool { tool: &'static str, detail: String },
+    #[error("checksum mismatch for {what}: expected sha256 {expected}, got {actual}")]
+    Checksum {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot download {url}: {detail}")]
+    Download { url: String, detail: String },
+    #[error("no Debian package sources: {detail}; pass a mirror URL")]
+    Sources { detail: String },
+    #[error("no image matches {reference:?}")]
+    NotFound { reference: String },
+    #[error("{reference:?} matches several images; use NAME@DIGEST")]
+    Ambiguous { reference: String },
+    #[error("image {reference} is in use by a sandbox")]
+    InUse { reference: String },
+    #[error("corrupt manifest {path}: {detail}")]
+    Manifest { path: PathBuf, detail: String },
+    #[error("image {reference} was modified: its content digest is now {actual}")]
+    Modified { reference: String, actual: String },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageError {
+    let path = path.to_path_buf();
+    move |source| ImageError::Io { what, path, source }
+}
+
+/// Which runner program goes into the image.
+#[derive(Debug, Clone)]
+pub enum RunnerSource {
+    /// ghsim's stand-in (`airlock-runner`), for images used with the emulator.
+    Standin(PathBuf),
+    /// GitHub's `actions-runner-linux-x64-<version>.tar.gz`, checked against `sha256`.
+    ActionsRunner {
+        version: String,
+        sha256: String,
+        from: TarballSource,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum TarballSource {
+    File(PathBuf),
+    Url(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    pub name: String,
+    /// Debian suite, e.g. `bookworm`.
+    pub suite: String,
+    /// Extra packages (the pool's: `git`, `curl`, `build-essential`, …).
+    pub packages: Vec<String>,
+    pub runner: RunnerSource,
+    /// A Debian mirror to use instead of the host's apt sources.
+    pub mirror: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunnerInfo {
+    /// `standin` or `actions-runner`.
+    pub kind: String,
+    pub version: String,
+    /// SHA-256 of the runner program (stand-in) or tarball (actions-runner).
+    pub sha256: String,
+    /// Path of the runner program inside the image.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    /// `sha256:<hex>` of the root filesystem's content (see `tree_digest`).
+    pub digest: String,
+    pub suite: String,
+    pub built_at: String,
+    pub build_seconds: f64,
+    pub size_bytes: u64,
+    pub files: u64,
+    pub extra_packages: Vec<String>,
+    pub packages: Vec<Package>,
+    pub runner: RunnerInfo,
+}
+
+impl Manifest {
+    /// `NAME@sha256:<first 12 hex digits>`.
+    pub fn short(&self) -> String {
+        format!(
+            "{}@{}",
+            self.name,
+            &self.digest[..self.digest.len().min(19)]
+        )
+    }
+    fn hex(&self) -> &str {
+        self.digest.strip_prefix("sha256:").unwrap_or(&self.digest)
+    }
+}
+
+/// What a build is doing, for progress output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    Step { n: u32, of: u32, what: String },
+    Output(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    root: PathBuf,
+}
+
+pub fn check_name(name: &str) -> Result<(), ImageError> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ImageError::BadName {
+            name: name.to_string(),
+        })
+    }
+}
+
+fn check_package(p: &str) -> Result<(), ImageError> {
+    // Debian package names: lower case letters, digits, + - . ; at least two characters.
+    let ok = p.len() >= 2
+        && p.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
+        && p.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(ImageError::BadPackage {
+            name: p.to_string(),
+        })
+    }
+}
+
+fn which(tool: &'static str, package: &'static str) -> Result<PathBuf, ImageError> {
+    for dir in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        let p = Path::new(dir).join(tool);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(ImageError::MissingTool { tool, package })
+}
+
+pub fn sha256_file(path: &Path) -> Result<String, ImageError> {
+    let mut f = std::fs::File::open(path).map_err(io("cannot read", path))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(io("cannot read", path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Removes a half-made build directory unless it was landed.
+struct Partial {
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl ImageStore {
+    pub fn new(root: PathBuf) -> ImageStore {
+        ImageStore { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The root filesystem of a landed image.
+    pub fn rootfs(&self, m: &Manifest) -> PathBuf {
+        self.root.join(&m.name).join(m.hex()).join("rootfs")
+    }
+
+    /// Removes what interrupted builds left behind. Returns how many.
+    pub fn clean_partial(&self) -> Result<usize, ImageError> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => {
+                return Err(ImageError::Io {
+                    what: "cannot list",
+                    path: self.root.clone(),
+                    source: e,
+                })
+            }
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".building-") {
+                std::fs::remove_dir_all(e.path()).map_err(io("cannot remove", &e.path()))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Builds an image. Inputs are checked first (name, packages, runner checksum), so a bad
+    /// input fails in seconds, before the long bootstrap.
+    pub fn build(
+        &self,
+        spec: &BuildSpec,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Manifest, ImageError> {
+        let started = Instant::now();
+        check_name(&spec.name)?;
+        for p in &spec.packages {
+            check_package(p)?;
+        }
+        let mmdebstrap = which("mmdebstrap", "mmdebstrap")?;
+        let dpkg_query = which("dpkg-query", "dpkg")?;
+        let tar = which("tar", "tar")?;
+        std::fs::create_dir_all(&self.root).map_err(io("cannot create", &self.root))?;
+        let removed = self.clean_partial()?;
+        if removed > 0 {
+            progress(Progress::Output(format!(
+                "removed {removed} interrupted build(s)"
+            )));
+        }
+        let suffix: u32 = rand::random();
+        let partial = Partial {
+            dir: self
+                .root
+                .join(format!(".building-{}-{suffix:08x}", spec.name)),
+            keep: false,
+        };
+        std::fs::create_dir_all(&partial.dir).map_err(io("cannot create", &partial.dir))?;
+        let rootfs = partial.dir.join("rootfs");
+        const STEPS: u32 = 5;
+
+        progress(Progress::Step {
+            n: 1,
+            of: STEPS,
+            what: "checking the runner".into(),
+        });
+        let (runner_file, runner_info) = match &spec.runner {
+            RunnerSource::Standin(p) => {
+                let meta =
+                    std::fs::metadata(p).map_err(io("cannot read the stand-in runner", p))?;
+                if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+                    return Err(ImageError::Io {
+                        what: "not an executable file:",
+                        path: p.clone(),
+                        source: std::io::Error::other("not executable"),
+                    });
+                }
+                let sum = sha256_file(p)?;
+                (
+                    p.clone(),
+                    RunnerInfo {
+                        kind: "standin".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        sha256: sum,
+                        path: format!("/{STANDIN_PATH}"),
+                    },
+                )
+            }
+            RunnerSource::ActionsRunner {
+                version,
+                sha256,
+                from,
+            } => {
+                let file = match from {
+                    TarballSource::File(p) => p.clone(),
+                    TarballSource::Url(url) => {
+                        let dest = partial.dir.join("actions-runner.tar.gz");
+                        download(url, &dest, progress)?;
+                        dest
+                    }
+                };
+                let actual = sha256_file(&file)?;
+                let expected = sha256.trim().to_ascii_lowercase();
+                if actual != expected {
+                    return Err(ImageError::Checksum {
+                        what: file.display().to_string(),
+                        expected,
+                        actual,
+                    });
+                }
+                (
+                    file,
+                    RunnerInfo {
+                        kind: "actions-runner".into(),
+                        version: version.clone(),
+                        sha256: actual,
+                        path: format!("/{ACTIONS_RUNNER_DIR}/run.sh"),
+                    },
+                )
+            }
+        };
+
+        progress(Progress::Step {
+            n: 2,
+            of: STEPS,
+            what: format!("bootstrapping Debian {} with mmdebstrap", spec.suite),
+        });
+        let sources = match &spec.mirror {
+            Some(m) => sources::for_mirror(m, &spec.suite),
+            None => sources::from_host(Path::new("/etc/apt"), &spec.suite)?,
+        };
+        let mut cmd = Command::new(&mmdebstrap);
+        cmd.arg("--variant=minbase")
+            .arg("--mode=root")
+            .arg("--format=directory");
+        if !spec.packages.is_empty() {
+            cmd.arg(format!("--include={}", spec.packages.join(",")));
+        }
+        cmd.arg(&spec.suite).arg(&rootfs).arg("-");
+        run_streaming("mmdebstrap", cmd, Some(sources.as_bytes()), progress)?;
+
+        progress(Progress::Step {
+            n: 3,
+            of: STEPS,
+            what: "adding the runner user and program".into(),
+        });
+        add_runner_user(&rootfs)?;
+        match &spec.runner {
+            RunnerSource::Standin(_) => {
+                let dest = rootfs.join(STANDIN_PATH);
+                let parent = dest.parent().expect("has a parent");
+                std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
+                std::fs::copy(&runner_file, &dest)
+                    .map_err(io("cannot copy the runner to", &dest))?;
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
+                    .map_err(io("cannot chmod", &dest))?;
+            }
+            RunnerSource::ActionsRunner { .. } => {
+                let dest = rootfs.join(ACTIONS_RUNNER_DIR);
+                std::fs::create_dir_all(&dest).map_err(io("cannot create", &dest))?;
+                let mut t = Command::new(&tar);
+                t.arg("-xzf")
+                    .arg(&runner_file)
+                    .arg("-C")
+                    .arg(&dest)
+                    .arg("--no-same-owner");
+                run_streaming("tar", t, None, progress)?;
+                chown_tree(&dest, RUNNER_UID)?;
+            }
+        }
+
+        progress(Progress::Step {
+            n: 4,
+            of: STEPS,
+            what: "listing packages".into(),
+        });
+        let out = Command::new(&dpkg_query)
+            .arg(format!(
+                "--admindir={}",
+                rootfs.join("var/lib/dpkg").display()
+            ))
+            .args(["-W", "-f=${Package}\t${Version}\n"])
+            .output()
+            .map_err(|e| ImageError::Tool {
+                tool: "dpkg-query",
+                detail: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(ImageError::Tool {
+                tool: "dpkg-query",
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        let mut packages: Vec<Package> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(n, v)| Package {
+                name: n.into(),
+                version: v.into(),
+            })
+            .collect();
+        packages.sort_by(|a, b| a.name.cmp(&b.name));
+
+        progress(Progress::Step {
+            n: 5,
+            of: STEPS,
+            what: "computing the content digest".into(),
+        });
+        let sum = tree_digest(&rootfs)?;
+        let manifest = Manifest {
+            name: spec.name.clone(),
+            digest: format!("sha256:{}", sum.digest),
+            suite: spec.suite.clone(),
+            built_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            build_seconds: started.elapsed().as_secs_f64(),
+            size_bytes: sum.bytes,
+            files: sum.files,
+            extra_packages: spec.packages.clone(),
+            packages,
+            runner: runner_info,
+        };
+        let mpath = partial.dir.join("manifest.json");
+        let mut f = std::fs::File::create(&mpath).map_err(io("cannot write", &mpath))?;
+        f.write_all(
+            serde_json::to_string_pretty(&manifest)
+                .expect("manifests serialise")
+                .as_bytes(),
+        )
+        .and_then(|_| f.sync_all())
+        .map_err(io("cannot write", &mpath))?;
+        let _ = std::fs::remove_file(partial.dir.join("actions-runner.tar.gz"));
+
+        // Land it: one rename. The same content built twice lands once.
+        let name_dir = self.root.join(&spec.name);
+        std::fs::create_dir_all(&name_dir).map_err(io("cannot create", &name_dir))?;
+        let dest = name_dir.join(manifest.hex());
+        if dest.exists() {
+            progress(Progress::Output(format!(
+                "identical to the existing {}",
+                manifest.short()
+            )));
+            return self.load(&dest.join("manifest.json"));
+        }
+        let mut partial = partial;
+        std::fs::rename(&partial.dir, &dest).map_err(io("cannot land the image at", &dest))?;
+        partial.keep = true;
+        Ok(manifest)
+    }
+
+    fn load(&self, path: &Path) -> Result<Manifest, ImageError> {
+        let text = std::fs::read_to_string(path).map_err(io("cannot read", path))?;
+        serde_json::from_str(&text).map_err(|e| ImageError::Manifest {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Every landed image, grouped by name, newest first within a name.
+    pub fn list(&self) -> Result<Vec<Manifest>, ImageError> {
+        let mut out = Vec::new();
+        let names = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => {
+                return Err(ImageError::Io {
+                    what: "cannot list",
+                    path: self.root.clone(),
+                    source: e,
+                })
+            }
+        };
+        for n in names.flatten() {
+            let name = n.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !n.path().is_dir() {
+                continue;
+            }
+            for d in std::fs::read_dir(n.path())
+                .map_err(io("cannot list", &n.path()))?
+                .flatten()
+            {
+                let m = d.path().join("manifest.json");
+                if m.is_file() {
+                    out.push(self.load(&m)?);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(b.built_at.cmp(&a.built_at)));
+        Ok(out)
+    }
+
+    /// `NAME` (the newest build), `NAME@sha256:HEX…` or `NAME@HEX…` (a digest prefix).
+    pub fn resolve(&self, reference: &str) -> Result<Manifest, ImageError> {
+        let all = self.list()?;
+        let (name, digest) = match reference.split_once('@') {
+            Some((n, d)) => (n, Some(d.strip_prefix("sha256:").unwrap_or(d))),
+            None => (reference, None),
+        };
+        let mut hits: Vec<&Manifest> = all
+            .iter()
+            .filter(|m| m.name == name)
+            .filter(|m| digest.is_none_or(|d| !d.is_empty() && m.hex().starts_with(d)))
+            .collect();
+        match (hits.len(), digest) {
+            (0, _) => Err(ImageError::NotFound {
+                reference: reference.into(),
+            }),
+            (1, _) | (_, None) => Ok(hits.remove(0).clone()),
+            _ => Err(ImageError::Ambiguous {
+                reference: reference.into(),
+            }),
+        }
+    }
+
+    /// Recomputes an image's digest; an image changed since it landed is an error.
+    pub fn verify(&self, m: &Manifest) -> Result<(), ImageError> {
+        let sum = tree_digest(&self.rootfs(m))?;
+        if format!("sha256:{}", sum.digest) == m.digest {
+            Ok(())
+        } else {
+            Err(ImageError::Modified {
+                reference: m.short(),
+                actual: format!("sha256:{}", sum.digest),
+            })
+        }
+    }
+
+    /// Removes one image (a `NAME@DIGEST` reference) or every build of a name (`NAME`). Digests
+    /// in `in_use` are never removed: the whole call fails before removing anything.
+    pub fn remove(
+        &self,
+        reference: &str,
+        in_use: &HashSet<String>,
+    ) -> Result<Vec<Manifest>, ImageError> {
+        let victims: Vec<Manifest> = if reference.contains('@') {
+            vec![self.resolve(reference)?]
+        } else {
+            let v: Vec<Manifest> = self
+                .list()?
+                .into_iter()
+                .filter(|m| m.name == reference)
+                .collect();
+            if v.is_empty() {
+                return Err(ImageError::NotFound {
+                    reference: reference.into(),
+                });
+            }
+            v
+        };
+        if let Some(m) = victims.iter().find(|m| in_use.contains(&m.digest)) {
+            return Err(ImageError::InUse {
+                reference: m.short(),
+            });
+        }
+        for m in &victims {
+            self.delete(m)?;
+        }
+        Ok(victims)
+    }
+
+    /// Removes every build that is neither the newest of its name nor in use.
+    pub fn gc(&self, in_use: &HashSet<String>) -> Result<Vec<Manifest>, ImageError> {
+        self.clean_partial()?;
+        let mut removed = Vec::new();
+        let mut seen = HashSet::new();
+        for m in self.list()? {
+            let newest = seen.insert(m.name.clone());
+            if !newest && !in_use.contains(&m.digest) {
+                self.delete(&m)?;
+                removed.push(m);
+            }
+        }
+        Ok(removed)
+    }
+
+    fn delete(&self, m: &Manifest) -> Result<(), ImageError> {
+        let dir = self.root.join(&m.name).join(m.hex());
+        // Move aside first so a crash never leaves a half-deleted image that still looks landed.
+        let trash = self.root.join(format!(".building-deleting-{}", m.hex()));
+        std::fs::rename(&dir, &trash).map_err(io("cannot remove", &dir))?;
+        std::fs::remove_dir_all(&trash).map_err(io("cannot remove", &trash))?;
+        let name_dir = self.root.join(&m.name);
+        if std::fs::read_dir(&name_dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false)
+        {
+            let _ = std::fs::remove_dir(&name_dir);
+        }
+        Ok(())
+    }
+}
+
+/// Adds the `runner` user and group (uid/gid 1001) with a home directory only it can enter.
+fn add_runner_user(rootfs: &Path) -> Result<(), ImageError> {
+    let append = |file: &str, line: &str| -> Result<(), ImageError> {
+        let p = rootfs.join(file);
+        let text = std::fs::read_to_string(&p).map_err(io("cannot read", &p))?;
+        if text.lines().any(|l| l.starts_with("runner:")) {
+            return Ok(());
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .map_err(io("cannot write", &p))?;
+        f.write_all(format!("{line}\n").as_bytes())
+            .map_err(io("cannot write", &p))
+    };
+    append(
+        "etc/passwd",
+        &format!("runner:x:{RUNNER_UID}:{RUNNER_UID}:GitHub Actions runner:/home/runner:/bin/bash"),
+    )?;
+    append("etc/group", &format!("runner:x:{RUNNER_UID}:"))?;
+    append("etc/shadow", "runner:!:19000:0:99999:7:::")?;
+    let home = rootfs.join("home/runner");
+    std::fs::create_dir_all(&home).map_err(io("cannot create", &home))?;
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o750))
+        .map_err(io("cannot chmod", &home))?;
+    chown_tree(&home, RUNNER_UID)
+}
+
+fn chown_tree(dir: &Path, uid: u32) -> Result<(), ImageError> {
+    let owner = Some(nix::unistd::Uid::from_raw(uid));
+    let group = Some(nix::unistd::Gid::from_raw(uid));
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        nix::unistd::fchownat(
+            None,
+            &p,
+            owner,
+            group,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| ImageError::Io {
+            what: "cannot chown",
+            path: p.clone(),
+            source: e.into(),
+        })?;
+        let meta = std::fs::symlink_metadata(&p).map_err(io("cannot stat", &p))?;
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p)
+                .map_err(io("cannot list", &p))?
+                .flatten()
+            {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a tool, passing each output line to `progress`; on failure the last lines are the error.
+fn run_streaming(
+    tool: &'static str,
+    mut cmd: Command,
+    stdin: Option<&[u8]>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(), ImageError> {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| ImageError::Tool {
+        tool,
+        detail: format!("cannot start: {e}"),
+    })?;
+    if let (Some(data), Some(mut w)) = (stdin, child.stdin.take()) {
+        w.write_all(data).map_err(|e| ImageError::Tool {
+            tool,
+            detail: format!("writing its input: {e}"),
+        })?;
+    }
+    let out = child.stdout.take().expect("piped");
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = BufReader::new(out).read_to_string(&mut s);
+        s
+    });
+    let mut tail: Vec<String> = Vec::new();
+    for line in BufReader::new(child.stderr.take().expect("piped"))
+        .lines()
+        .map_while(Result::ok)
+    {
+        progress(Progress::Output(line.clone()));
+        tail.push(line);
+        if tail.len() > 15 {
+            tail.remove(0);
+        }
+    }
+    let stdout = out_thread.join().unwrap_or_default();
+    for line in stdout.lines() {
+        progress(Progress::Output(line.to_string()));
+    }
+    let status = child.wait().map_err(|e| ImageError::Tool {
+        tool,
+        detail: e.to_string(),
+    })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(ImageError::Tool {
+            tool,
+            detail: format!("{status}; last output:\n{}", tail.join("\n")),
+        })
+    }
+}
+
+fn download(url: &str, dest: &Path, progress: &mut dyn FnMut(Progress)) -> Result<(), ImageError> {
+    let err = |detail: String| ImageError::Download {
+        url: url.into(),
+        detail,
+    };
+    let mut resp = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(600))
+        .build()
+        .map_err(|e| err(e.to_string()))?
+        .get(url)
+        .send()
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| err(e.to_string()))?;
+    let total = resp.content_length();
+    let mut f = std::fs::File::create(dest).map_err(io("cannot write", dest))?;
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut got, mut shown) = (0u64, 0u64);
+    loop {
+        let n = resp.read(&mut buf).map_err(|e| err(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        f.write_all(&buf[..n]).map_err(io("cannot write", dest))?;
+        got += n as u64;
+        if got - shown > 8 << 20 {
+            shown = got;
+            progress(Progress::Output(match total {
+                Some(t) => format!("downloaded {} of {} MiB", got >> 20, t >> 20),
+                None => format!("downloaded {} MiB", got >> 20),
+            }));
+        }
+    }
+    Ok(())
+}
