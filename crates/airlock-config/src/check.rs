@@ -142,7 +142,20 @@ impl Walker<'_> {
     }
 }
 
-const SERVER_KEYS: &[&str] = &["listen", "state_dir", "drain_grace"];
+const DEFAULT_SUBNET: &str = "10.213.0.0/16";
+
+fn valid_subnet(s: &str) -> bool {
+    let Some((a, p)) = s.split_once('/') else {
+        return false;
+    };
+    let (Ok(a), Ok(p)) = (a.parse::<std::net::Ipv4Addr>(), p.parse::<u8>()) else {
+        return false;
+    };
+    (8..=28).contains(&p) && u32::from(a) & !(u32::MAX << (32 - p)) == 0
+}
+
+const SERVER_KEYS: &[&str] = &["listen", "state_dir", "drain_grace", "job_log_max_mib"];
+const CONTAINER_KEYS: &[&str] = &["runtime", "subnet", "uid_base", "dns"];
 const GITHUB_KEYS: &[&str] = &[
     "api_url",
     "webhook_secret_file",
@@ -161,6 +174,11 @@ const POOL_KEYS: &[&str] = &[
     "runner_group",
     "backend",
     "runner_command",
+    "image",
+    "cpus",
+    "memory_mib",
+    "pids_max",
+    "io_weight",
     "min_idle",
     "max_runners",
     "boot_timeout",
@@ -219,11 +237,83 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
         "drain_grace",
         Duration::from_secs(15 * 60),
     );
+    let job_log_max_mib = w
+        .take::<u64>(&mut t, "server", "job_log_max_mib", "a whole number of MiB")
+        .unwrap_or(16);
+    if job_log_max_mib == 0 || job_log_max_mib > 1 << 20 {
+        w.error(
+            "server.job_log_max_mib",
+            format!("{job_log_max_mib} is out of range (1 to 1048576)"),
+        );
+    }
     w.unknown(t, "server", SERVER_KEYS);
+    if state_dir.to_string_lossy().contains([',', ':']) {
+        w.error(
+            "server.state_dir",
+            "may not contain ',' or ':' (container sandboxes mount overlays below it)",
+        );
+    }
     let server = ServerConfig {
         listen,
         state_dir,
         drain_grace,
+        job_log_max_bytes: job_log_max_mib.clamp(1, 1 << 20) << 20,
+    };
+
+    // [container]
+    let mut t = w.table(&mut root, "container");
+    let runtime = w.take::<String>(&mut t, "container", "runtime", "a runtime name or path");
+    if let Some(r) = &runtime {
+        if r.is_empty() {
+            w.error(
+                "container.runtime",
+                "empty; leave it out to probe crun, runc and youki",
+            );
+        }
+    }
+    let subnet = w
+        .take::<String>(
+            &mut t,
+            "container",
+            "subnet",
+            "an IPv4 network such as \"10.213.0.0/16\"",
+        )
+        .unwrap_or_else(|| DEFAULT_SUBNET.to_string());
+    if !valid_subnet(&subnet) {
+        w.error(
+            "container.subnet",
+            format!("{subnet:?} is not an IPv4 network with a prefix from /8 to /28 and no host bits set"),
+        );
+    }
+    let uid_base = w
+        .take::<u32>(&mut t, "container", "uid_base", "a uid")
+        .unwrap_or(100_000);
+    if uid_base == 0 || uid_base > u32::MAX - 65536 {
+        w.error(
+            "container.uid_base",
+            "must be above 0 (root inside may not be root outside) and leave room for 65536 ids",
+        );
+    }
+    let dns_raw = w
+        .take::<Vec<String>>(&mut t, "container", "dns", "a list of IPv4 addresses")
+        .unwrap_or_default();
+    let mut dns = Vec::new();
+    for d in dns_raw {
+        match d.parse::<std::net::Ipv4Addr>() {
+            Ok(a) if a.is_loopback() => w.error(
+                "container.dns",
+                format!("{a} is a loopback address, which a sandbox cannot reach"),
+            ),
+            Ok(a) => dns.push(a),
+            Err(_) => w.error("container.dns", format!("{d:?} is not an IPv4 address")),
+        }
+    }
+    w.unknown(t, "container", CONTAINER_KEYS);
+    let container = ContainerSettings {
+        runtime,
+        subnet,
+        uid_base,
+        dns,
     };
 
     // [github]
@@ -399,25 +489,89 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
             .as_deref()
         {
             None | Some("process") => BackendKind::Process,
-            Some(b @ ("container" | "microvm")) => {
+            Some("container") => BackendKind::Container,
+            Some("microvm") => {
                 w.error(
                     &format!("{sec}.backend"),
-                    format!("{b:?} is not available in this version; use \"process\""),
+                    "\"microvm\" is not available in this version; use \"container\" or \"process\"",
                 );
                 BackendKind::Process
             }
             Some(other) => {
                 w.error(
                     &format!("{sec}.backend"),
-                    format!("{other:?} is not a backend; expected \"process\""),
+                    format!("{other:?} is not a backend; expected \"container\" or \"process\""),
                 );
                 BackendKind::Process
             }
         };
-        let runner_command = w
-            .path(&mut t, &sec, "runner_command")
-            .unwrap_or_else(|| PathBuf::from("/opt/actions-runner/run.sh"));
-        check_executable(&mut w, &format!("{sec}.runner_command"), &runner_command);
+        let image = w.take::<String>(&mut t, &sec, "image", "an image name or NAME@DIGEST");
+        let runner_command = match backend {
+            BackendKind::Process => {
+                let c = w
+                    .path(&mut t, &sec, "runner_command")
+                    .unwrap_or_else(|| PathBuf::from("/opt/actions-runner/run.sh"));
+                check_executable(&mut w, &format!("{sec}.runner_command"), &c);
+                if image.is_some() {
+                    w.warn(
+                        &format!("{sec}.image"),
+                        "ignored: the process backend runs on the host, not in an image",
+                    );
+                }
+                Some(c)
+            }
+            BackendKind::Container => {
+                let c = w
+                    .take::<String>(&mut t, &sec, "runner_command", "a path inside the image")
+                    .map(PathBuf::from);
+                if c.as_ref().is_some_and(|c| !c.is_absolute()) {
+                    w.error(
+                        &format!("{sec}.runner_command"),
+                        "must be an absolute path inside the image",
+                    );
+                }
+                match &image {
+                    None => w.error(
+                        &format!("{sec}.image"),
+                        "a container pool needs an image: build one with `airlock image build NAME` and set image = \"NAME\"",
+                    ),
+                    Some(i) => {
+                        let name = i.split('@').next().unwrap_or_default();
+                        if !server.state_dir.join("images").join(name).is_dir() {
+                            w.warn(
+                                &format!("{sec}.image"),
+                                format!("no image {name:?} has been built yet; run: airlock image build {name}"),
+                            );
+                        }
+                    }
+                }
+                c
+            }
+        };
+        let cpus = w.take::<f64>(&mut t, &sec, "cpus", "a number of CPUs such as 2 or 0.5");
+        if cpus.is_some_and(|c| !(0.01..=1024.0).contains(&c)) {
+            w.error(&format!("{sec}.cpus"), "must be between 0.01 and 1024");
+        }
+        let memory_mib = w.take::<u64>(&mut t, &sec, "memory_mib", "a whole number of MiB");
+        if memory_mib.is_some_and(|m| m < 16) {
+            w.error(&format!("{sec}.memory_mib"), "must be at least 16");
+        }
+        let pids_max = w.take::<i64>(&mut t, &sec, "pids_max", "a whole number");
+        if pids_max.is_some_and(|p| p < 8) {
+            w.error(&format!("{sec}.pids_max"), "must be at least 8");
+        }
+        let io_weight = w.take::<u16>(&mut t, &sec, "io_weight", "a weight from 10 to 1000");
+        if io_weight.is_some_and(|x| !(10..=1000).contains(&x)) {
+            w.error(&format!("{sec}.io_weight"), "must be from 10 to 1000");
+        }
+        if backend == BackendKind::Process
+            && (cpus.is_some() || memory_mib.is_some() || pids_max.is_some() || io_weight.is_some())
+        {
+            w.warn(
+                &sec,
+                "cpus, memory_mib, pids_max and io_weight are ignored by the process backend",
+            );
+        }
         let min_idle = w
             .take::<u32>(&mut t, &sec, "min_idle", "a whole number ≥ 0")
             .unwrap_or(0);
@@ -445,6 +599,11 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
                 runner_group,
                 backend,
                 runner_command,
+                image,
+                cpus,
+                memory_mib,
+                pids_max,
+                io_weight,
                 min_idle,
                 max_runners,
                 boot_timeout,
@@ -465,6 +624,7 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
         (Some(auth), false) => Ok((
             Config {
                 server,
+                container,
                 github: GitHubConfig {
                     api_url,
                     webhook_secret_file,

@@ -63,7 +63,21 @@ fn summary(d: &[Diagnostic]) -> String {
 pub struct Config {
     pub server: ServerConfig,
     pub github: GitHubConfig,
+    pub container: ContainerSettings,
     pub pools: Vec<PoolConfig>,
+}
+
+/// `[container]`: how the container backend runs sandboxes (used when a pool says so).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ContainerSettings {
+    /// `crun`, `runc`, `youki` or a path; `None`: the first of them whose probe passes.
+    pub runtime: Option<String>,
+    /// Each sandbox gets a /30 of this IPv4 network.
+    pub subnet: String,
+    /// Root in a sandbox is this uid (and gid) on the host; 65536 ids from here are used.
+    pub uid_base: u32,
+    /// Name servers for sandboxes; empty: the host's non-loopback ones.
+    pub dns: Vec<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -75,6 +89,8 @@ pub struct ServerConfig {
     /// On SIGTERM, how long busy runners get to finish their jobs.
     #[serde(with = "humantime_serde_shim")]
     pub drain_grace: Duration,
+    /// Each sandbox's runner log is cut at this many bytes (the rest is counted and dropped).
+    pub job_log_max_bytes: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -106,6 +122,17 @@ pub enum Auth {
 pub enum BackendKind {
     /// Runner as a child process: NOT isolated. Development and demos only.
     Process,
+    /// Runner in a fresh OCI container from the pool's image.
+    Container,
+}
+
+impl BackendKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackendKind::Process => "process",
+            BackendKind::Container => "container",
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -115,9 +142,16 @@ pub struct PoolConfig {
     pub labels: Vec<String>,
     pub runner_group: String,
     pub backend: BackendKind,
-    /// The runner program the process backend starts (actions/runner's `run.sh`, or ghsim's
-    /// stand-in `airlock-runner`).
-    pub runner_command: PathBuf,
+    /// The runner program: for the process backend a host path (actions/runner's `run.sh`, or
+    /// ghsim's stand-in `airlock-runner`); for containers a path inside the image, `None` taking
+    /// the one the image's manifest names.
+    pub runner_command: Option<PathBuf>,
+    /// The image (`NAME` for its newest build, or `NAME@DIGEST`): container pools.
+    pub image: Option<String>,
+    pub cpus: Option<f64>,
+    pub memory_mib: Option<u64>,
+    pub pids_max: Option<i64>,
+    pub io_weight: Option<u16>,
     pub min_idle: u32,
     pub max_runners: u32,
     #[serde(with = "humantime_serde_shim")]

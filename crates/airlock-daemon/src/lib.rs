@@ -6,6 +6,7 @@
 //! pure planner for operations and performs them. A lost, duplicated or reordered event therefore
 //! changes nothing, and a pass interrupted by a crash is simply repeated after restart.
 
+mod backends;
 mod http;
 pub mod metrics;
 mod poll;
@@ -20,8 +21,6 @@ use std::time::{Duration, Instant};
 use airlock_config::{Auth, Config};
 use airlock_core::RegistrationView;
 use airlock_github::{AppCredentials, Client, ClientOptions, Credentials};
-use airlock_sandbox::process::ProcessBackend;
-use airlock_sandbox::Backend;
 use airlock_store::Store;
 use tokio::sync::{watch, Notify};
 
@@ -77,7 +76,7 @@ pub struct Inner {
     specs: Vec<airlock_core::PoolSpec>,
     store: Store,
     github: Client,
-    backend: Box<dyn Backend>,
+    backend: backends::Backends,
     pub metrics: Arc<Metrics>,
     wake: Notify,
     poll_now: Notify,
@@ -138,9 +137,17 @@ pub async fn start(cfg: Config) -> Result<Handle, StartError> {
     })?;
     {
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        // Searchable but not listable: container sandboxes' root users (unprivileged on the
+        // host) must pass through to their rootfs; every file here has its own mode.
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711));
     }
     let store = Store::open(&dir.join("airlock.db"))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["airlock.db", "airlock.db-wal", "airlock.db-shm"] {
+            let _ = std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600));
+        }
+    }
     let metrics = Arc::new(Metrics::default());
 
     let credentials = match &cfg.github.auth {
@@ -181,8 +188,7 @@ pub async fn start(cfg: Config) -> Result<Handle, StartError> {
     };
 
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let backend = ProcessBackend::new(dir.join("sandboxes"), Some(exit_tx));
-    backend.probe().await?;
+    let backend = backends::Backends::start(&cfg, exit_tx).await?;
 
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
@@ -200,7 +206,7 @@ pub async fn start(cfg: Config) -> Result<Handle, StartError> {
         cfg,
         store,
         github,
-        backend: Box::new(backend),
+        backend,
         metrics,
         wake: Notify::new(),
         poll_now: Notify::new(),

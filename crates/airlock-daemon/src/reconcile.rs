@@ -12,7 +12,7 @@ use airlock_core::{
     plan, JobView, Op, PlanInput, RunnerState, RunnerView, SandboxState, Scope, StopReason,
 };
 use airlock_github::{ErrorClass, GitHubError};
-use airlock_sandbox::{SandboxSpec, SandboxStatus, Secret};
+use airlock_sandbox::{Backend, SandboxStatus, Secret};
 use airlock_store::{RunnerRecord, StoreError};
 use rand::Rng;
 use tokio::sync::watch;
@@ -31,6 +31,8 @@ pub(crate) enum OpError {
     Sandbox(#[from] airlock_sandbox::SandboxError),
     #[error("pool {0:?} is not configured")]
     NoPool(String),
+    #[error("pool {pool:?}: {detail}")]
+    Image { pool: String, detail: String },
 }
 
 impl OpError {
@@ -45,6 +47,7 @@ impl OpError {
             OpError::Store(_) => "store",
             OpError::Sandbox(_) => "sandbox",
             OpError::NoPool(_) => "config",
+            OpError::Image { .. } => "image",
         }
     }
 }
@@ -303,20 +306,24 @@ async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
     let span = tracing::info_span!("runner", runner = %name, pool = %pool.name);
     async {
         let gid = group_id(inner, pool).await?;
+        // Before anything is recorded: a pool whose image is missing creates nothing.
+        let spec = inner
+            .backend
+            .spec_for(pool, &name)
+            .await
+            .map_err(|detail| OpError::Image {
+                pool: pool.name.clone(),
+                detail,
+            })?;
         let now = now_ms();
         inner.store.insert_runner(
             &name,
             &pool.name,
             &pool.scope.to_string(),
             &name,
-            inner.backend.kind(),
+            pool.backend.as_str(),
             now,
         )?;
-        let spec = SandboxSpec {
-            id: name.clone(),
-            runner_name: name.clone(),
-            runner_command: pool.runner_command.clone(),
-        };
         let made: Result<(), OpError> = async {
             let jit = inner
                 .github

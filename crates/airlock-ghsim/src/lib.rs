@@ -217,6 +217,33 @@ impl Sim {
                 addr: listen,
                 source,
             })?;
+        Sim::serve(cfg, listener, listen)
+    }
+
+    /// Serves on a listener bound elsewhere, e.g. in another network namespace, where the
+    /// internet would be for sandboxes (its address becomes the API base URL).
+    pub async fn start_on(
+        cfg: SimConfig,
+        listener: std::net::TcpListener,
+    ) -> Result<Running, SimError> {
+        let listen = listener.local_addr().map_err(|source| SimError::Bind {
+            addr: ([0, 0, 0, 0], 0).into(),
+            source,
+        })?;
+        let bind = |source| SimError::Bind {
+            addr: listen,
+            source,
+        };
+        listener.set_nonblocking(true).map_err(bind)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(bind)?;
+        Sim::serve(cfg, listener, listen)
+    }
+
+    fn serve(
+        cfg: SimConfig,
+        listener: tokio::net::TcpListener,
+        listen: SocketAddr,
+    ) -> Result<Running, SimError> {
         let addr = listener.local_addr().map_err(|source| SimError::Bind {
             addr: listen,
             source,

@@ -258,7 +258,52 @@ impl ImageStore {
         self.root.join(&m.name).join(m.hex()).join("rootfs")
     }
 
-    /// Removes what interrupted builds left behind. Returns how many.
+    /// The image's root filesystem with every owner moved up by `base` (uid and gid), for
+    /// containers whose user namespace maps 0 inside to `base` outside. Made once per image and
+    /// base by copying (`cp -a`) into a temporary directory that is renamed into place, so
+    /// concurrent callers and crashes never see a half-shifted tree; removed with the image.
+    pub fn shifted_rootfs(&self, m: &Manifest, base: u32) -> Result<PathBuf, ImageError> {
+        let dir = self.root.join(&m.name).join(m.hex());
+        let done = dir.join(format!("rootfs-uid{base}"));
+        if done.is_dir() {
+            return Ok(done);
+        }
+        let tmp = dir.join(format!(".rootfs-uid{base}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(self.rootfs(m))
+            .arg(&tmp)
+            .output()
+            .map_err(io("cannot run cp for", &tmp))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(ImageError::Tool {
+                tool: "cp",
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        if let Err(e) = shift_tree(&tmp, base) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        match std::fs::rename(&tmp, &done) {
+            Ok(()) => Ok(done),
+            // Another caller landed it first.
+            Err(_) if done.is_dir() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Ok(done)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Err(io("cannot rename", &done)(e))
+            }
+        }
+    }
+
+    /// Removes what interrupted builds left behind: `.building-<pid>-…` directories whose
+    /// process is gone (a build still running in another process is left alone). Returns how
+    /// many.
     pub fn clean_partial(&self) -> Result<usize, ImageError> {
         let entries = match std::fs::read_dir(&self.root) {
             Ok(e) => e,
@@ -273,12 +318,46 @@ impl ImageStore {
         };
         let mut n = 0;
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".building-") {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(".building-") else {
+                continue;
+            };
+            let owner = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
+            let live = owner.is_some_and(|pid| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            });
+            if !live {
                 std::fs::remove_dir_all(e.path()).map_err(io("cannot remove", &e.path()))?;
                 n += 1;
             }
         }
         Ok(n)
+    }
+
+    /// The newest build of `spec.name`, building it first if there is none. Builders of one
+    /// name wait for each other (an exclusive lock on `images/.lock-NAME`), so concurrent callers
+    /// — tests, `airlock demo` runs — build once and share the result.
+    pub fn build_once(
+        &self,
+        spec: &BuildSpec,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Manifest, ImageError> {
+        check_name(&spec.name)?;
+        std::fs::create_dir_all(&self.root).map_err(io("cannot create", &self.root))?;
+        let lock_path = self.root.join(format!(".lock-{}", spec.name));
+        let file = std::fs::File::create(&lock_path).map_err(io("cannot create", &lock_path))?;
+        let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(
+            |(_, e)| ImageError::Io {
+                what: "cannot lock",
+                path: lock_path.clone(),
+                source: e.into(),
+            },
+        )?;
+        match self.resolve(&spec.name) {
+            Ok(m) => Ok(m),
+            Err(ImageError::NotFound { .. }) => self.build(spec, progress),
+            Err(e) => Err(e),
+        }
     }
 
     /// Builds an image. Inputs are checked first (name, packages, runner checksum), so a bad
@@ -305,9 +384,11 @@ impl ImageStore {
         }
         let suffix: u32 = rand::random();
         let partial = Partial {
-            dir: self
-                .root
-                .join(format!(".building-{}-{suffix:08x}", spec.name)),
+            dir: self.root.join(format!(
+                ".building-{}-{}-{suffix:08x}",
+                std::process::id(),
+                spec.name
+            )),
             keep: false,
         };
         std::fs::create_dir_all(&partial.dir).map_err(io("cannot create", &partial.dir))?;
@@ -630,7 +711,11 @@ impl ImageStore {
     fn delete(&self, m: &Manifest) -> Result<(), ImageError> {
         let dir = self.root.join(&m.name).join(m.hex());
         // Move aside first so a crash never leaves a half-deleted image that still looks landed.
-        let trash = self.root.join(format!(".building-deleting-{}", m.hex()));
+        let trash = self.root.join(format!(
+            ".building-{}-deleting-{}",
+            std::process::id(),
+            m.hex()
+        ));
         std::fs::rename(&dir, &trash).map_err(io("cannot remove", &dir))?;
         std::fs::remove_dir_all(&trash).map_err(io("cannot remove", &trash))?;
         let name_dir = self.root.join(&m.name);
@@ -670,6 +755,53 @@ fn add_runner_user(rootfs: &Path) -> Result<(), ImageError> {
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o750))
         .map_err(io("cannot chmod", &home))?;
     chown_tree(&home, RUNNER_UID)
+}
+
+/// Adds `base` to the owner and group of every path under `dir` (not following symlinks), and
+/// restores set-id bits that chown clears.
+fn shift_tree(dir: &Path, base: u32) -> Result<(), ImageError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![dir.to_path_buf()];
+    // `cp -a` keeps hard links: shift each inode once.
+    let mut seen = HashSet::new();
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).map_err(io("cannot stat", &p))?;
+        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert(meta.ino()) {
+            continue;
+        }
+        let (uid, gid) = (meta.uid(), meta.gid());
+        if uid >= 65536 || gid >= 65536 {
+            return Err(ImageError::Tool {
+                tool: "shift",
+                detail: format!("{} is owned by {uid}:{gid}, outside 0-65535", p.display()),
+            });
+        }
+        nix::unistd::fchownat(
+            None,
+            &p,
+            Some(nix::unistd::Uid::from_raw(uid + base)),
+            Some(nix::unistd::Gid::from_raw(gid + base)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| ImageError::Io {
+            what: "cannot chown",
+            path: p.clone(),
+            source: e.into(),
+        })?;
+        if !meta.file_type().is_symlink() && meta.mode() & 0o6000 != 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(io("cannot chmod", &p))?;
+        }
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p)
+                .map_err(io("cannot list", &p))?
+                .flatten()
+            {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn chown_tree(dir: &Path, uid: u32) -> Result<(), ImageError> {

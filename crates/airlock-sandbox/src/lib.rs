@@ -8,7 +8,11 @@
 //! config reaches it only through the environment of the runner process — never argv, never a
 //! world-readable file.
 
+pub mod container;
+pub mod net;
+pub mod ocispec;
 pub mod process;
+mod supervise;
 
 use std::path::PathBuf;
 
@@ -37,8 +41,23 @@ impl std::fmt::Debug for Secret {
 pub struct SandboxSpec {
     pub id: String,
     pub runner_name: String,
-    /// The runner program to start (actions/runner's `run.sh`, or ghsim's `airlock-runner`).
+    /// The runner program to start (actions/runner's `run.sh`, or ghsim's `airlock-runner`);
+    /// for containers, its path inside the image.
     pub runner_command: PathBuf,
+    /// The image's root filesystem, owned as the backend's user namespace expects (containers).
+    pub rootfs: Option<PathBuf>,
+    /// `NAME@sha256:…` of the image, recorded so an image in use is never removed.
+    pub image: Option<String>,
+    pub limits: Limits,
+}
+
+/// Resource limits of one sandbox (containers; the process backend has none).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    pub cpus: Option<f64>,
+    pub memory_mib: Option<u64>,
+    pub pids_max: Option<i64>,
+    pub io_weight: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +101,8 @@ pub enum SandboxError {
     },
     #[error("invalid sandbox id {id:?}")]
     BadId { id: String },
+    #[error("sandbox {id}: {detail}")]
+    Setup { id: String, detail: String },
 }
 
 #[async_trait]

@@ -16,21 +16,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nix::sys::signal::{kill, killpg, Signal};
+use std::ffi::OsStr;
+
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::supervise::{self, status_of, Watch};
 use crate::{check_id, Backend, SandboxError, SandboxSpec, SandboxStatus, Secret};
 
 pub const MARKER_ENV: &str = "AIRLOCK_SANDBOX";
 const JIT_ENV: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
 
-/// Runs the runner, then records its exit status atomically (rename), so a reader never sees a
-/// half-written file.
-const SUPERVISOR: &str = r#"cd work || exit 1
-"$0" >> ../runner.log 2>&1
-code=$?
-echo "$code" > ../exit_status.tmp && mv ../exit_status.tmp ../exit_status
-"#;
+/// Default cap on a sandbox's `runner.log`.
+pub const DEFAULT_LOG_CAP: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug)]
 pub struct ProcessBackend {
@@ -38,7 +36,8 @@ pub struct ProcessBackend {
     exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     /// Supervisors this process started and is still waiting on: known to be running without
     /// looking at the disk or /proc (which `list` would otherwise do for every sandbox, every pass).
-    watched: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    watched: Watch,
+    log_cap: u64,
 }
 
 impl ProcessBackend {
@@ -51,15 +50,15 @@ impl ProcessBackend {
         ProcessBackend {
             root,
             exits,
-            watched: Default::default(),
+            watched: Watch::default(),
+            log_cap: DEFAULT_LOG_CAP,
         }
     }
 
-    fn is_watched(&self, id: &str) -> bool {
-        self.watched
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
+    /// Caps each sandbox's `runner.log` at `bytes`.
+    pub fn with_log_cap(mut self, bytes: u64) -> ProcessBackend {
+        self.log_cap = bytes;
+        self
     }
 
     /// Proves the backend works here by running a trivial process through the same supervisor.
@@ -91,43 +90,8 @@ impl ProcessBackend {
     }
 }
 
-/// A live process: (pid, start time in clock ticks), so a reused pid is not mistaken for ours.
-fn proc_start(pid: i32) -> Option<(u64, char)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses; fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((start, state))
-}
-
-fn read_pid(dir: &Path) -> Option<(i32, u64)> {
-    let s = std::fs::read_to_string(dir.join("pid")).ok()?;
-    let mut it = s.split_whitespace();
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
-
-fn alive(pid: i32, start: u64) -> bool {
-    matches!(proc_start(pid), Some((s, state)) if s == start && state != 'Z' && state != 'X')
-}
-
-fn status_of(dir: &Path) -> SandboxStatus {
-    if !dir.exists() {
-        return SandboxStatus::Missing;
-    }
-    if let Ok(s) = std::fs::read_to_string(dir.join("exit_status")) {
-        return SandboxStatus::Exited(s.trim().parse().ok());
-    }
-    match read_pid(dir) {
-        None => SandboxStatus::Created,
-        Some((pid, start)) if alive(pid, start) => SandboxStatus::Running,
-        Some(_) => SandboxStatus::Exited(None),
-    }
-}
-
 /// Pids of processes whose environment carries this sandbox's marker.
-fn marked_processes(id: &str) -> Vec<i32> {
+pub(crate) fn marked_processes(id: &str) -> Vec<i32> {
     let needle = format!("{MARKER_ENV}={id}");
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return vec![];
@@ -175,66 +139,47 @@ impl Backend for ProcessBackend {
             "process backend: the job runs on the host WITHOUT isolation (development and demos only)"
         );
         let work = dir.join("work");
-        let mut cmd = tokio::process::Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(SUPERVISOR)
-            .arg(&spec.runner_command)
-            .current_dir(&dir)
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
-            )
-            .env("HOME", &work)
-            .env("TMPDIR", work.join("tmp"))
-            .env("LANG", "C.UTF-8")
-            .env("RUNNER_ALLOW_RUNASROOT", "1")
-            .env(MARKER_ENV, &spec.id)
-            .env(JIT_ENV, jit.expose())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0)
-            .kill_on_drop(false);
-        let mut child = cmd.spawn().map_err(|source| SandboxError::Start {
+        let path =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let tmp = work.join("tmp");
+        let mut cmd = supervise::command(
+            &dir,
+            self.log_cap,
+            &[
+                OsStr::new("/bin/sh"),
+                OsStr::new("-c"),
+                OsStr::new("cd work && exec \"$0\""),
+                spec.runner_command.as_os_str(),
+            ],
+            &[
+                ("PATH", path.as_os_str()),
+                ("HOME", work.as_os_str()),
+                ("TMPDIR", tmp.as_os_str()),
+                ("LANG", OsStr::new("C.UTF-8")),
+                ("RUNNER_ALLOW_RUNASROOT", OsStr::new("1")),
+                (MARKER_ENV, OsStr::new(&spec.id)),
+                (JIT_ENV, OsStr::new(jit.expose())),
+            ],
+        );
+        let child = cmd.spawn().map_err(|source| SandboxError::Start {
             id: spec.id.clone(),
             command: spec.runner_command.clone(),
             source,
         })?;
         let pid = child.id().unwrap_or(0) as i32;
-        let start = proc_start(pid).map(|(s, _)| s).unwrap_or(0);
-        let pidfile = dir.join("pid");
-        let tmp = dir.join("pid.tmp");
-        std::fs::write(&tmp, format!("{pid} {start}\n"))
-            .and_then(|_| std::fs::rename(&tmp, &pidfile))
-            .map_err(|source| SandboxError::Start {
-                id: spec.id.clone(),
-                command: spec.runner_command.clone(),
-                source,
-            })?;
-        let exits = self.exits.clone();
-        let id = spec.id.clone();
-        let watched = self.watched.clone();
-        watched
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone());
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-            watched
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-            if let Some(tx) = exits {
-                let _ = tx.send(id);
-            }
-        });
+        supervise::write_pid(&dir, pid).map_err(|source| SandboxError::Start {
+            id: spec.id.clone(),
+            command: spec.runner_command.clone(),
+            source,
+        })?;
+        self.watched
+            .spawn(spec.id.clone(), child, self.exits.clone());
         Ok(())
     }
 
     async fn status(&self, id: &str) -> Result<SandboxStatus, SandboxError> {
         check_id(id)?;
-        if self.is_watched(id) {
+        if self.watched.contains(id) {
             return Ok(SandboxStatus::Running);
         }
         Ok(status_of(&self.dir(id)))
@@ -255,7 +200,7 @@ impl Backend for ProcessBackend {
         for e in entries.flatten() {
             if let Some(id) = e.file_name().to_str() {
                 if check_id(id).is_ok() && e.file_type().is_ok_and(|t| t.is_dir()) {
-                    let st = if self.is_watched(id) {
+                    let st = if self.watched.contains(id) {
                         SandboxStatus::Running
                     } else {
                         status_of(&e.path())
@@ -271,15 +216,8 @@ impl Backend for ProcessBackend {
     async fn destroy(&self, id: &str) -> Result<(), SandboxError> {
         check_id(id)?;
         let dir = self.dir(id);
-        self.watched
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        if let Some((pid, start)) = read_pid(&dir) {
-            if alive(pid, start) {
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
+        self.watched.remove(id);
+        supervise::kill_group(&dir);
         // Processes that left the group (setsid, daemonised) still carry the marker.
         for attempt in 0..50 {
             let left = marked_processes(id);
@@ -322,6 +260,9 @@ mod tests {
             id: id.into(),
             runner_name: format!("airlock-t-{id}"),
             runner_command: cmd.to_path_buf(),
+            rootfs: None,
+            image: None,
+            limits: Default::default(),
         }
     }
 

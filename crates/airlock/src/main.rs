@@ -1,7 +1,8 @@
 //! `airlock`: the CLI. Thin: each subcommand parses its arguments and calls into the libraries.
 //!
 //! Exit status: 0 success, 1 runtime failure, 2 invalid config or arguments, 3 the demo's jobs did
-//! not end as expected or something was left behind.
+//! not end as expected or something was left behind, 4 an image failed an integrity check (runner
+//! checksum, modified content), 5 an image is in use.
 
 mod cmd;
 
@@ -45,6 +46,8 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Show pools, runners and open jobs of a running daemon.
     Status(cmd::status::Args),
+    /// Build, list, inspect and remove runner images (container sandboxes start from them).
+    Image(Box<cmd::image::Args>),
 }
 
 pub const EXIT_FAILURE: u8 = 1;
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
             Command::CheckConfig(a) => cmd::check_config::run(a),
             Command::Demo(a) => cmd::demo::run(a).await,
             Command::Status(a) => cmd::status::run(a).await,
+            Command::Image(a) => cmd::image::run(*a).await,
         }
     });
     ExitCode::from(code)

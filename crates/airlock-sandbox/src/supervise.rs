@@ -1,0 +1,163 @@
+//! The supervisor both backends start a sandbox under: a `/bin/sh` in its own process group that
+//! runs the command with its output going to `runner.log` up to a size cap, and then records the
+//! exit status atomically (write, rename) in the sandbox directory. Because it is a process of its
+//! own and its results live on disk, a job survives a crash of airlock, and a restarted daemon
+//! reads how the runner ended.
+//!
+//! Past the cap the output is still read (and counted, and dropped), so a chatty job is never
+//! blocked or killed by a full pipe; the log ends with a line saying how much was dropped.
+
+use std::path::Path;
+
+/// `$0` is the log cap in 512-byte blocks (the unit of `ulimit -f` in a POSIX shell); the
+/// command follows as `$@`. Runs in the sandbox directory. `cat` writes what it reads at once; the
+/// file-size limit stops it at the cap (SIGXFSZ ignored: the write fails, cat exits), and `wc`
+/// drains and counts the rest.
+const SCRIPT: &str = r#"blocks=$0
+{ "$@" </dev/null; echo "$?" > exit_status.tmp; } 2>&1 | {
+  (trap '' XFSZ; ulimit -f "$blocks" && exec cat > runner.log) 2>/dev/null
+  dropped=$(wc -c)
+  if [ "$dropped" -gt 0 ]; then
+    printf '\n[airlock: the log reached its cap of %s bytes; %s more bytes were dropped]\n' "$((blocks * 512))" "$dropped" >> runner.log
+  fi
+}
+mv exit_status.tmp exit_status
+"#;
+
+/// A command that runs `argv` under the supervisor in `dir`, in a new process group, with a clean
+/// environment plus `env`.
+pub(crate) fn command(
+    dir: &Path,
+    log_cap: u64,
+    argv: &[&std::ffi::OsStr],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> tokio::process::Command {
+    // The log is the runner's output: readable by root only. (Not by umask: the runtime inherits
+    // it, and the directories it makes inside the container must stay searchable.)
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join("runner.log"));
+    }
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(SCRIPT)
+        .arg(log_cap.div_ceil(512).max(1).to_string())
+        .args(argv)
+        .current_dir(dir)
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+        );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .kill_on_drop(false);
+    cmd
+}
+
+/// A live process: (start time in clock ticks, state), so a reused pid is not mistaken for ours.
+pub(crate) fn proc_start(pid: i32) -> Option<(u64, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((start, state))
+}
+
+pub(crate) fn read_pid(dir: &Path) -> Option<(i32, u64)> {
+    let s = std::fs::read_to_string(dir.join("pid")).ok()?;
+    let mut it = s.split_whitespace();
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Records the supervisor's pid and start time atomically.
+pub(crate) fn write_pid(dir: &Path, pid: i32) -> std::io::Result<()> {
+    let start = proc_start(pid).map(|(s, _)| s).unwrap_or(0);
+    let tmp = dir.join("pid.tmp");
+    std::fs::write(&tmp, format!("{pid} {start}\n"))?;
+    std::fs::rename(&tmp, dir.join("pid"))
+}
+
+pub(crate) fn alive(pid: i32, start: u64) -> bool {
+    matches!(proc_start(pid), Some((s, state)) if s == start && state != 'Z' && state != 'X')
+}
+
+/// What the files in a sandbox directory say about it.
+pub(crate) fn status_of(dir: &Path) -> crate::SandboxStatus {
+    use crate::SandboxStatus;
+    if !dir.exists() {
+        return SandboxStatus::Missing;
+    }
+    if let Ok(s) = std::fs::read_to_string(dir.join("exit_status")) {
+        return SandboxStatus::Exited(s.trim().parse().ok());
+    }
+    match read_pid(dir) {
+        None => SandboxStatus::Created,
+        Some((pid, start)) if alive(pid, start) => SandboxStatus::Running,
+        Some(_) => SandboxStatus::Exited(None),
+    }
+}
+
+/// Kills the supervisor's process group if it is still the one we started.
+pub(crate) fn kill_group(dir: &Path) {
+    if let Some((pid, start)) = read_pid(dir) {
+        if alive(pid, start) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Keeps the set of supervisors this process waits on, and tells `exits` when one ends.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Watch {
+    set: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl Watch {
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+    pub(crate) fn remove(&self, id: &str) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+    pub(crate) fn spawn(
+        &self,
+        id: String,
+        mut child: tokio::process::Child,
+        exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    ) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone());
+        let set = self.clone();
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+            set.remove(&id);
+            if let Some(tx) = exits {
+                let _ = tx.send(id);
+            }
+        });
+    }
+}

@@ -1,0 +1,279 @@
+//! Shared by the container tests: a cached test image, a backend, and counts of everything a
+//! sandbox can leave on the host.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use airlock_image::{BuildSpec, ImageStore, Manifest, Progress, RunnerSource};
+use airlock_sandbox::container::{ContainerBackend, ContainerConfig, DEFAULT_UID_BASE};
+use airlock_sandbox::net::Subnet;
+use airlock_sandbox::{Backend, Limits, SandboxSpec, SandboxStatus, Secret};
+
+/// The test image's runner: it runs its "JIT config" as a shell script, so a test can run any
+/// commands as the runner user inside a real sandbox.
+const SHELL_RUNNER: &str = "#!/bin/sh\nprintf '%s\\n' \"$ACTIONS_RUNNER_INPUT_JITCONFIG\" > /tmp/job.sh\nexec /bin/sh /tmp/job.sh\n";
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "container tests need root (CI runs as root)"
+    );
+}
+
+/// One image store for every test process of this run, built once under a file lock.
+pub fn images() -> ImageStore {
+    ImageStore::new(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("airlock-test-images"))
+}
+
+/// The shell-runner test image (mmdebstrap minbase + python3-minimal, iproute2, kmod, procps),
+/// built on first use and reused by later tests and runs.
+pub fn shell_image() -> Manifest {
+    let store = images();
+    let d = tempfile::tempdir().unwrap();
+    let runner = d.path().join("runner");
+    std::fs::write(&runner, SHELL_RUNNER).unwrap();
+    std::fs::set_permissions(&runner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = BuildSpec {
+        name: "test-shell".into(),
+        suite: "bookworm".into(),
+        packages: ["python3-minimal", "iproute2", "kmod", "procps"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        runner: RunnerSource::Standin(runner),
+        mirror: None,
+    };
+    store
+        .build_once(&spec, &mut |p| {
+            if let Progress::Step { n, of, what } = p {
+                eprintln!("test image: {n}/{of} {what}");
+            }
+        })
+        .expect("building the test image (needs mmdebstrap and the Debian mirror)")
+}
+
+/// A distinct /16 per test process, so parallel tests never share addresses.
+pub fn subnet_for(slot: u8) -> Subnet {
+    Subnet::parse(&format!("10.{}.0.0/16", 100 + slot)).unwrap()
+}
+
+pub async fn backend(root: &Path, slot: u8) -> ContainerBackend {
+    // tempfile makes 0700 directories; the container's root must pass through them.
+    std::fs::set_permissions(
+        root.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
+    let mut cfg = ContainerConfig::new(root.to_path_buf());
+    cfg.subnet = subnet_for(slot);
+    cfg.log_cap = 64 * 1024;
+    ContainerBackend::probe(cfg, None).await.expect("probe")
+}
+
+pub fn spec(id: &str, m: &Manifest, limits: Limits) -> SandboxSpec {
+    let rootfs = images().shifted_rootfs(m, DEFAULT_UID_BASE).unwrap();
+    SandboxSpec {
+        id: id.into(),
+        runner_name: format!("airlock-test-{id}"),
+        runner_command: PathBuf::from("/").join(airlock_image::STANDIN_PATH),
+        rootfs: Some(rootfs),
+        image: Some(m.short()),
+        limits,
+    }
+}
+
+pub async fn wait_exit(b: &dyn Backend, id: &str, timeout: Duration) -> Option<i32> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match b.status(id).await.unwrap() {
+            SandboxStatus::Exited(code) => return code,
+            s if tokio::time::Instant::now() > deadline => panic!("{id} still {s:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Runs `script` as the runner user in a fresh sandbox; returns (exit code, log). The sandbox
+/// is destroyed afterwards.
+pub async fn run(
+    b: &ContainerBackend,
+    root: &Path,
+    id: &str,
+    limits: Limits,
+    script: &str,
+) -> (Option<i32>, String) {
+    let m = shell_image();
+    let s = spec(id, &m, limits);
+    b.create(&s).await.unwrap();
+    b.start(&s, &Secret::new(script.into())).await.unwrap();
+    let code = wait_exit(b, id, Duration::from_secs(60)).await;
+    let log = std::fs::read_to_string(root.join(id).join("runner.log")).unwrap_or_default();
+    b.destroy(id).await.unwrap();
+    (code, log)
+}
+
+/// Everything of this backend's on the host, by kind: sandbox directories, runtime state,
+/// overlay mounts, links, cgroups, processes, network namespaces.
+#[derive(Debug, Default, PartialEq)]
+pub struct Leftovers {
+    pub dirs: Vec<String>,
+    pub runtime: Vec<String>,
+    pub mounts: Vec<String>,
+    pub links: Vec<String>,
+    pub cgroups: Vec<String>,
+    pub processes: Vec<i32>,
+    pub netns: usize,
+}
+
+impl Leftovers {
+    pub fn is_empty(&self) -> bool {
+        *self == Leftovers::default()
+    }
+}
+
+fn names(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|n| keep(n))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Network namespaces of processes that carry a sandbox marker in their environment, or live in
+/// a namespace other than ours and descend from nothing we know: counted as the number of
+/// distinct namespaces held by processes whose root is under `root`.
+pub fn leftovers(root: &Path, tag_ids: &[String]) -> Leftovers {
+    let mut l = Leftovers {
+        dirs: names(root, |n| !n.starts_with('.')),
+        runtime: names(&root.join(".runtime"), |_| true),
+        ..Default::default()
+    };
+    let prefix = root.to_string_lossy().into_owned();
+    if let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") {
+        l.mounts = mi
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .filter(|m| m.starts_with(&*prefix))
+            .map(str::to_string)
+            .collect();
+    }
+    for (name, alias) in airlock_sandbox::net::list() {
+        if tag_ids.iter().any(|id| alias.ends_with(&format!("/{id}"))) {
+            l.links.push(name);
+        }
+    }
+    for ctrl in names(Path::new("/sys/fs/cgroup"), |_| true) {
+        let parent = Path::new("/sys/fs/cgroup").join(ctrl).join("airlock");
+        for n in names(&parent, |_| true) {
+            if tag_ids.iter().any(|id| n.ends_with(&format!("-{id}"))) {
+                l.cgroups.push(format!("{}", parent.join(n).display()));
+            }
+        }
+    }
+    let mut ns = std::collections::HashSet::new();
+    for pid in names(Path::new("/proc"), |n| n.parse::<i32>().is_ok()) {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let marked = env.split(|b| *b == 0).any(|kv| {
+            kv.starts_with(b"AIRLOCK_SANDBOX=")
+                && tag_ids
+                    .iter()
+                    .any(|id| kv == format!("AIRLOCK_SANDBOX={id}").as_bytes())
+        });
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        if marked || cwd.starts_with(root) {
+            l.processes.push(pid.parse().unwrap());
+            if let Ok(n) = std::fs::read_link(format!("/proc/{pid}/ns/net")) {
+                ns.insert(n);
+            }
+        }
+    }
+    l.netns = ns.len();
+    l
+}
+
+/// A stand-in for "the internet": a network namespace with an HTTP server, reached from the host
+/// (and so from sandboxes, through NAT) at `addr`.
+pub struct Internet {
+    pub ns: String,
+    pub addr: std::net::Ipv4Addr,
+    pub port: u16,
+    server: std::process::Child,
+    host_if: String,
+}
+
+impl Internet {
+    pub fn start(slot: u8) -> Internet {
+        let ns = format!("alt-inet-{}-{slot}", std::process::id());
+        let host_if = format!("alti{}x{slot}", std::process::id() % 100000);
+        let host_ip = format!("10.250.{slot}.1");
+        let addr: std::net::Ipv4Addr = format!("10.250.{slot}.2").parse().unwrap();
+        let sh = |c: &str| {
+            let st = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(c)
+                .status()
+                .unwrap();
+            assert!(st.success(), "{c}");
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(std::process::Stdio::null())
+            .status();
+        sh(&format!(
+            "ip netns add {ns} && ip link add {host_if} type veth peer name eth0 netns {ns} && \
+             ip addr add {host_ip}/30 dev {host_if} && ip link set {host_if} up && \
+             ip -n {ns} addr add {addr}/30 dev eth0 && ip -n {ns} link set eth0 up && \
+             ip -n {ns} link set lo up && ip -n {ns} route add default via {host_ip}"
+        ));
+        let port = 8000;
+        let server = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c"])
+            .arg(
+                "import http.server,sys\n\
+                 class H(http.server.BaseHTTPRequestHandler):\n\
+                 \x20def do_GET(s):\n\
+                 \x20 s.send_response(200); s.end_headers(); s.wfile.write(b'internet-ok')\n\
+                 \x20def log_message(s,*a): pass\n\
+                 http.server.HTTPServer(('0.0.0.0', 8000), H).serve_forever()",
+            )
+            .spawn()
+            .unwrap();
+        // Wait until it answers from the host.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect_timeout(
+                &(addr, port).into(),
+                Duration::from_millis(100),
+            )
+            .is_ok()
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Internet {
+            ns,
+            addr,
+            port,
+            server,
+            host_if,
+        }
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}

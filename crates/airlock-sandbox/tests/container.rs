@@ -1,0 +1,399 @@
+//! The container backend for real: runc/crun, overlay, user namespaces, veth and nftables, as
+//! root. Each escape attempt runs as the runner user inside a fresh sandbox and must fail, beside
+//! a positive control that shows the same check can pass.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use airlock_sandbox::{Backend, Limits, SandboxStatus, Secret};
+use common::*;
+
+fn ids(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_secret_user_namespace_and_nothing_left() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let b = backend(&root, 1).await;
+    let m = shell_image();
+    let s = spec("life1", &m, Limits::default());
+    assert_eq!(b.status("life1").await.unwrap(), SandboxStatus::Missing);
+    b.create(&s).await.unwrap();
+    assert_eq!(b.status("life1").await.unwrap(), SandboxStatus::Created);
+    let config = std::fs::read_to_string(root.join("life1/bundle/config.json")).unwrap();
+    assert!(!config.contains("JITSECRET"));
+    let script = "echo JITSECRET >/dev/null\n\
+        id; hostname; cat /proc/self/uid_map\n\
+        echo pid1=$(cat /proc/1/cmdline | tr '\\0' ' ')\n\
+        grep -E '^Cap(Eff|Bnd)' /proc/self/status\n\
+        grep NoNewPrivs /proc/self/status\n\
+        grep Seccomp: /proc/self/status\n\
+        ls -l /run/airlock/jit\n\
+        ip -4 -o addr show eth0\n\
+        ip route\n\
+        echo home > /home/runner/f && echo home-writable\n\
+        echo tmp > /tmp/f && echo tmp-writable\n\
+        exit 7";
+    b.start(&s, &Secret::new(script.into())).await.unwrap();
+    let code = wait_exit(&b, "life1", Duration::from_secs(60)).await;
+    let log = std::fs::read_to_string(root.join("life1/runner.log")).unwrap();
+    assert_eq!(code, Some(7), "{log}");
+    assert!(log.contains("uid=1001(runner) gid=1001(runner)"), "{log}");
+    assert!(log.contains("airlock-life1"), "hostname: {log}");
+    assert!(log.contains("0     100000      65536"), "uid map: {log}");
+    assert!(log.contains("CapEff:\t0000000000000000"), "{log}");
+    assert!(log.contains("CapBnd:\t0000000000000000"), "{log}");
+    assert!(log.contains("NoNewPrivs:\t1"), "{log}");
+    assert!(log.contains("Seccomp:\t2"), "{log}");
+    assert!(
+        log.contains("-r-------- 1 runner runner"),
+        "jit file: {log}"
+    );
+    assert!(log.contains("inet 10.101.0.2/30"), "{log}");
+    assert!(log.contains("default via 10.101.0.1"), "{log}");
+    assert!(
+        log.contains("home-writable") && log.contains("tmp-writable"),
+        "{log}"
+    );
+    // The secret reached the runner but sits only in the runner-owned file.
+    let jit = std::fs::metadata(root.join("life1/jit")).unwrap();
+    assert_eq!((jit.mode() & 0o777, jit.uid()), (0o400, 101_001));
+    assert_eq!(
+        b.list().await.unwrap(),
+        vec![("life1".to_string(), SandboxStatus::Exited(Some(7)))]
+    );
+    // The runner's writes went to the private layer, never to the image.
+    let image_root = images().shifted_rootfs(&m, 100_000).unwrap();
+    assert!(!image_root.join("home/runner/f").exists());
+    assert!(root.join("life1/upper/home/runner/f").exists());
+
+    b.destroy("life1").await.unwrap();
+    b.destroy("life1").await.unwrap();
+    assert_eq!(b.status("life1").await.unwrap(), SandboxStatus::Missing);
+    assert!(b.list().await.unwrap().is_empty());
+    let left = leftovers(&root, &ids(&["life1"]));
+    assert!(left.is_empty(), "{left:?}");
+    images().verify(&m).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_write_into_the_image_or_read_host_files() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let b = backend(&root, 2).await;
+    let secret = t.path().join("host-secret");
+    std::fs::write(&secret, "HOSTSECRET").unwrap();
+    let script = format!(
+        "for f in /etc/passwd /usr/bin/sh-new /opt/airlock/airlock-runner; do \
+           (echo x > $f) 2>/dev/null && echo WROTE $f; done\n\
+         cat {p} 2>/dev/null && echo READ-HOST-FILE\n\
+         cat /proc/1/root{p} 2>/dev/null && echo READ-VIA-PROC\n\
+         ls /proc/1/root/ >/dev/null 2>&1 || echo no-proc-root\n\
+         cat /sys/kernel/notes >/dev/null 2>&1 && echo READ-SYS-KERNEL\n\
+         echo 1 > /proc/sys/kernel/panic 2>/dev/null && echo WROTE-PROC-SYS\n\
+         echo done",
+        p = secret.display()
+    );
+    let (code, log) = run(&b, &root, "img1", Limits::default(), &script).await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("done"), "{log}");
+    for bad in [
+        "WROTE",
+        "READ-HOST-FILE",
+        "READ-VIA-PROC",
+        "READ-SYS-KERNEL",
+        "WROTE-PROC-SYS",
+    ] {
+        assert!(!log.contains(bad), "{bad}: {log}");
+    }
+    images().verify(&shell_image()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_see_or_signal_host_processes() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let b = backend(&root, 3).await;
+    let mut host = std::process::Command::new("sleep")
+        .arg("3131")
+        .spawn()
+        .unwrap();
+    let pid = host.id();
+    let script = format!(
+        "ps ax | grep -c '[s]leep 3131' | grep -q '^0$' || echo SAW-HOST-PROCESS\n\
+         echo procs=$(ls /proc | grep -c '^[0-9]')\n\
+         kill -9 {pid} 2>/dev/null && echo KILLED-HOST\n\
+         kill -9 1 2>/dev/null; echo still-here"
+    );
+    let (code, log) = run(&b, &root, "proc1", Limits::default(), &script).await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        !log.contains("SAW-HOST-PROCESS") && !log.contains("KILLED-HOST"),
+        "{log}"
+    );
+    let procs: usize = log
+        .lines()
+        .find_map(|l| l.strip_prefix("procs="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(procs < 10, "sees only its own processes: {log}");
+    assert!(host.try_wait().unwrap().is_none(), "the host process lives");
+    host.kill().unwrap();
+    host.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_mount_unshare_and_kernel_modules() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let b = backend(&root, 4).await;
+    let script = r#"mkdir -p /tmp/m
+mount -t tmpfs none /tmp/m 2>/dev/null && echo MOUNTED
+unshare -Ur true 2>/dev/null && echo UNSHARED-USERNS
+unshare -r -m true 2>/dev/null && echo UNSHARED-MOUNTNS
+modprobe dummy 2>/dev/null && echo LOADED-MODULE
+perl -e '
+my ($z, $none, $m, $t) = ("", "none", "/tmp/m", "tmpfs");
+print "init_module ", syscall(175, 0, 0, $z), " $!\n";
+print "finit_module ", syscall(313, 0, $z, 0), " $!\n";
+print "mount ", syscall(165, $none, $m, $t, 0, 0), " $!\n";
+print "unshare ", syscall(272, 0x10000000), " $!\n";
+print "bpf ", syscall(321, 0, 0, 0), " $!\n";
+'
+echo done"#;
+    let (code, log) = run(&b, &root, "mnt1", Limits::default(), script).await;
+    assert_eq!(code, Some(0), "{log}");
+    for bad in ["MOUNTED", "UNSHARED", "LOADED-MODULE"] {
+        assert!(!log.contains(bad), "{bad}: {log}");
+    }
+    for call in ["init_module", "finit_module", "mount", "unshare", "bpf"] {
+        assert!(
+            log.contains(&format!("{call} -1 Operation not permitted")),
+            "{call} must fail with EPERM: {log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_kills_the_hog_not_the_host() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let b = backend(&root, 5).await;
+    let limits = Limits {
+        memory_mib: Some(96),
+        ..Default::default()
+    };
+    // `tail` keeps a line without newlines in memory: 400 MiB of it.
+    let script = "head -c 400M /dev/zero | tail > /dev/null; code=$?\n\
+        echo hog-exit=$code\n\
+        [ $code -ne 0 ] || echo HOG-SURVIVED\n\
+        cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null\n\
+        exit 1";
+    let (code, log) = run(&b, &root, "oom1", limits, script).await;
+    assert!(!log.contains("HOG-SURVIVED"), "{log}");
+    assert!(
+        log.contains("hog-exit=137"),
+        "killed by SIGKILL (OOM): {log}"
+    );
+    assert_eq!(
+        code,
+        Some(1),
+        "the runner outlives its hog and reports: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_bomb_stops_at_pids_max() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let b = backend(&root, 6).await;
+    let limits = Limits {
+        pids_max: Some(64),
+        ..Default::default()
+    };
+    // Only builtins once the bomb has gone off: nothing else can fork.
+    // The bomb runs in a subshell that dies when fork fails; after it, only builtins.
+    let script = "(n=0; while [ $n -lt 500 ]; do sleep 30 & n=$((n+1)); done) 2>/dev/null\n\
+        echo bomb-stopped\n\
+        m=0; for p in /proc/[0-9]*; do m=$((m+1)); done; echo started=$m\n\
+        exit 3";
+    let started = std::time::Instant::now();
+    let (code, log) = run(&b, &root, "fork1", limits, script).await;
+    let host_ok = std::process::Command::new("true")
+        .status()
+        .unwrap()
+        .success();
+    assert!(host_ok, "the host can still fork");
+    let left = leftovers(&root, &ids(&["fork1"]));
+    assert!(left.is_empty(), "{left:?}");
+    let n: usize = log
+        .lines()
+        .find_map(|l| l.strip_prefix("started="))
+        .unwrap_or_else(|| panic!("{log}"))
+        .parse()
+        .unwrap();
+    assert!(n > 10 && n <= 64, "at most pids_max processes: {log}");
+    assert!(log.contains("bomb-stopped"), "{log}");
+    assert_eq!(code, Some(3), "{log}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_reaches_the_internet_but_not_the_host_or_other_sandboxes() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let b = backend(&root, 7).await;
+    let inet = Internet::start(7);
+    // A host service on every address.
+    let host = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let hport = host.local_addr().unwrap().port();
+    // Another sandbox serving on its address.
+    let m = shell_image();
+    let other = spec("net2", &m, Limits::default());
+    b.create(&other).await.unwrap();
+    b.start(
+        &other,
+        &Secret::new(
+            "ip -4 -o addr show eth0\nexec python3 -c '\nimport socket\ns=socket.socket()\n\
+             s.bind((\"0.0.0.0\", 8080)); s.listen(8); print(\"listening\", flush=True)\n\
+             while True: s.accept()[0].close()\n'"
+                .into(),
+        ),
+    )
+    .await
+    .unwrap();
+    let other_ip = "10.107.0.2"; // the first /30 of slot 7
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let probe = |addr: &str, port: u16, label: &str| {
+        format!(
+            "python3 -c '\nimport socket,sys\ns=socket.socket(); s.settimeout(3)\n\
+             try:\n s.connect((\"{addr}\", {port})); print(\"{label}-REACHED\")\n\
+             except Exception as e: print(\"{label}-blocked\", e)\n'\n"
+        )
+    };
+    let mut script = String::from("ip -4 -o addr show eth0\n");
+    script += &probe(&inet.addr.to_string(), inet.port, "INTERNET");
+    script += &probe("10.107.0.5", hport, "GATEWAY"); // our own host end
+    script += &probe("10.250.7.1", hport, "HOSTADDR"); // another host address
+    script += &probe("127.0.0.1", hport, "LOOPBACK"); // the sandbox's own loopback
+    script += &probe(other_ip, 8080, "SANDBOX");
+    script += &probe("169.254.169.254", 80, "METADATA");
+    let (code, log) = run(&b, &root, "net1", Limits::default(), &script).await;
+    let other_log = std::fs::read_to_string(root.join("net2/runner.log")).unwrap();
+    b.destroy("net2").await.unwrap();
+    let log = format!("{log}\n--- net2:\n{other_log}");
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("INTERNET-REACHED"), "positive control: {log}");
+    assert!(
+        log.contains("net2:\nlistening") || log.contains("\nlistening"),
+        "the other sandbox served: {log}"
+    );
+    for bad in ["GATEWAY", "HOSTADDR", "LOOPBACK", "SANDBOX", "METADATA"] {
+        assert!(log.contains(&format!("{bad}-blocked")), "{bad}: {log}");
+    }
+    drop(host);
+    let left = leftovers(&root, &ids(&["net1", "net2"]));
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_is_capped_and_the_job_is_not_blocked() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let b = backend(&root, 8).await;
+    let m = shell_image();
+    let s = spec("log1", &m, Limits::default());
+    b.create(&s).await.unwrap();
+    b.start(
+        &s,
+        &Secret::new(
+            "head -c 1000000 /dev/zero | tr '\\0' x; echo; echo finished >&2; exit 4".into(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        wait_exit(&b, "log1", Duration::from_secs(60)).await,
+        Some(4)
+    );
+    let log = std::fs::read_to_string(root.join("log1/runner.log")).unwrap();
+    assert!(log.len() < 64 * 1024 + 200, "{} bytes", log.len());
+    assert!(
+        log.contains("reached its cap of 65536 bytes"),
+        "{}",
+        &log[log.len() - 200..]
+    );
+    b.destroy("log1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_backend_finds_and_reaps_what_a_killed_one_left() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let m = shell_image();
+    {
+        let b = backend(&root, 9).await;
+        for id in ["orph1", "orph2"] {
+            let s = spec(id, &m, Limits::default());
+            b.create(&s).await.unwrap();
+            b.start(&s, &Secret::new("sleep 300".into())).await.unwrap();
+        }
+        // One created but never started, one half-made by hand (a directory only).
+        b.create(&spec("orph3", &m, Limits::default()))
+            .await
+            .unwrap();
+        std::fs::create_dir(root.join("orph4")).unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The daemon "dies": the backend object is dropped, its sandboxes keep running.
+    }
+    let all = ids(&["orph1", "orph2", "orph3", "orph4"]);
+    let before = leftovers(&root, &all);
+    assert!(
+        before.processes.len() >= 2 && before.links.len() == 3,
+        "{before:?}"
+    );
+    let b = backend(&root, 9).await;
+    let listed = b.list().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        all,
+        "{listed:?}"
+    );
+    assert_eq!(b.status("orph1").await.unwrap(), SandboxStatus::Running);
+    for id in &all {
+        b.destroy(id).await.unwrap();
+    }
+    let left = leftovers(&root, &all);
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_failed_create_leaves_nothing() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let b = backend(&root, 10).await;
+    let mut s = spec("bad1", &shell_image(), Limits::default());
+    s.rootfs = Some(t.path().join("no-such-rootfs"));
+    let e = b.create(&s).await.unwrap_err();
+    assert!(e.to_string().contains("not a runner image"), "{e}");
+    s.rootfs = None;
+    let e = b.create(&s).await.unwrap_err();
+    assert!(e.to_string().contains("needs an image"), "{e}");
+    let left = leftovers(&root, &ids(&["bad1"]));
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -1,0 +1,324 @@
+//! End to end on the container backend, as root: ghsim plays GitHub from a network namespace of
+//! its own (where the internet would be: sandboxes reach it through the same NAT as real
+//! traffic), airlock runs every job in a fresh container from an image built with mmdebstrap,
+//! and afterwards nothing of any sandbox is left on the host: no directory, runtime state, mount,
+//! link, cgroup or process.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use airlock_ghsim::{Faults, JobSpec, Sim, SimConfig, Status};
+use common::*;
+
+/// The stand-in runner to put in the image: the static build, or the glibc one (Debian images
+/// share the host's glibc).
+fn standin() -> PathBuf {
+    let static_bin = target_dir()
+        .parent()
+        .unwrap()
+        .join("standin-bin/airlock-runner");
+    if static_bin.is_file() {
+        static_bin
+    } else {
+        runner_bin()
+    }
+}
+
+fn image_store() -> airlock_image::ImageStore {
+    airlock_image::ImageStore::new(
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("airlock-test-images"),
+    )
+}
+
+/// The e2e image (minbase + the stand-in), built once per target directory.
+fn image() -> airlock_image::Manifest {
+    image_store()
+        .build_once(
+            &airlock_image::BuildSpec {
+                name: "test-standin".into(),
+                suite: "bookworm".into(),
+                packages: vec![],
+                runner: airlock_image::RunnerSource::Standin(standin()),
+                mirror: None,
+            },
+            &mut |p| {
+                if let airlock_image::Progress::Step { n, of, what } = p {
+                    eprintln!("e2e image: {n}/{of} {what}");
+                }
+            },
+        )
+        .expect("building the e2e image (needs mmdebstrap and the Debian mirror)")
+}
+
+/// A network namespace for ghsim, linked to the host at 10.251.SLOT.1 <-> .2.
+struct GhNet {
+    ns: String,
+    host_if: String,
+    host_ip: String,
+}
+
+impl GhNet {
+    fn new(slot: u8) -> (GhNet, std::net::TcpListener) {
+        let ns = format!("alt-gh-{}-{slot}", std::process::id());
+        let host_if = format!("altg{}x{slot}", std::process::id() % 100000);
+        let host_ip = format!("10.251.{slot}.1");
+        let inner = format!("10.251.{slot}.2");
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ip netns add {ns} && ip link add {host_if} type veth peer name eth0 netns {ns} && \
+                 ip addr add {host_ip}/30 dev {host_if} && ip link set {host_if} up && \
+                 ip -n {ns} addr add {inner}/30 dev eth0 && ip -n {ns} link set eth0 up && \
+                 ip -n {ns} link set lo up && ip -n {ns} route add default via {host_ip}"
+            ))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        // A socket belongs to the namespace it was made in: make it on a thread that joined ghsim's.
+        let path = format!("/run/netns/{ns}");
+        let listener = std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            std::net::TcpListener::bind(format!("{inner}:0")).unwrap()
+        })
+        .join()
+        .unwrap();
+        (
+            GhNet {
+                ns,
+                host_if,
+                host_ip,
+            },
+            listener,
+        )
+    }
+}
+
+impl Drop for GhNet {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}
+
+struct CEnv {
+    env: Env,
+    net: GhNet,
+}
+
+impl CEnv {
+    fn containers(&self) -> PathBuf {
+        self.env.state().join("containers")
+    }
+    fn remnants(&self) -> Vec<String> {
+        airlock_sandbox::container::remnants(&self.containers())
+    }
+}
+
+async fn container_env(slot: u8, max: u32, extra: &str) -> CEnv {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "container e2e tests need root (CI runs as root)"
+    );
+    let m = image();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    write_secret(&dir.path().join("webhook-secret"), SECRET);
+    write_secret(&dir.path().join("token"), TOKEN);
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::symlink(image_store().root(), state.join("images")).unwrap();
+    let (net, listener) = GhNet::new(slot);
+    let sim = Sim::start_on(
+        SimConfig {
+            webhook_secret: SECRET.as_bytes().to_vec(),
+            tokens: vec![TOKEN.into()],
+            heartbeat_timeout: Duration::from_secs(5),
+            long_poll: Duration::from_secs(2),
+            ..SimConfig::default()
+        },
+        listener,
+    )
+    .await
+    .unwrap();
+    sim.sim.set_faults(Faults::default());
+    let config = format!(
+        "[server]\nlisten = \"0.0.0.0:0\"\nstate_dir = \"{}\"\ndrain_grace = \"20s\"\n\n\
+         [github]\napi_url = \"{}\"\nwebhook_secret_file = \"webhook-secret\"\ntoken_file = \"token\"\n\
+         poll_interval = \"5s\"\nrequest_timeout = \"5s\"\n\n\
+         [container]\nsubnet = \"10.{}.0.0/16\"\n\n\
+         [[pool]]\nname = \"box\"\nscope = \"repo:octo/hello\"\nlabels = [\"self-hosted\", \"linux\", \"box\"]\n\
+         backend = \"container\"\nimage = \"{}\"\nmax_runners = {max}\nmemory_mib = 256\npids_max = 512\ncpus = 1\n{extra}\n",
+        state.display(),
+        sim.url,
+        120 + slot,
+        m.name,
+    );
+    let mut env = Env {
+        dir,
+        sim: Some(sim),
+        daemon: None,
+        config,
+    };
+    env.start_daemon().await;
+    // Webhooks go to the daemon on the host's loopback (ghsim's client is in the host's namespace).
+    let port = env.daemon().addr.port();
+    env.sim()
+        .set_webhook_url(Some(format!("http://127.0.0.1:{port}/webhook")));
+    CEnv { env, net }
+}
+
+fn job(name: &str, steps: &[&str]) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        labels: vec!["self-hosted".into(), "linux".into(), "box".into()],
+        steps: steps.iter().map(|s| s.to_string()).collect(),
+        drop_webhooks: false,
+    }
+}
+
+fn conclusions(sim: &airlock_ghsim::Sim) -> Vec<(String, Option<String>)> {
+    let mut v: Vec<_> = sim
+        .jobs()
+        .into_iter()
+        .map(|j| (j.name, j.conclusion))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_run_isolated_in_containers_and_nothing_is_left() {
+    let c = container_env(1, 4, "").await;
+    let port = c.env.daemon().addr.port();
+    let host = c.net.host_ip.clone();
+    let reach_airlock = format!(
+        "if timeout 3 bash -c 'echo > /dev/tcp/{host}/{port}' 2>/dev/null; then echo REACHED-AIRLOCK; exit 1; fi"
+    );
+    let writes_image = "if echo x > /usr/bin/planted 2>/dev/null; then exit 1; fi";
+    c.env.submit_specs(
+        "octo/hello",
+        vec![
+            job(
+                "as-runner",
+                &["test \"$(id -u)\" = 1001", "test \"$(id -un)\" = runner"],
+            ),
+            job(
+                "plant",
+                &[
+                    "echo leftover > /home/runner/planted",
+                    "echo leftover > /tmp/planted",
+                ],
+            ),
+            job("fails", &["exit 3"]),
+            job("oom", &["head -c 800M /dev/zero | tail > /dev/null"]),
+            job("no-airlock", &[&reach_airlock]),
+            job("read-only-image", &[writes_image]),
+            job("reaches-github", &["true"]),
+        ],
+    );
+    c.env.wait_all_done(Duration::from_secs(120)).await;
+    // Nothing survives from one job to the next.
+    c.env.submit_specs(
+        "octo/hello",
+        vec![job(
+            "after-plant",
+            &[
+                "test ! -e /home/runner/planted",
+                "test ! -e /tmp/planted",
+                "test ! -e /usr/bin/planted",
+            ],
+        )],
+    );
+    c.env.wait_all_done(Duration::from_secs(60)).await;
+    let got = conclusions(c.env.sim());
+    let want: Vec<(String, Option<String>)> = [
+        ("after-plant", "success"),
+        ("as-runner", "success"),
+        ("fails", "failure"),
+        ("no-airlock", "success"),
+        ("oom", "failure"),
+        ("plant", "success"),
+        ("reaches-github", "success"),
+        ("read-only-image", "success"),
+    ]
+    .iter()
+    .map(|(n, c)| (n.to_string(), Some(c.to_string())))
+    .collect();
+    assert_eq!(got, want);
+    c.env.assert_nothing_left();
+    let left = c.remnants();
+    assert!(left.is_empty(), "{left:?}");
+    // The image was only ever read.
+    image_store().verify(&image()).unwrap();
+    let CEnv { env, net } = c;
+    env.shutdown().await;
+    drop(net);
+}
+
+/// 100 jobs, then a SIGKILL-like crash of the daemon with containers running, a restart, and
+/// zero of anything left on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_jobs_and_a_crash_leave_nothing() {
+    let mut c = container_env(2, 8, "").await;
+    let before = c.remnants();
+    assert!(before.is_empty(), "{before:?}");
+    let jobs: Vec<JobSpec> = (0..100)
+        .map(|i| job(&format!("j{i:03}"), &["true"]))
+        .collect();
+    c.env.submit_specs("octo/hello", jobs);
+    c.env.wait_all_done(Duration::from_secs(600)).await;
+    assert!(c
+        .env
+        .sim()
+        .jobs()
+        .iter()
+        .all(|j| j.conclusion.as_deref() == Some("success")));
+    let after = c.remnants();
+    assert!(after.is_empty(), "after 100 jobs: {after:?}");
+
+    // Crash with jobs in flight.
+    let slow: Vec<JobSpec> = (0..6)
+        .map(|i| job(&format!("slow{i}"), &["sleep 4"]))
+        .collect();
+    c.env.submit_specs("octo/hello", slow);
+    let running = wait_until(Duration::from_secs(60), || {
+        c.env
+            .sim()
+            .jobs()
+            .iter()
+            .filter(|j| j.status == Status::InProgress)
+            .count()
+            >= 3
+    })
+    .await;
+    assert!(running, "jobs started");
+    c.env.daemon.take().unwrap().crash().await;
+    let mid = c.remnants();
+    assert!(!mid.is_empty(), "sandboxes outlive a crashed daemon");
+    c.env.start_daemon().await;
+    let port = c.env.daemon().addr.port();
+    c.env
+        .sim()
+        .set_webhook_url(Some(format!("http://127.0.0.1:{port}/webhook")));
+    c.env.wait_all_done(Duration::from_secs(120)).await;
+    assert!(c
+        .env
+        .sim()
+        .jobs()
+        .iter()
+        .all(|j| j.status == Status::Completed));
+    c.env.assert_nothing_left();
+    let left = c.remnants();
+    assert!(left.is_empty(), "after the crash: {left:?}");
+    let CEnv { env, net } = c;
+    env.shutdown().await;
+    drop(net);
+}
