@@ -337,7 +337,8 @@ impl ContainerBackend {
         let jit = dir.join("jit");
         write_owned(&jit, b"", base + RUNNER_UID).map_err(|e| setup(id, "jit", e))?;
         let link = self.allocate(id).await?;
-        net::create(&link, &self.link_key(id)).map_err(|e| SandboxError::Setup {
+        // A link left by an earlier sandbox of this id (crash) would make the hook fail.
+        net::delete(&link.host_if).map_err(|e| SandboxError::Setup {
             id: id.into(),
             detail: e.to_string(),
         })?;
@@ -352,7 +353,7 @@ impl ContainerBackend {
             jit_file: &jit,
             resolv_conf: &dir.join("resolv.conf"),
             hosts: &dir.join("hosts"),
-            net_hook: net::hook_args(&link),
+            net_hook: net::hook_args(&link, &self.link_key(id)),
         })
         .map_err(|e| SandboxError::Setup {
             id: id.into(),
