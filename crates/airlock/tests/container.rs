@@ -111,6 +111,36 @@ impl Drop for GhNet {
 struct CEnv {
     env: Env,
     net: GhNet,
+    _reaper: Reaper,
+}
+
+/// Destroys the containers a test left when it ends, also when it fails part-way.
+struct Reaper(PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let root = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use airlock_sandbox::Backend;
+                if !root.exists() {
+                    return;
+                }
+                let cfg = airlock_sandbox::container::ContainerConfig::new(root);
+                if let Ok(b) = airlock_sandbox::container::ContainerBackend::probe(cfg, None).await
+                {
+                    for (id, _) in b.list().await.unwrap_or_default() {
+                        let _ = b.destroy(&id).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
 }
 
 impl CEnv {
@@ -172,7 +202,12 @@ async fn container_env(slot: u8, max: u32, extra: &str) -> CEnv {
     let port = env.daemon().addr.port();
     env.sim()
         .set_webhook_url(Some(format!("http://127.0.0.1:{port}/webhook")));
-    CEnv { env, net }
+    let reaper = Reaper(env.state().join("containers"));
+    CEnv {
+        env,
+        net,
+        _reaper: reaper,
+    }
 }
 
 fn job(name: &str, steps: &[&str]) -> JobSpec {
@@ -258,7 +293,7 @@ async fn jobs_run_isolated_in_containers_and_nothing_is_left() {
     assert!(left.is_empty(), "{left:?}");
     // The image was only ever read.
     image_store().verify(&image()).unwrap();
-    let CEnv { env, net } = c;
+    let CEnv { env, net, .. } = c;
     env.shutdown().await;
     drop(net);
 }
@@ -318,7 +353,7 @@ async fn a_hundred_jobs_and_a_crash_leave_nothing() {
     c.env.assert_nothing_left();
     let left = c.remnants();
     assert!(left.is_empty(), "after the crash: {left:?}");
-    let CEnv { env, net } = c;
+    let CEnv { env, net, .. } = c;
     env.shutdown().await;
     drop(net);
 }

@@ -144,9 +144,8 @@ fn names(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Network namespaces of processes that carry a sandbox marker in their environment, or live in
-/// a namespace other than ours and descend from nothing we know: counted as the number of
-/// distinct namespaces held by processes whose root is under `root`.
+/// What this root's sandboxes (`tag_ids`) left, found independently of the backend's own
+/// `list` and `remnants`; network namespaces are counted through the processes holding them.
 pub fn leftovers(root: &Path, tag_ids: &[String]) -> Leftovers {
     let mut l = Leftovers {
         dirs: names(root, |n| !n.starts_with('.')),
@@ -162,15 +161,20 @@ pub fn leftovers(root: &Path, tag_ids: &[String]) -> Leftovers {
             .map(str::to_string)
             .collect();
     }
+    // The backend tags links and cgroups with a hash of its root (see container.rs).
+    let tag = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(root.to_string_lossy().as_bytes()))[..8].to_string()
+    };
     for (name, alias) in airlock_sandbox::net::list() {
-        if tag_ids.iter().any(|id| alias.ends_with(&format!("/{id}"))) {
+        if tag_ids.iter().any(|id| alias == format!("{tag}/{id}")) {
             l.links.push(name);
         }
     }
     for ctrl in names(Path::new("/sys/fs/cgroup"), |_| true) {
         let parent = Path::new("/sys/fs/cgroup").join(ctrl).join("airlock");
         for n in names(&parent, |_| true) {
-            if tag_ids.iter().any(|id| n.ends_with(&format!("-{id}"))) {
+            if tag_ids.iter().any(|id| n == format!("{tag}-{id}")) {
                 l.cgroups.push(format!("{}", parent.join(n).display()));
             }
         }
@@ -185,7 +189,9 @@ pub fn leftovers(root: &Path, tag_ids: &[String]) -> Leftovers {
                     .any(|id| kv == format!("AIRLOCK_SANDBOX={id}").as_bytes())
         });
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
-        if marked || cwd.starts_with(root) {
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let ours = cwd.starts_with(root) || cgroup.contains(&format!("/airlock/{tag}-"));
+        if (marked && cgroup.contains(&tag)) || ours {
             l.processes.push(pid.parse().unwrap());
             if let Ok(n) = std::fs::read_link(format!("/proc/{pid}/ns/net")) {
                 ns.insert(n);
@@ -275,5 +281,31 @@ impl Drop for Internet {
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &self.ns])
             .status();
+    }
+}
+
+/// Destroys whatever a test's backend left under `root` when the test ends, also when it fails
+/// part-way, so one failure never leaves containers running into the next tests.
+pub struct Reaper(pub PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let root = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if !root.exists() {
+                    return;
+                }
+                let b = backend(&root, 99).await;
+                for (id, _) in b.list().await.unwrap_or_default() {
+                    let _ = b.destroy(&id).await;
+                }
+            });
+        })
+        .join();
     }
 }
