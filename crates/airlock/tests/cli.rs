@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -77,7 +78,7 @@ fn the_demo_passes_and_leaves_nothing() {
     let d = tempfile::tempdir().unwrap();
     // The runner is found beside the airlock binary.
     let out = airlock()
-        .args(["demo", "--state-dir"])
+        .args(["demo", "--backend", "process", "--state-dir"])
         .arg(d.path())
         .output()
         .unwrap();
@@ -89,6 +90,7 @@ fn the_demo_passes_and_leaves_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("✓ demo passed"), "{text}");
+    assert!(text.contains("process backend: NOT isolated"), "{text}");
     assert!(text.contains("lost-webhook"), "{text}");
     assert!(text.contains("failure  failure ✓"), "{text}");
     assert_eq!(
@@ -370,4 +372,128 @@ fn cmd_in(root: &std::path::Path) -> Command {
         c.arg("--map-root-user").arg(find("chroot")).arg(root);
         c
     }
+}
+
+/// As root (CI), `airlock demo` runs every job in a container sandbox, with ghsim in its own
+/// network namespace, and checks that no container remnant is left.
+#[test]
+fn the_demo_runs_on_the_container_backend_as_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the container demo needs root (CI runs as root)"
+    );
+    runner_bin();
+    let d = tempfile::tempdir().unwrap();
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("airlock-test-images");
+    let out = airlock()
+        .args(["demo", "--backend", "container", "--image-cache"])
+        .arg(&cache)
+        .arg("--state-dir")
+        .arg(d.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("in container sandboxes"), "{text}");
+    assert!(text.contains("reached through NAT"), "{text}");
+    assert!(text.contains("✓ demo passed"), "{text}");
+    assert!(
+        airlock_sandbox::container::remnants(&d.path().join("containers")).is_empty(),
+        "{text}"
+    );
+}
+
+#[test]
+fn image_commands_say_what_is_wrong_with_distinct_exit_statuses() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("state");
+    let run = |args: &[&str]| {
+        let out = airlock()
+            .args(["image"])
+            .args(args)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = run(&["ls"]);
+    assert_eq!((code, out.contains("no images")), (Some(0), true));
+    let (code, _, err) = run(&["build", "Bad_Name"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("invalid image name"), "{err}");
+    let (code, _, err) = run(&["inspect", "nope"]);
+    assert_eq!(code, Some(2), "{err}");
+    // A runner tarball whose checksum does not match aborts before anything is built.
+    let tarball = d.path().join("actions-runner.tar.gz");
+    std::fs::write(&tarball, "not the release").unwrap();
+    let zeros = "0".repeat(64);
+    let (code, _, err) = run(&[
+        "build",
+        "gh",
+        "--runner-version",
+        "2.321.0",
+        "--runner-sha256",
+        &zeros,
+        "--runner-tarball",
+        tarball.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("checksum mismatch"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(state.join("images"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a failed build leaves nothing: {left:?}");
+    let (code, _, err) = run(&["build", "gh", "--runner-sha256", &zeros]);
+    assert_eq!(code, Some(2), "{err}");
+
+    // An image a sandbox was made from is never removed.
+    let hex = "ab".repeat(32);
+    let dir = state.join("images/fake").join(&hex);
+    std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+    let m = airlock_image::Manifest {
+        name: "fake".into(),
+        digest: format!("sha256:{hex}"),
+        suite: "bookworm".into(),
+        built_at: "2026-01-01T00:00:00.000Z".into(),
+        build_seconds: 1.0,
+        size_bytes: 0,
+        files: 0,
+        extra_packages: vec![],
+        packages: vec![],
+        runner: airlock_image::RunnerInfo {
+            kind: "standin".into(),
+            version: "0".into(),
+            sha256: zeros.clone(),
+            path: "/opt/airlock/airlock-runner".into(),
+        },
+    };
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string(&m).unwrap(),
+    )
+    .unwrap();
+    let sandbox = state.join("containers/sb1");
+    std::fs::create_dir_all(&sandbox).unwrap();
+    std::fs::write(sandbox.join("image"), format!("fake@sha256:{hex}\n")).unwrap();
+    let (code, out, _) = run(&["ls"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("fake") && out.contains("yes"), "{out}");
+    let (code, _, err) = run(&["rm", "fake"]);
+    assert_eq!(code, Some(5), "{err}");
+    assert!(dir.join("manifest.json").exists());
+    std::fs::remove_dir_all(&sandbox).unwrap();
+    let (code, out, err) = run(&["rm", "fake"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("removed fake@sha256:abab"), "{out}");
+    assert!(!dir.exists());
 }

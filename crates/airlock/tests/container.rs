@@ -53,64 +53,9 @@ fn image() -> airlock_image::Manifest {
         .expect("building the e2e image (needs mmdebstrap and the Debian mirror)")
 }
 
-/// A network namespace for ghsim, linked to the host at 10.251.SLOT.1 <-> .2.
-struct GhNet {
-    ns: String,
-    host_if: String,
-    host_ip: String,
-}
-
-impl GhNet {
-    fn new(slot: u8) -> (GhNet, std::net::TcpListener) {
-        let ns = format!("alt-gh-{}-{slot}", std::process::id());
-        let host_if = format!("altg{}x{slot}", std::process::id() % 100000);
-        let host_ip = format!("10.251.{slot}.1");
-        let inner = format!("10.251.{slot}.2");
-        let st = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "ip netns add {ns} && ip link add {host_if} type veth peer name eth0 netns {ns} && \
-                 ip addr add {host_ip}/30 dev {host_if} && ip link set {host_if} up && \
-                 ip -n {ns} addr add {inner}/30 dev eth0 && ip -n {ns} link set eth0 up && \
-                 ip -n {ns} link set lo up && ip -n {ns} route add default via {host_ip}"
-            ))
-            .status()
-            .unwrap();
-        assert!(st.success());
-        // A socket belongs to the namespace it was made in: make it on a thread that joined ghsim's.
-        let path = format!("/run/netns/{ns}");
-        let listener = std::thread::spawn(move || {
-            let f = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            std::net::TcpListener::bind(format!("{inner}:0")).unwrap()
-        })
-        .join()
-        .unwrap();
-        (
-            GhNet {
-                ns,
-                host_if,
-                host_ip,
-            },
-            listener,
-        )
-    }
-}
-
-impl Drop for GhNet {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .status();
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.ns])
-            .status();
-    }
-}
-
 struct CEnv {
     env: Env,
-    net: GhNet,
+    net: airlock_sandbox::net::Outside,
     _reaper: Reaper,
 }
 
@@ -165,7 +110,13 @@ async fn container_env(slot: u8, max: u32, extra: &str) -> CEnv {
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     std::os::unix::fs::symlink(image_store().root(), state.join("images")).unwrap();
-    let (net, listener) = GhNet::new(slot);
+    let net = airlock_sandbox::net::Outside::new(
+        &format!("e2e-{}-{slot}", std::process::id()),
+        format!("10.251.{slot}.1").parse().unwrap(),
+        format!("10.251.{slot}.2").parse().unwrap(),
+    )
+    .unwrap();
+    let listener = net.listen(0).unwrap();
     let sim = Sim::start_on(
         SimConfig {
             webhook_secret: SECRET.as_bytes().to_vec(),
@@ -233,7 +184,7 @@ fn conclusions(sim: &airlock_ghsim::Sim) -> Vec<(String, Option<String>)> {
 async fn jobs_run_isolated_in_containers_and_nothing_is_left() {
     let c = container_env(1, 4, "").await;
     let port = c.env.daemon().addr.port();
-    let host = c.net.host_ip.clone();
+    let host = c.net.host_ip;
     let reach_airlock = format!(
         "if timeout 3 bash -c 'echo > /dev/tcp/{host}/{port}' 2>/dev/null; then echo REACHED-AIRLOCK; exit 1; fi"
     );

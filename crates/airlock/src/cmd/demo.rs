@@ -1,5 +1,8 @@
 //! `airlock demo`: airlock's main job, end to end, with nothing to set up. It starts the GitHub
-//! emulator and the daemon (process backend, SQLite in a temporary state directory), submits
+//! emulator and the daemon (SQLite in a temporary state directory) on the container backend
+//! where it works (root, an OCI runtime whose probe passes, an image it builds once and reuses),
+//! with ghsim in a network namespace of its own where the internet would be; otherwise on the
+//! process backend, with a warning that it is not isolated. It submits
 //! sample workflows — several jobs over three pools, one job that fails, one whose webhook is
 //! lost — shows progress, prints a table per job and exits 0 only if every job ended as expected
 //! and nothing was left behind (sandboxes, runner registrations, processes, live runners).
@@ -17,6 +20,27 @@ pub struct Args {
     /// Give up if the jobs have not finished by then.
     #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Where jobs run: `container` where its probe passes (else `process`), or one of them.
+    #[arg(long, value_enum, default_value_t = DemoBackend::Auto)]
+    backend: DemoBackend,
+    /// Runner images are built here once and reused by later demos.
+    #[arg(long, default_value = "/var/cache/airlock/images")]
+    image_cache: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoBackend {
+    Auto,
+    Container,
+    Process,
+}
+
+/// What the demo's pools run on.
+enum Mode {
+    Process,
+    Container {
+        outside: airlock_sandbox::net::Outside,
+    },
 }
 
 struct Expect {
@@ -99,8 +123,13 @@ const JOBS: &[Expect] = &[
     },
 ];
 
-fn config_text(state: &Path, api: &str, runner: &Path) -> String {
-    let r = runner.display();
+fn config_text(state: &Path, api: &str, runner: &Path, container: bool) -> String {
+    // Container pools take the runner from the image's manifest.
+    let r = if container {
+        "backend = \"container\"\nimage = \"demo\"\nmemory_mib = 512\npids_max = 1024".to_string()
+    } else {
+        format!("runner_command = \"{}\"", runner.display())
+    };
     format!(
         r#"
 [server]
@@ -119,7 +148,7 @@ request_timeout = "10s"
 name = "small"
 scope = "repo:demo/app"
 labels = ["self-hosted", "linux", "small"]
-runner_command = "{r}"
+{r}
 max_runners = 3
 idle_timeout = "20s"
 boot_timeout = "60s"
@@ -128,7 +157,7 @@ boot_timeout = "60s"
 name = "big"
 scope = "repo:demo/app"
 labels = ["self-hosted", "linux", "big"]
-runner_command = "{r}"
+{r}
 max_runners = 2
 idle_timeout = "20s"
 boot_timeout = "60s"
@@ -137,13 +166,101 @@ boot_timeout = "60s"
 name = "web"
 scope = "org:demo"
 labels = ["self-hosted", "linux", "web"]
-runner_command = "{r}"
+{r}
 max_runners = 2
 idle_timeout = "20s"
 boot_timeout = "60s"
 "#,
         state = state.display()
     )
+}
+
+/// Container mode when asked for or possible: root, a runtime whose probe passes, and the demo
+/// image (built once into the cache with progress shown, then reused). `auto` falls back to the
+/// process backend with the reason; `container` fails instead.
+async fn choose_backend(a: &Args, state: &Path, runner: &Path) -> Result<Mode, String> {
+    if a.backend == DemoBackend::Process {
+        return Ok(Mode::Process);
+    }
+    match container_mode(a, state, runner).await {
+        Ok(m) => Ok(m),
+        Err(e) if a.backend == DemoBackend::Auto => {
+            println!("  ! the container backend is not available here: {e}");
+            println!(
+                "  ! falling back to the process backend: jobs run on this host WITHOUT isolation"
+            );
+            Ok(Mode::Process)
+        }
+        Err(e) => Err(format!("the container backend is not available: {e}")),
+    }
+}
+
+async fn container_mode(a: &Args, state: &Path, runner: &Path) -> Result<Mode, String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("it needs root (run the demo with sudo for isolated jobs)".into());
+    }
+    // Container sandboxes' root users are unprivileged on the host and must pass through.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| format!("cannot open up {}: {e}", state.display()))?;
+    }
+    let probe_root = state.join("containers");
+    airlock_sandbox::container::ContainerBackend::probe(
+        airlock_sandbox::container::ContainerConfig::new(probe_root),
+        None,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let store = airlock_image::ImageStore::new(a.image_cache.clone());
+    let spec = airlock_image::BuildSpec {
+        name: "demo".into(),
+        suite: "bookworm".into(),
+        packages: vec![],
+        runner: airlock_image::RunnerSource::Standin(runner.to_path_buf()),
+        mirror: None,
+    };
+    let started = Instant::now();
+    let m = tokio::task::spawn_blocking(move || {
+        let mut printed = false;
+        let r = store.build_once(&spec, &mut |p| {
+            if let airlock_image::Progress::Step { n, of, what } = p {
+                if !printed {
+                    println!("  image       building \"demo\" (once; later demos reuse it)");
+                    printed = true;
+                }
+                println!(
+                    "              [{n}/{of}] {what} ({:.0}s)",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        });
+        r.map(|m| (m, store))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("cannot build the demo image: {e}"))?;
+    let (m, store) = m;
+    let images = state.join("images");
+    if !images.exists() {
+        std::os::unix::fs::symlink(store.root(), &images)
+            .map_err(|e| format!("cannot link {}: {e}", images.display()))?;
+    }
+    println!(
+        "  runner      {} in container sandboxes (image {}, {} packages)",
+        m.runner.path,
+        m.short(),
+        m.packages.len()
+    );
+    // An address pair for ghsim's namespace that no sandbox subnet uses.
+    let n = std::process::id() % 250;
+    let outside = airlock_sandbox::net::Outside::new(
+        &format!("demo-{}", std::process::id()),
+        format!("10.252.{n}.1").parse().expect("an address"),
+        format!("10.252.{n}.2").parse().expect("an address"),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Mode::Container { outside })
 }
 
 /// The stand-in runner is built with airlock and sits beside it.
@@ -240,25 +357,40 @@ async fn demo(a: Args) -> Result<bool, String> {
 
     println!("airlock demo");
     println!("  state dir   {}", state.display());
-    println!(
-        "  runner      {} (process backend: NOT isolated; fine for a demo)",
-        runner.display()
-    );
-    let sim = Sim::start(
-        SimConfig {
-            webhook_secret: secret.into_bytes(),
-            tokens: vec![token],
-            heartbeat_timeout: Duration::from_secs(10),
-            long_poll: Duration::from_secs(5),
-            ..Default::default()
-        },
-        "127.0.0.1:0".parse().expect("a valid address"),
-    )
-    .await
+    let mode = choose_backend(&a, &state, &runner).await?;
+    let sim_cfg = SimConfig {
+        webhook_secret: secret.into_bytes(),
+        tokens: vec![token],
+        heartbeat_timeout: Duration::from_secs(10),
+        long_poll: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let sim = match &mode {
+        Mode::Process => {
+            println!(
+                "  runner      {} (process backend: NOT isolated; fine for a demo)",
+                runner.display()
+            );
+            Sim::start(sim_cfg, "127.0.0.1:0".parse().expect("a valid address")).await
+        }
+        Mode::Container { outside } => {
+            let l = outside
+                .listen(0)
+                .map_err(|e| format!("cannot listen in {}: {e}", outside.ns))?;
+            Sim::start_on(sim_cfg, l).await
+        }
+    }
     .map_err(|e| e.to_string())?;
-    println!("  GitHub      emulated by ghsim at {}", sim.url);
+    match &mode {
+        Mode::Process => println!("  GitHub      emulated by ghsim at {}", sim.url),
+        Mode::Container { outside } => println!(
+            "  GitHub      emulated by ghsim at {} (network namespace {}, reached through NAT)",
+            sim.url, outside.ns
+        ),
+    }
 
-    let text = config_text(&state, &sim.url, &runner);
+    let container = matches!(mode, Mode::Container { .. });
+    let text = config_text(&state, &sim.url, &runner, container);
     let (cfg, _) = airlock_config::load_str(&text, &state).map_err(|d| {
         let lines: Vec<String> = d.iter().map(|x| x.to_string()).collect();
         format!("the demo's own config is invalid:\n{}", lines.join("\n"))
@@ -266,8 +398,10 @@ async fn demo(a: Args) -> Result<bool, String> {
     let handle = airlock_daemon::start(cfg)
         .await
         .map_err(|e| super::serve::chain(&e))?;
-    sim.sim
-        .set_webhook_url(Some(format!("http://{}/webhook", handle.addr)));
+    sim.sim.set_webhook_url(Some(format!(
+        "http://127.0.0.1:{}/webhook",
+        handle.addr.port()
+    )));
     println!("  airlock     http://{} (metrics at /metrics)", handle.addr);
 
     let mut ids = Vec::new();
@@ -396,6 +530,11 @@ async fn demo(a: Args) -> Result<bool, String> {
     if !procs.is_empty() {
         leftovers.push(format!("sandbox processes still running: {procs:?}"));
     }
+    if container {
+        for r in airlock_sandbox::container::remnants(&state.join("containers")) {
+            leftovers.push(format!("container sandbox: {r}"));
+        }
+    }
     if report.forced > 0 {
         leftovers.push(format!(
             "{} busy runner(s) had to be destroyed at shutdown",
@@ -404,6 +543,7 @@ async fn demo(a: Args) -> Result<bool, String> {
     }
     let stats = sim.sim.stats();
     sim.shutdown().await;
+    drop(mode);
 
     println!();
     println!(
@@ -417,9 +557,16 @@ async fn demo(a: Args) -> Result<bool, String> {
         );
     }
     if leftovers.is_empty() {
-        println!(
-            "✓ nothing left behind: no sandboxes, registrations, runner processes or live runners"
-        );
+        if container {
+            println!(
+                "✓ nothing left behind: no containers, overlays, links, cgroups, registrations, \
+                 runner processes or live runners"
+            );
+        } else {
+            println!(
+                "✓ nothing left behind: no sandboxes, registrations, runner processes or live runners"
+            );
+        }
     } else {
         ok = false;
         for l in &leftovers {
