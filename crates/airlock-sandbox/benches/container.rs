@@ -161,7 +161,7 @@ async fn main() {
     println!("airlock ready (create -> runner ran inside):        p50 {rp50:.1} ms  p95 {rp95:.1} ms  ({:.2}x bare p50)", rp50 / bp50);
     let (kp50, kp95) = (pct(&mut created, 0.5), pct(&mut created, 0.95));
     println!(
-        "  of which create (overlay, link, spec):             p50 {kp50:.1} ms  p95 {kp95:.1} ms"
+        "  of which create (overlay, spec, files):           p50 {kp50:.1} ms  p95 {kp95:.1} ms"
     );
     println!(
         "airlock teardown (destroy):                         p50 {tp50:.1} ms  p95 {tp95:.1} ms"
@@ -210,6 +210,10 @@ async fn main() {
         let store = airlock_image::ImageStore::new(t.path().join("images"));
         let runner = t.path().join("runner.sh");
         std::fs::write(&runner, "#!/bin/sh\nexit 0\n").unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&runner, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let t0 = Instant::now();
         let st = std::process::Command::new("mmdebstrap")
             .args(["--mode=root", "--variant=minbase", "--quiet", "bookworm"])
