@@ -774,6 +774,95 @@ boot_timeout = 7
     }
 
     #[test]
+    fn container_pools_and_the_container_section() {
+        let d = dir_with_secrets();
+        std::fs::create_dir_all(d.path().join("state/images/runner")).unwrap();
+        let good = format!(
+            "{GOOD}\n[container]\nruntime = \"runc\"\nsubnet = \"10.9.0.0/16\"\ndns = [\"9.9.9.9\"]\n\n\
+             [[pool]]\nname = \"box\"\nscope = \"org:octo\"\nlabels = [\"box\"]\nbackend = \"container\"\n\
+             image = \"runner\"\ncpus = 1.5\nmemory_mib = 2048\npids_max = 512\n"
+        );
+        let (c, diags) = load_str(&good, d.path()).unwrap();
+        assert!(diags.is_empty(), "{diags:?}");
+        let p = &c.pools[2];
+        assert_eq!(p.backend, BackendKind::Container);
+        assert_eq!(p.image.as_deref(), Some("runner"));
+        assert_eq!(p.runner_command, None, "taken from the image's manifest");
+        assert_eq!(
+            (p.cpus, p.memory_mib, p.pids_max),
+            (Some(1.5), Some(2048), Some(512))
+        );
+        assert_eq!(c.container.runtime.as_deref(), Some("runc"));
+        assert_eq!(c.container.subnet, "10.9.0.0/16");
+        assert_eq!(c.container.uid_base, 100_000);
+        assert_eq!(c.server.job_log_max_bytes, 16 << 20);
+
+        let bad = r#"
+[server]
+state_dir = "state,x"
+job_log_max_mib = 0
+
+[github]
+token_file = "token"
+webhook_secret_file = "secret"
+
+[container]
+subnet = "10.9.0.1/16"
+uid_base = 0
+dns = ["127.0.0.53", "nine"]
+colour = "red"
+
+[[pool]]
+name = "box"
+scope = "org:octo"
+labels = ["box"]
+backend = "container"
+cpus = 0
+memory_mib = 1
+pids_max = 2
+io_weight = 5000
+runner_command = "relative/run.sh"
+
+[[pool]]
+name = "later"
+scope = "org:octo"
+labels = ["later"]
+backend = "container"
+image = "never-built"
+"#;
+        let diags = load_str(bad, d.path()).unwrap_err();
+        let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        for (key, line) in [
+            ("server.state_dir", 3),
+            ("server.job_log_max_mib", 4),
+            ("container.subnet", 11),
+            ("container.uid_base", 12),
+            ("container.dns", 13),
+            ("container.colour", 14),
+            ("pool[0].image", 16),
+            ("pool[0].cpus", 21),
+            ("pool[0].memory_mib", 22),
+            ("pool[0].pids_max", 23),
+            ("pool[0].io_weight", 24),
+            ("pool[0].runner_command", 25),
+        ] {
+            assert!(
+                diags.iter().any(|d| d.key == key
+                    && d.severity == Severity::Error
+                    && (d.line == Some(line) || key == "pool[0].image")),
+                "no error for {key} (line {line}) in:\n{}",
+                text.join("\n")
+            );
+        }
+        assert!(
+            diags.iter().any(|d| d.key == "pool[1].image"
+                && d.severity == Severity::Warning
+                && d.message.contains("airlock image build never-built")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
     fn warnings_for_identical_label_sets_and_no_webhook_secret() {
         let d = dir_with_secrets();
         let text = r#"

@@ -10,6 +10,17 @@ use std::time::Duration;
 use airlock_sandbox::{Backend, Limits, SandboxStatus, Secret};
 use common::*;
 
+/// The host pid of a process whose command line (NUL-separated) contains `needle`.
+fn find_process(needle: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        String::from_utf8_lossy(&cmd)
+            .contains(needle)
+            .then_some(pid)
+    })
+}
+
 fn ids(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -129,18 +140,44 @@ async fn escape_see_or_signal_host_processes() {
         .spawn()
         .unwrap();
     let pid = host.id();
+    // Another sandbox, running `sleep 3132`.
+    let m = shell_image();
+    let other = spec("proc2", &m, Limits::default());
+    b.create(&other).await.unwrap();
+    b.start(&other, &Secret::new("exec sleep 3132".into()))
+        .await
+        .unwrap();
+    let mut other_pid = None;
+    for _ in 0..200 {
+        other_pid = find_process("sleep\03132");
+        if other_pid.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let other_pid = other_pid.expect("the other sandbox's sleep runs");
     let script = format!(
-        "ps ax | grep -c '[s]leep 3131' | grep -q '^0$' || echo SAW-HOST-PROCESS\n\
+        "sleep 3133 & ps ax | grep -q '[s]leep 3133' && echo OWN-VISIBLE\n\
+         ps ax | grep -c '[s]leep 3131' | grep -q '^0$' || echo SAW-HOST-PROCESS\n\
+         ps ax | grep -c '[s]leep 3132' | grep -q '^0$' || echo SAW-OTHER-SANDBOX\n\
          echo procs=$(ls /proc | grep -c '^[0-9]')\n\
          kill -9 {pid} 2>/dev/null && echo KILLED-HOST\n\
+         kill -9 {other_pid} 2>/dev/null && echo KILLED-OTHER\n\
          kill -9 1 2>/dev/null; echo still-here"
     );
     let (code, log) = run(&b, &root, "proc1", Limits::default(), &script).await;
     assert_eq!(code, Some(0), "{log}");
-    assert!(
-        !log.contains("SAW-HOST-PROCESS") && !log.contains("KILLED-HOST"),
-        "{log}"
-    );
+    assert!(log.contains("OWN-VISIBLE"), "positive control: {log}");
+    for bad in [
+        "SAW-HOST-PROCESS",
+        "SAW-OTHER-SANDBOX",
+        "KILLED-HOST",
+        "KILLED-OTHER",
+    ] {
+        assert!(!log.contains(bad), "{bad}: {log}");
+    }
+    assert_eq!(b.status("proc2").await.unwrap(), SandboxStatus::Running);
+    b.destroy("proc2").await.unwrap();
     let procs: usize = log
         .lines()
         .find_map(|l| l.strip_prefix("procs="))
@@ -204,7 +241,25 @@ async fn memory_limit_kills_the_hog_not_the_host() {
         [ $code -ne 0 ] || echo HOG-SURVIVED\n\
         cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null\n\
         exit 1";
+    // A neighbour runs through the hog's OOM kill untouched.
+    let m = shell_image();
+    let neighbour = spec("oom2", &m, Limits::default());
+    b.create(&neighbour).await.unwrap();
+    b.start(
+        &neighbour,
+        &Secret::new("sleep 2; echo neighbour-ok; exit 0".into()),
+    )
+    .await
+    .unwrap();
     let (code, log) = run(&b, &root, "oom1", limits, script).await;
+    assert_eq!(
+        wait_exit(&b, "oom2", Duration::from_secs(30)).await,
+        Some(0),
+        "the neighbour finished"
+    );
+    let nlog = std::fs::read_to_string(root.join("oom2/runner.log")).unwrap();
+    assert!(nlog.contains("neighbour-ok"), "{nlog}");
+    b.destroy("oom2").await.unwrap();
     assert!(!log.contains("HOG-SURVIVED"), "{log}");
     assert!(
         log.contains("hog-exit=137"),
