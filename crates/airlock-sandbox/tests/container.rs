@@ -149,7 +149,7 @@ async fn escape_see_or_signal_host_processes() {
         .unwrap();
     let mut other_pid = None;
     for _ in 0..200 {
-        other_pid = find_process("sleep\03132");
+        other_pid = find_process("sleep\x003132");
         if other_pid.is_some() {
             break;
         }

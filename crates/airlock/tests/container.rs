@@ -98,6 +98,10 @@ impl CEnv {
 }
 
 async fn container_env(slot: u8, max: u32, extra: &str) -> CEnv {
+    container_env_with(slot, max, extra, true).await
+}
+
+async fn container_env_with(slot: u8, max: u32, extra: &str, start: bool) -> CEnv {
     assert!(
         nix::unistd::geteuid().is_root(),
         "container e2e tests need root (CI runs as root)"
@@ -148,11 +152,14 @@ async fn container_env(slot: u8, max: u32, extra: &str) -> CEnv {
         daemon: None,
         config,
     };
-    env.start_daemon().await;
-    // Webhooks go to the daemon on the host's loopback (ghsim's client is in the host's namespace).
-    let port = env.daemon().addr.port();
-    env.sim()
-        .set_webhook_url(Some(format!("http://127.0.0.1:{port}/webhook")));
+    if start {
+        env.start_daemon().await;
+        // Webhooks go to the daemon on the host's loopback (ghsim's client is in the host's
+        // namespace).
+        let port = env.daemon().addr.port();
+        env.sim()
+            .set_webhook_url(Some(format!("http://127.0.0.1:{port}/webhook")));
+    }
     let reaper = Reaper(env.state().join("containers"));
     CEnv {
         env,
@@ -307,4 +314,82 @@ async fn a_hundred_jobs_and_a_crash_leave_nothing() {
     let CEnv { env, net, .. } = c;
     env.shutdown().await;
     drop(net);
+}
+
+/// `airlock serve` (the real binary) is SIGKILLed with containers running jobs; restarted, it
+/// finishes every job and, after SIGTERM, nothing of any sandbox is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_real_daemon_mid_job_loses_and_leaks_nothing() {
+    use std::io::BufRead;
+    let c = container_env_with(4, 4, "", false).await;
+    let cfg_path = c.env.dir.path().join("airlock.toml");
+    std::fs::write(&cfg_path, &c.env.config).unwrap();
+    let serve = |sim: &airlock_ghsim::Sim| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+            .args(["serve", "--config"])
+            .arg(&cfg_path)
+            .env("AIRLOCK_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().rsplit(':').next().unwrap().to_string();
+        sim.set_webhook_url(Some(format!("http://127.0.0.1:{port}/webhook")));
+        child
+    };
+    let mut daemon = serve(c.env.sim());
+    c.env.submit_specs(
+        "octo/hello",
+        (0..3)
+            .map(|i| job(&format!("k{i}"), &["sleep 3"]))
+            .collect(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || c
+            .env
+            .sim()
+            .jobs()
+            .iter()
+            .all(|j| j.status == Status::InProgress))
+        .await
+    );
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    assert!(
+        !c.remnants().is_empty(),
+        "the jobs' containers outlive the daemon"
+    );
+    let mut daemon = serve(c.env.sim());
+    assert!(
+        wait_until(Duration::from_secs(90), || c
+            .env
+            .sim()
+            .jobs()
+            .iter()
+            .all(|j| j.status == Status::Completed)
+            && c.env.sim().runners().is_empty()
+            && c.remnants().is_empty())
+        .await,
+        "jobs {:?}, registrations {:?}, remnants {:?}",
+        c.env.sim().jobs(),
+        c.env.sim().runners(),
+        c.remnants()
+    );
+    assert!(c
+        .env
+        .sim()
+        .jobs()
+        .iter()
+        .all(|j| j.conclusion.as_deref() == Some("success")));
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    let left = c.remnants();
+    assert!(left.is_empty(), "{left:?}");
 }
