@@ -154,7 +154,13 @@ fn valid_subnet(s: &str) -> bool {
     (8..=28).contains(&p) && u32::from(a) & !(u32::MAX << (32 - p)) == 0
 }
 
-const SERVER_KEYS: &[&str] = &["listen", "state_dir", "drain_grace", "job_log_max_mib"];
+const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "state_dir",
+    "drain_grace",
+    "job_log_max_mib",
+    "job_logs_keep",
+];
 const CONTAINER_KEYS: &[&str] = &["runtime", "subnet", "uid_base", "dns"];
 const GITHUB_KEYS: &[&str] = &[
     "api_url",
@@ -175,6 +181,7 @@ const POOL_KEYS: &[&str] = &[
     "backend",
     "runner_command",
     "image",
+    "packages",
     "cpus",
     "memory_mib",
     "pids_max",
@@ -246,6 +253,9 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
             format!("{job_log_max_mib} is out of range (1 to 1048576)"),
         );
     }
+    let job_logs_keep = w
+        .take::<usize>(&mut t, "server", "job_logs_keep", "a whole number of logs")
+        .unwrap_or(1000);
     w.unknown(t, "server", SERVER_KEYS);
     if state_dir.to_string_lossy().contains([',', ':']) {
         w.error(
@@ -258,6 +268,7 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
         state_dir,
         drain_grace,
         job_log_max_bytes: job_log_max_mib.clamp(1, 1 << 20) << 20,
+        job_logs_keep,
     };
 
     // [container]
@@ -548,6 +559,28 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
                 c
             }
         };
+        let packages = w
+            .take::<Vec<String>>(&mut t, &sec, "packages", "a list of Debian package names")
+            .unwrap_or_default();
+        for p in &packages {
+            let ok = p.len() >= 2
+                && p.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.')
+                })
+                && p.starts_with(|c: char| c.is_ascii_alphanumeric());
+            if !ok {
+                w.error(
+                    &format!("{sec}.packages"),
+                    format!("{p:?} is not a Debian package name"),
+                );
+            }
+        }
+        if backend == BackendKind::Process && !packages.is_empty() {
+            w.warn(
+                &format!("{sec}.packages"),
+                "ignored: the process backend runs on the host, not in an image",
+            );
+        }
         let cpus = w.take::<f64>(&mut t, &sec, "cpus", "a number of CPUs such as 2 or 0.5");
         if cpus.is_some_and(|c| !(0.01..=1024.0).contains(&c)) {
             w.error(&format!("{sec}.cpus"), "must be between 0.01 and 1024");
@@ -600,6 +633,7 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
                 backend,
                 runner_command,
                 image,
+                packages,
                 cpus,
                 memory_mib,
                 pids_max,

@@ -91,6 +91,8 @@ pub struct ServerConfig {
     pub drain_grace: Duration,
     /// Each sandbox's runner log is cut at this many bytes (the rest is counted and dropped).
     pub job_log_max_bytes: u64,
+    /// How many finished sandboxes' logs are kept under `state_dir/logs` (newest first).
+    pub job_logs_keep: usize,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -148,6 +150,9 @@ pub struct PoolConfig {
     pub runner_command: Option<PathBuf>,
     /// The image (`NAME` for its newest build, or `NAME@DIGEST`): container pools.
     pub image: Option<String>,
+    /// Debian packages the pool's jobs need in its image; `airlock image build NAME --config F`
+    /// installs those of every pool using NAME, and `check-config` says when a build lacks some.
+    pub packages: Vec<String>,
     pub cpus: Option<f64>,
     pub memory_mib: Option<u64>,
     pub pids_max: Option<i64>,

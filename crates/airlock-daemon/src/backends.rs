@@ -14,7 +14,7 @@ use airlock_image::ImageStore;
 use airlock_sandbox::container::{ContainerBackend, ContainerConfig};
 use airlock_sandbox::net::Subnet;
 use airlock_sandbox::process::ProcessBackend;
-use airlock_sandbox::{Backend, Limits, SandboxError, SandboxSpec, SandboxStatus, Secret};
+use airlock_sandbox::{Backend, Limits, LogKeep, SandboxError, SandboxSpec, SandboxStatus, Secret};
 use async_trait::async_trait;
 
 #[derive(Debug)]
@@ -31,8 +31,13 @@ impl Backends {
         exits: tokio::sync::mpsc::UnboundedSender<String>,
     ) -> Result<Backends, SandboxError> {
         let dir = &cfg.server.state_dir;
+        let logs = LogKeep {
+            dir: dir.join("logs"),
+            keep: cfg.server.job_logs_keep,
+        };
         let process = ProcessBackend::new(dir.join("sandboxes"), Some(exits.clone()))
-            .with_log_cap(cfg.server.job_log_max_bytes);
+            .with_log_cap(cfg.server.job_log_max_bytes)
+            .with_logs(logs.clone());
         process.probe().await?;
         let wants_container = cfg
             .pools
@@ -48,6 +53,7 @@ impl Backends {
             c.uid_base = cfg.container.uid_base;
             c.log_cap = cfg.server.job_log_max_bytes;
             c.dns = cfg.container.dns.clone();
+            c.logs = Some(logs);
             Some(ContainerBackend::probe(c, Some(exits)).await?)
         } else {
             None

@@ -28,7 +28,7 @@ use sha2::Digest as _;
 
 use crate::net::{self, Subnet};
 use crate::ocispec::{self, ContainerSpec, ID_RANGE, RUNNER_UID};
-use crate::supervise::{self, status_of, Watch};
+use crate::supervise::{self, status_of, LogKeep, Watch};
 use crate::{check_id, Backend, SandboxError, SandboxSpec, SandboxStatus, Secret};
 
 /// Runtimes tried, in order, when none is configured.
@@ -49,6 +49,8 @@ pub struct ContainerConfig {
     /// Name servers written into each sandbox's resolv.conf; empty: the host's, minus loopback
     /// ones (which a sandbox cannot reach).
     pub dns: Vec<Ipv4Addr>,
+    /// Keeps finished sandboxes' logs; `None`: they go with the sandbox.
+    pub logs: Option<LogKeep>,
 }
 
 impl ContainerConfig {
@@ -60,6 +62,7 @@ impl ContainerConfig {
             uid_base: DEFAULT_UID_BASE,
             log_cap: crate::process::DEFAULT_LOG_CAP,
             dns: Vec::new(),
+            logs: None,
         }
     }
 }
@@ -699,7 +702,10 @@ impl Backend for ContainerBackend {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         last.map_err(fail)?;
-        // 5. Files.
+        // 5. Files, the log kept first.
+        if let Some(l) = &self.cfg.logs {
+            l.keep(&dir, id);
+        }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

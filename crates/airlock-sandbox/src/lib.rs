@@ -14,6 +14,8 @@ pub mod ocispec;
 pub mod process;
 mod supervise;
 
+pub use supervise::LogKeep;
+
 use std::path::PathBuf;
 
 use async_trait::async_trait;

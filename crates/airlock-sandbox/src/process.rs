@@ -21,7 +21,7 @@ use std::ffi::OsStr;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::supervise::{self, status_of, Watch};
+use crate::supervise::{self, status_of, LogKeep, Watch};
 use crate::{check_id, Backend, SandboxError, SandboxSpec, SandboxStatus, Secret};
 
 pub const MARKER_ENV: &str = "AIRLOCK_SANDBOX";
@@ -38,6 +38,7 @@ pub struct ProcessBackend {
     /// looking at the disk or /proc (which `list` would otherwise do for every sandbox, every pass).
     watched: Watch,
     log_cap: u64,
+    logs: Option<LogKeep>,
 }
 
 impl ProcessBackend {
@@ -52,7 +53,14 @@ impl ProcessBackend {
             exits,
             watched: Watch::default(),
             log_cap: DEFAULT_LOG_CAP,
+            logs: None,
         }
+    }
+
+    /// Keeps finished sandboxes' logs (see `LogKeep`); without it they go with the sandbox.
+    pub fn with_logs(mut self, logs: LogKeep) -> ProcessBackend {
+        self.logs = Some(logs);
+        self
     }
 
     /// Caps each sandbox's `runner.log` at `bytes`.
@@ -234,6 +242,9 @@ impl Backend for ProcessBackend {
                 });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(l) = &self.logs {
+            l.keep(&dir, id);
         }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),

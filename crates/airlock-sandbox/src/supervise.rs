@@ -161,3 +161,97 @@ impl Watch {
         });
     }
 }
+
+/// Where finished sandboxes' logs are kept, and how many.
+#[derive(Debug, Clone)]
+pub struct LogKeep {
+    pub dir: std::path::PathBuf,
+    /// The newest this many logs are kept; older ones are deleted.
+    pub keep: usize,
+}
+
+impl LogKeep {
+    /// Moves a sandbox's `runner.log` to `dir/<id>.log` (mode 0600) before the sandbox directory
+    /// goes, then deletes the oldest logs beyond `keep`. Best effort: a log that cannot be kept is
+    /// reported and dropped, never a reason for a sandbox to stay.
+    pub(crate) fn keep(&self, sandbox_dir: &Path, id: &str) {
+        let src = sandbox_dir.join("runner.log");
+        if !src.is_file() {
+            return;
+        }
+        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot keep job logs");
+            return;
+        }
+        let dest = self.dir.join(format!("{id}.log"));
+        if std::fs::rename(&src, &dest).is_err() {
+            if let Err(e) = std::fs::copy(&src, &dest) {
+                tracing::warn!(sandbox = %id, error = %e, "cannot keep the job log");
+                return;
+            }
+        }
+        self.prune();
+    }
+
+    fn prune(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut logs: Vec<(std::time::SystemTime, std::path::PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        if logs.len() <= self.keep {
+            return;
+        }
+        logs.sort();
+        let excess = logs.len() - self.keep;
+        for (_, p) in logs.into_iter().take(excess) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_kept_and_the_oldest_pruned() {
+        let t = tempfile::tempdir().unwrap();
+        let keep = LogKeep {
+            dir: t.path().join("logs"),
+            keep: 2,
+        };
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            let sb = t.path().join(id);
+            std::fs::create_dir(&sb).unwrap();
+            std::fs::write(sb.join("runner.log"), format!("log {id}")).unwrap();
+            let when =
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i as u64);
+            std::fs::File::options()
+                .write(true)
+                .open(sb.join("runner.log"))
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+            keep.keep(&sb, id);
+            assert!(!sb.join("runner.log").exists());
+        }
+        let mut left: Vec<String> = std::fs::read_dir(&keep.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["b.log", "c.log"]);
+        assert_eq!(
+            std::fs::read_to_string(keep.dir.join("c.log")).unwrap(),
+            "log c"
+        );
+        // A sandbox without a log is fine.
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        keep.keep(&t.path().join("d"), "d");
+    }
+}

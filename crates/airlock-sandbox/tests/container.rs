@@ -86,6 +86,10 @@ async fn lifecycle_secret_user_namespace_and_nothing_left() {
 
     b.destroy("life1").await.unwrap();
     b.destroy("life1").await.unwrap();
+    // The log outlives the sandbox, readable by root only.
+    let kept = t.path().join("logs/life1.log");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), log);
+    assert_eq!(std::fs::metadata(&kept).unwrap().mode() & 0o777, 0o600);
     assert_eq!(b.status("life1").await.unwrap(), SandboxStatus::Missing);
     assert!(b.list().await.unwrap().is_empty());
     let left = leftovers(&root, &ids(&["life1"]));

@@ -482,6 +482,31 @@ fn image_commands_say_what_is_wrong_with_distinct_exit_statuses() {
         serde_json::to_string(&m).unwrap(),
     )
     .unwrap();
+    // check-config says when a pool asks for packages its image lacks.
+    write_secret(&d.path().join("token"), "t");
+    write_secret(&d.path().join("webhook-secret"), "s");
+    let cfg = d.path().join("airlock.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nstate_dir = \"{}\"\n[github]\ntoken_file = \"token\"\nwebhook_secret_file = \"webhook-secret\"\n\
+             [[pool]]\nname = \"box\"\nscope = \"org:o\"\nlabels = [\"box\"]\nbackend = \"container\"\n\
+             image = \"fake\"\npackages = [\"git\", \"curl\"]\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let out = airlock()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("pool[0].packages: image fake@sha256:abababababab lacks git, curl"),
+        "{err}"
+    );
     let sandbox = state.join("containers/sb1");
     std::fs::create_dir_all(&sandbox).unwrap();
     std::fs::write(sandbox.join("image"), format!("fake@sha256:{hex}\n")).unwrap();

@@ -69,6 +69,10 @@ pub async fn backend(root: &Path, slot: u8) -> ContainerBackend {
     let mut cfg = ContainerConfig::new(root.to_path_buf());
     cfg.subnet = subnet_for(slot);
     cfg.log_cap = 64 * 1024;
+    cfg.logs = Some(airlock_sandbox::LogKeep {
+        dir: root.parent().unwrap().join("logs"),
+        keep: 100,
+    });
     ContainerBackend::probe(cfg, None).await.expect("probe")
 }
 

@@ -51,7 +51,8 @@ struct BuildArgs {
     /// Debian suite.
     #[arg(long, default_value = "bookworm")]
     suite: String,
-    /// Extra Debian packages (repeat, or separate with commas), e.g. git,curl,build-essential.
+    /// Extra Debian packages (repeat, or separate with commas), e.g. git,curl,build-essential;
+    /// with --config, the `packages` of every pool that uses this image are added.
     #[arg(long = "package", short = 'p', value_delimiter = ',')]
     packages: Vec<String>,
     /// GitHub's runner release version, e.g. 2.321.0 (with --runner-sha256 and a tarball or URL).
@@ -75,13 +76,35 @@ struct BuildArgs {
     mirror: Option<String>,
 }
 
-fn state_dir(a: &Args) -> Result<PathBuf, u8> {
+/// The state directory, and the config when one was given.
+fn state_dir(a: &Args) -> Result<(PathBuf, Option<airlock_config::Config>), u8> {
     if let Some(c) = &a.config {
-        return super::load_config(c).map(|c| c.server.state_dir);
+        let c = super::load_config(c)?;
+        return Ok((c.server.state_dir.clone(), Some(c)));
     }
-    Ok(a.state_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/var/lib/airlock")))
+    Ok((
+        a.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/airlock")),
+        None,
+    ))
+}
+
+/// The packages the config's pools that use image `name` ask for.
+pub fn pool_packages(cfg: &airlock_config::Config, name: &str) -> Vec<String> {
+    let mut out: Vec<String> = cfg
+        .pools
+        .iter()
+        .filter(|p| {
+            p.image
+                .as_deref()
+                .is_some_and(|i| i.split('@').next() == Some(name))
+        })
+        .flat_map(|p| p.packages.iter().cloned())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Digests of images that sandboxes were made from and still exist.
@@ -110,13 +133,27 @@ fn fail(e: ImageError) -> u8 {
 }
 
 pub async fn run(a: Args) -> u8 {
-    let dir = match state_dir(&a) {
+    let (dir, cfg) = match state_dir(&a) {
         Ok(d) => d,
         Err(code) => return code,
     };
     let store = ImageStore::new(dir.join("images"));
     match a.command {
-        ImageCommand::Build(b) => build(store, b).await,
+        ImageCommand::Build(mut b) => {
+            if let Some(cfg) = &cfg {
+                let from_pools = pool_packages(cfg, &b.name);
+                if !from_pools.is_empty() {
+                    eprintln!(
+                        "packages the config's pools ask for: {}",
+                        from_pools.join(", ")
+                    );
+                }
+                b.packages.extend(from_pools);
+                b.packages.sort();
+                b.packages.dedup();
+            }
+            build(store, b).await
+        }
         ImageCommand::Ls => match store.list() {
             Ok(list) => {
                 let used = in_use(&dir);
