@@ -5,22 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the container backend and the image builder drive: an OCI runtime (runc; crun
-# too, which the probe tries first), mmdebstrap, nftables, iproute2 and util-linux's nsenter.
-need=()
-for tool in mmdebstrap:mmdebstrap runc:runc crun:crun nft:nftables ip:iproute2 nsenter:util-linux; do
-  command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || need+=("${tool##*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "==> apt-get install ${need[*]}"
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "scripts/test.sh: installing ${need[*]} needs root (the container tests need root too)" >&2
-    exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+# Debian packages the container tests drive (runc, crun, mmdebstrap, nftables, ...).
+bash scripts/system-deps.sh
 
 echo "==> npm packages for the GitHub conformance tests (pinned by tests/openapi/package-lock.json)"
 npm ci --prefix tests/openapi --no-audit --no-fund --loglevel=error

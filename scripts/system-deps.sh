@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages airlock's container backend and image builder drive, when they are
+# missing: an OCI runtime (runc; crun too, which the probe tries first), mmdebstrap, nftables,
+# iproute2 and util-linux's nsenter. Needs root and apt-get.
+#   scripts/system-deps.sh          install, or fail when not root
+#   scripts/system-deps.sh --try    install when root; otherwise say what is missing and go on
+set -euo pipefail
+try=false
+[ "${1:-}" = "--try" ] && try=true
+need=()
+for tool in mmdebstrap:mmdebstrap runc:runc crun:crun nft:nftables ip:iproute2 nsenter:util-linux; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || need+=("${tool##*:}")
+done
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  if $try; then
+    echo "==> not installing ${need[*]} (needs root and apt-get): container sandboxes unavailable"
+    exit 0
+  fi
+  echo "scripts/system-deps.sh: installing ${need[*]} needs root and apt-get" >&2
+  exit 1
+fi
+echo "==> apt-get install ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
