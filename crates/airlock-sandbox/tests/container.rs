@@ -467,3 +467,65 @@ async fn half_failed_create_leaves_nothing() {
     let left = leftovers(&root, &ids(&["bad1"]));
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_memory_pids_and_io_limits_reach_the_cgroups() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let _reaper = Reaper(root.clone());
+    let b = backend(&root, 11).await;
+    let limits = Limits {
+        cpus: Some(0.5),
+        memory_mib: Some(128),
+        pids_max: Some(100),
+        io_weight: Some(200),
+    };
+    // A second of busy loop may use only half a CPU second.
+    let script = "cat /proc/self/cgroup\n\
+        for f in cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us memory/memory.limit_in_bytes \\
+          memory/memory.memsw.limit_in_bytes pids/pids.max blkio/blkio.bfq.weight blkio/blkio.weight \\
+          cpu.max memory.max memory.swap.max pids.max io.weight; do \\
+          [ -r /sys/fs/cgroup/$f ] && echo \"$f=$(cat /sys/fs/cgroup/$f)\"; done\n\
+        a=$(cat /sys/fs/cgroup/cpuacct/cpuacct.usage 2>/dev/null || echo 0)\n\
+        timeout 2 sh -c 'while :; do :; done'\n\
+        b=$(cat /sys/fs/cgroup/cpuacct/cpuacct.usage 2>/dev/null || echo 0)\n\
+        echo cpu_ns=$((b - a))";
+    let (code, log) = run(&b, &root, "lim1", limits, script).await;
+    assert_eq!(code, Some(0), "{log}");
+    let v1 = log.contains("cpu/cpu.cfs_quota_us=");
+    if v1 {
+        assert!(log.contains("cpu/cpu.cfs_quota_us=50000"), "{log}");
+        assert!(log.contains("cpu/cpu.cfs_period_us=100000"), "{log}");
+        assert!(
+            log.contains("memory/memory.limit_in_bytes=134217728"),
+            "{log}"
+        );
+        assert!(
+            log.contains("memory/memory.memsw.limit_in_bytes=134217728"),
+            "no swap escape: {log}"
+        );
+        assert!(log.contains("pids/pids.max=100"), "{log}");
+        assert!(
+            log.contains("blkio/blkio.bfq.weight=200") || log.contains("blkio/blkio.weight=200"),
+            "{log}"
+        );
+        let ns: f64 = log
+            .lines()
+            .find_map(|l| l.strip_prefix("cpu_ns="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(ns > 0.0, "{log}");
+        assert!(
+            ns / 1e9 < 1.3,
+            "2 s of busy loop at 0.5 CPU used {:.2} CPU s: {log}",
+            ns / 1e9
+        );
+    } else {
+        assert!(log.contains("cpu.max=50000 100000"), "{log}");
+        assert!(log.contains("memory.max=134217728"), "{log}");
+        assert!(log.contains("memory.swap.max=0"), "no swap escape: {log}");
+        assert!(log.contains("pids.max=100"), "{log}");
+    }
+}
