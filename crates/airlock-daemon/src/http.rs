@@ -220,7 +220,7 @@ fn status(inner: &Inner) -> Result<serde_json::Value, airlock_store::StoreError>
             for r in runners.iter().filter(|r| r.pool == p.name) {
                 *by_state.entry(r.state.to_string()).or_default() += 1;
             }
-            json!({ "name": p.name, "scope": p.scope.to_string(), "labels": p.labels, "queued": demand.get(&p.name).copied().unwrap_or(0), "runners": by_state })
+            json!({ "name": p.name, "scope": p.scope.to_string(), "labels": p.labels, "backend": p.backend.as_str(), "image": p.image, "queued": demand.get(&p.name).copied().unwrap_or(0), "runners": by_state })
         })
         .collect();
     let draining = inner.shared().draining;

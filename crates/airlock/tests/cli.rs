@@ -211,6 +211,7 @@ async fn sigterm_drains_and_sigkill_loses_nothing() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["pools"][0]["name"], "small");
+    assert_eq!(v["pools"][0]["backend"], "process");
 
     // 2. SIGTERM while a job runs: the busy runner finishes, airlock exits 0.
     e.submit("octo/hello", &[("t1", &["small"], &["sleep 2"])]);

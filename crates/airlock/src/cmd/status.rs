@@ -35,7 +35,7 @@ pub async fn run(a: Args) -> u8 {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return 0;
     }
-    println!("{:<20} {:>7}  runners", "POOL", "QUEUED");
+    println!("{:<20} {:<22} {:>7}  runners", "POOL", "BACKEND", "QUEUED");
     for p in v["pools"].as_array().into_iter().flatten() {
         let runners = p["runners"].as_object().map(|m| {
             m.iter()
@@ -43,9 +43,15 @@ pub async fn run(a: Args) -> u8 {
                 .collect::<Vec<_>>()
                 .join(", ")
         });
+        let backend = match (p["backend"].as_str(), p["image"].as_str()) {
+            (Some(b), Some(i)) => format!("{b} ({i})"),
+            (Some(b), None) => b.to_string(),
+            _ => "?".to_string(),
+        };
         println!(
-            "{:<20} {:>7}  {}",
+            "{:<20} {:<22} {:>7}  {}",
             p["name"].as_str().unwrap_or("?"),
+            backend,
             p["queued"],
             runners
                 .filter(|s| !s.is_empty())
