@@ -393,3 +393,69 @@ async fn sigkill_of_the_real_daemon_mid_job_loses_and_leaks_nothing() {
     let left = c.remnants();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A pool whose image was never built creates nothing (no registration, no runner row, no
+/// sandbox), says why in the error metric, and recovers by itself once the image exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_without_its_image_creates_nothing_until_it_is_built() {
+    let mut c = container_env_with(5, 2, "", false).await;
+    c.env.config = c
+        .env
+        .config
+        .replace("image = \"test-standin\"", "image = \"never-built\"");
+    c.env.start_daemon().await;
+    let port = c.env.daemon().addr.port();
+    c.env
+        .sim()
+        .set_webhook_url(Some(format!("http://127.0.0.1:{port}/webhook")));
+    c.env
+        .submit_specs("octo/hello", vec![job("waits", &["true"])]);
+    let failed = wait_until(Duration::from_secs(20), || {
+        metric(
+            &c.env.metrics(),
+            "airlock_reconcile_errors_total{op=\"create\",class=\"image\"}",
+        ) >= 1.0
+    })
+    .await;
+    assert!(failed, "{}", c.env.metrics());
+    assert!(c.env.sim().runners().is_empty());
+    assert!(c.env.store().live_runners().unwrap().is_empty());
+    assert!(c.remnants().is_empty(), "{:?}", c.remnants());
+    assert_eq!(c.env.sim().jobs()[0].status, Status::Queued);
+    // Building it (here: linking the test image under the new name) lets the job run.
+    let store = image_store();
+    let m = image();
+    let hex = m.digest.trim_start_matches("sha256:");
+    let dir = store.root().join("never-built").join(hex);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut renamed = m.clone();
+    renamed.name = "never-built".into();
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string(&renamed).unwrap(),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(store.rootfs(&m), dir.join("rootfs")).unwrap();
+    std::os::unix::fs::symlink(
+        store.shifted_rootfs(&m, 100_000).unwrap(),
+        dir.join("rootfs-uid100000"),
+    )
+    .unwrap();
+    let guard = DirGuard(store.root().join("never-built"));
+    c.env.wait_all_done(Duration::from_secs(90)).await;
+    assert_eq!(c.env.sim().jobs()[0].conclusion.as_deref(), Some("success"));
+    assert!(c.remnants().is_empty(), "{:?}", c.remnants());
+    drop(guard);
+    let CEnv { env, net, .. } = c;
+    env.shutdown().await;
+    drop(net);
+}
+
+/// Removes a directory when dropped.
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
