@@ -160,6 +160,7 @@ const SERVER_KEYS: &[&str] = &[
     "drain_grace",
     "job_log_max_mib",
     "job_logs_keep",
+    "history_retention",
 ];
 const CONTAINER_KEYS: &[&str] = &["runtime", "subnet", "uid_base", "dns"];
 const GITHUB_KEYS: &[&str] = &[
@@ -256,6 +257,12 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
     let job_logs_keep = w
         .take::<usize>(&mut t, "server", "job_logs_keep", "a whole number of logs")
         .unwrap_or(1000);
+    let history_retention = w.duration(
+        &mut t,
+        "server",
+        "history_retention",
+        Duration::from_secs(14 * 24 * 3600),
+    );
     w.unknown(t, "server", SERVER_KEYS);
     if state_dir.to_string_lossy().contains([',', ':']) {
         w.error(
@@ -269,6 +276,7 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
         drain_grace,
         job_log_max_bytes: job_log_max_mib.clamp(1, 1 << 20) << 20,
         job_logs_keep,
+        history_retention,
     };
 
     // [container]

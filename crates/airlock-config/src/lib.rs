@@ -93,6 +93,9 @@ pub struct ServerConfig {
     pub job_log_max_bytes: u64,
     /// How many finished sandboxes' logs are kept under `state_dir/logs` (newest first).
     pub job_logs_keep: usize,
+    /// Completed jobs, gone runners, destroyed sandboxes and events older than this are deleted.
+    #[serde(with = "humantime_serde_shim")]
+    pub history_retention: Duration,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

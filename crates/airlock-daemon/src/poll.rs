@@ -73,6 +73,12 @@ async fn poll_once(inner: &Inner) -> Result<(), PollError> {
     inner
         .store
         .prune_deliveries(started - DELIVERY_RETENTION_MS)?;
+    let pruned = inner
+        .store
+        .prune_history(started - inner.cfg.server.history_retention.as_millis() as i64)?;
+    if pruned > 0 {
+        tracing::debug!(rows = pruned, "pruned old history");
+    }
     let scopes: BTreeSet<Scope> = inner.cfg.pools.iter().map(|p| p.scope.clone()).collect();
     let mut registrations = Vec::new();
     let mut first_error = None;

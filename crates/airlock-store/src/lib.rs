@@ -564,6 +564,30 @@ impl Store {
             .execute("DELETE FROM deliveries WHERE received_at < ?1", [before])?)
     }
 
+    /// Deletes history older than `before`: completed jobs, gone runners, destroyed sandboxes and
+    /// events, in one transaction. Open jobs and live runners are never touched, whatever their
+    /// age. Returns how many rows went.
+    pub fn prune_history(&self, before: Timestamp) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut n = 0;
+        n += tx.execute(
+            "DELETE FROM jobs WHERE status = 'completed' AND updated_at < ?1",
+            [before],
+        )?;
+        n += tx.execute(
+            "DELETE FROM runners WHERE state = 'gone' AND state_since < ?1",
+            [before],
+        )?;
+        n += tx.execute(
+            "DELETE FROM sandboxes WHERE state = 'destroyed' AND state_since < ?1",
+            [before],
+        )?;
+        n += tx.execute("DELETE FROM events WHERE at < ?1", [before])?;
+        tx.commit()?;
+        Ok(n)
+    }
+
     pub fn delivery_count(&self) -> Result<u64, StoreError> {
         Ok(self
             .conn()

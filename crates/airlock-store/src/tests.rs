@@ -191,3 +191,45 @@ fn a_newer_schema_is_refused() {
     let err = Store::open(&path).unwrap_err();
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }
+
+#[test]
+fn old_history_is_pruned_and_open_work_never_is() {
+    let (_d, s) = open();
+    // An old finished runner with its sandbox and job, and an old runner that is still live.
+    s.insert_runner("airlock-p-old", "p", "repo:o/r", "sb-old", "process", 1)
+        .unwrap();
+    s.sandbox_transition("sb-old", SandboxState::Destroyed, None, 2)
+        .unwrap();
+    s.runner_transition("airlock-p-old", RunnerState::Stopping, 3, Some("test"))
+        .unwrap();
+    s.runner_transition("airlock-p-old", RunnerState::Gone, 3, None)
+        .unwrap();
+    s.insert_runner("airlock-p-live", "p", "repo:o/r", "sb-live", "process", 1)
+        .unwrap();
+    s.observe_jobs(&[obs(1, JobStatus::Completed, None)], 4)
+        .unwrap();
+    s.observe_jobs(&[obs(2, JobStatus::Queued, None)], 4)
+        .unwrap();
+    // Something recent.
+    s.observe_jobs(&[obs(3, JobStatus::Completed, None)], 1_000)
+        .unwrap();
+    let events_before = s.events(None).unwrap().len();
+    assert!(events_before > 0);
+    let n = s.prune_history(500).unwrap();
+    assert!(n >= 3, "{n}");
+    assert!(s.job(1).unwrap().is_none(), "old completed job pruned");
+    assert!(
+        s.job(2).unwrap().is_some(),
+        "an open job is kept, however old"
+    );
+    assert!(s.job(3).unwrap().is_some(), "a recent job is kept");
+    assert!(
+        s.runner("airlock-p-live").unwrap().is_some(),
+        "a live runner is kept"
+    );
+    assert!(
+        s.runner("airlock-p-old").unwrap().is_none(),
+        "an old gone runner is pruned"
+    );
+    assert!(s.events(None).unwrap().iter().all(|e| e.at >= 500));
+}
