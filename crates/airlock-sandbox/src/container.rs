@@ -181,8 +181,7 @@ impl ContainerBackend {
             tracing::info!(runtime = %runtime_name, skipped = %f, "container runtime probe");
         }
         net::setup_host().map_err(|e| probe_err(e.to_string()))?;
-        let tag = hex::encode(sha2::Sha256::digest(cfg.root.to_string_lossy().as_bytes()))[..8]
-            .to_string();
+        let tag = tag_of(&cfg.root);
         tracing::info!(runtime = %runtime.display(), %tag, "container backend ready");
         Ok(ContainerBackend {
             cfg,
@@ -754,12 +753,17 @@ impl ContainerBackend {
     }
 }
 
+/// The tag that marks a backend instance's links and cgroups: a hash of its root directory.
+pub fn tag_of(root: &Path) -> String {
+    hex::encode(sha2::Sha256::digest(root.to_string_lossy().as_bytes()))[..8].to_string()
+}
+
 /// Everything container sandboxes under `root` have left on the host, one line each: sandbox
 /// directories, runtime state, mounts below `root`, host links and cgroups with this root's tag,
 /// and processes whose working directory is below `root`. Empty when nothing is left; `airlock
 /// demo` and the tests check it.
 pub fn remnants(root: &Path) -> Vec<String> {
-    let tag = hex::encode(sha2::Sha256::digest(root.to_string_lossy().as_bytes()))[..8].to_string();
+    let tag = tag_of(root);
     let mut out = Vec::new();
     let names = |d: &Path| -> Vec<String> {
         std::fs::read_dir(d)

@@ -166,10 +166,7 @@ pub fn leftovers(root: &Path, tag_ids: &[String]) -> Leftovers {
             .collect();
     }
     // The backend tags links and cgroups with a hash of its root (see container.rs).
-    let tag = {
-        use sha2::Digest as _;
-        hex::encode(sha2::Sha256::digest(root.to_string_lossy().as_bytes()))[..8].to_string()
-    };
+    let tag = airlock_sandbox::container::tag_of(root);
     for (name, alias) in airlock_sandbox::net::list() {
         if tag_ids.iter().any(|id| alias == format!("{tag}/{id}")) {
             l.links.push(name);
