@@ -173,6 +173,15 @@ async fn a_runner_may_take_another_matching_job() {
     // hands that runner the oldest matching job: B. airlock must still get A a runner.
     let pools = [pool("small", &["self-hosted", "small"])];
     let e = env(&pools, "1h", Faults::default(), true).await;
+    // Let the start-up poll finish first: B must be known only through the runner that takes it,
+    // not found by a poll racing the submission (which would start a runner for each job).
+    assert!(
+        wait_until(T, || metric(
+            &e.metrics(),
+            "airlock_polls_total{outcome=\"ok\"}"
+        ) >= 1.0)
+        .await
+    );
     let b = e.submit_specs(
         "octo/hello",
         vec![JobSpec {
