@@ -341,7 +341,18 @@ async fn network_reaches_the_internet_but_not_the_host_or_other_sandboxes() {
     .await
     .unwrap();
     let other_ip = "10.107.0.2"; // the first /30 of slot 7
-    tokio::time::sleep(Duration::from_millis(800)).await;
+                                 // The other sandbox must be listening before it is probed: without the firewall the probe
+                                 // would then reach it, so "timed out" below can only be the firewall's doing.
+    let mut listening = false;
+    for _ in 0..200 {
+        let l = std::fs::read_to_string(root.join("net2/runner.log")).unwrap_or_default();
+        if l.contains("listening") {
+            listening = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(listening, "the other sandbox never listened");
     let probe = |addr: &str, port: u16, label: &str| {
         format!(
             "python3 -c '\nimport socket,sys\ns=socket.socket(); s.settimeout(3)\n\
@@ -368,6 +379,13 @@ async fn network_reaches_the_internet_but_not_the_host_or_other_sandboxes() {
     );
     for bad in ["GATEWAY", "HOSTADDR", "LOOPBACK", "SANDBOX", "METADATA"] {
         assert!(log.contains(&format!("{bad}-blocked")), "{bad}: {log}");
+    }
+    // Dropped by the firewall (a timeout), not refused by a missing listener.
+    for dropped in ["GATEWAY", "HOSTADDR", "SANDBOX"] {
+        assert!(
+            log.contains(&format!("{dropped}-blocked timed out")),
+            "{dropped}: {log}"
+        );
     }
     drop(host);
     let left = leftovers(&root, &ids(&["net1", "net2"]));
