@@ -566,6 +566,14 @@ impl Backend for ContainerBackend {
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
         check_id(&spec.id)?;
+        // An existing sandbox of this id is never touched (nor torn down by the cleanup below).
+        if self.dir(&spec.id).exists() {
+            return Err(SandboxError::Create {
+                id: spec.id.clone(),
+                path: self.dir(&spec.id),
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
         let r = self.create_inner(spec).await;
         if r.is_err() {
             // Leave nothing half-made: destroy is correct for any prefix of create.

@@ -482,7 +482,13 @@ async fn half_failed_create_leaves_nothing() {
     s.rootfs = None;
     let e = b.create(&s).await.unwrap_err();
     assert!(e.to_string().contains("needs an image"), "{e}");
-    let left = leftovers(&root, &ids(&["bad1"]));
+    // A second create of a live sandbox's id fails and leaves the first alone.
+    let good = spec("dup1", &shell_image(), Limits::default());
+    b.create(&good).await.unwrap();
+    assert!(b.create(&good).await.is_err());
+    assert_eq!(b.status("dup1").await.unwrap(), SandboxStatus::Created);
+    b.destroy("dup1").await.unwrap();
+    let left = leftovers(&root, &ids(&["bad1", "dup1"]));
     assert!(left.is_empty(), "{left:?}");
 }
 
