@@ -260,15 +260,31 @@ impl ImageStore {
 
     /// The image's root filesystem with every owner moved up by `base` (uid and gid), for
     /// containers whose user namespace maps 0 inside to `base` outside. Made once per image and
-    /// base by copying (`cp -a`) into a temporary directory that is renamed into place, so
-    /// concurrent callers and crashes never see a half-shifted tree; removed with the image.
+    /// base by copying (`cp -a`) into a temporary directory that is renamed into place, under a
+    /// file lock, so concurrent callers (threads or processes) and crashes never see a
+    /// half-shifted tree; removed with the image.
     pub fn shifted_rootfs(&self, m: &Manifest, base: u32) -> Result<PathBuf, ImageError> {
         let dir = self.root.join(&m.name).join(m.hex());
         let done = dir.join(format!("rootfs-uid{base}"));
         if done.is_dir() {
             return Ok(done);
         }
-        let tmp = dir.join(format!(".rootfs-uid{base}-{}", std::process::id()));
+        // One shifter per image and base, across threads and processes; the others wait and
+        // then find it done.
+        let lock_path = dir.join(format!(".lock-rootfs-uid{base}"));
+        let file = std::fs::File::create(&lock_path).map_err(io("cannot create", &lock_path))?;
+        let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(
+            |(_, e)| ImageError::Io {
+                what: "cannot lock",
+                path: lock_path.clone(),
+                source: e.into(),
+            },
+        )?;
+        if done.is_dir() {
+            return Ok(done);
+        }
+        // Left by a shifter that died (the lock is ours now, so nobody is using it).
+        let tmp = dir.join(format!(".rootfs-uid{base}"));
         let _ = std::fs::remove_dir_all(&tmp);
         let out = Command::new("cp")
             .arg("-a")
@@ -287,18 +303,11 @@ impl ImageStore {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
-        match std::fs::rename(&tmp, &done) {
-            Ok(()) => Ok(done),
-            // Another caller landed it first.
-            Err(_) if done.is_dir() => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Ok(done)
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Err(io("cannot rename", &done)(e))
-            }
-        }
+        std::fs::rename(&tmp, &done).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            io("cannot rename", &done)(e)
+        })?;
+        Ok(done)
     }
 
     /// Removes what interrupted builds left behind: `.building-<pid>-…` directories whose
@@ -757,30 +766,44 @@ fn add_runner_user(rootfs: &Path) -> Result<(), ImageError> {
     chown_tree(&home, RUNNER_UID)
 }
 
-/// Adds `base` to the owner and group of every path under `dir` (not following symlinks), and
-/// restores set-id bits that chown clears.
+/// Adds `base` to the owner and group of every path under `dir` (ids must be below 65536).
 fn shift_tree(dir: &Path, base: u32) -> Result<(), ImageError> {
-    use std::os::unix::fs::MetadataExt;
-    let mut stack = vec![dir.to_path_buf()];
-    // `cp -a` keeps hard links: shift each inode once.
-    let mut seen = HashSet::new();
-    while let Some(p) = stack.pop() {
-        let meta = std::fs::symlink_metadata(&p).map_err(io("cannot stat", &p))?;
-        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert(meta.ino()) {
-            continue;
-        }
-        let (uid, gid) = (meta.uid(), meta.gid());
+    rechown_tree(dir, |p, uid, gid| {
         if uid >= 65536 || gid >= 65536 {
             return Err(ImageError::Tool {
                 tool: "shift",
                 detail: format!("{} is owned by {uid}:{gid}, outside 0-65535", p.display()),
             });
         }
+        Ok((uid + base, gid + base))
+    })
+}
+
+/// Gives every path under `dir` to `uid` (and the group of the same number).
+fn chown_tree(dir: &Path, uid: u32) -> Result<(), ImageError> {
+    rechown_tree(dir, |_, _, _| Ok((uid, uid)))
+}
+
+/// Changes the owner of every path under `dir`, not following symlinks, to what `owner` says
+/// for its current owner; each inode once (hard links), set-id bits (which chown clears) restored.
+fn rechown_tree(
+    dir: &Path,
+    owner: impl Fn(&Path, u32, u32) -> Result<(u32, u32), ImageError>,
+) -> Result<(), ImageError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![dir.to_path_buf()];
+    let mut seen = HashSet::new();
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).map_err(io("cannot stat", &p))?;
+        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert(meta.ino()) {
+            continue;
+        }
+        let (uid, gid) = owner(&p, meta.uid(), meta.gid())?;
         nix::unistd::fchownat(
             None,
             &p,
-            Some(nix::unistd::Uid::from_raw(uid + base)),
-            Some(nix::unistd::Gid::from_raw(gid + base)),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
         .map_err(|e| ImageError::Io {
@@ -792,36 +815,6 @@ fn shift_tree(dir: &Path, base: u32) -> Result<(), ImageError> {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
                 .map_err(io("cannot chmod", &p))?;
         }
-        if meta.is_dir() {
-            for e in std::fs::read_dir(&p)
-                .map_err(io("cannot list", &p))?
-                .flatten()
-            {
-                stack.push(e.path());
-            }
-        }
-    }
-    Ok(())
-}
-
-fn chown_tree(dir: &Path, uid: u32) -> Result<(), ImageError> {
-    let owner = Some(nix::unistd::Uid::from_raw(uid));
-    let group = Some(nix::unistd::Gid::from_raw(uid));
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        nix::unistd::fchownat(
-            None,
-            &p,
-            owner,
-            group,
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| ImageError::Io {
-            what: "cannot chown",
-            path: p.clone(),
-            source: e.into(),
-        })?;
-        let meta = std::fs::symlink_metadata(&p).map_err(io("cannot stat", &p))?;
         if meta.is_dir() {
             for e in std::fs::read_dir(&p)
                 .map_err(io("cannot list", &p))?

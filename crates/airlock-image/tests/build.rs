@@ -316,3 +316,83 @@ fn github_runner_images_and_failed_builds() {
         .join("actions-runner.tar.gz")
         .exists());
 }
+
+/// Threads of one process (the daemon creating several sandboxes from a new image) and other
+/// processes may all ask for the shifted copy at once: exactly one makes it, all get it whole.
+#[test]
+fn concurrent_callers_share_one_shifted_rootfs() {
+    require_root_and_mmdebstrap();
+    let d = tempfile::tempdir().unwrap();
+    let store = ImageStore::new(d.path().join("images"));
+    let hex = "cd".repeat(32);
+    let dir = store.root().join("hand").join(&hex);
+    let rootfs = dir.join("rootfs");
+    for i in 0..200 {
+        let sub = rootfs.join(format!("d{}", i % 10));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join(format!("f{i}")), format!("{i}")).unwrap();
+    }
+    std::fs::write(rootfs.join("suid"), "x").unwrap();
+    std::fs::set_permissions(rootfs.join("suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::hard_link(rootfs.join("suid"), rootfs.join("suid-link")).unwrap();
+    std::os::unix::fs::symlink("d0", rootfs.join("link")).unwrap();
+    let m = Manifest {
+        name: "hand".into(),
+        digest: format!("sha256:{hex}"),
+        suite: "bookworm".into(),
+        built_at: "2026-01-01T00:00:00.000Z".into(),
+        build_seconds: 0.0,
+        size_bytes: 0,
+        files: 0,
+        extra_packages: vec![],
+        packages: vec![],
+        runner: RunnerInfo {
+            kind: "standin".into(),
+            version: "0".into(),
+            sha256: "0".repeat(64),
+            path: "/opt/airlock/airlock-runner".into(),
+        },
+    };
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string(&m).unwrap(),
+    )
+    .unwrap();
+    let paths: Vec<PathBuf> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| store.shifted_rootfs(&m, 200_000).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(paths.iter().all(|p| *p == paths[0]), "{paths:?}");
+    let shifted = &paths[0];
+    let mut files = 0;
+    let mut stack = vec![shifted.clone()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (200_000, 200_000),
+            "{}",
+            p.display()
+        );
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            files += 1;
+        }
+    }
+    assert_eq!(files, 200 + 3);
+    let suid = std::fs::metadata(shifted.join("suid")).unwrap();
+    assert_eq!(
+        suid.mode() & 0o7777,
+        0o4755,
+        "set-id bits survive the chown"
+    );
+    assert_eq!(suid.nlink(), 2, "hard links are kept");
+    assert!(
+        leftovers(&dir).is_empty() || leftovers(&dir) == vec![".lock-rootfs-uid200000".to_string()]
+    );
+    // The original is untouched.
+    assert_eq!(std::fs::metadata(rootfs.join("d0")).unwrap().uid(), 0);
+}
