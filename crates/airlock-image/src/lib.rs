@@ -271,15 +271,7 @@ impl ImageStore {
         }
         // One shifter per image and base, across threads and processes; the others wait and
         // then find it done.
-        let lock_path = dir.join(format!(".lock-rootfs-uid{base}"));
-        let file = std::fs::File::create(&lock_path).map_err(io("cannot create", &lock_path))?;
-        let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(
-            |(_, e)| ImageError::Io {
-                what: "cannot lock",
-                path: lock_path.clone(),
-                source: e.into(),
-            },
-        )?;
+        let _lock = lock_exclusive(&dir.join(format!(".lock-rootfs-uid{base}")))?;
         if done.is_dir() {
             return Ok(done);
         }
@@ -353,15 +345,7 @@ impl ImageStore {
     ) -> Result<Manifest, ImageError> {
         check_name(&spec.name)?;
         std::fs::create_dir_all(&self.root).map_err(io("cannot create", &self.root))?;
-        let lock_path = self.root.join(format!(".lock-{}", spec.name));
-        let file = std::fs::File::create(&lock_path).map_err(io("cannot create", &lock_path))?;
-        let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(
-            |(_, e)| ImageError::Io {
-                what: "cannot lock",
-                path: lock_path.clone(),
-                source: e.into(),
-            },
-        )?;
+        let _lock = lock_exclusive(&self.root.join(format!(".lock-{}", spec.name)))?;
         match self.resolve(&spec.name) {
             Ok(m) => Ok(m),
             Err(ImageError::NotFound { .. }) => self.build(spec, progress),
@@ -764,6 +748,19 @@ fn add_runner_user(rootfs: &Path) -> Result<(), ImageError> {
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o750))
         .map_err(io("cannot chmod", &home))?;
     chown_tree(&home, RUNNER_UID)
+}
+
+/// Waits for an exclusive lock on `path` (created if missing), held until the result drops.
+/// Separate opens conflict, so it excludes threads of one process as well as other processes.
+fn lock_exclusive(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, ImageError> {
+    let file = std::fs::File::create(path).map_err(io("cannot create", path))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+        ImageError::Io {
+            what: "cannot lock",
+            path: path.to_path_buf(),
+            source: e.into(),
+        }
+    })
 }
 
 /// Adds `base` to the owner and group of every path under `dir` (ids must be below 65536).
