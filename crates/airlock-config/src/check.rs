@@ -539,7 +539,7 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
                 }
                 Some(c)
             }
-            BackendKind::Container => {
+            BackendKind::Container | BackendKind::Microvm => {
                 let c = w
                     .take::<String>(&mut t, &sec, "runner_command", "a path inside the image")
                     .map(PathBuf::from);
@@ -552,7 +552,7 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
                 match &image {
                     None => w.error(
                         &format!("{sec}.image"),
-                        "a container pool needs an image: build one with `airlock image build NAME` and set image = \"NAME\"",
+                        format!("a {backend} pool needs an image: build one with `airlock image build NAME` and set image = \"NAME\""),
                     ),
                     Some(i) => {
                         let name = i.split('@').next().unwrap_or_default();

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use airlock_core::{Labels, PoolSpec, Scope};
 
+pub use airlock_core::BackendKind;
 pub use check::load_str;
 
 /// One problem found in a config file.
@@ -120,24 +121,6 @@ pub enum Auth {
         private_key_file: PathBuf,
         installation_id: Option<u64>,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    /// Runner as a child process: NOT isolated. Development and demos only.
-    Process,
-    /// Runner in a fresh OCI container from the pool's image.
-    Container,
-}
-
-impl BackendKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            BackendKind::Process => "process",
-            BackendKind::Container => "container",
-        }
-    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

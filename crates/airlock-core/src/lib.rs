@@ -18,6 +18,46 @@ pub use state::{JobStatus, RunnerState, SandboxState, Step, TransitionError};
 /// Milliseconds since the Unix epoch. The core never reads the clock; callers pass `now`.
 pub type Timestamp = i64;
 
+/// The kind of sandbox a pool's runners live in; each kind is one backend.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Runner as a child process: NOT isolated. Development and demos only.
+    Process,
+    /// Runner in a fresh OCI container from the pool's image.
+    Container,
+    /// Runner in a fresh virtual machine booted from the pool's image.
+    Microvm,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 3] = [
+        BackendKind::Process,
+        BackendKind::Container,
+        BackendKind::Microvm,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackendKind::Process => "process",
+            BackendKind::Container => "container",
+            BackendKind::Microvm => "microvm",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BackendKind> {
+        BackendKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The scope at which a pool registers its runners (and GitHub's runner endpoints live).
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,

@@ -1,8 +1,7 @@
-//! The backends a daemon drives, behind the one `Backend` trait: the process backend always, the
-//! container backend when a pool asks for it (probed at start-up; a failed probe stops the
-//! start with the probe's reasons). A spec with a root filesystem goes to the container backend;
-//! id-based operations ask each backend, and `list` is the union, so orphans of either kind are
-//! found.
+//! The backends a daemon drives: a `Registry` holding the process backend always, and every other
+//! kind a pool asks for, each probed at start-up (a failed probe stops the start with the probe's
+//! reasons). Operations are routed by kind (see `airlock_sandbox::registry`), and every backend
+//! takes its sandbox addresses from the one lease directory of `airlock_net`.
 //!
 //! It also turns a pool into a sandbox spec: for container pools it resolves the pool's image to
 //! its newest build (or the pinned digest) and the user-namespace-shifted copy of its rootfs.
@@ -11,16 +10,16 @@ use std::path::PathBuf;
 
 use airlock_config::{BackendKind, Config, PoolConfig};
 use airlock_image::ImageStore;
+use airlock_net::{Leases, Subnet};
 use airlock_sandbox::container::{ContainerBackend, ContainerConfig};
-use airlock_sandbox::net::Subnet;
 use airlock_sandbox::process::ProcessBackend;
-use airlock_sandbox::{Backend, Limits, LogKeep, SandboxError, SandboxSpec, SandboxStatus, Secret};
-use async_trait::async_trait;
+use airlock_sandbox::{
+    BackendSpec, ContainerImage, Limits, LogKeep, Registry, SandboxError, SandboxSpec,
+};
 
 #[derive(Debug)]
 pub struct Backends {
-    process: ProcessBackend,
-    container: Option<ContainerBackend>,
+    pub registry: Registry,
     images: ImageStore,
     uid_base: u32,
 }
@@ -39,28 +38,35 @@ impl Backends {
             .with_log_cap(cfg.server.job_log_max_bytes)
             .with_logs(logs.clone());
         process.probe().await?;
-        let wants_container = cfg
-            .pools
-            .iter()
-            .any(|p| p.backend == BackendKind::Container);
-        let container = if wants_container {
-            let mut c = ContainerConfig::new(dir.join("containers"));
-            c.runtime = cfg.container.runtime.clone();
-            c.subnet = Subnet::parse(&cfg.container.subnet).ok_or_else(|| SandboxError::Probe {
-                backend: "container",
-                detail: format!("bad subnet {:?}", cfg.container.subnet),
-            })?;
-            c.uid_base = cfg.container.uid_base;
-            c.log_cap = cfg.server.job_log_max_bytes;
-            c.dns = cfg.container.dns.clone();
-            c.logs = Some(logs);
-            Some(ContainerBackend::probe(c, Some(exits)).await?)
-        } else {
-            None
-        };
+        let mut registry = Registry::new();
+        registry.insert(Box::new(process));
+        let subnet = Subnet::parse(&cfg.container.subnet).ok_or_else(|| SandboxError::Probe {
+            backend: "container",
+            detail: format!("bad subnet {:?}", cfg.container.subnet),
+        })?;
+        let leases = Leases::new(airlock_net::lease_dir(dir), subnet);
+        let wanted: std::collections::BTreeSet<BackendKind> =
+            cfg.pools.iter().map(|p| p.backend).collect();
+        for kind in wanted {
+            match kind {
+                BackendKind::Process => {}
+                BackendKind::Container => {
+                    let mut c = ContainerConfig::new(dir.join("containers"));
+                    c.runtime = cfg.container.runtime.clone();
+                    c.net = leases.clone();
+                    c.uid_base = cfg.container.uid_base;
+                    c.log_cap = cfg.server.job_log_max_bytes;
+                    c.dns = cfg.container.dns.clone();
+                    c.logs = Some(logs.clone());
+                    registry.insert(Box::new(
+                        ContainerBackend::probe(c, Some(exits.clone())).await?,
+                    ));
+                }
+                BackendKind::Microvm => return Err(SandboxError::Unavailable { kind }),
+            }
+        }
         Ok(Backends {
-            process,
-            container,
+            registry,
             images: ImageStore::new(dir.join("images")),
             uid_base: cfg.container.uid_base,
         })
@@ -72,9 +78,7 @@ impl Backends {
             id: name.to_string(),
             runner_name: name.to_string(),
             runner_command: pool.runner_command.clone().unwrap_or_default(),
-            rootfs: None,
-            image: None,
-            limits: Limits::default(),
+            backend: BackendSpec::Process,
         };
         if pool.backend == BackendKind::Container {
             let reference = pool.image.clone().unwrap_or_default();
@@ -90,81 +94,17 @@ impl Backends {
             if pool.runner_command.is_none() {
                 spec.runner_command = PathBuf::from(&manifest.runner.path);
             }
-            spec.rootfs = Some(rootfs);
-            spec.image = Some(format!("{}@{}", manifest.name, manifest.digest));
-            spec.limits = Limits {
-                cpus: pool.cpus,
-                memory_mib: pool.memory_mib,
-                pids_max: pool.pids_max,
-                io_weight: pool.io_weight,
-            };
+            spec.backend = BackendSpec::Container(ContainerImage {
+                rootfs,
+                image: format!("{}@{}", manifest.name, manifest.digest),
+                limits: Limits {
+                    cpus: pool.cpus,
+                    memory_mib: pool.memory_mib,
+                    pids_max: pool.pids_max,
+                    io_weight: pool.io_weight,
+                },
+            });
         }
         Ok(spec)
-    }
-
-    fn all(&self) -> Vec<&dyn Backend> {
-        let mut v: Vec<&dyn Backend> = vec![&self.process];
-        if let Some(c) = &self.container {
-            v.push(c);
-        }
-        v
-    }
-
-    fn for_spec(&self, spec: &SandboxSpec) -> Result<&dyn Backend, SandboxError> {
-        match (&spec.rootfs, &self.container) {
-            (None, _) => Ok(&self.process),
-            (Some(_), Some(c)) => Ok(c),
-            (Some(_), None) => Err(SandboxError::Setup {
-                id: spec.id.clone(),
-                detail: "the container backend is not running".into(),
-            }),
-        }
-    }
-}
-
-#[async_trait]
-impl Backend for Backends {
-    fn kind(&self) -> &'static str {
-        "mixed"
-    }
-
-    async fn create(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
-        self.for_spec(spec)?.create(spec).await
-    }
-
-    async fn start(&self, spec: &SandboxSpec, jit: &Secret) -> Result<(), SandboxError> {
-        self.for_spec(spec)?.start(spec, jit).await
-    }
-
-    async fn status(&self, id: &str) -> Result<SandboxStatus, SandboxError> {
-        for b in self.all() {
-            match b.status(id).await? {
-                SandboxStatus::Missing => continue,
-                s => return Ok(s),
-            }
-        }
-        Ok(SandboxStatus::Missing)
-    }
-
-    async fn list(&self) -> Result<Vec<(String, SandboxStatus)>, SandboxError> {
-        let mut out = Vec::new();
-        for b in self.all() {
-            out.extend(b.list().await?);
-        }
-        Ok(out)
-    }
-
-    async fn destroy(&self, id: &str) -> Result<(), SandboxError> {
-        // A sandbox the container backend knows is its alone: no need for the process backend's
-        // scan of every process's environment.
-        if let Some(c) = &self.container {
-            if c.status(id).await? != SandboxStatus::Missing {
-                return c.destroy(id).await;
-            }
-        }
-        for b in self.all() {
-            b.destroy(id).await?;
-        }
-        Ok(())
     }
 }

@@ -12,7 +12,7 @@ use airlock_core::{
     plan, JobView, Op, PlanInput, RunnerState, RunnerView, SandboxState, Scope, StopReason,
 };
 use airlock_github::{ErrorClass, GitHubError};
-use airlock_sandbox::{Backend, SandboxStatus, Secret};
+use airlock_sandbox::{BackendKind, SandboxStatus, Secret};
 use airlock_store::{RunnerRecord, StoreError};
 use rand::Rng;
 use tokio::sync::watch;
@@ -97,12 +97,18 @@ fn pool_of<'a>(inner: &'a Inner, name: &str) -> Option<&'a airlock_config::PoolC
 pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
     let now = now_ms();
     let live = inner.store.live_runners()?;
-    let sandboxes: HashMap<String, SandboxStatus> =
-        inner.backend.list().await?.into_iter().collect();
+    let listed = inner.backend.registry.list().await?;
+    let mut sandboxes: HashMap<(BackendKind, &str), SandboxStatus> = HashMap::new();
+    let mut kinds: HashMap<String, Vec<BackendKind>> = HashMap::new();
+    for l in &listed {
+        sandboxes.insert((l.kind, l.id.as_str()), l.status);
+        kinds.entry(l.id.clone()).or_default().push(l.kind);
+    }
     let mut views = Vec::with_capacity(live.len());
     for r in &live {
+        // A runner's sandbox is looked for only in the backend the store recorded for it.
         let status = sandboxes
-            .get(&r.sandbox_id)
+            .get(&(r.backend, r.sandbox_id.as_str()))
             .copied()
             .unwrap_or(SandboxStatus::Missing);
         let expected_running = matches!(
@@ -149,7 +155,7 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
     };
     let unaccounted = inner.store.unaccounted_exits(since)?;
     let pools = &inner.specs;
-    let listed: Vec<String> = sandboxes.keys().cloned().collect();
+    let ids: Vec<String> = kinds.keys().cloned().collect();
     let ops = plan(&PlanInput {
         now,
         pools,
@@ -157,7 +163,7 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
         runners: &views,
         unaccounted: &unaccounted,
         registrations: &registrations,
-        sandboxes: &listed,
+        sandboxes: &ids,
         draining,
     });
 
@@ -178,7 +184,7 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
                 continue;
             }
         }
-        let result = execute(inner, &live, op).await;
+        let result = execute(inner, &live, &kinds, op).await;
         if let Err(e) = result {
             inner
                 .metrics
@@ -242,7 +248,13 @@ fn update_gauges(
     }
 }
 
-async fn execute(inner: &Inner, live: &[RunnerRecord], op: Op) -> Result<(), OpError> {
+/// `kinds`: which backends listed each sandbox id this pass.
+async fn execute(
+    inner: &Inner,
+    live: &[RunnerRecord],
+    kinds: &HashMap<String, Vec<BackendKind>>,
+    op: Op,
+) -> Result<(), OpError> {
     match op {
         Op::Create { pool } => create(inner, &pool).await,
         Op::Stop { runner, reason } => {
@@ -272,8 +284,10 @@ async fn execute(inner: &Inner, live: &[RunnerRecord], op: Op) -> Result<(), OpE
             }
         }
         Op::DestroySandbox { id } => {
-            tracing::info!(sandbox = %id, "destroying orphaned sandbox");
-            inner.backend.destroy(&id).await?;
+            for kind in kinds.get(&id).into_iter().flatten() {
+                tracing::info!(sandbox = %id, backend = %kind, "destroying orphaned sandbox");
+                inner.backend.registry.destroy(*kind, &id).await?;
+            }
             inner
                 .metrics
                 .orphans_reaped
@@ -321,7 +335,7 @@ async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
             &pool.name,
             &pool.scope.to_string(),
             &name,
-            pool.backend.as_str(),
+            pool.backend,
             now,
         )?;
         let made: Result<(), OpError> = async {
@@ -330,9 +344,10 @@ async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
                 .generate_jitconfig(&pool.scope, &name, gid, &pool.labels)
                 .await?;
             inner.store.set_runner_registration(&name, jit.runner_id)?;
-            inner.backend.create(&spec).await?;
+            inner.backend.registry.create(&spec).await?;
             inner
                 .backend
+                .registry
                 .start(&spec, &Secret::new(jit.encoded))
                 .await?;
             Ok(())
@@ -424,7 +439,12 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
         }
         let mut took_unknown_job = false;
         if reason == StopReason::Exited {
-            let code = match inner.backend.status(&r.sandbox_id).await? {
+            let code = match inner
+                .backend
+                .registry
+                .status(r.backend, &r.sandbox_id)
+                .await?
+            {
                 SandboxStatus::Exited(c) => c,
                 _ => None,
             };
@@ -465,7 +485,11 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
 /// The finalizer: destroy the sandbox, remove the registration, mark the runner gone. Each step
 /// is idempotent; a failure leaves the runner in `stopping` and the next pass resumes.
 async fn teardown(inner: &Inner, r: &RunnerRecord, deregister: bool) -> Result<(), OpError> {
-    inner.backend.destroy(&r.sandbox_id).await?;
+    inner
+        .backend
+        .registry
+        .destroy(r.backend, &r.sandbox_id)
+        .await?;
     let now = now_ms();
     match inner
         .store

@@ -7,7 +7,8 @@
 //! - `bundle/config.json`: the OCI spec (see `ocispec`), without secrets;
 //! - `jit`: the JIT config, mode 0400, owned by the runner's uid as the host sees it, mounted
 //!   read-only at `/run/airlock/jit` and read by the entry shell into the runner's environment;
-//! - `net`: the index of its /30 (see `net`), `image`: the image it was made from;
+//! - `image`: the image it was made from (its /30 is a lease in the host's shared lease directory,
+//!   see `airlock_net::lease`);
 //! - `runner.log` (capped), `pid`, `exit_status`: as with every backend (see `supervise`).
 //!
 //! The runtime keeps its state under `root/.runtime`; cgroups are `/airlock/<tag>-<id>` where the
@@ -23,13 +24,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use airlock_core::BackendKind;
+use airlock_net::{self as net, Leases, Subnet};
 use async_trait::async_trait;
 use sha2::Digest as _;
 
-use crate::net::{self, Subnet};
 use crate::ocispec::{self, ContainerSpec, ID_RANGE, RUNNER_UID};
 use crate::supervise::{self, status_of, LogKeep, Watch};
-use crate::{check_id, Backend, SandboxError, SandboxSpec, SandboxStatus, Secret};
+use crate::{check_id, Backend, BackendSpec, SandboxError, SandboxSpec, SandboxStatus, Secret};
 
 /// Runtimes tried, in order, when none is configured.
 pub const RUNTIMES: &[&str] = &["crun", "runc", "youki"];
@@ -43,7 +45,8 @@ pub struct ContainerConfig {
     pub root: PathBuf,
     /// A runtime name looked up in PATH, or a path; `None` probes `RUNTIMES` in order.
     pub runtime: Option<String>,
-    pub subnet: Subnet,
+    /// The host's address leases (shared with every other backend) and the sandbox subnet.
+    pub net: Leases,
     pub uid_base: u32,
     pub log_cap: u64,
     /// Name servers written into each sandbox's resolv.conf; empty: the host's, minus loopback
@@ -56,9 +59,12 @@ pub struct ContainerConfig {
 impl ContainerConfig {
     pub fn new(root: PathBuf) -> ContainerConfig {
         ContainerConfig {
+            net: Leases::new(
+                net::lease_dir(root.parent().unwrap_or(&root)),
+                Subnet::parse(DEFAULT_SUBNET).expect("valid default"),
+            ),
             root,
             runtime: None,
-            subnet: Subnet::parse(DEFAULT_SUBNET).expect("valid default"),
             uid_base: DEFAULT_UID_BASE,
             log_cap: crate::process::DEFAULT_LOG_CAP,
             dns: Vec::new(),
@@ -76,8 +82,6 @@ pub struct ContainerBackend {
     tag: String,
     exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     watched: Watch,
-    /// Serialises address allocation.
-    alloc: tokio::sync::Mutex<()>,
 }
 
 fn probe_err(detail: String) -> SandboxError {
@@ -190,7 +194,6 @@ impl ContainerBackend {
             tag,
             exits,
             watched: Watch::default(),
-            alloc: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -221,34 +224,18 @@ impl ContainerBackend {
         c
     }
 
-    /// Allocates the lowest free /30 and records it in the sandbox directory.
-    async fn allocate(&self, id: &str) -> Result<net::Link, SandboxError> {
-        let _g = self.alloc.lock().await;
-        let mut used = std::collections::HashSet::new();
-        if let Ok(entries) = std::fs::read_dir(&self.cfg.root) {
-            for e in entries.flatten() {
-                if let Ok(s) = std::fs::read_to_string(e.path().join("net")) {
-                    if let Ok(n) = s.trim().parse::<u32>() {
-                        used.insert(n);
-                    }
-                }
-            }
-        }
-        let cap = self.cfg.subnet.capacity();
-        let index = (0..cap)
-            .find(|i| !used.contains(i))
-            .ok_or_else(|| SandboxError::Setup {
+    /// Takes the lowest free /30 of the host's sandbox subnet (leases shared by every backend).
+    fn allocate(&self, id: &str) -> Result<net::Link, SandboxError> {
+        let key = self.link_key(id);
+        let index = self
+            .cfg
+            .net
+            .acquire(&key)
+            .map_err(|e| SandboxError::Setup {
                 id: id.into(),
-                detail: net::NetError::Exhausted {
-                    subnet: self.cfg.subnet.base,
-                    prefix: self.cfg.subnet.prefix,
-                    used: used.len(),
-                }
-                .to_string(),
+                detail: e.to_string(),
             })?;
-        let dir = self.dir(id);
-        std::fs::write(dir.join("net"), format!("{index}\n")).map_err(|e| setup(id, "net", e))?;
-        Ok(self.cfg.subnet.link(&self.link_key(id), index))
+        Ok(self.cfg.net.subnet().link(&key, index))
     }
 
     fn resolv_conf(&self) -> String {
@@ -274,10 +261,16 @@ impl ContainerBackend {
 
     async fn create_inner(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
         let id = spec.id.as_str();
-        let rootfs = spec.rootfs.as_ref().ok_or_else(|| SandboxError::Setup {
-            id: id.into(),
-            detail: "the container backend needs an image (pool key `image`)".into(),
-        })?;
+        let BackendSpec::Container(c) = &spec.backend else {
+            return Err(SandboxError::Setup {
+                id: id.into(),
+                detail: format!(
+                    "a {} spec given to the container backend",
+                    spec.backend.kind()
+                ),
+            });
+        };
+        let rootfs = &c.rootfs;
         if !rootfs.join("bin/sh").exists() {
             return Err(SandboxError::Setup {
                 id: id.into(),
@@ -292,10 +285,8 @@ impl ContainerBackend {
         })?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
             .map_err(|e| setup(id, "chmod", e))?;
-        if let Some(image) = &spec.image {
-            std::fs::write(dir.join("image"), format!("{image}\n"))
-                .map_err(|e| setup(id, "image", e))?;
-        }
+        std::fs::write(dir.join("image"), format!("{}\n", c.image))
+            .map_err(|e| setup(id, "image", e))?;
         let (upper, work, merged, bundle) = (
             dir.join("upper"),
             dir.join("ovl-work"),
@@ -338,7 +329,7 @@ impl ContainerBackend {
         // The jit file exists from the start (empty) so the mount has a source; `start` fills it.
         let jit = dir.join("jit");
         write_owned(&jit, b"", base + RUNNER_UID).map_err(|e| setup(id, "jit", e))?;
-        let link = self.allocate(id).await?;
+        let link = self.allocate(id)?;
         // A link left by an earlier sandbox of this id (crash) would make the hook fail.
         net::delete(&link.host_if).map_err(|e| SandboxError::Setup {
             id: id.into(),
@@ -350,7 +341,7 @@ impl ContainerBackend {
             rootfs: &merged,
             runner: &spec.runner_command,
             uid_base: base,
-            limits: &spec.limits,
+            limits: &c.limits,
             cgroup: format!("/airlock/{}", self.cgroup_name(id)),
             jit_file: &jit,
             resolv_conf: &dir.join("resolv.conf"),
@@ -560,8 +551,8 @@ async fn probe_runtime(runtime: &Path, cfg: &ContainerConfig) -> Result<(), Stri
 
 #[async_trait]
 impl Backend for ContainerBackend {
-    fn kind(&self) -> &'static str {
-        "container"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Container
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
@@ -696,9 +687,13 @@ impl Backend for ContainerBackend {
                 }
             }
         }
-        // 3. The host link (the peer goes with it, or went with the namespace).
-        let link = self.cfg.subnet.link(&self.link_key(id), 0);
-        net::delete(&link.host_if).map_err(|e| fail(e.to_string()))?;
+        // 3. The host link (the peer goes with it, or went with the namespace), then its lease.
+        let key = self.link_key(id);
+        net::delete(&net::link_name(&key)).map_err(|e| fail(e.to_string()))?;
+        self.cfg
+            .net
+            .release(&key)
+            .map_err(|e| fail(e.to_string()))?;
         // 4. cgroups (empty once the processes are gone; retried while they finish dying).
         let mut last = Ok(());
         for _ in 0..50 {
@@ -736,8 +731,13 @@ impl ContainerBackend {
         }
         ids.extend(self.runtime_ids());
         let own = format!("{}/", self.tag);
-        for (_, alias) in net::list() {
-            if let Some(id) = alias.strip_prefix(&own) {
+        let leased = self.cfg.net.owners_with_prefix(&own).unwrap_or_default();
+        for key in net::list()
+            .into_iter()
+            .map(|(_, alias)| alias)
+            .chain(leased)
+        {
+            if let Some(id) = key.strip_prefix(&own) {
                 if check_id(id).is_ok() {
                     ids.insert(id.to_string());
                 }
@@ -767,8 +767,9 @@ pub fn tag_of(root: &Path) -> String {
 }
 
 /// Everything container sandboxes under `root` have left on the host, one line each: sandbox
-/// directories, runtime state, mounts below `root`, host links and cgroups with this root's tag,
-/// and processes whose working directory is below `root`. Empty when nothing is left; `airlock
+/// directories, runtime state, mounts below `root`, host links, address leases (in the lease
+/// directory beside `root`) and cgroups with this root's tag, and processes whose working
+/// directory is below `root`. Empty when nothing is left; `airlock
 /// demo` and the tests check it.
 pub fn remnants(root: &Path) -> Vec<String> {
     let tag = tag_of(root);
@@ -802,6 +803,16 @@ pub fn remnants(root: &Path) -> Vec<String> {
         if alias.starts_with(&format!("{tag}/")) {
             out.push(format!("link {link} ({alias})"));
         }
+    }
+    let leases = Leases::new(
+        net::lease_dir(root.parent().unwrap_or(root)),
+        Subnet::parse(DEFAULT_SUBNET).expect("valid default"),
+    );
+    for owner in leases
+        .owners_with_prefix(&format!("{tag}/"))
+        .unwrap_or_default()
+    {
+        out.push(format!("address lease of {owner}"));
     }
     for parent in cgroup_parents() {
         for n in names(&parent) {

@@ -9,11 +9,13 @@
 //! world-readable file.
 
 pub mod container;
-pub mod net;
 pub mod ocispec;
 pub mod process;
+pub mod registry;
 mod supervise;
 
+pub use airlock_core::BackendKind;
+pub use registry::{Listed, Registry};
 pub use supervise::LogKeep;
 
 use std::path::PathBuf;
@@ -44,12 +46,36 @@ pub struct SandboxSpec {
     pub id: String,
     pub runner_name: String,
     /// The runner program to start (actions/runner's `run.sh`, or ghsim's `airlock-runner`);
-    /// for containers, its path inside the image.
+    /// for image-based backends, its path inside the image.
     pub runner_command: PathBuf,
-    /// The image's root filesystem, owned as the backend's user namespace expects (containers).
-    pub rootfs: Option<PathBuf>,
+    /// What only one backend needs; its variant decides which backend makes the sandbox.
+    pub backend: BackendSpec,
+}
+
+/// The per-backend part of a sandbox spec.
+#[derive(Debug, Clone)]
+pub enum BackendSpec {
+    /// A child process on the host: nothing more to say.
+    Process,
+    Container(ContainerImage),
+}
+
+impl BackendSpec {
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            BackendSpec::Process => BackendKind::Process,
+            BackendSpec::Container(_) => BackendKind::Container,
+        }
+    }
+}
+
+/// A container sandbox's image and limits.
+#[derive(Debug, Clone)]
+pub struct ContainerImage {
+    /// The image's root filesystem, owned as the backend's user namespace expects.
+    pub rootfs: PathBuf,
     /// `NAME@sha256:…` of the image, recorded so an image in use is never removed.
-    pub image: Option<String>,
+    pub image: String,
     pub limits: Limits,
 }
 
@@ -101,6 +127,8 @@ pub enum SandboxError {
         backend: &'static str,
         detail: String,
     },
+    #[error("no {kind} backend is running (no pool asked for one at start, or its probe failed)")]
+    Unavailable { kind: BackendKind },
     #[error("invalid sandbox id {id:?}")]
     BadId { id: String },
     #[error("sandbox {id}: {detail}")]
@@ -109,7 +137,7 @@ pub enum SandboxError {
 
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug {
-    fn kind(&self) -> &'static str;
+    fn kind(&self) -> BackendKind;
     /// Makes the sandbox without starting anything in it.
     async fn create(&self, spec: &SandboxSpec) -> Result<(), SandboxError>;
     /// Starts the runner with its JIT config.

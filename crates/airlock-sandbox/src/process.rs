@@ -22,7 +22,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::supervise::{self, status_of, LogKeep, Watch};
-use crate::{check_id, Backend, SandboxError, SandboxSpec, SandboxStatus, Secret};
+use crate::{check_id, Backend, BackendKind, SandboxError, SandboxSpec, SandboxStatus, Secret};
 
 pub const MARKER_ENV: &str = "AIRLOCK_SANDBOX";
 const JIT_ENV: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
@@ -116,8 +116,8 @@ pub(crate) fn marked_processes(id: &str) -> Vec<i32> {
 
 #[async_trait]
 impl Backend for ProcessBackend {
-    fn kind(&self) -> &'static str {
-        "process"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Process
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
@@ -265,15 +265,14 @@ fn set_private(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::BackendSpec;
 
     fn spec(id: &str, cmd: &Path) -> SandboxSpec {
         SandboxSpec {
             id: id.into(),
             runner_name: format!("airlock-t-{id}"),
             runner_command: cmd.to_path_buf(),
-            rootfs: None,
-            image: None,
-            limits: Default::default(),
+            backend: BackendSpec::Process,
         }
     }
 

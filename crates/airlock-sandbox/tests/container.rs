@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use airlock_sandbox::{Backend, Limits, SandboxStatus, Secret};
+use airlock_sandbox::{Backend, BackendSpec, Limits, SandboxStatus, Secret};
 use common::*;
 
 /// The host pid of a process whose command line (NUL-separated) contains `needle`.
@@ -476,12 +476,18 @@ async fn half_failed_create_leaves_nothing() {
     let _reaper = Reaper(root.clone());
     let b = backend(&root, 10).await;
     let mut s = spec("bad1", &shell_image(), Limits::default());
-    s.rootfs = Some(t.path().join("no-such-rootfs"));
+    if let BackendSpec::Container(c) = &mut s.backend {
+        c.rootfs = t.path().join("no-such-rootfs");
+    }
     let e = b.create(&s).await.unwrap_err();
     assert!(e.to_string().contains("not a runner image"), "{e}");
-    s.rootfs = None;
+    s.backend = BackendSpec::Process;
     let e = b.create(&s).await.unwrap_err();
-    assert!(e.to_string().contains("needs an image"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("a process spec given to the container backend"),
+        "{e}"
+    );
     // A second create of a live sandbox's id fails and leaves the first alone.
     let good = spec("dup1", &shell_image(), Limits::default());
     b.create(&good).await.unwrap();

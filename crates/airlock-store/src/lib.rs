@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use airlock_core::{
-    JobObservation, JobStatus, Labels, RunnerState, SandboxState, Step, Timestamp, TransitionError,
+    BackendKind, JobObservation, JobStatus, Labels, RunnerState, SandboxState, Step, Timestamp,
+    TransitionError,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -141,6 +142,8 @@ pub struct RunnerRecord {
     pub stopped_at: Option<Timestamp>,
     pub exit_code: Option<i32>,
     pub stop_reason: Option<String>,
+    /// The backend its sandbox lives in (the sandbox row's `backend`).
+    pub backend: BackendKind,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -334,7 +337,7 @@ impl Store {
         pool: &str,
         scope: &str,
         sandbox_id: &str,
-        backend: &str,
+        backend: BackendKind,
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
@@ -347,7 +350,7 @@ impl Store {
         tx.execute(
             "INSERT INTO sandboxes (id, runner_name, backend, state, created_at, state_since)
              VALUES (?1, ?2, ?3, 'creating', ?4, ?4)",
-            params![sandbox_id, name, backend, now],
+            params![sandbox_id, name, backend.as_str(), now],
         )?;
         event(&tx, now, "runner", name, None, "creating", Some(pool))?;
         event(
@@ -357,7 +360,7 @@ impl Store {
             sandbox_id,
             None,
             "creating",
-            Some(backend),
+            Some(backend.as_str()),
         )?;
         tx.commit()?;
         Ok(())
@@ -469,7 +472,7 @@ impl Store {
     }
 
     pub fn live_runners(&self) -> Result<Vec<RunnerRecord>, StoreError> {
-        self.runners_where("state != 'gone'")
+        self.runners_where("r.state != 'gone'")
     }
 
     pub fn all_runners(&self) -> Result<Vec<RunnerRecord>, StoreError> {
@@ -478,7 +481,7 @@ impl Store {
 
     pub fn runner(&self, name: &str) -> Result<Option<RunnerRecord>, StoreError> {
         let conn = self.conn();
-        let mut st = conn.prepare(&format!("{RUNNER_COLS} WHERE name = ?1"))?;
+        let mut st = conn.prepare(&format!("{RUNNER_COLS} WHERE r.name = ?1"))?;
         let r = st.query_row([name], runner_row).optional()?;
         drop(st);
         drop(conn);
@@ -488,7 +491,7 @@ impl Store {
     fn runners_where(&self, cond: &str) -> Result<Vec<RunnerRecord>, StoreError> {
         let conn = self.conn();
         let mut st = conn.prepare(&format!(
-            "{RUNNER_COLS} WHERE {cond} ORDER BY created_at, name"
+            "{RUNNER_COLS} WHERE {cond} ORDER BY r.created_at, r.name"
         ))?;
         let rows = st
             .query_map([], runner_row)?
@@ -580,7 +583,9 @@ impl Store {
             [before],
         )?;
         n += tx.execute(
-            "DELETE FROM sandboxes WHERE state = 'destroyed' AND state_since < ?1",
+            // Never before its runner: a runner's backend is read from its sandbox row.
+            "DELETE FROM sandboxes WHERE state = 'destroyed' AND state_since < ?1
+             AND runner_name NOT IN (SELECT name FROM runners)",
             [before],
         )?;
         n += tx.execute("DELETE FROM events WHERE at < ?1", [before])?;
@@ -597,11 +602,14 @@ impl Store {
     }
 }
 
+/// A runner's sandbox row is inserted with it and outlives it (see `prune_history`), so the join
+/// always finds one.
 const RUNNER_COLS: &str =
-    "SELECT name, pool, scope, state, github_id, sandbox_id, job_id, created_at, state_since,
-    started_at, stopped_at, exit_code, stop_reason FROM runners";
+    "SELECT r.name, r.pool, r.scope, r.state, r.github_id, r.sandbox_id, r.job_id, r.created_at,
+    r.state_since, r.started_at, r.stopped_at, r.exit_code, r.stop_reason, s.backend
+    FROM runners r LEFT JOIN sandboxes s ON s.id = r.sandbox_id";
 
-fn runner_row(r: &Row<'_>) -> rusqlite::Result<(RunnerRecord, String)> {
+fn runner_row(r: &Row<'_>) -> rusqlite::Result<(RunnerRecord, (String, Option<String>))> {
     Ok((
         RunnerRecord {
             name: r.get(0)?,
@@ -617,16 +625,27 @@ fn runner_row(r: &Row<'_>) -> rusqlite::Result<(RunnerRecord, String)> {
             stopped_at: r.get(10)?,
             exit_code: r.get(11)?,
             stop_reason: r.get(12)?,
+            backend: BackendKind::Process,
         },
-        r.get(3)?,
+        (r.get(3)?, r.get(13)?),
     ))
 }
 
-fn finish_runner(mut r: RunnerRecord, state: String) -> Result<RunnerRecord, StoreError> {
+fn finish_runner(
+    mut r: RunnerRecord,
+    (state, backend): (String, Option<String>),
+) -> Result<RunnerRecord, StoreError> {
     r.state = RunnerState::parse(&state).ok_or_else(|| StoreError::Corrupt {
         table: "runners",
         detail: format!("state {state:?} of {}", r.name),
     })?;
+    r.backend = backend
+        .as_deref()
+        .and_then(BackendKind::parse)
+        .ok_or_else(|| StoreError::Corrupt {
+            table: "sandboxes",
+            detail: format!("backend {backend:?} of runner {}'s sandbox", r.name),
+        })?;
     Ok(r)
 }
 

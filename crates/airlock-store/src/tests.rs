@@ -69,7 +69,7 @@ fn runner_moves_are_checked_and_compare_and_set() {
         "small",
         "repo:octo/hello",
         "sb-a",
-        "process",
+        BackendKind::Container,
         1,
     )
     .unwrap();
@@ -95,6 +95,11 @@ fn runner_moves_are_checked_and_compare_and_set() {
         .unwrap();
     let r = s.runner("airlock-small-a").unwrap().unwrap();
     assert_eq!((r.state, r.job_id), (RunnerState::Busy, Some(5)));
+    assert_eq!(
+        r.backend,
+        BackendKind::Container,
+        "read from its sandbox row"
+    );
     assert!(s
         .runner_transition("airlock-small-a", RunnerState::Idle, 6, None)
         .is_err());
@@ -130,8 +135,15 @@ fn runner_moves_are_checked_and_compare_and_set() {
 #[test]
 fn sandboxes_and_unaccounted_exits() {
     let (_d, s) = open();
-    s.insert_runner("airlock-p-a", "p", "repo:o/r", "sb-a", "process", 1)
-        .unwrap();
+    s.insert_runner(
+        "airlock-p-a",
+        "p",
+        "repo:o/r",
+        "sb-a",
+        BackendKind::Process,
+        1,
+    )
+    .unwrap();
     s.sandbox_transition("sb-a", SandboxState::Running, None, 2)
         .unwrap();
     s.sandbox_transition("sb-a", SandboxState::Exited, Some(0), 3)
@@ -165,8 +177,15 @@ fn everything_survives_reopening() {
             1,
         )
         .unwrap();
-        s.insert_runner("airlock-p-b", "p", "repo:o/r", "sb-b", "process", 1)
-            .unwrap();
+        s.insert_runner(
+            "airlock-p-b",
+            "p",
+            "repo:o/r",
+            "sb-b",
+            BackendKind::Process,
+            1,
+        )
+        .unwrap();
         s.set_meta("k", "v").unwrap();
     }
     let s = Store::open(&path).unwrap();
@@ -196,15 +215,46 @@ fn a_newer_schema_is_refused() {
 fn old_history_is_pruned_and_open_work_never_is() {
     let (_d, s) = open();
     // An old finished runner with its sandbox and job, and an old runner that is still live.
-    s.insert_runner("airlock-p-old", "p", "repo:o/r", "sb-old", "process", 1)
-        .unwrap();
+    s.insert_runner(
+        "airlock-p-old",
+        "p",
+        "repo:o/r",
+        "sb-old",
+        BackendKind::Process,
+        1,
+    )
+    .unwrap();
     s.sandbox_transition("sb-old", SandboxState::Destroyed, None, 2)
         .unwrap();
     s.runner_transition("airlock-p-old", RunnerState::Stopping, 3, Some("test"))
         .unwrap();
     s.runner_transition("airlock-p-old", RunnerState::Gone, 3, None)
         .unwrap();
-    s.insert_runner("airlock-p-live", "p", "repo:o/r", "sb-live", "process", 1)
+    s.insert_runner(
+        "airlock-p-live",
+        "p",
+        "repo:o/r",
+        "sb-live",
+        BackendKind::Process,
+        1,
+    )
+    .unwrap();
+    // A runner gone recently whose sandbox was destroyed long ago: the sandbox row must stay,
+    // since the runner's backend is read from it.
+    s.insert_runner(
+        "airlock-p-recent",
+        "p",
+        "repo:o/r",
+        "sb-recent",
+        BackendKind::Microvm,
+        1,
+    )
+    .unwrap();
+    s.sandbox_transition("sb-recent", SandboxState::Destroyed, None, 2)
+        .unwrap();
+    s.runner_transition("airlock-p-recent", RunnerState::Stopping, 900, Some("test"))
+        .unwrap();
+    s.runner_transition("airlock-p-recent", RunnerState::Gone, 900, None)
         .unwrap();
     s.observe_jobs(&[obs(1, JobStatus::Completed, None)], 4)
         .unwrap();
@@ -231,5 +281,10 @@ fn old_history_is_pruned_and_open_work_never_is() {
         s.runner("airlock-p-old").unwrap().is_none(),
         "an old gone runner is pruned"
     );
+    let recent = s
+        .runner("airlock-p-recent")
+        .unwrap()
+        .expect("recent runner kept");
+    assert_eq!(recent.backend, BackendKind::Microvm);
     assert!(s.events(None).unwrap().iter().all(|e| e.at >= 500));
 }

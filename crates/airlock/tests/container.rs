@@ -55,7 +55,7 @@ fn image() -> airlock_image::Manifest {
 
 struct CEnv {
     env: Env,
-    net: airlock_sandbox::net::Outside,
+    net: airlock_net::Outside,
     _reaper: Reaper,
 }
 
@@ -114,7 +114,7 @@ async fn container_env_with(slot: u8, max: u32, extra: &str, start: bool) -> CEn
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     std::os::unix::fs::symlink(image_store().root(), state.join("images")).unwrap();
-    let net = airlock_sandbox::net::Outside::new(
+    let net = airlock_net::Outside::new(
         &format!("e2e-{}-{slot}", std::process::id()),
         format!("10.251.{slot}.1").parse().unwrap(),
         format!("10.251.{slot}.2").parse().unwrap(),

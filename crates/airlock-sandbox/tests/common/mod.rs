@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use airlock_image::{BuildSpec, ImageStore, Manifest, Progress, RunnerSource};
+use airlock_net::{Leases, Subnet};
 use airlock_sandbox::container::{ContainerBackend, ContainerConfig, DEFAULT_UID_BASE};
-use airlock_sandbox::net::Subnet;
-use airlock_sandbox::{Backend, Limits, SandboxSpec, SandboxStatus, Secret};
+use airlock_sandbox::{
+    Backend, BackendSpec, ContainerImage, Limits, SandboxSpec, SandboxStatus, Secret,
+};
 
 /// The test image's runner: it runs its "JIT config" as a shell script, so a test can run any
 /// commands as the runner user inside a real sandbox.
@@ -67,7 +69,7 @@ pub async fn backend(root: &Path, slot: u8) -> ContainerBackend {
     )
     .unwrap();
     let mut cfg = ContainerConfig::new(root.to_path_buf());
-    cfg.subnet = subnet_for(slot);
+    cfg.net = Leases::new(cfg.net.dir().to_path_buf(), subnet_for(slot));
     cfg.log_cap = 64 * 1024;
     cfg.logs = Some(airlock_sandbox::LogKeep {
         dir: root.parent().unwrap().join("logs"),
@@ -82,9 +84,11 @@ pub fn spec(id: &str, m: &Manifest, limits: Limits) -> SandboxSpec {
         id: id.into(),
         runner_name: format!("airlock-test-{id}"),
         runner_command: PathBuf::from("/").join(airlock_image::STANDIN_PATH),
-        rootfs: Some(rootfs),
-        image: Some(m.short()),
-        limits,
+        backend: BackendSpec::Container(ContainerImage {
+            rootfs,
+            image: m.short(),
+            limits,
+        }),
     }
 }
 
@@ -167,7 +171,7 @@ pub fn leftovers(root: &Path, tag_ids: &[String]) -> Leftovers {
     }
     // The backend tags links and cgroups with a hash of its root (see container.rs).
     let tag = airlock_sandbox::container::tag_of(root);
-    for (name, alias) in airlock_sandbox::net::list() {
+    for (name, alias) in airlock_net::list() {
         if tag_ids.iter().any(|id| alias == format!("{tag}/{id}")) {
             l.links.push(name);
         }

@@ -38,9 +38,7 @@ pub enum DemoBackend {
 /// What the demo's pools run on.
 enum Mode {
     Process,
-    Container {
-        outside: airlock_sandbox::net::Outside,
-    },
+    Container { outside: airlock_net::Outside },
 }
 
 struct Expect {
@@ -254,7 +252,7 @@ async fn container_mode(a: &Args, state: &Path, runner: &Path) -> Result<Mode, S
     );
     // An address pair for ghsim's namespace that no sandbox subnet uses.
     let n = std::process::id() % 250;
-    let outside = airlock_sandbox::net::Outside::new(
+    let outside = airlock_net::Outside::new(
         &format!("demo-{}", std::process::id()),
         format!("10.252.{n}.1").parse().expect("an address"),
         format!("10.252.{n}.2").parse().expect("an address"),

@@ -1,0 +1,76 @@
+//! Host networking shared by every sandbox backend, so that a container and a VM can never get
+//! the same address and are kept off the host and off each other by the same rules:
+//! - `subnet`: the /30 arithmetic and link names;
+//! - `lease`: which /30 each sandbox holds, as files under one directory for every backend;
+//! - `links`: the veth pairs of containers and the taps of VMs, named and aliased by owner;
+//! - `rules`: the one nftables table;
+//! - `outside`: a namespace standing in for the internet (demo and tests only).
+//!
+//! This crate must never know what a sandbox is beyond its owner key and its link: no backend,
+//! no store, no image.
+
+pub mod lease;
+pub mod links;
+pub mod outside;
+pub mod rules;
+pub mod subnet;
+
+pub use lease::{lease_dir, Leases};
+pub use links::{delete, hook_args, list};
+pub use outside::Outside;
+pub use rules::setup_host;
+pub use subnet::{link_name, Link, Subnet};
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// Host-side link names start with this; nothing else on a host should.
+pub const LINK_PREFIX: &str = "airl";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("{what}: {detail}")]
+    Command { what: String, detail: String },
+    #[error("lease directory {path}: {source}")]
+    Lease {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no free address in {subnet}/{prefix}: {used} sandboxes hold them all")]
+    Exhausted {
+        subnet: Ipv4Addr,
+        prefix: u8,
+        used: usize,
+    },
+}
+
+pub(crate) fn run(what: &str, cmd: &mut Command, stdin: Option<&str>) -> Result<(), NetError> {
+    let err = |detail: String| NetError::Command {
+        what: what.to_string(),
+        detail,
+    };
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| err(format!("cannot run {:?}: {e}", cmd.get_program())))?;
+    if let (Some(text), Some(mut w)) = (stdin, child.stdin.take()) {
+        w.write_all(text.as_bytes())
+            .map_err(|e| err(format!("writing to {:?}: {e}", cmd.get_program())))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| err(format!("waiting for {:?}: {e}", cmd.get_program())))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    }
+}

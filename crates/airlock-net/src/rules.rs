@@ -1,0 +1,46 @@
+//! The nftables table `inet airlock`, the same for every airlock on the host and for every kind
+//! of sandbox, rewritten whole at start-up: packets from `airl*` links (container veths and VM
+//! taps alike) to the host itself are dropped (input), sandbox to sandbox and sandbox to
+//! link-local (cloud metadata) are dropped, nothing from outside may open a connection into a
+//! sandbox (forward), and what leaves for elsewhere is masqueraded.
+//!
+//! It must never name a sandbox: one rule set covers every link by its name prefix, so a sandbox
+//! is protected from the moment its link exists, with no per-sandbox rule to forget.
+
+use std::process::Command;
+
+use crate::{run, NetError};
+
+pub const RULES: &str = r#"table inet airlock {}
+flush table inet airlock
+table inet airlock {
+  chain input {
+    type filter hook input priority filter - 5; policy accept;
+    iifname "airl*" counter drop comment "sandboxes never reach the host's own services"
+  }
+  chain forward {
+    type filter hook forward priority filter - 5; policy accept;
+    iifname "airl*" oifname "airl*" counter drop comment "no sandbox to sandbox"
+    iifname "airl*" ip daddr 169.254.0.0/16 counter drop comment "no cloud metadata"
+    oifname "airl*" ct state established,related accept
+    oifname "airl*" counter drop comment "nothing opens a connection into a sandbox"
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    iifname "airl*" oifname != "airl*" masquerade
+  }
+}
+"#;
+
+/// Turns on forwarding and (re)writes the `inet airlock` table.
+pub fn setup_host() -> Result<(), NetError> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| NetError::Command {
+        what: "enabling IPv4 forwarding".into(),
+        detail: e.to_string(),
+    })?;
+    run(
+        "loading the nftables table inet airlock",
+        Command::new("nft").arg("-f").arg("-"),
+        Some(RULES),
+    )
+}
