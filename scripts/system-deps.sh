@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# Installs the Debian packages airlock's container backend and image builder drive, when they are
-# missing: an OCI runtime (runc; crun too, which the probe tries first), mmdebstrap, nftables,
-# iproute2 and util-linux's nsenter. Needs root and apt-get.
+# Installs the Debian packages airlock's container and microVM backends and its image builder
+# drive, when they are missing: an OCI runtime (runc; crun too, which the probe tries first),
+# mmdebstrap, nftables, iproute2, util-linux's nsenter and setpriv, QEMU (qemu-system-x86,
+# qemu-utils) and e2fsprogs (mkfs.ext4 for VM disks). Needs root and apt-get.
 #   scripts/system-deps.sh          install, or fail when not root
 #   scripts/system-deps.sh --try    install when root; otherwise say what is missing and go on
 set -euo pipefail
 try=false
 [ "${1:-}" = "--try" ] && try=true
 need=()
-for tool in mmdebstrap:mmdebstrap runc:runc crun:crun nft:nftables ip:iproute2 nsenter:util-linux; do
+for tool in mmdebstrap:mmdebstrap runc:runc crun:crun nft:nftables ip:iproute2 nsenter:util-linux \
+    setpriv:util-linux qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mkfs.ext4:e2fsprogs; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || need+=("${tool##*:}")
 done
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   if $try; then
-    echo "==> not installing ${need[*]} (needs root and apt-get): container sandboxes unavailable"
+    echo "==> not installing ${need[*]} (needs root and apt-get): container and microVM sandboxes unavailable"
     exit 0
   fi
   echo "scripts/system-deps.sh: installing ${need[*]} needs root and apt-get" >&2

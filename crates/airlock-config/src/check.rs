@@ -12,14 +12,14 @@ use toml::{Table, Value};
 use crate::lines::LineIndex;
 use crate::*;
 
-struct Walker<'a> {
+pub(crate) struct Walker<'a> {
     lines: LineIndex,
     base: &'a Path,
     diags: Vec<Diagnostic>,
 }
 
 impl Walker<'_> {
-    fn push(&mut self, severity: Severity, key: &str, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, severity: Severity, key: &str, message: impl Into<String>) {
         // Point at the key's own line, or failing that at its section's header.
         let line = self.lines.line(key).or_else(|| {
             key.rsplit_once('.')
@@ -33,16 +33,16 @@ impl Walker<'_> {
         });
     }
 
-    fn error(&mut self, key: &str, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, key: &str, message: impl Into<String>) {
         self.push(Severity::Error, key, message)
     }
 
-    fn warn(&mut self, key: &str, message: impl Into<String>) {
+    pub(crate) fn warn(&mut self, key: &str, message: impl Into<String>) {
         self.push(Severity::Warning, key, message)
     }
 
     /// Removes and deserialises `key`; a wrong type is reported and gives `None`.
-    fn take<T: DeserializeOwned>(
+    pub(crate) fn take<T: DeserializeOwned>(
         &mut self,
         t: &mut Table,
         section: &str,
@@ -61,7 +61,13 @@ impl Walker<'_> {
         }
     }
 
-    fn duration(&mut self, t: &mut Table, section: &str, key: &str, default: Duration) -> Duration {
+    pub(crate) fn duration(
+        &mut self,
+        t: &mut Table,
+        section: &str,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
         let Some(s) = self.take::<String>(
             t,
             section,
@@ -86,7 +92,7 @@ impl Walker<'_> {
         }
     }
 
-    fn path(&mut self, t: &mut Table, section: &str, key: &str) -> Option<PathBuf> {
+    pub(crate) fn path(&mut self, t: &mut Table, section: &str, key: &str) -> Option<PathBuf> {
         let p: PathBuf = self.take::<String>(t, section, key, "a file path")?.into();
         Some(if p.is_absolute() {
             p
@@ -95,7 +101,7 @@ impl Walker<'_> {
         })
     }
 
-    fn unknown(&mut self, t: Table, section: &str, known: &[&str]) {
+    pub(crate) fn unknown(&mut self, t: Table, section: &str, known: &[&str]) {
         for k in t.keys() {
             self.error(
                 &format!("{section}.{k}"),
@@ -104,7 +110,7 @@ impl Walker<'_> {
         }
     }
 
-    fn table(&mut self, root: &mut Table, name: &str) -> Table {
+    pub(crate) fn table(&mut self, root: &mut Table, name: &str) -> Table {
         match root.remove(name) {
             None => Table::new(),
             Some(Value::Table(t)) => t,
@@ -180,6 +186,7 @@ const POOL_KEYS: &[&str] = &[
     "labels",
     "runner_group",
     "backend",
+    "microvm",
     "runner_command",
     "image",
     "packages",
@@ -334,6 +341,8 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
         uid_base,
         dns,
     };
+
+    let microvm = crate::microvm::settings(&mut w, &mut root);
 
     // [github]
     let mut t = w.table(&mut root, "github");
@@ -509,20 +518,26 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
         {
             None | Some("process") => BackendKind::Process,
             Some("container") => BackendKind::Container,
-            Some("microvm") => {
-                w.error(
-                    &format!("{sec}.backend"),
-                    "\"microvm\" is not available in this version; use \"container\" or \"process\"",
-                );
-                BackendKind::Process
-            }
+            Some("microvm") => BackendKind::Microvm,
             Some(other) => {
                 w.error(
                     &format!("{sec}.backend"),
-                    format!("{other:?} is not a backend; expected \"container\" or \"process\""),
+                    format!("{other:?} is not a backend; expected \"container\", \"microvm\" or \"process\""),
                 );
                 BackendKind::Process
             }
+        };
+        let microvm = if backend == BackendKind::Microvm {
+            Some(crate::microvm::pool(&mut w, &mut t, &sec))
+        } else {
+            if t.contains_key("microvm") {
+                t.remove("microvm");
+                w.error(
+                    &format!("{sec}.microvm"),
+                    format!("only for backend = \"microvm\" (this pool's is \"{backend}\")"),
+                );
+            }
+            None
         };
         let image = w.take::<String>(&mut t, &sec, "image", "an image name or NAME@DIGEST");
         let runner_command = match backend {
@@ -593,7 +608,15 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
         if cpus.is_some_and(|c| !(0.01..=1024.0).contains(&c)) {
             w.error(&format!("{sec}.cpus"), "must be between 0.01 and 1024");
         }
-        let memory_mib = w.take::<u64>(&mut t, &sec, "memory_mib", "a whole number of MiB");
+        if backend == BackendKind::Microvm && cpus.is_some_and(|c| c.fract() != 0.0) {
+            w.error(
+                &format!("{sec}.cpus"),
+                "a microVM has whole virtual CPUs: write a whole number",
+            );
+        }
+        let memory_mib = w
+            .take::<u64>(&mut t, &sec, "memory_mib", "a whole number of MiB")
+            .or((backend == BackendKind::Microvm).then_some(crate::microvm::DEFAULT_MEMORY_MIB));
         if memory_mib.is_some_and(|m| m < 16) {
             w.error(&format!("{sec}.memory_mib"), "must be at least 16");
         }
@@ -611,6 +634,12 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
             w.warn(
                 &sec,
                 "cpus, memory_mib, pids_max and io_weight are ignored by the process backend",
+            );
+        }
+        if backend == BackendKind::Microvm && (pids_max.is_some() || io_weight.is_some()) {
+            w.warn(
+                &sec,
+                "pids_max and io_weight are ignored by microVM pools: a VM's limits are its vCPUs, memory and disk_gib",
             );
         }
         let min_idle = w
@@ -641,6 +670,7 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
                 backend,
                 runner_command,
                 image,
+                microvm,
                 packages,
                 cpus,
                 memory_mib,
@@ -657,7 +687,7 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
     for k in root.keys() {
         w.error(
             k,
-            "unknown top-level key; expected [server], [github] or [[pool]]",
+            "unknown top-level key; expected [server], [github], [container], [microvm] or [[pool]]",
         );
     }
 
@@ -667,6 +697,7 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
             Config {
                 server,
                 container,
+                microvm,
                 github: GitHubConfig {
                     api_url,
                     webhook_secret_file,
@@ -813,6 +844,102 @@ boot_timeout = 7
             text.iter().any(|t| t.contains("can never match")),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn microvm_pools_and_the_microvm_section() {
+        let d = dir_with_secrets();
+        std::fs::create_dir_all(d.path().join("state/images/vm")).unwrap();
+        std::fs::write(d.path().join("bzImage"), b"kernel").unwrap();
+        let good = format!(
+            "{GOOD}\n[microvm]\nqemu = \"/opt/qemu/bin/qemu-system-x86_64\"\nuid_base = 300000\n\n\
+             [[pool]]\nname = \"vm\"\nscope = \"org:octo\"\nlabels = [\"vm\"]\nbackend = \"microvm\"\n\
+             image = \"vm\"\ncpus = 2\n\n[pool.microvm]\naccel = \"tcg\"\ndisk_gib = 4\n\n\
+             [[pool]]\nname = \"fc\"\nscope = \"org:octo\"\nlabels = [\"fc\"]\nbackend = \"microvm\"\n\
+             image = \"vm\"\nmemory_mib = 512\n\n[pool.microvm]\ndriver = \"firecracker\"\nkernel = \"./bzImage\"\n"
+        );
+        let (c, diags) = load_str(&good, d.path()).unwrap();
+        assert!(diags.is_empty(), "{diags:?}");
+        let vm = &c.pools[2];
+        assert_eq!(vm.backend, BackendKind::Microvm);
+        assert_eq!(
+            vm.microvm,
+            Some(MicrovmPool {
+                driver: VmDriver::Qemu,
+                accel: Accel::Tcg,
+                kernel: None,
+                disk_gib: 4
+            })
+        );
+        assert_eq!(
+            (vm.cpus, vm.memory_mib),
+            (Some(2.0), Some(2048)),
+            "default guest RAM"
+        );
+        let fc = c.pools[3].microvm.as_ref().unwrap();
+        assert_eq!(
+            (fc.driver, fc.accel, fc.disk_gib),
+            (VmDriver::Firecracker, Accel::Auto, 10)
+        );
+        assert_eq!(
+            fc.kernel.as_deref(),
+            Some(d.path().join("./bzImage").to_str().unwrap())
+        );
+        assert_eq!(c.pools[3].memory_mib, Some(512));
+        assert_eq!(
+            c.microvm.qemu,
+            PathBuf::from("/opt/qemu/bin/qemu-system-x86_64")
+        );
+        assert_eq!(
+            c.microvm.firecracker,
+            PathBuf::from("firecracker"),
+            "looked up in PATH"
+        );
+        assert_eq!(c.microvm.uid_base, 300_000);
+        assert!(c.pools[0].microvm.is_none());
+
+        let bad = format!(
+            "{GOOD}\n[microvm]\nuid_base = 5\nbochs = \"yes\"\n\n\
+             [[pool]]\nname = \"vm\"\nscope = \"org:octo\"\nlabels = [\"vm\"]\nbackend = \"microvm\"\n\
+             image = \"vm\"\ncpus = 1.5\n\n[pool.microvm]\ndriver = \"bochs\"\naccel = \"warp\"\n\
+             kernel = \"/no/such/bzImage\"\ndisk_gib = 0\nballoon = true\n\n\
+             [[pool]]\nname = \"ct\"\nscope = \"org:octo\"\nlabels = [\"ct\"]\nbackend = \"container\"\n\
+             image = \"vm\"\n\n[pool.microvm]\ndriver = \"qemu\"\n\n\
+             [[pool]]\nname = \"fc\"\nscope = \"org:octo\"\nlabels = [\"fc\"]\nbackend = \"microvm\"\n\
+             image = \"vm\"\n\n[pool.microvm]\ndriver = \"firecracker\"\naccel = \"tcg\"\n"
+        );
+        let diags = load_str(&bad, d.path()).unwrap_err();
+        let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        let base = GOOD.lines().count();
+        for (key, line, says) in [
+            ("microvm.uid_base", base + 3, "at least 1000"),
+            ("microvm.bochs", base + 4, "unknown key"),
+            ("pool[2].cpus", base + 12, "whole number"),
+            ("pool[2].microvm.driver", base + 15, "not a driver"),
+            ("pool[2].microvm.accel", base + 16, "not an accelerator"),
+            ("pool[2].microvm.kernel", base + 17, "is not a file"),
+            ("pool[2].microvm.disk_gib", base + 18, "from 1 to 16384"),
+            ("pool[2].microvm.balloon", base + 19, "unknown key"),
+            (
+                "pool[3].microvm",
+                base + 28,
+                "only for backend = \"microvm\"",
+            ),
+            (
+                "pool[4].microvm.accel",
+                base + 40,
+                "only the qemu driver can emulate",
+            ),
+        ] {
+            assert!(
+                diags.iter().any(|d| d.key == key
+                    && d.severity == Severity::Error
+                    && d.line == Some(line)
+                    && d.message.contains(says)),
+                "no error {says:?} for {key} (line {line}) in:\n{}",
+                text.join("\n")
+            );
+        }
     }
 
     #[test]

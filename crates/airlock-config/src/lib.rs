@@ -8,6 +8,7 @@
 
 mod check;
 mod lines;
+pub mod microvm;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,8 +16,9 @@ use std::time::Duration;
 
 use airlock_core::{Labels, PoolSpec, Scope};
 
-pub use airlock_core::BackendKind;
+pub use airlock_core::{Accel, BackendKind, VmDriver};
 pub use check::load_str;
+pub use microvm::{MicrovmPool, MicrovmSettings};
 
 /// One problem found in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +67,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub github: GitHubConfig,
     pub container: ContainerSettings,
+    pub microvm: MicrovmSettings,
     pub pools: Vec<PoolConfig>,
 }
 
@@ -134,8 +137,10 @@ pub struct PoolConfig {
     /// ghsim's stand-in `airlock-runner`); for containers a path inside the image, `None` taking
     /// the one the image's manifest names.
     pub runner_command: Option<PathBuf>,
-    /// The image (`NAME` for its newest build, or `NAME@DIGEST`): container pools.
+    /// The image (`NAME` for its newest build, or `NAME@DIGEST`): container and microVM pools.
     pub image: Option<String>,
+    /// `[pool.microvm]`: microVM pools only.
+    pub microvm: Option<MicrovmPool>,
     /// Debian packages the pool's jobs need in its image; `airlock image build NAME --config F`
     /// installs those of every pool using NAME, and `check-config` says when a build lacks some.
     pub packages: Vec<String>,

@@ -1,5 +1,6 @@
 //! Finds the line of a key in the raw TOML text, so diagnostics can point at it. Handles the
-//! shapes airlock's config uses: `[table]`, `[[array]]` and `key = value` lines.
+//! shapes airlock's config uses: `[table]`, `[[array]]`, `[array.table]` (a table of the array's
+//! last element) and `key = value` lines.
 
 use std::collections::HashMap;
 
@@ -23,7 +24,19 @@ impl LineIndex {
                 *idx += 1;
                 keys.insert(section.clone(), n);
             } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
-                section = name.trim().to_string();
+                // `[pool.microvm]` after `[[pool]]` is a table of the array's last element.
+                let name = name.trim();
+                section = match name.split_once('.') {
+                    Some((array, rest)) if arrays.contains_key(array.trim()) => {
+                        format!(
+                            "{}[{}].{}",
+                            array.trim(),
+                            arrays[array.trim()] - 1,
+                            rest.trim()
+                        )
+                    }
+                    _ => name.to_string(),
+                };
                 keys.insert(section.clone(), n);
             } else if let Some((k, _)) = line.split_once('=') {
                 let k = k.trim().trim_matches('"');

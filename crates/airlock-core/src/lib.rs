@@ -58,6 +58,61 @@ impl std::fmt::Display for BackendKind {
     }
 }
 
+/// The virtual machine monitor a microVM pool boots its VMs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmDriver {
+    Qemu,
+    Firecracker,
+    CloudHypervisor,
+}
+
+impl VmDriver {
+    pub const ALL: [VmDriver; 3] = [
+        VmDriver::Qemu,
+        VmDriver::Firecracker,
+        VmDriver::CloudHypervisor,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            VmDriver::Qemu => "qemu",
+            VmDriver::Firecracker => "firecracker",
+            VmDriver::CloudHypervisor => "cloud-hypervisor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<VmDriver> {
+        VmDriver::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// How a microVM's CPU is virtualised: hardware (KVM), software emulation (TCG, QEMU only), or
+/// KVM where a probe boot shows it works and TCG otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Accel::Auto => "auto",
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Accel> {
+        [Accel::Auto, Accel::Kvm, Accel::Tcg]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
 /// The scope at which a pool registers its runners (and GitHub's runner endpoints live).
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,

@@ -6,22 +6,65 @@
 //! It also turns a pool into a sandbox spec: for container pools it resolves the pool's image to
 //! its newest build (or the pinned digest) and the user-namespace-shifted copy of its rootfs.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use airlock_config::{BackendKind, Config, PoolConfig};
 use airlock_image::ImageStore;
 use airlock_net::{Leases, Subnet};
 use airlock_sandbox::container::{ContainerBackend, ContainerConfig};
+use airlock_sandbox::microvm::{AccelChoice, MicrovmBackend, MicrovmConfig};
 use airlock_sandbox::process::ProcessBackend;
 use airlock_sandbox::{
-    BackendSpec, ContainerImage, Limits, LogKeep, Registry, SandboxError, SandboxSpec,
+    BackendSpec, ContainerImage, Limits, LogKeep, Registry, SandboxError, SandboxSpec, VmImage,
 };
 
 #[derive(Debug)]
 pub struct Backends {
     pub registry: Registry,
+    microvm: Option<Arc<MicrovmBackend>>,
     images: ImageStore,
     uid_base: u32,
+    /// What the probe said of each microVM pool's kernel (absent: not probed yet).
+    accel: Mutex<HashMap<String, PoolAccel>>,
+}
+
+/// The accelerator a microVM pool's VMs boot with, as its probe settled it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolAccel {
+    Using(AccelChoice),
+    /// The pool creates nothing: its kernel does not boot as asked (the reason).
+    Refused(String),
+}
+
+impl PoolAccel {
+    /// `kvm`, `tcg` or `refused`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            PoolAccel::Using(c) => c.accel.as_str(),
+            PoolAccel::Refused(_) => "refused",
+        }
+    }
+
+    /// What an operator should know: the fallback's or the refusal's reason.
+    pub fn warning(&self) -> Option<&str> {
+        match self {
+            PoolAccel::Using(c) => c.warning.as_deref(),
+            PoolAccel::Refused(r) => Some(r),
+        }
+    }
+}
+
+/// Why a pool's spec could not be made; the executor's error class.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The image is missing, has no such kernel, or is not bootable.
+    #[error("{0}")]
+    Image(String),
+    /// The microVM probe refused the pool's kernel with the accelerator asked for.
+    #[error("{0}")]
+    Probe(String),
 }
 
 impl Backends {
@@ -39,7 +82,8 @@ impl Backends {
             .with_logs(logs.clone());
         process.probe().await?;
         let mut registry = Registry::new();
-        registry.insert(Box::new(process));
+        registry.insert(Arc::new(process));
+        let mut microvm = None;
         let subnet = Subnet::parse(&cfg.container.subnet).ok_or_else(|| SandboxError::Probe {
             backend: "container",
             detail: format!("bad subnet {:?}", cfg.container.subnet),
@@ -58,28 +102,154 @@ impl Backends {
                     c.log_cap = cfg.server.job_log_max_bytes;
                     c.dns = cfg.container.dns.clone();
                     c.logs = Some(logs.clone());
-                    registry.insert(Box::new(
+                    registry.insert(Arc::new(
                         ContainerBackend::probe(c, Some(exits.clone())).await?,
                     ));
                 }
-                BackendKind::Microvm => return Err(SandboxError::Unavailable { kind }),
+                BackendKind::Microvm => {
+                    let mut c = MicrovmConfig::new(dir.join("vms"));
+                    c.net = leases.clone();
+                    c.qemu = cfg.microvm.qemu.clone();
+                    c.uid_base = cfg.microvm.uid_base;
+                    c.log_cap = cfg.server.job_log_max_bytes;
+                    c.dns = cfg.container.dns.clone();
+                    c.logs = Some(logs.clone());
+                    let m = Arc::new(MicrovmBackend::probe(c, Some(exits.clone())).await?);
+                    registry.insert(m.clone());
+                    microvm = Some(m);
+                }
             }
         }
         Ok(Backends {
             registry,
+            microvm,
             images: ImageStore::new(dir.join("images")),
             uid_base: cfg.container.uid_base,
+            accel: Mutex::new(HashMap::new()),
         })
     }
 
+    /// The `accel` label of a pool for metrics and status: `none` for pools that are not
+    /// microVMs, `unprobed` before the first probe.
+    pub fn accel_label(&self, pool: &PoolConfig) -> &'static str {
+        if pool.backend != BackendKind::Microvm {
+            return "none";
+        }
+        self.accel(&pool.name).map_or("unprobed", |a| a.label())
+    }
+
+    /// Probes the kernel of every microVM pool whose image exists (in the background at start,
+    /// so that `status` and the logs say early which accelerator each pool gets, and a pool whose
+    /// kernel cannot boot as asked is named at once).
+    pub async fn probe_pools(&self, pools: &[PoolConfig]) {
+        for p in pools.iter().filter(|p| p.backend == BackendKind::Microvm) {
+            if let Err(e) = self.vm_image(p).await {
+                tracing::info!(pool = %p.name, "not probing the pool's kernel yet: {e}");
+            }
+        }
+    }
+
+    /// The accelerator state of a microVM pool, once its kernel was probed.
+    pub fn accel(&self, pool: &str) -> Option<PoolAccel> {
+        self.accel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(pool)
+            .cloned()
+    }
+
+    /// Resolves a microVM pool's image and kernel, and settles its accelerator by the backend's
+    /// (memoized) probe boot.
+    async fn vm_image(&self, pool: &PoolConfig) -> Result<(VmImage, String), SpecError> {
+        let m = self
+            .microvm
+            .as_ref()
+            .ok_or_else(|| SpecError::Probe("the microvm backend is not running".into()))?;
+        let vmcfg = pool.microvm.clone().ok_or_else(|| {
+            SpecError::Image(format!("pool {} has no [pool.microvm] settings", pool.name))
+        })?;
+        let reference = pool.image.clone().unwrap_or_default();
+        let images = self.images.clone();
+        let manifest = tokio::task::spawn_blocking(move || images.resolve(&reference))
+            .await
+            .map_err(|e| SpecError::Image(format!("image task: {e}")))?
+            .map_err(|e| SpecError::Image(e.to_string()))?;
+        let Some(vm) = &manifest.vm else {
+            return Err(SpecError::Image(format!(
+                "image {} is not bootable as a microVM: rebuild it with `airlock image build {} --vm`",
+                manifest.short(),
+                manifest.name
+            )));
+        };
+        let dir = self.images.dir(&manifest);
+        let newest = vm.kernels.first().ok_or_else(|| {
+            SpecError::Image(format!("image {} holds no kernel", manifest.short()))
+        })?;
+        let (kernel, initramfs) = match vmcfg.kernel.as_deref() {
+            None => (dir.join(&newest.kernel), dir.join(&newest.initramfs)),
+            // A kernel of the host's own boots with the image's newest initramfs.
+            Some(k) if k.contains('/') => (PathBuf::from(k), dir.join(&newest.initramfs)),
+            Some(version) => {
+                let k = vm
+                    .kernels
+                    .iter()
+                    .find(|k| k.version == version)
+                    .ok_or_else(|| {
+                        let have: Vec<&str> =
+                            vm.kernels.iter().map(|k| k.version.as_str()).collect();
+                        SpecError::Image(format!(
+                            "image {} has no kernel {version} (it has {})",
+                            manifest.short(),
+                            have.join(", ")
+                        ))
+                    })?;
+                (dir.join(&k.kernel), dir.join(&k.initramfs))
+            }
+        };
+        let choice = m.accel_for(&kernel, &initramfs, vmcfg.accel).await;
+        let state = match &choice {
+            Ok(c) => PoolAccel::Using(c.clone()),
+            Err(e) => PoolAccel::Refused(e.clone()),
+        };
+        self.accel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pool.name.clone(), state);
+        let choice = choice.map_err(SpecError::Probe)?;
+        Ok((
+            VmImage {
+                image: format!("{}@{}", manifest.name, manifest.digest),
+                disk: dir.join(&vm.disk),
+                kernel,
+                initramfs,
+                driver: vmcfg.driver,
+                accel: choice.accel,
+                cpus: pool.cpus.map(|c| c.max(1.0) as u32).unwrap_or(1),
+                memory_mib: pool
+                    .memory_mib
+                    .unwrap_or(airlock_config::microvm::DEFAULT_MEMORY_MIB),
+                disk_gib: vmcfg.disk_gib,
+                docker: vm.docker,
+            },
+            manifest.runner.path.clone(),
+        ))
+    }
+
     /// The sandbox spec for a new runner of `pool`.
-    pub async fn spec_for(&self, pool: &PoolConfig, name: &str) -> Result<SandboxSpec, String> {
+    pub async fn spec_for(&self, pool: &PoolConfig, name: &str) -> Result<SandboxSpec, SpecError> {
         let mut spec = SandboxSpec {
             id: name.to_string(),
             runner_name: name.to_string(),
             runner_command: pool.runner_command.clone().unwrap_or_default(),
             backend: BackendSpec::Process,
         };
+        if pool.backend == BackendKind::Microvm {
+            let (vm, runner) = self.vm_image(pool).await?;
+            if pool.runner_command.is_none() {
+                spec.runner_command = PathBuf::from(runner);
+            }
+            spec.backend = BackendSpec::Microvm(vm);
+        }
         if pool.backend == BackendKind::Container {
             let reference = pool.image.clone().unwrap_or_default();
             let images = self.images.clone();
@@ -90,7 +260,9 @@ impl Backends {
                 Ok::<_, String>((m, rootfs))
             })
             .await
-            .map_err(|e| format!("image task: {e}"))??;
+            .map_err(|e| format!("image task: {e}"))
+            .and_then(|r| r)
+            .map_err(SpecError::Image)?;
             if pool.runner_command.is_none() {
                 spec.runner_command = PathBuf::from(&manifest.runner.path);
             }

@@ -220,7 +220,11 @@ fn status(inner: &Inner) -> Result<serde_json::Value, airlock_store::StoreError>
             for r in runners.iter().filter(|r| r.pool == p.name) {
                 *by_state.entry(r.state.to_string()).or_default() += 1;
             }
-            json!({ "name": p.name, "scope": p.scope.to_string(), "labels": p.labels, "backend": p.backend.as_str(), "image": p.image, "queued": demand.get(&p.name).copied().unwrap_or(0), "runners": by_state })
+            let microvm = p.microvm.as_ref().map(|m| {
+                let state = inner.backend.accel(&p.name);
+                json!({ "driver": m.driver.as_str(), "accel_asked": m.accel.as_str(), "accel": inner.backend.accel_label(p), "warning": state.as_ref().and_then(|s| s.warning()), "disk_gib": m.disk_gib, "kernel": m.kernel })
+            });
+            json!({ "name": p.name, "scope": p.scope.to_string(), "labels": p.labels, "backend": p.backend.as_str(), "image": p.image, "microvm": microvm, "queued": demand.get(&p.name).copied().unwrap_or(0), "runners": by_state })
         })
         .collect();
     let draining = inner.shared().draining;

@@ -238,6 +238,11 @@ pub async fn start(cfg: Config) -> Result<Handle, StartError> {
             i.wake.notify_one();
         }
     }));
+    let i = inner.clone();
+    tasks.push(tokio::spawn(async move {
+        i.backend.probe_pools(&i.cfg.pools).await;
+        i.wake.notify_one();
+    }));
     tasks.push(tokio::spawn(reconcile::run(inner.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(poll::run(inner.clone(), stop_rx)));
     tracing::info!(%addr, state_dir = %inner.cfg.server.state_dir.display(), "airlock is running");

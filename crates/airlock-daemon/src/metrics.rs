@@ -33,6 +33,14 @@ pub struct PoolStateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolInfoLabels {
+    pub pool: String,
+    pub backend: String,
+    /// microVM pools: `kvm`, `tcg`, `refused` or `unprobed`; other pools: `none`.
+    pub accel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StopLabels {
     pub pool: String,
     pub reason: String,
@@ -54,6 +62,7 @@ pub struct Metrics {
     pub webhook_deliveries: Family<DeliveryLabels, Counter>,
     pub github_requests: Family<RequestLabels, Counter>,
     pub runners: Family<PoolStateLabels, Gauge>,
+    pub pool_info: Family<PoolInfoLabels, Gauge>,
     pub queued_jobs: Family<PoolLabels, Gauge>,
     pub runners_created: Family<PoolLabels, Counter>,
     pub runners_stopped: Family<StopLabels, Counter>,
@@ -77,6 +86,7 @@ impl Default for Metrics {
             webhook_deliveries: Family::default(),
             github_requests: Family::default(),
             runners: Family::default(),
+            pool_info: Family::default(),
             queued_jobs: Family::default(),
             runners_created: Family::default(),
             runners_stopped: Family::default(),
@@ -101,6 +111,11 @@ impl Default for Metrics {
             "runners",
             "Runners by pool and state (ARC: gha_idle_runners, gha_busy_runners)",
             m.runners.clone(),
+        );
+        registry.register(
+            "pool_info",
+            "1 per pool, labelled with its backend and, for microVM pools, the accelerator its VMs boot with (tcg: emulated, several times slower)",
+            m.pool_info.clone(),
         );
         registry.register(
             "queued_jobs",

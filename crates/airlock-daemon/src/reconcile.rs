@@ -18,7 +18,9 @@ use rand::Rng;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::metrics::{OpLabels, OutcomeLabels, PoolLabels, PoolStateLabels, StopLabels};
+use crate::metrics::{
+    OpLabels, OutcomeLabels, PoolInfoLabels, PoolLabels, PoolStateLabels, StopLabels,
+};
 use crate::{now_ms, Inner};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +33,13 @@ pub(crate) enum OpError {
     Sandbox(#[from] airlock_sandbox::SandboxError),
     #[error("pool {0:?} is not configured")]
     NoPool(String),
-    #[error("pool {pool:?}: {detail}")]
-    Image { pool: String, detail: String },
+    /// The pool's spec could not be made: its image (class `image`) or its microVM probe
+    /// (class `probe`).
+    #[error("pool {pool:?}: {source}")]
+    Spec {
+        pool: String,
+        source: crate::backends::SpecError,
+    },
 }
 
 impl OpError {
@@ -47,7 +54,10 @@ impl OpError {
             OpError::Store(_) => "store",
             OpError::Sandbox(_) => "sandbox",
             OpError::NoPool(_) => "config",
-            OpError::Image { .. } => "image",
+            OpError::Spec { source, .. } => match source {
+                crate::backends::SpecError::Image(_) => "image",
+                crate::backends::SpecError::Probe(_) => "probe",
+            },
         }
     }
 }
@@ -220,6 +230,21 @@ fn update_gauges(
     runners: &[RunnerView],
 ) {
     let demand = airlock_core::planner::demand(jobs, pools);
+    for p in &inner.cfg.pools {
+        let accel = inner.backend.accel_label(p);
+        for a in ["none", "unprobed", "kvm", "tcg", "refused"] {
+            let labels = PoolInfoLabels {
+                pool: p.name.clone(),
+                backend: p.backend.as_str().into(),
+                accel: a.into(),
+            };
+            if a == accel {
+                inner.metrics.pool_info.get_or_create(&labels).set(1);
+            } else {
+                inner.metrics.pool_info.remove(&labels);
+            }
+        }
+    }
     for p in pools {
         inner
             .metrics
@@ -325,9 +350,9 @@ async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
             .backend
             .spec_for(pool, &name)
             .await
-            .map_err(|detail| OpError::Image {
+            .map_err(|source| OpError::Spec {
                 pool: pool.name.clone(),
-                detail,
+                source,
             })?;
         let now = now_ms();
         inner.store.insert_runner(

@@ -13,6 +13,7 @@
 
 mod digest;
 mod sources;
+pub mod vm;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -108,6 +109,51 @@ pub struct BuildSpec {
     pub runner: RunnerSource,
     /// A Debian mirror to use instead of the host's apt sources.
     pub mirror: Option<String>,
+    /// Also make it bootable by the microVM backend.
+    pub vm: Option<VmBuild>,
+}
+
+/// What makes an image bootable: kernels (Debian packages installed into it), the guest agent
+/// that becomes each initramfs's `/init`, and whether jobs get a Docker engine.
+#[derive(Debug, Clone)]
+pub struct VmBuild {
+    /// `airlock-agent`, a static binary.
+    pub agent: PathBuf,
+    /// Kernel packages to install; several give a host a kernel matrix (each gets its own
+    /// initramfs). Empty: [`DEFAULT_KERNEL_PACKAGE`].
+    pub kernel_packages: Vec<String>,
+    /// Install `docker.io`, which the agent starts before the runner.
+    pub docker: bool,
+}
+
+/// The kernel a VM image gets unless told otherwise: Debian's cloud kernel (virtio as modules).
+pub const DEFAULT_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
+/// What every VM image also needs: `sudo` (the runner may become root inside its VM).
+pub const VM_PACKAGES: &[&str] = &["sudo"];
+
+/// A VM image's boot files, relative to the image's directory, each with its SHA-256 so that
+/// `verify` covers them as the digest covers the root filesystem.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmManifest {
+    /// Newest first.
+    pub kernels: Vec<VmKernel>,
+    /// The root filesystem as a raw ext4 disk (`vm/rootfs.ext4`), the backing of every job's
+    /// copy-on-write disk.
+    pub disk: String,
+    pub disk_sha256: String,
+    pub agent_sha256: String,
+    /// `dockerd` is in the image and the agent starts it.
+    pub docker: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmKernel {
+    /// e.g. `6.1.0-28-cloud-amd64`.
+    pub version: String,
+    pub kernel: String,
+    pub kernel_sha256: String,
+    pub initramfs: String,
+    pub initramfs_sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +186,9 @@ pub struct Manifest {
     pub extra_packages: Vec<String>,
     pub packages: Vec<Package>,
     pub runner: RunnerInfo,
+    /// Present when the image boots as a microVM (`image build --vm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmManifest>,
 }
 
 impl Manifest {
@@ -255,7 +304,12 @@ impl ImageStore {
 
     /// The root filesystem of a landed image.
     pub fn rootfs(&self, m: &Manifest) -> PathBuf {
-        self.root.join(&m.name).join(m.hex()).join("rootfs")
+        self.dir(m).join("rootfs")
+    }
+
+    /// A landed image's directory; its manifest's relative paths (`vm/…`) are below it.
+    pub fn dir(&self, m: &Manifest) -> PathBuf {
+        self.root.join(&m.name).join(m.hex())
     }
 
     /// The image's root filesystem with every owner moved up by `base` (uid and gid), for
@@ -365,6 +419,39 @@ impl ImageStore {
         for p in &spec.packages {
             check_package(p)?;
         }
+        let mut include = spec.packages.clone();
+        if let Some(vm) = &spec.vm {
+            for p in &vm.kernel_packages {
+                check_package(p)?;
+            }
+            which("mkfs.ext4", "e2fsprogs")?;
+            let meta = std::fs::metadata(&vm.agent)
+                .map_err(io("cannot read the guest agent", &vm.agent))?;
+            if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+                return Err(ImageError::Io {
+                    what: "not an executable file:",
+                    path: vm.agent.clone(),
+                    source: std::io::Error::other("not executable"),
+                });
+            }
+            if !is_static_elf(&vm.agent)? {
+                return Err(ImageError::Io {
+                    what: "the guest agent must be a static executable (it runs before any libc exists), not",
+                    path: vm.agent.clone(),
+                    source: std::io::Error::other("dynamically linked or not ELF"),
+                });
+            }
+            if vm.kernel_packages.is_empty() {
+                include.push(DEFAULT_KERNEL_PACKAGE.into());
+            }
+            include.extend(vm.kernel_packages.iter().cloned());
+            include.extend(VM_PACKAGES.iter().map(|p| p.to_string()));
+            if vm.docker {
+                include.push("docker.io".into());
+            }
+            include.sort();
+            include.dedup();
+        }
         let mmdebstrap = which("mmdebstrap", "mmdebstrap")?;
         let dpkg_query = which("dpkg-query", "dpkg")?;
         let tar = which("tar", "tar")?;
@@ -386,11 +473,11 @@ impl ImageStore {
         };
         std::fs::create_dir_all(&partial.dir).map_err(io("cannot create", &partial.dir))?;
         let rootfs = partial.dir.join("rootfs");
-        const STEPS: u32 = 5;
+        let steps: u32 = if spec.vm.is_some() { 6 } else { 5 };
 
         progress(Progress::Step {
             n: 1,
-            of: STEPS,
+            of: steps,
             what: "checking the runner".into(),
         });
         let (runner_file, runner_info) = match &spec.runner {
@@ -451,7 +538,7 @@ impl ImageStore {
 
         progress(Progress::Step {
             n: 2,
-            of: STEPS,
+            of: steps,
             what: format!("bootstrapping Debian {} with mmdebstrap", spec.suite),
         });
         let sources = match &spec.mirror {
@@ -462,15 +549,15 @@ impl ImageStore {
         cmd.arg("--variant=minbase")
             .arg("--mode=root")
             .arg("--format=directory");
-        if !spec.packages.is_empty() {
-            cmd.arg(format!("--include={}", spec.packages.join(",")));
+        if !include.is_empty() {
+            cmd.arg(format!("--include={}", include.join(",")));
         }
         cmd.arg(&spec.suite).arg(&rootfs).arg("-");
         run_streaming("mmdebstrap", cmd, Some(sources.as_bytes()), progress)?;
 
         progress(Progress::Step {
             n: 3,
-            of: STEPS,
+            of: steps,
             what: "adding the runner user and program".into(),
         });
         add_runner_user(&rootfs)?;
@@ -500,7 +587,7 @@ impl ImageStore {
 
         progress(Progress::Step {
             n: 4,
-            of: STEPS,
+            of: steps,
             what: "listing packages".into(),
         });
         let out = Command::new(&dpkg_query)
@@ -530,9 +617,22 @@ impl ImageStore {
             .collect();
         packages.sort_by(|a, b| a.name.cmp(&b.name));
 
+        let vm = match &spec.vm {
+            None => None,
+            Some(v) => {
+                progress(Progress::Step {
+                    n: 5,
+                    of: steps,
+                    what: "making the VM boot files (kernels, initramfs with the agent, ext4 disk)"
+                        .into(),
+                });
+                Some(vm_files(&rootfs, &partial.dir, v)?)
+            }
+        };
+
         progress(Progress::Step {
-            n: 5,
-            of: STEPS,
+            n: steps,
+            of: steps,
             what: "computing the content digest".into(),
         });
         let sum = tree_digest(&rootfs)?;
@@ -547,6 +647,7 @@ impl ImageStore {
             extra_packages: spec.packages.clone(),
             packages,
             runner: runner_info,
+            vm,
         };
         let mpath = partial.dir.join("manifest.json");
         let mut f = std::fs::File::create(&mpath).map_err(io("cannot write", &mpath))?;
@@ -640,17 +741,34 @@ impl ImageStore {
         }
     }
 
-    /// Recomputes an image's digest; an image changed since it landed is an error.
+    /// Recomputes an image's digest, and its VM boot files' checksums; an image changed since it
+    /// landed is an error.
     pub fn verify(&self, m: &Manifest) -> Result<(), ImageError> {
         let sum = tree_digest(&self.rootfs(m))?;
-        if format!("sha256:{}", sum.digest) == m.digest {
-            Ok(())
-        } else {
-            Err(ImageError::Modified {
+        if format!("sha256:{}", sum.digest) != m.digest {
+            return Err(ImageError::Modified {
                 reference: m.short(),
                 actual: format!("sha256:{}", sum.digest),
-            })
+            });
         }
+        if let Some(vm) = &m.vm {
+            let dir = self.dir(m);
+            let mut files = vec![(&vm.disk, &vm.disk_sha256)];
+            for k in &vm.kernels {
+                files.push((&k.kernel, &k.kernel_sha256));
+                files.push((&k.initramfs, &k.initramfs_sha256));
+            }
+            for (path, want) in files {
+                let actual = sha256_file(&dir.join(path))?;
+                if &actual != want {
+                    return Err(ImageError::Modified {
+                        reference: format!("{} ({path})", m.short()),
+                        actual: format!("sha256:{actual}"),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes one image (a `NAME@DIGEST` reference) or every build of a name (`NAME`). Digests
@@ -723,6 +841,75 @@ impl ImageStore {
 }
 
 /// Adds the `runner` user and group (uid/gid 1001) with a home directory only it can enter.
+/// Whether `p` is a 64-bit ELF executable without a program interpreter (`PT_INTERP`).
+fn is_static_elf(p: &Path) -> Result<bool, ImageError> {
+    let b = std::fs::read(p).map_err(io("cannot read", p))?;
+    let u16_at = |o: usize| {
+        b.get(o..o + 2)
+            .map(|x| u16::from_le_bytes([x[0], x[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        b.get(o..o + 8)
+            .map(|x| u64::from_le_bytes(x.try_into().expect("8 bytes")) as usize)
+    };
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 || b[5] != 1 {
+        return Ok(false);
+    }
+    let (Some(phoff), Some(size), Some(n)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return Ok(false);
+    };
+    const PT_INTERP: u32 = 3;
+    for i in 0..n {
+        let Some(h) = b.get(phoff + i * size..phoff + i * size + 4) else {
+            return Ok(false);
+        };
+        if u32::from_le_bytes(h.try_into().expect("4 bytes")) == PT_INTERP {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Writes `partial/vm/`: per kernel its `vmlinuz` and initramfs, and the ext4 disk; returns their
+/// manifest with checksums. The paths it records are relative to the image's directory.
+fn vm_files(rootfs: &Path, partial: &Path, v: &VmBuild) -> Result<VmManifest, ImageError> {
+    let out = partial.join("vm");
+    let boot = vm::build_boot_files(rootfs, &v.agent, &out).map_err(|e| ImageError::Tool {
+        tool: "boot files",
+        detail: e.to_string(),
+    })?;
+    let rel = |p: &Path| -> String {
+        p.strip_prefix(partial)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut kernels = Vec::new();
+    for k in &boot.kernels {
+        kernels.push(VmKernel {
+            version: k.version.clone(),
+            kernel: rel(&k.kernel),
+            kernel_sha256: sha256_file(&k.kernel)?,
+            initramfs: rel(&k.initramfs),
+            initramfs_sha256: sha256_file(&k.initramfs)?,
+        });
+    }
+    // Read-only from here on: a job's writes go to its own copy-on-write layer.
+    for p in std::iter::once(&boot.rootfs)
+        .chain(boot.kernels.iter().flat_map(|k| [&k.kernel, &k.initramfs]))
+    {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o444))
+            .map_err(io("cannot chmod", p))?;
+    }
+    Ok(VmManifest {
+        kernels,
+        disk: rel(&boot.rootfs),
+        disk_sha256: sha256_file(&boot.rootfs)?,
+        agent_sha256: sha256_file(&v.agent)?,
+        docker: v.docker,
+    })
+}
+
 fn add_runner_user(rootfs: &Path) -> Result<(), ImageError> {
     let append = |file: &str, line: &str| -> Result<(), ImageError> {
         let p = rootfs.join(file);

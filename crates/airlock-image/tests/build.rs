@@ -69,6 +69,7 @@ fn build_list_inspect_verify_remove_and_gc() {
         packages: vec!["ca-certificates".into()],
         runner: RunnerSource::Standin(standin()),
         mirror: None,
+        vm: None,
     };
     let m = store
         .build(&spec, &mut |p| match p {
@@ -210,6 +211,7 @@ fn the_runner_tarball_is_verified_before_anything_is_built() {
             from: TarballSource::File(tar),
         },
         mirror: None,
+        vm: None,
     };
     let t = std::time::Instant::now();
     match store.build(&spec, &mut |_| {}) {
@@ -268,6 +270,7 @@ fn github_runner_images_and_failed_builds() {
             from: TarballSource::File(tar),
         },
         mirror: None,
+        vm: None,
     };
     let err = store.build(&spec, &mut |_| {}).unwrap_err();
     assert!(
@@ -352,6 +355,7 @@ fn concurrent_callers_share_one_shifted_rootfs() {
             sha256: "0".repeat(64),
             path: "/opt/airlock/airlock-runner".into(),
         },
+        vm: None,
     };
     std::fs::write(
         dir.join("manifest.json"),

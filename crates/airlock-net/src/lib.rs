@@ -4,6 +4,7 @@
 //! - `lease`: which /30 each sandbox holds, as files under one directory for every backend;
 //! - `links`: the veth pairs of containers and the taps of VMs, named and aliased by owner;
 //! - `rules`: the one nftables table;
+//! - `tap`: a descriptor of a VM's tap for its unprivileged VMM;
 //! - `outside`: a namespace standing in for the internet (demo and tests only).
 //!
 //! This crate must never know what a sandbox is beyond its owner key and its link: no backend,
@@ -14,12 +15,14 @@ pub mod links;
 pub mod outside;
 pub mod rules;
 pub mod subnet;
+pub mod tap;
 
 pub use lease::{lease_dir, Leases};
-pub use links::{delete, hook_args, list};
+pub use links::{create_tap, delete, hook_args, list};
 pub use outside::Outside;
 pub use rules::setup_host;
 pub use subnet::{link_name, Link, Subnet};
+pub use tap::open_tap;
 
 use std::io::Write;
 use std::net::Ipv4Addr;

@@ -231,6 +231,7 @@ async fn main() {
                     packages: vec![],
                     runner: airlock_image::RunnerSource::Standin(runner),
                     mirror: None,
+                    vm: None,
                 },
                 &mut |_| {},
             )

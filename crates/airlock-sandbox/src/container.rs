@@ -29,6 +29,7 @@ use airlock_net::{self as net, Leases, Subnet};
 use async_trait::async_trait;
 use sha2::Digest as _;
 
+use crate::cgroup;
 use crate::ocispec::{self, ContainerSpec, ID_RANGE, RUNNER_UID};
 use crate::supervise::{self, status_of, LogKeep, Watch};
 use crate::{check_id, Backend, BackendSpec, SandboxError, SandboxSpec, SandboxStatus, Secret};
@@ -91,7 +92,7 @@ fn probe_err(detail: String) -> SandboxError {
     }
 }
 
-fn find_in_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
     if name.contains('/') {
         let p = PathBuf::from(name);
         return p.is_file().then_some(p);
@@ -239,18 +240,9 @@ impl ContainerBackend {
     }
 
     fn resolv_conf(&self) -> String {
-        let mut servers: Vec<String> = self.cfg.dns.iter().map(|a| a.to_string()).collect();
+        let mut servers = self.cfg.dns.clone();
         if servers.is_empty() {
-            let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-            servers = host
-                .lines()
-                .filter_map(|l| l.strip_prefix("nameserver"))
-                .map(|s| s.trim().to_string())
-                .filter(|s| {
-                    s.parse::<Ipv4Addr>()
-                        .is_ok_and(|a| !a.is_loopback() && !a.is_unspecified())
-                })
-                .collect();
+            servers = host_name_servers();
         }
         let mut out = String::from("# written by airlock for this sandbox\n");
         for s in servers {
@@ -373,37 +365,17 @@ impl ContainerBackend {
             })
             .unwrap_or_default()
     }
+}
 
-    /// Sandbox ids that have a cgroup left, in any hierarchy.
-    fn cgroup_ids(&self) -> Vec<String> {
-        let prefix = format!("{}-", self.tag);
-        let mut out = Vec::new();
-        for parent in cgroup_parents() {
-            if let Ok(d) = std::fs::read_dir(&parent) {
-                for e in d.flatten() {
-                    if let Some(id) = e.file_name().to_str().and_then(|n| n.strip_prefix(&prefix)) {
-                        if check_id(id).is_ok() && e.path().is_dir() {
-                            out.push(id.to_string());
-                        }
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Removes this sandbox's cgroup directories (the runtime normally has; this is for crashes).
-    fn remove_cgroups(&self, id: &str) -> Result<(), String> {
-        let name = self.cgroup_name(id);
-        for parent in cgroup_parents() {
-            let d = parent.join(&name);
-            if d.is_dir() {
-                remove_cgroup_tree(&d)
-                    .map_err(|e| format!("removing cgroup {}: {e}", d.display()))?;
-            }
-        }
-        Ok(())
-    }
+/// The host's IPv4 name servers that a sandbox can reach (not loopback, not unspecified).
+pub(crate) fn host_name_servers() -> Vec<Ipv4Addr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver"))
+        .filter_map(|s| s.trim().parse::<Ipv4Addr>().ok())
+        .filter(|a| !a.is_loopback() && !a.is_unspecified())
+        .collect()
 }
 
 fn setup(id: &str, what: &str, e: std::io::Error) -> SandboxError {
@@ -436,36 +408,6 @@ fn write_owned(p: &Path, data: &[u8], uid: u32) -> std::io::Result<()> {
     f.write_all(data)?;
     f.sync_all()?;
     chown(p, uid, uid)
-}
-
-/// `…/airlock` in every cgroup hierarchy (v1 controllers, or the v2 root).
-fn cgroup_parents() -> Vec<PathBuf> {
-    let root = Path::new("/sys/fs/cgroup");
-    if root.join("cgroup.controllers").exists() {
-        return vec![root.join("airlock")];
-    }
-    std::fs::read_dir(root)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path().join("airlock"))
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn remove_cgroup_tree(d: &Path) -> std::io::Result<()> {
-    if let Ok(entries) = std::fs::read_dir(d) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&e.path())?;
-            }
-        }
-    }
-    match std::fs::remove_dir(d) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
 }
 
 fn is_mounted(p: &Path) -> bool {
@@ -697,7 +639,7 @@ impl Backend for ContainerBackend {
         // 4. cgroups (empty once the processes are gone; retried while they finish dying).
         let mut last = Ok(());
         for _ in 0..50 {
-            last = self.remove_cgroups(id);
+            last = cgroup::remove(&self.cgroup_name(id));
             if last.is_ok() {
                 break;
             }
@@ -743,7 +685,7 @@ impl ContainerBackend {
                 }
             }
         }
-        ids.extend(self.cgroup_ids());
+        ids.extend(cgroup::ids(&self.tag));
         ids.into_iter().collect()
     }
 
@@ -814,7 +756,7 @@ pub fn remnants(root: &Path) -> Vec<String> {
     {
         out.push(format!("address lease of {owner}"));
     }
-    for parent in cgroup_parents() {
+    for parent in cgroup::parents() {
         for n in names(&parent) {
             if n.starts_with(&format!("{tag}-")) {
                 out.push(format!("cgroup {}", parent.join(n).display()));

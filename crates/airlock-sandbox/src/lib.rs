@@ -8,7 +8,9 @@
 //! config reaches it only through the environment of the runner process — never argv, never a
 //! world-readable file.
 
+mod cgroup;
 pub mod container;
+pub mod microvm;
 pub mod ocispec;
 pub mod process;
 pub mod registry;
@@ -58,6 +60,7 @@ pub enum BackendSpec {
     /// A child process on the host: nothing more to say.
     Process,
     Container(ContainerImage),
+    Microvm(VmImage),
 }
 
 impl BackendSpec {
@@ -65,6 +68,7 @@ impl BackendSpec {
         match self {
             BackendSpec::Process => BackendKind::Process,
             BackendSpec::Container(_) => BackendKind::Container,
+            BackendSpec::Microvm(_) => BackendKind::Microvm,
         }
     }
 }
@@ -77,6 +81,26 @@ pub struct ContainerImage {
     /// `NAME@sha256:…` of the image, recorded so an image in use is never removed.
     pub image: String,
     pub limits: Limits,
+}
+
+/// A microVM sandbox's boot files, size and driver.
+#[derive(Debug, Clone)]
+pub struct VmImage {
+    /// `NAME@sha256:…` of the image, recorded so an image in use is never removed.
+    pub image: String,
+    /// The image's read-only root filesystem disk (ext4, raw).
+    pub disk: PathBuf,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub driver: airlock_core::VmDriver,
+    /// What the pool asked for (`auto` is settled by the backend's probe of this kernel).
+    pub accel: airlock_core::Accel,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    /// The per-job writable disk's size, and so the guest root filesystem's.
+    pub disk_gib: u32,
+    /// Start dockerd in the guest before the runner.
+    pub docker: bool,
 }
 
 /// Resource limits of one sandbox (containers; the process backend has none).

@@ -8,6 +8,7 @@
 //! backend about another's sandbox.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::{Backend, BackendKind, SandboxError, SandboxSpec, SandboxStatus, Secret};
 
@@ -21,7 +22,7 @@ pub struct Listed {
 
 #[derive(Debug, Default)]
 pub struct Registry {
-    backends: BTreeMap<BackendKind, Box<dyn Backend>>,
+    backends: BTreeMap<BackendKind, Arc<dyn Backend>>,
 }
 
 impl Registry {
@@ -30,7 +31,7 @@ impl Registry {
     }
 
     /// Registers a probed backend under its own kind (replacing one of the same kind).
-    pub fn insert(&mut self, backend: Box<dyn Backend>) {
+    pub fn insert(&mut self, backend: Arc<dyn Backend>) {
         self.backends.insert(backend.kind(), backend);
     }
 
@@ -83,7 +84,7 @@ mod tests {
     use super::*;
     use crate::{BackendSpec, ContainerImage, Limits};
     use async_trait::async_trait;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     /// Records every call it gets; lists the ids it was told to.
     #[derive(Debug)]
@@ -152,7 +153,7 @@ mod tests {
             (BackendKind::Process, vec!["p1"]),
             (BackendKind::Container, vec!["c1", "c2"]),
         ] {
-            r.insert(Box::new(Fake {
+            r.insert(Arc::new(Fake {
                 kind,
                 calls: calls.clone(),
                 has,

@@ -10,11 +10,12 @@
 use std::path::Path;
 
 /// `$0` is the log cap in 512-byte blocks (the unit of `ulimit -f` in a POSIX shell); the
-/// command follows as `$@`. Runs in the sandbox directory. `cat` writes what it reads at once; the
+/// command follows as `$@`, with its stdin closed and the supervisor's stdin as its fd 3 (a VM's
+/// tap for its VMM; /dev/null otherwise). Runs in the sandbox directory. `cat` writes what it reads at once; the
 /// file-size limit stops it at the cap (SIGXFSZ ignored: the write fails, cat exits), and `wc`
 /// drains and counts the rest.
 const SCRIPT: &str = r#"blocks=$0
-{ "$@" </dev/null; echo "$?" > exit_status.tmp; } 2>&1 | {
+{ "$@" 3<&0 </dev/null; echo "$?" > exit_status.tmp; } 2>&1 | {
   (trap '' XFSZ; ulimit -f "$blocks" && exec cat > runner.log) 2>/dev/null
   dropped=$(wc -c)
   if [ "$dropped" -gt 0 ]; then

@@ -477,6 +477,7 @@ fn image_commands_say_what_is_wrong_with_distinct_exit_statuses() {
             sha256: zeros.clone(),
             path: "/opt/airlock/airlock-runner".into(),
         },
+        vm: None,
     };
     std::fs::write(
         dir.join("manifest.json"),

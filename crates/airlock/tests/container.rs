@@ -43,6 +43,7 @@ fn image() -> airlock_image::Manifest {
                 packages: vec![],
                 runner: airlock_image::RunnerSource::Standin(standin()),
                 mirror: None,
+                vm: None,
             },
             &mut |p| {
                 if let airlock_image::Progress::Step { n, of, what } = p {

@@ -1,5 +1,5 @@
-//! Shared by the container tests: a cached test image, a backend, and counts of everything a
-//! sandbox can leave on the host.
+//! Shared by the container and microVM tests: cached test images, backends, and counts of
+//! everything a sandbox can leave on the host.
 #![allow(dead_code)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -9,8 +9,9 @@ use std::time::Duration;
 use airlock_image::{BuildSpec, ImageStore, Manifest, Progress, RunnerSource};
 use airlock_net::{Leases, Subnet};
 use airlock_sandbox::container::{ContainerBackend, ContainerConfig, DEFAULT_UID_BASE};
+use airlock_sandbox::microvm::{MicrovmBackend, MicrovmConfig};
 use airlock_sandbox::{
-    Backend, BackendSpec, ContainerImage, Limits, SandboxSpec, SandboxStatus, Secret,
+    Backend, BackendSpec, ContainerImage, Limits, SandboxSpec, SandboxStatus, Secret, VmImage,
 };
 
 /// The test image's runner: it runs its "JIT config" as a shell script, so a test can run any
@@ -46,6 +47,7 @@ pub fn shell_image() -> Manifest {
             .collect(),
         runner: RunnerSource::Standin(runner),
         mirror: None,
+        vm: None,
     };
     store
         .build_once(&spec, &mut |p| {
@@ -54,6 +56,92 @@ pub fn shell_image() -> Manifest {
             }
         })
         .expect("building the test image (needs mmdebstrap and the Debian mirror)")
+}
+
+/// The microVM test image: the shell-runner image's packages, bootable (Debian's cloud kernel,
+/// the guest agent from `target/standin-bin`, sudo), built on first use like `shell_image`.
+pub fn vm_image() -> Manifest {
+    let store = images();
+    let d = tempfile::tempdir().unwrap();
+    let runner = d.path().join("runner");
+    std::fs::write(&runner, SHELL_RUNNER).unwrap();
+    std::fs::set_permissions(&runner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/standin-bin/airlock-agent");
+    assert!(
+        agent.is_file(),
+        "{} is missing: run scripts/build-standin.sh",
+        agent.display()
+    );
+    let spec = BuildSpec {
+        name: "test-vm".into(),
+        suite: "bookworm".into(),
+        packages: ["python3-minimal", "iproute2", "procps"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        runner: RunnerSource::Standin(runner),
+        mirror: None,
+        vm: Some(airlock_image::VmBuild {
+            agent,
+            kernel_packages: vec![],
+            docker: false,
+        }),
+    };
+    store
+        .build_once(&spec, &mut |p| {
+            if let Progress::Step { n, of, what } = p {
+                eprintln!("test VM image: {n}/{of} {what}");
+            }
+        })
+        .expect("building the test VM image (needs mmdebstrap, the Debian mirror, mkfs.ext4)")
+}
+
+/// A microVM backend whose VMs share the container tests' address slot `slot` (and lease
+/// directory, beside `root`), so a VM and a container of one test can be checked against each
+/// other.
+pub async fn vm_backend(root: &Path, slot: u8) -> MicrovmBackend {
+    std::fs::set_permissions(
+        root.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
+    let mut cfg = MicrovmConfig::new(root.to_path_buf());
+    cfg.net = Leases::new(cfg.net.dir().to_path_buf(), subnet_for(slot));
+    cfg.log_cap = 256 * 1024;
+    // A distinct uid range per test process.
+    cfg.uid_base = 300_000 + 1000 * slot as u32;
+    cfg.logs = Some(airlock_sandbox::LogKeep {
+        dir: root.parent().unwrap().join("logs"),
+        keep: 100,
+    });
+    MicrovmBackend::probe(cfg, None)
+        .await
+        .expect("microvm probe")
+}
+
+/// A QEMU/TCG VM of the test image with `disk_gib` of disk.
+pub fn vm_spec(id: &str, m: &Manifest, disk_gib: u32) -> SandboxSpec {
+    let store = images();
+    let vm = m.vm.as_ref().expect("a VM image");
+    let dir = store.dir(m);
+    SandboxSpec {
+        id: id.into(),
+        runner_name: format!("airlock-test-{id}"),
+        runner_command: PathBuf::from("/").join(airlock_image::STANDIN_PATH),
+        backend: BackendSpec::Microvm(VmImage {
+            image: m.short(),
+            disk: dir.join(&vm.disk),
+            kernel: dir.join(&vm.kernels[0].kernel),
+            initramfs: dir.join(&vm.kernels[0].initramfs),
+            driver: airlock_core::VmDriver::Qemu,
+            accel: airlock_core::Accel::Tcg,
+            cpus: 1,
+            memory_mib: 512,
+            disk_gib,
+            docker: false,
+        }),
+    }
 }
 
 /// A distinct /16 per test process, so parallel tests never share addresses.

@@ -217,6 +217,7 @@ async fn container_mode(a: &Args, state: &Path, runner: &Path) -> Result<Mode, S
         packages: vec![],
         runner: airlock_image::RunnerSource::Standin(runner.to_path_buf()),
         mirror: None,
+        vm: None,
     };
     let started = Instant::now();
     let m = tokio::task::spawn_blocking(move || {

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use airlock_image::{
-    BuildSpec, ImageError, ImageStore, Manifest, Progress, RunnerSource, TarballSource,
+    BuildSpec, ImageError, ImageStore, Manifest, Progress, RunnerSource, TarballSource, VmBuild,
 };
 
 pub const EXIT_INTEGRITY: u8 = 4;
@@ -29,7 +29,7 @@ pub struct Args {
 #[derive(clap::Subcommand)]
 enum ImageCommand {
     /// Build an image: Debian (mmdebstrap) + packages + the `runner` user + a runner program.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// List images, newest first.
     Ls,
     /// Print an image's manifest (JSON) and check its content against its digest.
@@ -74,6 +74,21 @@ struct BuildArgs {
     /// A Debian mirror URL instead of the host's apt sources.
     #[arg(long)]
     mirror: Option<String>,
+    /// Also make it bootable as a microVM: a kernel, an initramfs whose init is airlock's guest
+    /// agent, a read-only ext4 disk, and sudo (implied with --config when a microvm pool uses it).
+    #[arg(long)]
+    vm: bool,
+    /// Kernel packages for --vm (repeat, or separate with commas; several make a kernel matrix);
+    /// default linux-image-cloud-amd64.
+    #[arg(long = "kernel-package", value_delimiter = ',', requires = "vm")]
+    kernel_packages: Vec<String>,
+    /// With --vm: install docker.io, which the guest agent starts before the runner (implied by
+    /// docker.io in the packages).
+    #[arg(long, requires = "vm")]
+    docker: bool,
+    /// The guest agent for --vm (default: the `airlock-agent` next to this program).
+    #[arg(long, requires = "vm")]
+    agent: Option<PathBuf>,
 }
 
 /// The state directory, and the config when one was given.
@@ -107,10 +122,13 @@ pub fn pool_packages(cfg: &airlock_config::Config, name: &str) -> Vec<String> {
     out
 }
 
-/// Digests of images that sandboxes were made from and still exist.
+/// Digests of images that sandboxes (containers and VMs) were made from and still exist.
 pub fn in_use(state_dir: &Path) -> HashSet<String> {
     airlock_sandbox::container::ContainerBackend::images_in_use(&state_dir.join("containers"))
         .into_iter()
+        .chain(airlock_sandbox::microvm::MicrovmBackend::images_in_use(
+            &state_dir.join("vms"),
+        ))
         .filter_map(|r| r.split_once('@').map(|(_, d)| d.to_string()))
         .collect()
 }
@@ -151,8 +169,17 @@ pub async fn run(a: Args) -> u8 {
                 b.packages.extend(from_pools);
                 b.packages.sort();
                 b.packages.dedup();
+                let vm_pool = cfg.pools.iter().any(|p| {
+                    p.backend == airlock_config::BackendKind::Microvm
+                        && p.image.as_deref().and_then(|i| i.split('@').next())
+                            == Some(b.name.as_str())
+                });
+                if vm_pool && !b.vm {
+                    eprintln!("a microvm pool uses {}: making it bootable (--vm)", b.name);
+                    b.vm = true;
+                }
             }
-            build(store, b).await
+            build(store, *b).await
         }
         ImageCommand::Ls => match store.list() {
             Ok(list) => {
@@ -213,14 +240,18 @@ pub async fn run(a: Args) -> u8 {
 }
 
 fn default_standin() -> Option<PathBuf> {
+    beside_exe("airlock-runner")
+}
+
+/// `name` in `target/standin-bin` (where scripts/build-standin.sh puts the static builds) when
+/// this program runs from `target/<profile>`, or next to this program.
+pub fn beside_exe(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    [
-        dir.join("airlock-runner"),
-        dir.join("../standin-bin/airlock-runner"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
+    // The static build first: the guest agent runs where there is no libc at all.
+    [dir.join("../standin-bin").join(name), dir.join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
 }
 
 async fn build(store: ImageStore, b: BuildArgs) -> u8 {
@@ -265,12 +296,38 @@ async fn build(store: ImageStore, b: BuildArgs) -> u8 {
             return crate::EXIT_INVALID;
         }
     }
+    let packages: Vec<String> = b.packages.into_iter().filter(|p| !p.is_empty()).collect();
+    let vm = if b.vm {
+        let Some(agent) = b.agent.clone().or_else(|| beside_exe("airlock-agent")) else {
+            eprintln!(
+                "airlock image build: --vm needs the guest agent: build it with \
+                 scripts/build-standin.sh, or give --agent PATH"
+            );
+            return crate::EXIT_INVALID;
+        };
+        if !agent.is_file() {
+            eprintln!("airlock image build: no guest agent at {}", agent.display());
+            return crate::EXIT_INVALID;
+        }
+        Some(VmBuild {
+            agent,
+            kernel_packages: b
+                .kernel_packages
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .collect(),
+            docker: b.docker || packages.iter().any(|p| p == "docker.io"),
+        })
+    } else {
+        None
+    };
     let spec = BuildSpec {
         name: b.name,
         suite: b.suite,
-        packages: b.packages.into_iter().filter(|p| !p.is_empty()).collect(),
+        packages,
         runner,
         mirror: b.mirror,
+        vm,
     };
     let started = std::time::Instant::now();
     let r = tokio::task::spawn_blocking(move || {
@@ -298,6 +355,14 @@ async fn build(store: ImageStore, b: BuildArgs) -> u8 {
                 m.runner.kind,
                 m.runner.version
             );
+            if let Some(vm) = &m.vm {
+                let kernels: Vec<&str> = vm.kernels.iter().map(|k| k.version.as_str()).collect();
+                println!(
+                    "bootable as a microVM: kernel {}{}",
+                    kernels.join(", "),
+                    if vm.docker { ", with Docker" } else { "" }
+                );
+            }
             0
         }
         Ok(Err(e)) => fail(e),

@@ -43,11 +43,17 @@ pub async fn run(a: Args) -> u8 {
                 .collect::<Vec<_>>()
                 .join(", ")
         });
-        let backend = match (p["backend"].as_str(), p["image"].as_str()) {
+        let mut backend = match (p["backend"].as_str(), p["image"].as_str()) {
             (Some(b), Some(i)) => format!("{b} ({i})"),
             (Some(b), None) => b.to_string(),
             _ => "?".to_string(),
         };
+        if let Some(accel) = p["microvm"]["accel"].as_str() {
+            backend = format!(
+                "{backend} {}/{accel}",
+                p["microvm"]["driver"].as_str().unwrap_or("?")
+            );
+        }
         println!(
             "{:<20} {:<22} {:>7}  {}",
             p["name"].as_str().unwrap_or("?"),
@@ -57,6 +63,9 @@ pub async fn run(a: Args) -> u8 {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "none".into())
         );
+        if let Some(w) = p["microvm"]["warning"].as_str() {
+            println!("  warning: {w}");
+        }
     }
     println!();
     for r in v["runners"].as_array().into_iter().flatten() {

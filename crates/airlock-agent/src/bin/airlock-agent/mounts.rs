@@ -1,0 +1,185 @@
+//! Filesystems: the initramfs's early mounts, the root (plain or overlay), growing it, and the
+//! switch to it.
+//!
+//! The layout after [`switch_root`]: `/` is the job's root; with an overlay, its lower (read-only)
+//! and writable ext4s stay visible at `/run/airlock/lower` and `/run/airlock/rw`. This module must
+//! never write to the read-only base device nor mount anything from the config disk.
+
+use std::fs::{self, File};
+use std::io::{Seek, SeekFrom};
+use std::path::Path;
+use std::time::Instant;
+
+use airlock_agent::config::RootSpec;
+use nix::mount::{mount, MsFlags};
+
+use crate::log::log;
+use crate::{io_err, sys_err, Fatal};
+
+const NEWROOT: &str = "/newroot";
+const LOWER: &str = "/run/airlock/lower";
+const RW: &str = "/run/airlock/rw";
+
+fn mount_fs(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), Fatal> {
+    fs::create_dir_all(target).map_err(io_err(format!("mkdir {target}")))?;
+    mount(Some(src), target, Some(fstype), flags, data)
+        .map_err(sys_err(format!("mount {fstype} {src} on {target}")))
+}
+
+/// /proc, /sys, /dev (devtmpfs) and /run (tmpfs) in the initramfs.
+pub fn early() -> Result<(), Fatal> {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    mount_fs("proc", "/proc", "proc", nodev, None)?;
+    mount_fs("sysfs", "/sys", "sysfs", nodev, None)?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    Ok(())
+}
+
+/// Waits for a block device node to appear (devtmpfs creates it when the driver probes it).
+pub fn wait_for(path: &str, secs: u64) -> Result<(), Fatal> {
+    let start = Instant::now();
+    while !Path::new(path).exists() {
+        if start.elapsed().as_secs() >= secs {
+            return Err(Fatal::NoDevice {
+                device: path.to_string(),
+                secs,
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+// `noinit_itable`: the disk is disposable, so the kernel need not zero inode tables behind the job
+// (which would also fill the host's sparse overlay with zeros after a grow).
+const EXT4_OPTS: &str = "noinit_itable";
+
+/// Mounts the job's root at /newroot: the writable device directly, or an overlay.
+pub fn mount_root(root: &RootSpec) -> Result<(), Fatal> {
+    wait_for(&root.device, 10)?;
+    let rw_device = match &root.writable_layer {
+        None => {
+            mount_fs(
+                &root.device,
+                NEWROOT,
+                "ext4",
+                MsFlags::MS_NOATIME,
+                Some(EXT4_OPTS),
+            )?;
+            if root.grow {
+                grow(&root.device, NEWROOT)?;
+            }
+            root.device.as_str()
+        }
+        Some(layer) => {
+            wait_for(layer, 10)?;
+            mount_fs(
+                &root.device,
+                LOWER,
+                "ext4",
+                MsFlags::MS_RDONLY,
+                Some("noload"),
+            )?;
+            mount_fs(layer, RW, "ext4", MsFlags::MS_NOATIME, Some(EXT4_OPTS))?;
+            if root.grow {
+                grow(layer, RW)?;
+            }
+            for d in ["upper", "work"] {
+                let p = format!("{RW}/{d}");
+                fs::create_dir_all(&p).map_err(io_err(format!("mkdir {p}")))?;
+            }
+            let opts = format!("lowerdir={LOWER},upperdir={RW}/upper,workdir={RW}/work");
+            mount_fs("overlay", NEWROOT, "overlay", MsFlags::empty(), Some(&opts))?;
+            layer.as_str()
+        }
+    };
+    log!("root mounted ({} writable)", rw_device);
+    Ok(())
+}
+
+/// Grows the ext4 mounted at `mountpoint` online to the size of `device`.
+fn grow(device: &str, mountpoint: &str) -> Result<(), Fatal> {
+    let start = Instant::now();
+    let bytes = File::open(device)
+        .and_then(|mut f| f.seek(SeekFrom::End(0)))
+        .map_err(io_err(format!("size of {device}")))?;
+    let vfs =
+        nix::sys::statvfs::statvfs(mountpoint).map_err(sys_err(format!("statvfs {mountpoint}")))?;
+    let block = vfs.block_size().max(1);
+    let now = vfs.blocks();
+    let want = bytes / block;
+    if want <= now {
+        log!("root already fills {device}");
+        return Ok(());
+    }
+    let dir = File::open(mountpoint).map_err(io_err(format!("open {mountpoint}")))?;
+    crate::sys::ext4_resize(&dir, want)
+        .map_err(sys_err(format!("grow {device} to {want} blocks")))?;
+    log!(
+        "grew {device} from {} to {} MiB in {} ms",
+        (now * block) >> 20,
+        (want * block) >> 20,
+        start.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+/// Moves the early mounts under /newroot and makes it `/` (what util-linux's switch_root does,
+/// without freeing the initramfs: it is a few MiB).
+pub fn switch_root() -> Result<(), Fatal> {
+    for m in ["/proc", "/sys", "/dev", "/run"] {
+        let target = format!("{NEWROOT}{m}");
+        fs::create_dir_all(&target).map_err(io_err(format!("mkdir {target}")))?;
+        mount(
+            Some(m),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(sys_err(format!("move {m} to {target}")))?;
+    }
+    nix::unistd::chdir(NEWROOT).map_err(sys_err("chdir /newroot"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(sys_err("move /newroot to /"))?;
+    nix::unistd::chroot(".").map_err(sys_err("chroot"))?;
+    nix::unistd::chdir("/").map_err(sys_err("chdir /"))?;
+    log!("switched root");
+    Ok(())
+}
+
+/// Best effort before power-off: flush, then make the filesystems read-only.
+pub fn quiesce() {
+    nix::unistd::sync();
+    for m in ["/", RW] {
+        if Path::new(m).exists() {
+            let _ = mount(
+                None::<&str>,
+                m,
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            );
+        }
+    }
+    nix::unistd::sync();
+}

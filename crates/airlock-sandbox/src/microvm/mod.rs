@@ -1,0 +1,850 @@
+//! The `microvm` backend: each runner in a fresh virtual machine, thrown away after its job. Root,
+//! Docker and a kernel of the job's own are safe inside because the wall is the hypervisor.
+//!
+//! Per sandbox, under `root/<id>/` (mode 0710, group = the VM's own uid: its VMM may enter, nobody
+//! else may; each file has its own mode):
+//! - `disk.qcow2`: the per-job copy-on-write layer over the image's read-only `rootfs.ext4`,
+//!   whose virtual size is the pool's `disk_gib` (the guest grows its ext4 to it and can never
+//!   write more); deleted with the sandbox;
+//! - `config.img`: the config disk (see `airlock_agent::config`): empty until `start` writes the
+//!   guest's config with its JIT secret into it; the guest wipes it once read and writes the
+//!   runner's exit status back into it before powering off. Mode 0600, owned by the VM's uid;
+//! - `image`: the image it was made from; `launch`: what `start` needs that `create` decided
+//!   (the VM's uid, address, cgroups and the VMM's argv; no secrets);
+//! - `runner.log` (the serial console: the agent's and the runner's output, capped), `pid`,
+//!   `exit_status`: as with every backend (see `supervise`).
+//!
+//! Each VM's VMM runs as its own unprivileged uid (`uid_base` + the index of its address lease),
+//! so no two VMMs share a uid, in its own cgroup `/airlock/<tag>-<id>` with the pool's CPU quota
+//! and its guest memory plus a fixed overhead; its tap (`airl…`, owned by that uid) gets its /30
+//! from the host's shared leases, so the one `inet airlock` table keeps it off the host and off
+//! every other sandbox exactly as it does containers.
+//!
+//! `list` reports every sandbox with any remnant (directory, tap, lease, cgroup); `destroy` kills
+//! the VMM, then removes the tap, the lease, the cgroup and the files, in that order, each step
+//! idempotent.
+
+mod qemu;
+mod tsc;
+
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use airlock_agent::config::{
+    GuestConfig, GuestResult, NetSpec, RootSpec, RunnerSpec, CONFIG_DISK_SIZE, CONFIG_VERSION,
+};
+use airlock_core::{Accel, BackendKind, VmDriver};
+use airlock_net::{self as net, Leases, Subnet};
+use async_trait::async_trait;
+
+use crate::cgroup::{self, VmmLimits};
+use crate::supervise::{self, status_of, LogKeep, Watch};
+use crate::{check_id, Backend, BackendSpec, SandboxError, SandboxSpec, SandboxStatus, Secret};
+
+pub const DEFAULT_UID_BASE: u32 = 200_000;
+/// Host memory a VMM may use beyond its guest's RAM (QEMU's own heap, TCG's translation cache).
+pub const VMM_OVERHEAD_MIB: u64 = 384;
+/// The user the runner runs as inside images.
+const RUNNER_USER: &str = "runner";
+
+#[derive(Debug, Clone)]
+pub struct MicrovmConfig {
+    /// Sandbox directories live here (`state_dir/vms`).
+    pub root: PathBuf,
+    /// The host's address leases (shared with every other backend) and the sandbox subnet.
+    pub net: Leases,
+    pub qemu: PathBuf,
+    /// VMMs run as `uid_base + n` (n < 65536), each its own.
+    pub uid_base: u32,
+    pub log_cap: u64,
+    /// Name servers for guests; empty: the host's non-loopback ones.
+    pub dns: Vec<Ipv4Addr>,
+    /// Keeps finished sandboxes' logs; `None`: they go with the sandbox.
+    pub logs: Option<LogKeep>,
+    /// How long a probe boot may take: KVM's and TCG's.
+    pub probe_timeouts: (Duration, Duration),
+}
+
+impl MicrovmConfig {
+    pub fn new(root: PathBuf) -> MicrovmConfig {
+        MicrovmConfig {
+            net: Leases::new(
+                net::lease_dir(root.parent().unwrap_or(&root)),
+                Subnet::parse(crate::container::DEFAULT_SUBNET).expect("valid default"),
+            ),
+            root,
+            qemu: "qemu-system-x86_64".into(),
+            uid_base: DEFAULT_UID_BASE,
+            log_cap: crate::process::DEFAULT_LOG_CAP,
+            dns: Vec::new(),
+            logs: None,
+            probe_timeouts: (Duration::from_secs(8), Duration::from_secs(30)),
+        }
+    }
+}
+
+/// What a probe boot of one kernel found: the accelerator to use, and why, when it is not the
+/// one asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccelChoice {
+    pub accel: Accel,
+    /// Set when `auto` fell back to TCG: the reason, for `airlock status` and the logs.
+    pub warning: Option<String>,
+}
+
+/// (kernel, initramfs, accelerator asked for).
+type ProbeKey = (PathBuf, PathBuf, Accel);
+
+#[derive(Debug)]
+pub struct MicrovmBackend {
+    cfg: MicrovmConfig,
+    qemu: PathBuf,
+    qemu_img: PathBuf,
+    setpriv: PathBuf,
+    tag: String,
+    exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    watched: Watch,
+    /// Probe results per (kernel, initramfs, accel asked for): a kernel is probed once.
+    probed: Mutex<std::collections::HashMap<ProbeKey, Result<AccelChoice, String>>>,
+    /// Serialises probe boots, so that concurrent creates of one kernel boot it once.
+    probing: tokio::sync::Mutex<()>,
+}
+
+fn probe_err(detail: String) -> SandboxError {
+    SandboxError::Probe {
+        backend: "microvm",
+        detail,
+    }
+}
+
+fn setup(id: &str, what: &str, e: impl std::fmt::Display) -> SandboxError {
+    SandboxError::Setup {
+        id: id.into(),
+        detail: format!("{what}: {e}"),
+    }
+}
+
+impl MicrovmBackend {
+    /// Checks what every VM needs on this host (root, the VMM and its tools, the network), and
+    /// sets up the host's network rules. Whether a kernel boots, and with which accelerator, is
+    /// probed per kernel by `accel_for`.
+    pub async fn probe(
+        cfg: MicrovmConfig,
+        exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    ) -> Result<MicrovmBackend, SandboxError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(probe_err(
+                "needs root (taps, cgroups, an unprivileged uid per VMM); run airlock as root"
+                    .into(),
+            ));
+        }
+        let find = |name: &Path, package: &str| {
+            crate::container::find_in_path(&name.to_string_lossy()).ok_or_else(|| {
+                probe_err(format!(
+                    "{} is not installed (apt-get install {package})",
+                    name.display()
+                ))
+            })
+        };
+        let qemu = find(&cfg.qemu, "qemu-system-x86")?;
+        let qemu_img = find(Path::new("qemu-img"), "qemu-utils")?;
+        let setpriv = find(Path::new("setpriv"), "util-linux")?;
+        for tool in ["ip", "nft"] {
+            find(Path::new(tool), "iproute2 nftables")?;
+        }
+        let out = tokio::process::Command::new(&qemu)
+            .arg("-version")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| probe_err(format!("cannot run {}: {e}", qemu.display())))?;
+        if !out.status.success() {
+            return Err(probe_err(format!(
+                "{} -version failed: {}",
+                qemu.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        std::fs::create_dir_all(&cfg.root)
+            .and_then(|_| {
+                std::fs::set_permissions(&cfg.root, std::fs::Permissions::from_mode(0o711))
+            })
+            .map_err(|e| probe_err(format!("cannot create {}: {e}", cfg.root.display())))?;
+        net::setup_host().map_err(|e| probe_err(e.to_string()))?;
+        let tag = crate::container::tag_of(&cfg.root);
+        let version = String::from_utf8_lossy(&out.stdout);
+        tracing::info!(qemu = %qemu.display(), version = %version.lines().next().unwrap_or(""), %tag, "microvm backend ready");
+        Ok(MicrovmBackend {
+            cfg,
+            qemu,
+            qemu_img,
+            setpriv,
+            tag,
+            exits,
+            watched: Watch::default(),
+            probed: Mutex::new(Default::default()),
+            probing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.cfg.root.join(id)
+    }
+
+    fn key(&self, id: &str) -> String {
+        format!("{}/{id}", self.tag)
+    }
+
+    fn cgroup_name(&self, id: &str) -> String {
+        format!("{}-{id}", self.tag)
+    }
+
+    /// The accelerator `kernel` really boots with here, probing it (once per kernel) by booting
+    /// it with its initramfs in the agent's probe mode: `kvm` must boot or the pool is refused
+    /// with the reason; `auto` takes KVM when it boots and falls back to TCG with a warning;
+    /// `tcg` must boot under emulation.
+    pub async fn accel_for(
+        &self,
+        kernel: &Path,
+        initramfs: &Path,
+        asked: Accel,
+    ) -> Result<AccelChoice, String> {
+        let key = (kernel.to_path_buf(), initramfs.to_path_buf(), asked);
+        if let Some(r) = self
+            .probed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return r.clone();
+        }
+        let _one = self.probing.lock().await;
+        if let Some(r) = self
+            .probed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return r.clone();
+        }
+        let (kvm_timeout, tcg_timeout) = self.cfg.probe_timeouts;
+        let uid = self.cfg.uid_base + 65535;
+        let boot = |accel, timeout| {
+            qemu::probe_boot(
+                &self.qemu,
+                &self.setpriv,
+                uid,
+                kernel,
+                initramfs,
+                accel,
+                timeout,
+            )
+        };
+        let r = match asked {
+            Accel::Kvm => boot(Accel::Kvm, kvm_timeout)
+                .await
+                .map(|_| AccelChoice {
+                    accel: Accel::Kvm,
+                    warning: None,
+                })
+                .map_err(|e| {
+                    format!(
+                        "accel = \"kvm\", but KVM cannot boot {} here: {e}; use accel = \"auto\" or \"tcg\"",
+                        kernel.display()
+                    )
+                }),
+            Accel::Tcg => boot(Accel::Tcg, tcg_timeout)
+                .await
+                .map(|_| AccelChoice {
+                    accel: Accel::Tcg,
+                    warning: None,
+                })
+                .map_err(|e| format!("{} does not boot under TCG: {e}", kernel.display())),
+            Accel::Auto => match boot(Accel::Kvm, kvm_timeout).await {
+                Ok(()) => Ok(AccelChoice {
+                    accel: Accel::Kvm,
+                    warning: None,
+                }),
+                Err(kvm) => match boot(Accel::Tcg, tcg_timeout).await {
+                    Ok(()) => Ok(AccelChoice {
+                        accel: Accel::Tcg,
+                        warning: Some(format!(
+                            "KVM cannot boot this kernel here ({kvm}); VMs run under TCG emulation, several times slower"
+                        )),
+                    }),
+                    Err(tcg) => Err(format!(
+                        "{} boots neither with KVM ({kvm}) nor under TCG ({tcg})",
+                        kernel.display()
+                    )),
+                },
+            },
+        };
+        match &r {
+            Ok(AccelChoice {
+                accel,
+                warning: Some(w),
+            }) => tracing::warn!(kernel = %kernel.display(), accel = accel.as_str(), "{w}"),
+            Ok(c) => {
+                tracing::info!(kernel = %kernel.display(), accel = c.accel.as_str(), "kernel boots")
+            }
+            Err(e) => tracing::error!(kernel = %kernel.display(), "{e}"),
+        }
+        self.probed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, r.clone());
+        r
+    }
+
+    fn resolv(&self) -> Vec<Ipv4Addr> {
+        if !self.cfg.dns.is_empty() {
+            return self.cfg.dns.clone();
+        }
+        crate::container::host_name_servers()
+    }
+
+    async fn create_inner(
+        &self,
+        spec: &SandboxSpec,
+        vm: &crate::VmImage,
+    ) -> Result<(), SandboxError> {
+        let id = spec.id.as_str();
+        let dir = self.dir(id);
+        for (what, p) in [
+            ("disk", &vm.disk),
+            ("kernel", &vm.kernel),
+            ("initramfs", &vm.initramfs),
+        ] {
+            if !p.is_file() {
+                return Err(setup(id, what, format!("{} is missing", p.display())));
+            }
+        }
+        if vm.driver != VmDriver::Qemu {
+            return Err(setup(
+                id,
+                "driver",
+                format!("the {} driver cannot start VMs yet", vm.driver.as_str()),
+            ));
+        }
+        std::fs::create_dir(&dir).map_err(|source| SandboxError::Create {
+            id: id.into(),
+            path: dir.clone(),
+            source,
+        })?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| setup(id, "chmod", e))?;
+        std::fs::write(dir.join("image"), format!("{}\n", vm.image))
+            .map_err(|e| setup(id, "image", e))?;
+        let key = self.key(id);
+        let index = self
+            .cfg
+            .net
+            .acquire(&key)
+            .map_err(|e| setup(id, "address", e))?;
+        if index >= 65535 {
+            return Err(setup(id, "uid", "more than 65535 VMs on one host"));
+        }
+        let uid = self.cfg.uid_base + index;
+        let link = self.cfg.net.subnet().link(&key, index);
+        // The VMM enters its directory by group; nobody else can.
+        chown(&dir, 0, uid).map_err(|e| setup(id, "chown", e))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710))
+            .map_err(|e| setup(id, "chmod", e))?;
+        let disk = dir.join("disk.qcow2");
+        let out = tokio::process::Command::new(&self.qemu_img)
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&vm.disk)
+            .arg(&disk)
+            .arg(format!("{}G", vm.disk_gib))
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| setup(id, "qemu-img", e))?;
+        if !out.status.success() {
+            return Err(setup(
+                id,
+                "qemu-img create",
+                String::from_utf8_lossy(&out.stderr).trim(),
+            ));
+        }
+        owned_by(&disk, uid).map_err(|e| setup(id, "disk", e))?;
+        let config = dir.join("config.img");
+        write_config_disk(&config, &vec![0; CONFIG_DISK_SIZE], uid)
+            .map_err(|e| setup(id, "config disk", e))?;
+        net::create_tap(&link, &key, uid).map_err(|e| setup(id, "tap", e))?;
+        let limits = VmmLimits {
+            memory_bytes: (vm.memory_mib + VMM_OVERHEAD_MIB) << 20,
+            cpus: vm.cpus as f64,
+            pids: 512,
+        };
+        let cgroups =
+            cgroup::create(&self.cgroup_name(id), limits).map_err(|e| setup(id, "cgroup", e))?;
+        let accel = match vm.accel {
+            Accel::Auto => {
+                self.accel_for(&vm.kernel, &vm.initramfs, Accel::Auto)
+                    .await
+                    .map_err(|e| setup(id, "accelerator", e))?
+                    .accel
+            }
+            a => a,
+        };
+        let mut argv = vec![self.qemu.clone().into_os_string()];
+        argv.extend(qemu::argv(&qemu::Vm {
+            name: id,
+            accel,
+            cpus: vm.cpus,
+            memory_mib: vm.memory_mib,
+            kernel: &vm.kernel,
+            initramfs: &vm.initramfs,
+            disk: &disk,
+            config: &config,
+        }));
+        std::fs::write(
+            dir.join("launch"),
+            launch_record(&cgroups, uid, &link, &argv),
+        )
+        .map_err(|e| setup(id, "launch", e))?;
+        Ok(())
+    }
+}
+
+/// What `start` needs that `create` decided, one field a line: `uid`, `cgroup <dir>`…, `ip`,
+/// `gateway`, then `argv` with the VMM's arguments, one a line. No secrets.
+fn launch_record(cgroups: &[PathBuf], uid: u32, link: &net::Link, argv: &[OsString]) -> String {
+    let mut s = format!(
+        "uid {uid}\nip {}\ngateway {}\n",
+        link.sandbox_ip, link.host_ip
+    );
+    for c in cgroups {
+        s.push_str(&format!("cgroup {}\n", c.display()));
+    }
+    s.push_str("argv\n");
+    for a in argv {
+        s.push_str(&a.to_string_lossy());
+        s.push('\n');
+    }
+    s
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct Launch {
+    uid: u32,
+    ip: Option<Ipv4Addr>,
+    gateway: Option<Ipv4Addr>,
+    cgroups: Vec<PathBuf>,
+    argv: Vec<String>,
+}
+
+fn read_launch(text: &str) -> Option<Launch> {
+    let mut l = Launch::default();
+    let mut lines = text.lines();
+    for line in lines.by_ref() {
+        if line == "argv" {
+            break;
+        }
+        let (k, v) = line.split_once(' ')?;
+        match k {
+            "uid" => l.uid = v.parse().ok()?,
+            "ip" => l.ip = v.parse().ok(),
+            "gateway" => l.gateway = v.parse().ok(),
+            "cgroup" => l.cgroups.push(v.into()),
+            _ => return None,
+        }
+    }
+    l.argv = lines.map(str::to_string).collect();
+    (l.uid != 0 && !l.argv.is_empty()).then_some(l)
+}
+
+fn chown(p: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    nix::unistd::chown(
+        p,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Makes `p` the VM's own: owner `uid`, mode 0600.
+fn owned_by(p: &Path, uid: u32) -> std::io::Result<()> {
+    chown(p, uid, uid)?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
+}
+
+/// Writes the config disk in place (the VMM has not opened it yet): mode 0600 from its creation,
+/// owned by the VM's uid.
+fn write_config_disk(p: &Path, bytes: &[u8], uid: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(p)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    owned_by(p, uid)
+}
+
+/// The runner's exit as the guest reported it on its config disk; `None` when it never got that
+/// far (a stalled boot, a kernel panic, a kill) or reported an error.
+fn guest_exit(dir: &Path) -> Option<i32> {
+    use std::io::Read;
+    let mut head = vec![0; airlock_agent::config::RESULT_SIZE];
+    let mut f = std::fs::File::open(dir.join("config.img")).ok()?;
+    f.read_exact(&mut head).ok()?;
+    match GuestResult::from_record(&head) {
+        Ok(Some(GuestResult::ExitCode(c))) => Some(c),
+        Ok(Some(GuestResult::Signal(s))) => Some(128 + s),
+        _ => None,
+    }
+}
+
+/// The sandbox's status from its files, with the runner's own exit code once the VMM is gone.
+fn vm_status(dir: &Path) -> SandboxStatus {
+    match status_of(dir) {
+        SandboxStatus::Exited(_) => SandboxStatus::Exited(guest_exit(dir)),
+        s => s,
+    }
+}
+
+#[async_trait]
+impl Backend for MicrovmBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Microvm
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
+        check_id(&spec.id)?;
+        let BackendSpec::Microvm(vm) = &spec.backend else {
+            return Err(SandboxError::Setup {
+                id: spec.id.clone(),
+                detail: format!(
+                    "a {} spec given to the microvm backend",
+                    spec.backend.kind()
+                ),
+            });
+        };
+        if self.dir(&spec.id).exists() {
+            return Err(SandboxError::Create {
+                id: spec.id.clone(),
+                path: self.dir(&spec.id),
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        let r = self.create_inner(spec, vm).await;
+        if r.is_err() {
+            let _ = self.destroy(&spec.id).await;
+        }
+        r
+    }
+
+    async fn start(&self, spec: &SandboxSpec, jit: &Secret) -> Result<(), SandboxError> {
+        check_id(&spec.id)?;
+        let BackendSpec::Microvm(vm) = &spec.backend else {
+            return Err(SandboxError::Missing {
+                id: spec.id.clone(),
+            });
+        };
+        let dir = self.dir(&spec.id);
+        let launch = std::fs::read_to_string(dir.join("launch"))
+            .ok()
+            .and_then(|t| read_launch(&t))
+            .ok_or_else(|| SandboxError::Missing {
+                id: spec.id.clone(),
+            })?;
+        let start_err = |e: String| SandboxError::Start {
+            id: spec.id.clone(),
+            command: self.qemu.clone(),
+            source: std::io::Error::other(e),
+        };
+        let guest = GuestConfig {
+            version: CONFIG_VERSION,
+            hostname: format!("airlock-{}", &spec.id[..spec.id.len().min(20)]),
+            root: RootSpec {
+                device: "/dev/vda".into(),
+                writable_layer: None,
+                grow: true,
+            },
+            net: match (launch.ip, launch.gateway) {
+                (Some(address), Some(gateway)) => Some(NetSpec {
+                    address,
+                    prefix: 30,
+                    gateway,
+                    dns: self.resolv(),
+                }),
+                _ => None,
+            },
+            runner: RunnerSpec {
+                command: spec.runner_command.to_string_lossy().into_owned(),
+                user: RUNNER_USER.into(),
+                env: Default::default(),
+            },
+            jit: airlock_agent::config::Secret::new(jit.expose()),
+            docker: vm.docker,
+        };
+        let bytes = guest
+            .to_disk_bytes()
+            .map_err(|e| start_err(e.to_string()))?;
+        write_config_disk(&dir.join("config.img"), &bytes, launch.uid)
+            .map_err(|e| start_err(format!("writing the config disk: {e}")))?;
+        drop(bytes);
+        // The supervisor's shell joins the VMM's cgroups, then becomes the unprivileged VMM.
+        let joins: Vec<String> = launch
+            .cgroups
+            .iter()
+            .map(|c| c.join("cgroup.procs").to_string_lossy().into_owned())
+            .collect();
+        let uid = launch.uid.to_string();
+        let mut argv: Vec<OsString> = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            r#"for f in $AIRLOCK_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@""#
+                .into(),
+            "airlock-vmm".into(),
+            self.setpriv.clone().into(),
+            format!("--reuid={uid}").into(),
+            format!("--regid={uid}").into(),
+            "--clear-groups".into(),
+            "--no-new-privs".into(),
+            "--inh-caps=-all".into(),
+            "--bounding-set=-all".into(),
+            "--".into(),
+        ];
+        argv.extend(launch.argv.iter().map(OsString::from));
+        let refs: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
+        let procs = joins.join(" ");
+        let tap = net::open_tap(&net::link_name(&self.key(&spec.id)))
+            .map_err(|e| start_err(e.to_string()))?;
+        let mut cmd = supervise::command(
+            &dir,
+            self.cfg.log_cap,
+            &refs,
+            &[("AIRLOCK_CGROUP_PROCS", std::ffi::OsStr::new(&procs))],
+        );
+        cmd.stdin(Stdio::from(tap));
+        let child = cmd
+            .spawn()
+            .map_err(|e| start_err(format!("spawning the VMM: {e}")))?;
+        let pid = child.id().unwrap_or(0) as i32;
+        supervise::write_pid(&dir, pid).map_err(|e| start_err(e.to_string()))?;
+        self.watched
+            .spawn(spec.id.clone(), child, self.exits.clone());
+        Ok(())
+    }
+
+    async fn status(&self, id: &str) -> Result<SandboxStatus, SandboxError> {
+        check_id(id)?;
+        if self.watched.contains(id) {
+            return Ok(SandboxStatus::Running);
+        }
+        let st = vm_status(&self.dir(id));
+        if st == SandboxStatus::Missing && self.list_ids().contains(&id.to_string()) {
+            return Ok(SandboxStatus::Exited(None));
+        }
+        Ok(st)
+    }
+
+    async fn list(&self) -> Result<Vec<(String, SandboxStatus)>, SandboxError> {
+        let mut out = Vec::new();
+        for id in self.list_ids() {
+            let st = if self.watched.contains(&id) {
+                SandboxStatus::Running
+            } else {
+                match vm_status(&self.dir(&id)) {
+                    SandboxStatus::Missing => SandboxStatus::Exited(None),
+                    s => s,
+                }
+            };
+            out.push((id, st));
+        }
+        Ok(out)
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), SandboxError> {
+        check_id(id)?;
+        let dir = self.dir(id);
+        self.watched.remove(id);
+        let fail = |detail: String| SandboxError::Destroy {
+            id: id.into(),
+            detail,
+        };
+        // 1. The VMM and its supervisor (one process group), then any process left in its cgroup.
+        supervise::kill_group(&dir);
+        let name = self.cgroup_name(id);
+        // 2. The tap, then its lease.
+        let key = self.key(id);
+        net::delete(&net::link_name(&key)).map_err(|e| fail(e.to_string()))?;
+        self.cfg
+            .net
+            .release(&key)
+            .map_err(|e| fail(e.to_string()))?;
+        // 3. The cgroup (empty once the VMM is gone; retried while it finishes dying).
+        let mut last = Ok(());
+        for _ in 0..100 {
+            cgroup::kill_all(&name);
+            last = cgroup::remove(&name);
+            if last.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        last.map_err(fail)?;
+        // 4. Files, the log kept first.
+        if let Some(l) = &self.cfg.logs {
+            l.keep(&dir, id);
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(fail(format!("removing {}: {e}", dir.display()))),
+        }
+    }
+}
+
+impl MicrovmBackend {
+    /// Every sandbox id with anything left on the host: directory, tap, lease, cgroup.
+    fn list_ids(&self) -> Vec<String> {
+        let mut ids = std::collections::BTreeSet::new();
+        if let Ok(entries) = std::fs::read_dir(&self.cfg.root) {
+            for e in entries.flatten() {
+                if let Some(id) = e.file_name().to_str() {
+                    if check_id(id).is_ok() && e.file_type().is_ok_and(|t| t.is_dir()) {
+                        ids.insert(id.to_string());
+                    }
+                }
+            }
+        }
+        let own = format!("{}/", self.tag);
+        let leased = self.cfg.net.owners_with_prefix(&own).unwrap_or_default();
+        for key in net::list()
+            .into_iter()
+            .map(|(_, alias)| alias)
+            .chain(leased)
+        {
+            if let Some(id) = key.strip_prefix(&own) {
+                if check_id(id).is_ok() {
+                    ids.insert(id.to_string());
+                }
+            }
+        }
+        ids.extend(cgroup::ids(&self.tag));
+        ids.into_iter().collect()
+    }
+
+    /// Sandboxes' image references (`NAME@sha256:…`), for keeping images in use.
+    pub fn images_in_use(root: &Path) -> std::collections::HashSet<String> {
+        crate::container::ContainerBackend::images_in_use(root)
+    }
+}
+
+/// Everything microVM sandboxes under `root` have left on the host, one line each: sandbox
+/// directories, taps, address leases and cgroups with this root's tag, and VMM processes whose
+/// working directory is below `root`. Empty when nothing is left.
+pub fn remnants(root: &Path) -> Vec<String> {
+    let tag = crate::container::tag_of(root);
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !n.starts_with('.') {
+                out.push(format!("directory {}", root.join(n).display()));
+            }
+        }
+    }
+    for (link, alias) in net::list() {
+        if alias.starts_with(&format!("{tag}/")) {
+            out.push(format!("link {link} ({alias})"));
+        }
+    }
+    let leases = Leases::new(
+        net::lease_dir(root.parent().unwrap_or(root)),
+        Subnet::parse(crate::container::DEFAULT_SUBNET).expect("valid default"),
+    );
+    for owner in leases
+        .owners_with_prefix(&format!("{tag}/"))
+        .unwrap_or_default()
+    {
+        out.push(format!("address lease of {owner}"));
+    }
+    for id in cgroup::ids(&tag) {
+        out.push(format!("cgroup {tag}-{id}"));
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            if pid.parse::<u32>().is_err() {
+                continue;
+            }
+            if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
+                if cwd.starts_with(root) {
+                    out.push(format!("process {pid} in {}", cwd.display()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_records_round_trip_and_hold_no_secret() {
+        let link = Subnet::parse("10.9.0.0/16").unwrap().link("t/a", 3);
+        let argv: Vec<OsString> = vec!["qemu".into(), "-m".into(), "512".into()];
+        let text = launch_record(
+            &[PathBuf::from("/sys/fs/cgroup/memory/airlock/t-a")],
+            200_003,
+            &link,
+            &argv,
+        );
+        let l = read_launch(&text).unwrap();
+        assert_eq!(l.uid, 200_003);
+        assert_eq!(l.ip, Some(link.sandbox_ip));
+        assert_eq!(l.gateway, Some(link.host_ip));
+        assert_eq!(
+            l.cgroups,
+            [PathBuf::from("/sys/fs/cgroup/memory/airlock/t-a")]
+        );
+        assert_eq!(l.argv, ["qemu", "-m", "512"]);
+        assert!(
+            read_launch("uid 0\nargv\nqemu\n").is_none(),
+            "never as root"
+        );
+        assert!(read_launch("colour red\nargv\nq\n").is_none());
+    }
+
+    #[test]
+    fn the_guest_exit_comes_from_its_config_disk() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        std::fs::write(d.join("pid"), "999999999 1\n").unwrap();
+        std::fs::write(d.join("exit_status"), "0\n").unwrap();
+        let mut disk = GuestResult::ExitCode(3).to_record();
+        disk.resize(CONFIG_DISK_SIZE, 0);
+        std::fs::write(d.join("config.img"), &disk).unwrap();
+        assert_eq!(
+            vm_status(d),
+            SandboxStatus::Exited(Some(3)),
+            "the runner's code, not QEMU's 0"
+        );
+        std::fs::write(d.join("config.img"), vec![0; CONFIG_DISK_SIZE]).unwrap();
+        assert_eq!(
+            vm_status(d),
+            SandboxStatus::Exited(None),
+            "never reported: unknown"
+        );
+        let mut err = GuestResult::Error("no root".into()).to_record();
+        err.resize(CONFIG_DISK_SIZE, 0);
+        std::fs::write(d.join("config.img"), &err).unwrap();
+        assert_eq!(vm_status(d), SandboxStatus::Exited(None));
+    }
+}

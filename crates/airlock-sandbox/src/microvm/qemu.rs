@@ -1,0 +1,201 @@
+//! The QEMU driver: the argv of a microVM (`-M microvm` with ACPI, so that Debian's kernels,
+//! which build virtio-mmio as a module without command-line devices, find their disks and network
+//! through ACPI), and the probe boot that tells whether a kernel boots with KVM or under TCG.
+//!
+//! Nothing job-specific goes on QEMU's command line beyond file names: the JIT secret travels on
+//! the config disk only, and the kernel command line is the same for every VM.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use airlock_agent::{KERNEL_CMDLINE, PROBE_ARG, PROBE_OK};
+
+use super::tsc;
+use airlock_core::Accel;
+
+/// One VM's QEMU, as `create` decides it.
+#[derive(Debug)]
+pub(super) struct Vm<'a> {
+    pub name: &'a str,
+    pub accel: Accel,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub kernel: &'a Path,
+    pub initramfs: &'a Path,
+    pub disk: &'a Path,
+    pub config: &'a Path,
+}
+
+/// The tap descriptor the VMM inherits (see `supervise`: the supervisor's stdin becomes fd 3).
+pub(super) const TAP_FD: u32 = 3;
+
+/// The kernel command line for `accel`: a TCG guest is told the host's TSC rate, or its boot
+/// may hang calibrating against the emulated PIT.
+pub(super) fn cmdline(accel: Accel) -> String {
+    match accel {
+        Accel::Kvm => KERNEL_CMDLINE.to_string(),
+        Accel::Tcg | Accel::Auto => airlock_agent::tcg_kernel_cmdline(tsc::cached()),
+    }
+}
+
+/// Arguments common to every boot: the machine, the accelerator, no default devices, the serial
+/// console on stdout, exit instead of reboot, and QEMU's own seccomp sandbox.
+fn machine(accel: Accel, cpus: u32, memory_mib: u64) -> Vec<OsString> {
+    let (accel, cpu) = match accel {
+        // A 64 MiB translation cache instead of QEMU's default 1 GiB: the host memory an idle
+        // VM costs beyond its RAM.
+        Accel::Tcg | Accel::Auto => ("tcg,tb-size=64", "max"),
+        Accel::Kvm => ("kvm", "host"),
+    };
+    [
+        "-M",
+        "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=on",
+        "-accel",
+        accel,
+        "-cpu",
+        cpu,
+        "-smp",
+        &cpus.max(1).to_string(),
+        "-m",
+        &memory_mib.to_string(),
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect()
+}
+
+fn os(parts: &[&str]) -> String {
+    parts.concat()
+}
+
+pub(super) fn argv(vm: &Vm<'_>) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec!["-name".into(), format!("airlock-{}", vm.name).into()];
+    a.extend(machine(vm.accel, vm.cpus, vm.memory_mib));
+    a.push("-kernel".into());
+    a.push(vm.kernel.into());
+    a.push("-initrd".into());
+    a.push(vm.initramfs.into());
+    a.push("-append".into());
+    a.push(cmdline(vm.accel).into());
+    // The root first (the guest's vda), the config disk second (vdb): ACPI lists them in order.
+    a.push("-drive".into());
+    a.push(
+        os(&[
+            "id=root,if=none,format=qcow2,discard=unmap,file=",
+            &vm.disk.to_string_lossy(),
+        ])
+        .into(),
+    );
+    a.extend(["-device".into(), "virtio-blk-device,drive=root".into()]);
+    a.push("-drive".into());
+    a.push(
+        os(&[
+            "id=cfg,if=none,format=raw,file=",
+            &vm.config.to_string_lossy(),
+        ])
+        .into(),
+    );
+    a.extend(["-device".into(), "virtio-blk-device,drive=cfg".into()]);
+    a.push("-netdev".into());
+    // Root attached the tap and hands the descriptor over: the VMM cannot open /dev/net/tun.
+    a.push(format!("tap,id=n0,vhost=off,fd={TAP_FD}").into());
+    a.extend(["-device".into(), "virtio-net-device,netdev=n0".into()]);
+    a
+}
+
+/// Boots `kernel` with `initramfs` in the agent's probe mode (no disks, no network) as `uid`,
+/// under `accel`: Ok when the agent says so and QEMU exits by itself within `timeout`.
+pub(super) async fn probe_boot(
+    qemu: &Path,
+    setpriv: &Path,
+    uid: u32,
+    kernel: &Path,
+    initramfs: &Path,
+    accel: Accel,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut cmd = tokio::process::Command::new(setpriv);
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .args(["--clear-groups", "--no-new-privs", "--"])
+        .arg(qemu)
+        .args(machine(accel, 1, 256))
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .arg("-append")
+        .arg(format!("{} {PROBE_ARG}", cmdline(accel)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => Err(format!(
+            "the probe guest did not finish booting in {} s",
+            timeout.as_secs()
+        )),
+        Ok(Err(e)) => Err(format!("waiting for QEMU: {e}")),
+        Ok(Ok(out)) => {
+            let console = String::from_utf8_lossy(&out.stdout);
+            if out.status.success() && console.contains(PROBE_OK) {
+                Ok(())
+            } else {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let tail: Vec<&str> = console.lines().rev().take(3).collect();
+                Err(format!(
+                    "QEMU exited with {} before the agent answered: {} {}",
+                    out.status,
+                    err.trim(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_has_the_disks_in_order_and_no_secret_slot() {
+        let a = argv(&Vm {
+            name: "x1",
+            accel: Accel::Tcg,
+            cpus: 2,
+            memory_mib: 1024,
+            kernel: Path::new("/img/vmlinuz"),
+            initramfs: Path::new("/img/initramfs.cpio"),
+            disk: Path::new("/vms/x1/disk.qcow2"),
+            config: Path::new("/vms/x1/config.img"),
+        });
+        let s: Vec<String> = a.iter().map(|x| x.to_string_lossy().into_owned()).collect();
+        let at = |needle: &str| s.iter().position(|x| x.contains(needle)).unwrap();
+        assert!(
+            at("disk.qcow2") < at("config.img"),
+            "root is vda, config vdb"
+        );
+        assert_eq!(s[at("-smp") + 1], "2");
+        assert_eq!(s[at("-m") + 1], "1024");
+        assert_eq!(s[at("-accel") + 1], "tcg,tb-size=64");
+        assert!(s[at("-append") + 1].starts_with(KERNEL_CMDLINE));
+        assert!(!s[at("-append") + 1].contains(PROBE_ARG));
+        assert!(s.iter().any(|x| x == "tap,id=n0,vhost=off,fd=3"));
+        let kvm = machine(Accel::Kvm, 1, 256);
+        assert!(kvm.iter().any(|x| x == "kvm") && kvm.iter().any(|x| x == "host"));
+    }
+}
