@@ -97,6 +97,13 @@ impl Inner {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A microVM pool's accelerator (`kvm`, `tcg`, `refused`) and why, once its probe ran.
+    pub fn pool_accel(&self, pool: &str) -> Option<(&'static str, Option<String>)> {
+        self.backend
+            .accel(pool)
+            .map(|a| (a.label(), a.warning().map(str::to_string)))
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

@@ -389,7 +389,8 @@ impl ImageStore {
         Ok(n)
     }
 
-    /// The newest build of `spec.name`, building it first if there is none. Builders of one
+    /// The newest build of `spec.name`, building it first if there is none (or, for a VM
+    /// image, if the newest was made with another agent or without `vm`). Builders of one
     /// name wait for each other (an exclusive lock on `images/.lock-NAME`), so concurrent callers
     /// — tests, `airlock demo` runs — build once and share the result.
     pub fn build_once(
@@ -401,10 +402,21 @@ impl ImageStore {
         std::fs::create_dir_all(&self.root).map_err(io("cannot create", &self.root))?;
         let _lock = lock_exclusive(&self.root.join(format!(".lock-{}", spec.name)))?;
         match self.resolve(&spec.name) {
+            // A build for a VM must be bootable, with the agent asked for.
+            Ok(m) if !self.boots_as(&m, spec)? => self.build(spec, progress),
             Ok(m) => Ok(m),
             Err(ImageError::NotFound { .. }) => self.build(spec, progress),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether `m` boots as `spec` asks: not a VM image, or one made with the same agent.
+    fn boots_as(&self, m: &Manifest, spec: &BuildSpec) -> Result<bool, ImageError> {
+        Ok(match (&spec.vm, &m.vm) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(want), Some(have)) => sha256_file(&want.agent)? == have.agent_sha256,
+        })
     }
 
     /// Builds an image. Inputs are checked first (name, packages, runner checksum), so a bad
@@ -638,7 +650,7 @@ impl ImageStore {
         let sum = tree_digest(&rootfs)?;
         let manifest = Manifest {
             name: spec.name.clone(),
-            digest: format!("sha256:{}", sum.digest),
+            digest: format!("sha256:{}", image_digest(&sum.digest, vm.as_ref())),
             suite: spec.suite.clone(),
             built_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             build_seconds: started.elapsed().as_secs_f64(),
@@ -745,10 +757,11 @@ impl ImageStore {
     /// landed is an error.
     pub fn verify(&self, m: &Manifest) -> Result<(), ImageError> {
         let sum = tree_digest(&self.rootfs(m))?;
-        if format!("sha256:{}", sum.digest) != m.digest {
+        let actual = format!("sha256:{}", image_digest(&sum.digest, m.vm.as_ref()));
+        if actual != m.digest {
             return Err(ImageError::Modified {
                 reference: m.short(),
-                actual: format!("sha256:{}", sum.digest),
+                actual,
             });
         }
         if let Some(vm) = &m.vm {
@@ -841,6 +854,29 @@ impl ImageStore {
 }
 
 /// Adds the `runner` user and group (uid/gid 1001) with a home directory only it can enter.
+/// An image's digest: its root filesystem's (`tree`), and for a VM image also what boots it (the
+/// agent, each kernel and initramfs), so that rebuilding with another agent or kernel lands as a
+/// new image instead of being taken for the old one. The ext4 disk is left out: it is made from
+/// the tree (its bytes differ between builds by UUIDs and times, not by content), and `verify`
+/// checks it against its own checksum.
+fn image_digest(tree: &str, vm: Option<&VmManifest>) -> String {
+    let Some(vm) = vm else {
+        return tree.to_string();
+    };
+    let mut h = sha2::Sha256::new();
+    h.update(format!(
+        "rootfs {tree}\nagent {}\ndocker {}\n",
+        vm.agent_sha256, vm.docker
+    ));
+    for k in &vm.kernels {
+        h.update(format!(
+            "kernel {} {} {}\n",
+            k.version, k.kernel_sha256, k.initramfs_sha256
+        ));
+    }
+    hex::encode(h.finalize())
+}
+
 /// Whether `p` is a 64-bit ELF executable without a program interpreter (`PT_INTERP`).
 fn is_static_elf(p: &Path) -> Result<bool, ImageError> {
     let b = std::fs::read(p).map_err(io("cannot read", p))?;

@@ -717,45 +717,4 @@ mod tests {
         assert!(matches!(err, VmError::NoKernel { .. }), "{err}");
         assert!(err.to_string().contains("linux-image-cloud-amd64"));
     }
-
-    /// A real Debian rootfs with `linux-image-cloud-amd64` and a built agent:
-    /// `AIRLOCK_TEST_VM_ROOTFS=/path AIRLOCK_TEST_AGENT=/path cargo test -p airlock-image -- --ignored`
-    /// (as root, so mkfs.ext4 can read every file of the tree).
-    #[test]
-    #[ignore = "needs a Debian rootfs with a kernel (AIRLOCK_TEST_VM_ROOTFS) and root"]
-    fn real_debian_rootfs() {
-        let rootfs =
-            PathBuf::from(std::env::var("AIRLOCK_TEST_VM_ROOTFS").expect("AIRLOCK_TEST_VM_ROOTFS"));
-        let agent = PathBuf::from(std::env::var("AIRLOCK_TEST_AGENT").expect("AIRLOCK_TEST_AGENT"));
-        let out = tempfile::tempdir().unwrap();
-        let files = build_boot_files(&rootfs, &agent, out.path()).unwrap();
-        assert!(!files.kernels.is_empty());
-        for k in &files.kernels {
-            let names: Vec<String> = k.modules.iter().map(|m| module_name(m)).collect();
-            for need in [
-                "virtio_ring",
-                "virtio",
-                "virtio_mmio",
-                "virtio_blk",
-                "virtio_net",
-                "overlay",
-            ] {
-                assert!(
-                    names.iter().any(|n| n == need),
-                    "{} lacks {need}: {names:?}",
-                    k.version
-                );
-            }
-        }
-        let st = Command::new("e2fsck")
-            .args(["-fn"])
-            .arg(&files.rootfs)
-            .status()
-            .unwrap();
-        assert!(
-            st.success(),
-            "e2fsck found problems in {}",
-            files.rootfs.display()
-        );
-    }
 }

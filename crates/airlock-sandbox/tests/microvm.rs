@@ -8,6 +8,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::os::unix::fs::PermissionsExt;
+
+use airlock_core::Accel;
+use airlock_sandbox::microvm::AccelChoice;
 use airlock_sandbox::{Backend, Limits, SandboxStatus, Secret};
 use common::*;
 
@@ -73,6 +77,20 @@ async fn vm_lifecycle_root_sudo_secret_unprivileged_vmm_and_nothing_left() {
     let b = vm_backend(&root, 20).await;
     let m = vm_image();
     let kernel = m.vm.as_ref().unwrap().kernels[0].version.clone();
+    // The image's boot files: checksummed, read-only, and a clean filesystem.
+    images().verify(&m).unwrap();
+    let disk = images().dir(&m).join(&m.vm.as_ref().unwrap().disk);
+    assert_eq!(std::fs::metadata(&disk).unwrap().mode() & 0o777, 0o444);
+    let fsck = std::process::Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
     let s = vm_spec("vm1", &m, 4);
     b.create(&s).await.unwrap();
     assert_eq!(b.status("vm1").await.unwrap(), SandboxStatus::Created);
@@ -310,4 +328,62 @@ async fn a_new_backend_adopts_a_running_vm_and_reaps_remnants() {
     b.destroy("keep1").await.unwrap();
     let left = airlock_sandbox::microvm::remnants(&root);
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// `auto` takes KVM where a probe boot works and otherwise falls back to TCG with a warning;
+/// `kvm` is refused with the reason where KVM cannot boot the kernel. (This host's KVM cannot: on
+/// a host where it can, the test checks that KVM is chosen instead.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accelerator_is_probed_by_booting_the_kernel() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("vms");
+    let b = vm_backend(&root, 24).await;
+    let m = vm_image();
+    let dir = images().dir(&m);
+    let k = &m.vm.as_ref().unwrap().kernels[0];
+    let (kernel, initramfs) = (dir.join(&k.kernel), dir.join(&k.initramfs));
+    let tcg = b.accel_for(&kernel, &initramfs, Accel::Tcg).await.unwrap();
+    assert_eq!(
+        tcg,
+        AccelChoice {
+            accel: Accel::Tcg,
+            warning: None
+        }
+    );
+    let auto = b.accel_for(&kernel, &initramfs, Accel::Auto).await.unwrap();
+    let kvm = b.accel_for(&kernel, &initramfs, Accel::Kvm).await;
+    match auto.accel {
+        Accel::Kvm => {
+            assert!(auto.warning.is_none());
+            assert_eq!(kvm.unwrap().accel, Accel::Kvm);
+        }
+        Accel::Tcg => {
+            let w = auto.warning.expect("a fallback says why");
+            assert!(w.contains("KVM cannot boot this kernel here"), "{w}");
+            let e = kvm.unwrap_err();
+            assert!(e.contains("accel = \"kvm\", but KVM cannot boot"), "{e}");
+            assert!(e.contains("use accel = \"auto\" or \"tcg\""), "{e}");
+        }
+        Accel::Auto => panic!("auto is never the answer"),
+    }
+    // Probed once per kernel: a second ask is answered from memory at once.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        b.accel_for(&kernel, &initramfs, Accel::Auto)
+            .await
+            .unwrap()
+            .accel,
+        auto.accel
+    );
+    assert!(started.elapsed() < Duration::from_millis(100));
+    // A file that is not a kernel boots under nothing, and says so.
+    let junk = t.path().join("not-a-kernel");
+    std::fs::write(&junk, b"junk").unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let e = b
+        .accel_for(&junk, &initramfs, Accel::Tcg)
+        .await
+        .unwrap_err();
+    assert!(e.contains("does not boot under TCG"), "{e}");
 }

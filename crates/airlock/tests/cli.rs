@@ -409,6 +409,42 @@ fn the_demo_runs_on_the_container_backend_as_root() {
     );
 }
 
+/// `airlock demo --backend microvm`: whole-machine jobs in QEMU VMs beside the container pools,
+/// saying up front that TCG boots are slow and which accelerator the probe settled on.
+#[test]
+fn the_demo_runs_microvm_jobs_as_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the microVM demo needs root (CI runs as root)"
+    );
+    runner_bin();
+    let d = tempfile::tempdir().unwrap();
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("airlock-test-images");
+    let out = airlock()
+        .args(["demo", "--backend", "microvm", "--image-cache"])
+        .arg(&cache)
+        .arg("--state-dir")
+        .arg(d.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("VMs run under TCG"),
+        "the warning comes first: {text}"
+    );
+    assert!(text.contains("microVMs    boot with "), "{text}");
+    assert!(text.contains("root-in-vm"), "{text}");
+    assert!(text.contains("over 4 pools"), "{text}");
+    assert!(text.contains("✓ demo passed"), "{text}");
+    assert!(airlock_sandbox::microvm::remnants(&d.path().join("vms")).is_empty());
+}
+
 #[test]
 fn image_commands_say_what_is_wrong_with_distinct_exit_statuses() {
     let d = tempfile::tempdir().unwrap();

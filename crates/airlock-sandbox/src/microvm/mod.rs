@@ -393,7 +393,9 @@ impl MicrovmBackend {
             }
             a => a,
         };
-        let mut argv = vec![self.qemu.clone().into_os_string()];
+        // The VMM becomes its own unprivileged user first (see `qemu::unprivileged`).
+        let mut argv = qemu::unprivileged(&self.setpriv, uid, accel);
+        argv.push(self.qemu.clone().into_os_string());
         argv.extend(qemu::argv(&qemu::Vm {
             name: id,
             accel,
@@ -601,21 +603,12 @@ impl Backend for MicrovmBackend {
             .iter()
             .map(|c| c.join("cgroup.procs").to_string_lossy().into_owned())
             .collect();
-        let uid = launch.uid.to_string();
         let mut argv: Vec<OsString> = vec![
             "/bin/sh".into(),
             "-c".into(),
             r#"for f in $AIRLOCK_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@""#
                 .into(),
             "airlock-vmm".into(),
-            self.setpriv.clone().into(),
-            format!("--reuid={uid}").into(),
-            format!("--regid={uid}").into(),
-            "--clear-groups".into(),
-            "--no-new-privs".into(),
-            "--inh-caps=-all".into(),
-            "--bounding-set=-all".into(),
-            "--".into(),
         ];
         argv.extend(launch.argv.iter().map(OsString::from));
         let refs: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();

@@ -113,6 +113,50 @@ pub(super) fn argv(vm: &Vm<'_>) -> Vec<OsString> {
     a
 }
 
+/// `setpriv …  --`: the VMM runs as `uid` (and gid), without capabilities or `no_new_privs`
+/// escapes, in no supplementary group but, with KVM, the group that may open `/dev/kvm`.
+pub(super) fn unprivileged(setpriv: &Path, uid: u32, accel: Accel) -> Vec<OsString> {
+    let groups = match (accel, kvm_gid()) {
+        (Accel::Kvm, Some(gid)) => format!("--groups={gid}"),
+        _ => "--clear-groups".to_string(),
+    };
+    [
+        setpriv.as_os_str().to_owned(),
+        format!("--reuid={uid}").into(),
+        format!("--regid={uid}").into(),
+        groups.into(),
+        "--no-new-privs".into(),
+        "--inh-caps=-all".into(),
+        "--bounding-set=-all".into(),
+        "--".into(),
+    ]
+    .into()
+}
+
+/// Whether an unprivileged VMM can open `/dev/kvm` at all: it exists, and its group (which the
+/// VMM joins) or everyone may read and write it.
+fn kvm_usable() -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = std::fs::metadata("/dev/kvm").map_err(|e| format!("no /dev/kvm ({e})"))?;
+    let mode = m.permissions().mode() & 0o777;
+    if (m.gid() != 0 && mode & 0o060 == 0o060) || mode & 0o006 == 0o006 {
+        Ok(())
+    } else {
+        Err(format!(
+            "/dev/kvm is mode {mode:04o}, group {}: VMMs run unprivileged and cannot open it \
+             (give it a group of its own with mode 0660, as udev does with group kvm)",
+            m.gid()
+        ))
+    }
+}
+
+/// The group owning `/dev/kvm` (usually `kvm`), when it is not root's.
+fn kvm_gid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let gid = std::fs::metadata("/dev/kvm").ok()?.gid();
+    (gid != 0).then_some(gid)
+}
+
 /// Boots `kernel` with `initramfs` in the agent's probe mode (no disks, no network) as `uid`,
 /// under `accel`: Ok when the agent says so and QEMU exits by itself within `timeout`.
 pub(super) async fn probe_boot(
@@ -124,10 +168,12 @@ pub(super) async fn probe_boot(
     accel: Accel,
     timeout: Duration,
 ) -> Result<(), String> {
-    let mut cmd = tokio::process::Command::new(setpriv);
-    cmd.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"))
-        .args(["--clear-groups", "--no-new-privs", "--"])
+    if accel == Accel::Kvm {
+        kvm_usable()?;
+    }
+    let priv_drop = unprivileged(setpriv, uid, accel);
+    let mut cmd = tokio::process::Command::new(&priv_drop[0]);
+    cmd.args(&priv_drop[1..])
         .arg(qemu)
         .args(machine(accel, 1, 256))
         .arg("-kernel")
@@ -154,13 +200,20 @@ pub(super) async fn probe_boot(
             if out.status.success() && console.contains(PROBE_OK) {
                 Ok(())
             } else {
+                // QEMU's own complaint, else the console's last words.
                 let err = String::from_utf8_lossy(&out.stderr);
-                let tail: Vec<&str> = console.lines().rev().take(3).collect();
+                let said = err
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| {
+                        let tail: Vec<&str> = console.lines().rev().take(2).collect();
+                        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                    });
                 Err(format!(
-                    "QEMU exited with {} before the agent answered: {} {}",
-                    out.status,
-                    err.trim(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                    "QEMU exited ({}) before the agent answered: {said}",
+                    out.status
                 ))
             }
         }

@@ -111,6 +111,8 @@ pub async fn vm_backend(root: &Path, slot: u8) -> MicrovmBackend {
     cfg.log_cap = 256 * 1024;
     // A distinct uid range per test process.
     cfg.uid_base = 300_000 + 1000 * slot as u32;
+    // A KVM that works boots the probe in about a second; one that hangs is given up on soon.
+    cfg.probe_timeouts = (Duration::from_secs(5), Duration::from_secs(30));
     cfg.logs = Some(airlock_sandbox::LogKeep {
         dir: root.parent().unwrap().join("logs"),
         keep: 100,

@@ -2,7 +2,9 @@
 //! emulator and the daemon (SQLite in a temporary state directory) on the container backend
 //! where it works (root, an OCI runtime whose probe passes, an image it builds once and reuses),
 //! with ghsim in a network namespace of its own where the internet would be; otherwise on the
-//! process backend, with a warning that it is not isolated. It submits
+//! process backend, with a warning that it is not isolated. `--backend microvm` adds a pool of
+//! QEMU microVMs beside the container pools and jobs that need a whole machine (root, a kernel of
+//! their own, nested sandboxes). It submits
 //! sample workflows — several jobs over three pools, one job that fails, one whose webhook is
 //! lost — shows progress, prints a table per job and exits 0 only if every job ended as expected
 //! and nothing was left behind (sandboxes, runner registrations, processes, live runners).
@@ -20,7 +22,8 @@ pub struct Args {
     /// Give up if the jobs have not finished by then.
     #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
     timeout: Duration,
-    /// Where jobs run: `container` where its probe passes (else `process`), or one of them.
+    /// Where jobs run: `container` where its probe passes (else `process`), one of them, or
+    /// `microvm`: container pools plus a pool of microVMs for jobs that need a whole machine.
     #[arg(long, value_enum, default_value_t = DemoBackend::Auto)]
     backend: DemoBackend,
     /// Runner images are built here once and reused by later demos.
@@ -32,13 +35,29 @@ pub struct Args {
 pub enum DemoBackend {
     Auto,
     Container,
+    Microvm,
     Process,
 }
 
 /// What the demo's pools run on.
 enum Mode {
     Process,
-    Container { outside: airlock_net::Outside },
+    Container {
+        outside: airlock_net::Outside,
+    },
+    /// Container pools and a microVM pool.
+    Microvm {
+        outside: airlock_net::Outside,
+    },
+}
+
+impl Mode {
+    fn outside(&self) -> Option<&airlock_net::Outside> {
+        match self {
+            Mode::Process => None,
+            Mode::Container { outside } | Mode::Microvm { outside } => Some(outside),
+        }
+    }
 }
 
 struct Expect {
@@ -121,6 +140,47 @@ const JOBS: &[Expect] = &[
     },
 ];
 
+/// The microVM pool's jobs: they need a machine of their own.
+const VM_JOBS: &[Expect] = &[
+    Expect {
+        name: "root-in-vm",
+        repo: "demo/app",
+        labels: &["self-hosted", "linux", "machine"],
+        steps: &[
+            "echo kernel $(uname -r)",
+            "test \"$(sudo -n id -u)\" = 0",
+            "sudo -n sh -c 'echo 127.0.0.2 demo-host >> /etc/hosts' && grep -q demo-host /etc/hosts",
+        ],
+        drop_webhooks: false,
+        conclusion: "success",
+    },
+    Expect {
+        name: "nested-sandbox",
+        repo: "demo/app",
+        labels: &["self-hosted", "linux", "machine"],
+        steps: &["unshare -r sh -c 'echo uid in a user namespace: $(id -u)'"],
+        drop_webhooks: false,
+        conclusion: "success",
+    },
+];
+
+const VM_POOL: &str = r#"
+[[pool]]
+name = "machine"
+scope = "repo:demo/app"
+labels = ["self-hosted", "linux", "machine"]
+backend = "microvm"
+image = "demo-vm"
+memory_mib = 1024
+max_runners = 2
+idle_timeout = "20s"
+boot_timeout = "120s"
+
+[pool.microvm]
+accel = "auto"
+disk_gib = 4
+"#;
+
 fn config_text(state: &Path, api: &str, runner: &Path, container: bool) -> String {
     // Container pools take the runner from the image's manifest.
     let r = if container {
@@ -180,6 +240,11 @@ async fn choose_backend(a: &Args, state: &Path, runner: &Path) -> Result<Mode, S
     if a.backend == DemoBackend::Process {
         return Ok(Mode::Process);
     }
+    if a.backend == DemoBackend::Microvm {
+        return microvm_mode(a, state, runner)
+            .await
+            .map_err(|e| format!("the microvm backend is not available: {e}"));
+    }
     match container_mode(a, state, runner).await {
         Ok(m) => Ok(m),
         Err(e) if a.backend == DemoBackend::Auto => {
@@ -191,6 +256,77 @@ async fn choose_backend(a: &Args, state: &Path, runner: &Path) -> Result<Mode, S
         }
         Err(e) => Err(format!("the container backend is not available: {e}")),
     }
+}
+
+/// Container mode plus the microVM pool's image, built once with `--vm` (the guest agent is the
+/// static one beside the stand-in runner); the backend's own checks (QEMU, qemu-img, setpriv)
+/// run first, so a host without QEMU says so before anything is built.
+async fn microvm_mode(a: &Args, state: &Path, runner: &Path) -> Result<Mode, String> {
+    let Mode::Container { outside } = container_mode(a, state, runner).await? else {
+        return Err("the container backend is needed too".into());
+    };
+    airlock_sandbox::microvm::MicrovmBackend::probe(
+        airlock_sandbox::microvm::MicrovmConfig::new(state.join("vms")),
+        None,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let agent = super::image::beside_exe("airlock-agent")
+        .ok_or("the guest agent airlock-agent is not built; run scripts/build-standin.sh")?;
+    let store = airlock_image::ImageStore::new(a.image_cache.clone());
+    let spec = airlock_image::BuildSpec {
+        name: "demo-vm".into(),
+        suite: "bookworm".into(),
+        packages: vec![],
+        runner: airlock_image::RunnerSource::Standin(runner.to_path_buf()),
+        mirror: None,
+        vm: Some(airlock_image::VmBuild {
+            agent,
+            kernel_packages: vec![],
+            docker: false,
+        }),
+    };
+    let m = build_demo_image(store, spec).await?;
+    println!(
+        "  microVMs    pool \"machine\" boots image {} with kernel {} under QEMU",
+        m.short(),
+        m.vm.as_ref()
+            .and_then(|v| v.kernels.first())
+            .map(|k| k.version.as_str())
+            .unwrap_or("?")
+    );
+    println!(
+        "  ! where KVM cannot boot the kernel (the daemon probes it at start), VMs run under TCG\n    \
+         emulation: each boot then takes several seconds, and the machine pool's jobs wait for it"
+    );
+    Ok(Mode::Microvm { outside })
+}
+
+/// Builds (once) or reuses a demo image, showing progress.
+async fn build_demo_image(
+    store: airlock_image::ImageStore,
+    spec: airlock_image::BuildSpec,
+) -> Result<airlock_image::Manifest, String> {
+    let started = Instant::now();
+    let name = spec.name.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut printed = false;
+        store.build_once(&spec, &mut |p| {
+            if let airlock_image::Progress::Step { n, of, what } = p {
+                if !printed {
+                    println!("  image       building {name:?} (once; later demos reuse it)");
+                    printed = true;
+                }
+                println!(
+                    "              [{n}/{of}] {what} ({:.0}s)",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("cannot build the demo image: {e}"))
 }
 
 async fn container_mode(a: &Args, state: &Path, runner: &Path) -> Result<Mode, String> {
@@ -219,27 +355,7 @@ async fn container_mode(a: &Args, state: &Path, runner: &Path) -> Result<Mode, S
         mirror: None,
         vm: None,
     };
-    let started = Instant::now();
-    let m = tokio::task::spawn_blocking(move || {
-        let mut printed = false;
-        let r = store.build_once(&spec, &mut |p| {
-            if let airlock_image::Progress::Step { n, of, what } = p {
-                if !printed {
-                    println!("  image       building \"demo\" (once; later demos reuse it)");
-                    printed = true;
-                }
-                println!(
-                    "              [{n}/{of}] {what} ({:.0}s)",
-                    started.elapsed().as_secs_f64()
-                );
-            }
-        });
-        r.map(|m| (m, store))
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("cannot build the demo image: {e}"))?;
-    let (m, store) = m;
+    let m = build_demo_image(store.clone(), spec).await?;
     let images = state.join("images");
     if !images.exists() {
         std::os::unix::fs::symlink(store.root(), &images)
@@ -372,7 +488,7 @@ async fn demo(a: Args) -> Result<bool, String> {
             );
             Sim::start(sim_cfg, "127.0.0.1:0".parse().expect("a valid address")).await
         }
-        Mode::Container { outside } => {
+        Mode::Container { outside } | Mode::Microvm { outside } => {
             let l = outside
                 .listen(0)
                 .map_err(|e| format!("cannot listen in {}: {e}", outside.ns))?;
@@ -380,16 +496,24 @@ async fn demo(a: Args) -> Result<bool, String> {
         }
     }
     .map_err(|e| e.to_string())?;
-    match &mode {
-        Mode::Process => println!("  GitHub      emulated by ghsim at {}", sim.url),
-        Mode::Container { outside } => println!(
+    match mode.outside() {
+        None => println!("  GitHub      emulated by ghsim at {}", sim.url),
+        Some(outside) => println!(
             "  GitHub      emulated by ghsim at {} (network namespace {}, reached through NAT)",
             sim.url, outside.ns
         ),
     }
 
-    let container = matches!(mode, Mode::Container { .. });
-    let text = config_text(&state, &sim.url, &runner, container);
+    let container = mode.outside().is_some();
+    let microvm = matches!(mode, Mode::Microvm { .. });
+    let mut text = config_text(&state, &sim.url, &runner, container);
+    if microvm {
+        text.push_str(VM_POOL);
+    }
+    let all_jobs: Vec<&Expect> = JOBS
+        .iter()
+        .chain(if microvm { VM_JOBS } else { &[] })
+        .collect();
     let (cfg, _) = airlock_config::load_str(&text, &state).map_err(|d| {
         let lines: Vec<String> = d.iter().map(|x| x.to_string()).collect();
         format!("the demo's own config is invalid:\n{}", lines.join("\n"))
@@ -402,10 +526,32 @@ async fn demo(a: Args) -> Result<bool, String> {
         handle.addr.port()
     )));
     println!("  airlock     http://{} (metrics at /metrics)", handle.addr);
+    if microvm {
+        // The daemon probes the machine pool's kernel at start: say what it found.
+        let probe_deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some((accel, why)) = handle.inner.pool_accel("machine") {
+                println!(
+                    "  microVMs    boot with {accel}{}",
+                    why.map(|w| format!(" ({w})")).unwrap_or_default()
+                );
+                break;
+            }
+            if Instant::now() > probe_deadline {
+                println!("  microVMs    the kernel probe has not finished yet");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 
     let mut ids = Vec::new();
     for repo in ["demo/app", "demo/web"] {
-        let jobs: Vec<&Expect> = JOBS.iter().filter(|j| j.repo == repo).collect();
+        let jobs: Vec<&Expect> = all_jobs
+            .iter()
+            .copied()
+            .filter(|j| j.repo == repo)
+            .collect();
         let wf = Workflow {
             repo: repo.into(),
             name: "CI".into(),
@@ -423,9 +569,10 @@ async fn demo(a: Args) -> Result<bool, String> {
         ids.extend(sub.job_ids.into_iter().zip(jobs));
     }
     println!(
-        "\nsubmitted {} jobs over 3 pools ({} with lost webhooks)\n",
+        "\nsubmitted {} jobs over {} pools ({} with lost webhooks)\n",
         ids.len(),
-        JOBS.iter().filter(|j| j.drop_webhooks).count()
+        if microvm { 4 } else { 3 },
+        all_jobs.iter().filter(|j| j.drop_webhooks).count()
     );
 
     let deadline = Instant::now() + a.timeout;
@@ -534,6 +681,11 @@ async fn demo(a: Args) -> Result<bool, String> {
             leftovers.push(format!("container sandbox: {r}"));
         }
     }
+    if microvm {
+        for r in airlock_sandbox::microvm::remnants(&state.join("vms")) {
+            leftovers.push(format!("microVM sandbox: {r}"));
+        }
+    }
     if report.forced > 0 {
         leftovers.push(format!(
             "{} busy runner(s) had to be destroyed at shutdown",
@@ -556,7 +708,12 @@ async fn demo(a: Args) -> Result<bool, String> {
         );
     }
     if leftovers.is_empty() {
-        if container {
+        if microvm {
+            println!(
+                "✓ nothing left behind: no VMs, disks, taps, containers, overlays, links, cgroups, \
+                 registrations, runner processes or live runners"
+            );
+        } else if container {
             println!(
                 "✓ nothing left behind: no containers, overlays, links, cgroups, registrations, \
                  runner processes or live runners"
