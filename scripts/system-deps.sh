@@ -2,7 +2,8 @@
 # Installs the Debian packages airlock's container and microVM backends and its image builder
 # drive, when they are missing: an OCI runtime (runc; crun too, which the probe tries first),
 # mmdebstrap, nftables, iproute2, util-linux's nsenter and setpriv, QEMU (qemu-system-x86,
-# qemu-utils) and e2fsprogs (mkfs.ext4 for VM disks). Needs root and apt-get.
+# qemu-utils), e2fsprogs (mkfs.ext4 for VM disks) and lz4 (a Firecracker vmlinux out of a
+# Debian bzImage, in the driver tests). Needs root and apt-get.
 #   scripts/system-deps.sh          install, or fail when not root
 #   scripts/system-deps.sh --try    install when root; otherwise say what is missing and go on
 set -euo pipefail
@@ -10,7 +11,8 @@ try=false
 [ "${1:-}" = "--try" ] && try=true
 need=()
 for tool in mmdebstrap:mmdebstrap runc:runc crun:crun nft:nftables ip:iproute2 nsenter:util-linux \
-    setpriv:util-linux qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mkfs.ext4:e2fsprogs; do
+    setpriv:util-linux qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mkfs.ext4:e2fsprogs \
+    lz4:lz4; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || need+=("${tool##*:}")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

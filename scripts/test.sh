@@ -10,6 +10,8 @@ bash scripts/system-deps.sh
 
 echo "==> npm packages for the GitHub conformance tests (pinned by tests/openapi/package-lock.json)"
 npm ci --prefix tests/openapi --no-audit --no-fund --loglevel=error
+echo "==> npm packages for the VMM API conformance tests (pinned by tests/vmm-api/package-lock.json)"
+npm ci --prefix tests/vmm-api --no-audit --no-fund --loglevel=error
 
 echo "==> cargo build --workspace --bins (airlock, airlock-ghsim, airlock-runner)"
 cargo build --workspace --bins --locked

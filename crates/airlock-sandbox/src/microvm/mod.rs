@@ -24,8 +24,11 @@
 //! the VMM, then removes the tap, the lease, the cgroup and the files, in that order, each step
 //! idempotent.
 
+pub mod chv;
+pub mod firecracker;
 mod qemu;
 mod tsc;
+pub mod vmm_api;
 
 use std::ffi::OsString;
 use std::net::Ipv4Addr;
