@@ -529,7 +529,9 @@ fn image_commands_say_what_is_wrong_with_distinct_exit_statuses() {
         format!(
             "[server]\nstate_dir = \"{}\"\n[github]\ntoken_file = \"token\"\nwebhook_secret_file = \"webhook-secret\"\n\
              [[pool]]\nname = \"box\"\nscope = \"org:o\"\nlabels = [\"box\"]\nbackend = \"container\"\n\
-             image = \"fake\"\npackages = [\"git\", \"curl\"]\n",
+             image = \"fake\"\npackages = [\"git\", \"curl\"]\n\
+             [[pool]]\nname = \"vm\"\nscope = \"org:o\"\nlabels = [\"vm\"]\nbackend = \"microvm\"\n\
+             image = \"fake\"\n",
             state.display()
         ),
     )
@@ -545,6 +547,17 @@ fn image_commands_say_what_is_wrong_with_distinct_exit_statuses() {
         err.contains("pool[0].packages: image fake@sha256:abababababab lacks git, curl"),
         "{err}"
     );
+    assert!(
+        err.contains("pool[1].image: image fake@sha256:abababababab is not bootable as a microVM; rebuild it: airlock image build fake --vm"),
+        "{err}"
+    );
+    // A VM build needs its guest agent; VM-only options need --vm.
+    let (code, _, err) = run(&["build", "v", "--vm", "--agent", "/nonexistent/agent"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no guest agent at /nonexistent/agent"), "{err}");
+    let (code, _, err) = run(&["build", "v", "--docker"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--vm"), "{err}");
     let sandbox = state.join("containers/sb1");
     std::fs::create_dir_all(&sandbox).unwrap();
     std::fs::write(sandbox.join("image"), format!("fake@sha256:{hex}\n")).unwrap();
