@@ -554,7 +554,10 @@ fn image_commands_say_what_is_wrong_with_distinct_exit_statuses() {
     // A VM build needs its guest agent; VM-only options need --vm.
     let (code, _, err) = run(&["build", "v", "--vm", "--agent", "/nonexistent/agent"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("no guest agent at /nonexistent/agent"), "{err}");
+    assert!(
+        err.contains("no guest agent at /nonexistent/agent"),
+        "{err}"
+    );
     let (code, _, err) = run(&["build", "v", "--docker"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--vm"), "{err}");
