@@ -93,7 +93,7 @@ pub struct GuestConfig {
     pub runner: RunnerSpec,
     /// The runner's just-in-time configuration, handed to it as `ACTIONS_RUNNER_INPUT_JITCONFIG`.
     pub jit: Secret,
-    /// Start `/usr/bin/dockerd` (if the image has it) before the runner.
+    /// Start `dockerd` (`/usr/sbin` in Debian, or `/usr/bin`; if the image has it) before the runner.
     #[serde(default)]
     pub docker: bool,
 }

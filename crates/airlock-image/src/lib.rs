@@ -459,7 +459,10 @@ impl ImageStore {
             include.extend(vm.kernel_packages.iter().cloned());
             include.extend(VM_PACKAGES.iter().map(|p| p.to_string()));
             if vm.docker {
-                include.push("docker.io".into());
+                // docker.io brings containerd, runc, tini and iptables; kmod comes with the
+                // kernel (dockerd's modprobe). Of its Recommends (mmdebstrap installs none),
+                // ca-certificates lets dockerd pull over TLS and xz-utils lets it load `.tar.xz`.
+                include.extend(["docker.io", "ca-certificates", "xz-utils"].map(String::from));
             }
             include.sort();
             include.dedup();

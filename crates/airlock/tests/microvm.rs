@@ -382,3 +382,167 @@ fn vmm_pids(vms: &std::path::Path) -> Vec<i32> {
     }
     out
 }
+
+/// The Docker VM image: as [`vm_image`] with `docker.io` (the agent starts dockerd) and
+/// `busybox-static`, whose one static binary makes a container root filesystem without a libc.
+fn docker_vm_image() -> airlock_image::Manifest {
+    let agent = standin_dir().join("airlock-agent");
+    assert!(
+        agent.is_file(),
+        "{} is missing: run scripts/build-standin.sh",
+        agent.display()
+    );
+    let started = std::time::Instant::now();
+    let m = image_store()
+        .build_once(
+            &airlock_image::BuildSpec {
+                name: "test-vm-docker".into(),
+                suite: "bookworm".into(),
+                packages: vec!["busybox-static".into()],
+                runner: airlock_image::RunnerSource::Standin(standin_dir().join("airlock-runner")),
+                mirror: None,
+                vm: Some(airlock_image::VmBuild {
+                    agent,
+                    kernel_packages: vec![],
+                    docker: true,
+                }),
+            },
+            &mut |p| {
+                if let airlock_image::Progress::Step { n, of, what } = p {
+                    eprintln!("docker VM image: {n}/{of} {what}");
+                }
+            },
+        )
+        .expect("building the docker VM image (needs mmdebstrap, the Debian mirror, mkfs.ext4)");
+    eprintln!(
+        "docker VM image ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    m
+}
+
+/// A daemon with one microVM pool `dock` (labels self-hosted, linux, docker) on the Docker image,
+/// with room for dockerd and its images, ghsim in its own namespace.
+async fn docker_env(slot: u8) -> VEnv {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "microVM e2e tests need root (CI runs as root)"
+    );
+    let vm = docker_vm_image();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    write_secret(&dir.path().join("webhook-secret"), SECRET);
+    write_secret(&dir.path().join("token"), TOKEN);
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::symlink(image_store().root(), state.join("images")).unwrap();
+    let net = airlock_net::Outside::new(
+        &format!("vme2e-{}-{slot}", std::process::id()),
+        format!("10.252.{slot}.1").parse().unwrap(),
+        format!("10.252.{slot}.2").parse().unwrap(),
+    )
+    .unwrap();
+    let listener = net.listen(0).unwrap();
+    let sim = Sim::start_on(
+        SimConfig {
+            webhook_secret: SECRET.as_bytes().to_vec(),
+            tokens: vec![TOKEN.into()],
+            heartbeat_timeout: Duration::from_secs(10),
+            long_poll: Duration::from_secs(2),
+            ..SimConfig::default()
+        },
+        listener,
+    )
+    .await
+    .unwrap();
+    sim.sim.set_faults(Faults::default());
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{}\"\ndrain_grace = \"30s\"\n\n\
+         [github]\napi_url = \"{}\"\nwebhook_secret_file = \"webhook-secret\"\ntoken_file = \"token\"\n\
+         poll_interval = \"5s\"\nrequest_timeout = \"5s\"\n\n\
+         [container]\nsubnet = \"10.{}.0.0/16\"\n\n\
+         [microvm]\nuid_base = {}\n\n\
+         [[pool]]\nname = \"dock\"\nscope = \"repo:octo/hello\"\nlabels = [\"self-hosted\", \"linux\", \"docker\"]\n\
+         backend = \"microvm\"\nimage = \"{}\"\nmax_runners = 1\nmemory_mib = 1536\ncpus = 2\n\n\
+         [pool.microvm]\naccel = \"tcg\"\ndisk_gib = 4\n",
+        state.display(),
+        sim.url,
+        140 + slot,
+        400_000 + 1000 * slot as u32,
+        vm.name,
+    );
+    let mut env = Env {
+        dir,
+        sim: Some(sim),
+        daemon: None,
+        config,
+    };
+    env.start_daemon().await;
+    let port = env.daemon().addr.port();
+    env.sim()
+        .set_webhook_url(Some(format!("http://127.0.0.1:{port}/webhook")));
+    VEnv { env, _net: net }
+}
+
+/// `docker run` inside a microVM job: the job makes a one-binary root filesystem, imports it,
+/// saves it to a tarball, removes it and loads it back (there is no registry, and nothing goes
+/// to any outside address), then runs it without a network and on Docker's default bridge; the
+/// containers' output is in the job's kept log. The runner uses Docker through the `docker`
+/// group, without sudo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_runs_inside_a_vm_job() {
+    let v = docker_env(3).await;
+    let started = std::time::Instant::now();
+    let rootfs =
+        "set -e; rm -rf /tmp/tiny; mkdir -p /tmp/tiny/bin; cp /bin/busybox /tmp/tiny/bin/; \
+                  ln -s busybox /tmp/tiny/bin/sh; tar -C /tmp/tiny -cf /tmp/tiny.tar .";
+    v.env.submit_specs(
+        "octo/hello",
+        vec![job(
+            "docker",
+            "docker",
+            &[
+                "id -nG | tr ' ' '\\n' | grep -qx docker && echo IN-DOCKER-GROUP",
+                "docker version --format 'server {{.Server.Version}}'",
+                rootfs,
+                "docker import /tmp/tiny.tar airlock-tiny:1 && docker save -o /tmp/tiny-image.tar airlock-tiny:1 \
+                 && docker rmi airlock-tiny:1 && ! docker image inspect airlock-tiny:1 >/dev/null 2>&1 \
+                 && docker load -i /tmp/tiny-image.tar",
+                "docker run --rm --network none airlock-tiny:1 sh -c 'echo NO-NETWORK-$((6*7)); ls /sys/class/net'",
+                // The default bridge: the container reaches its gateway (docker0, inside the VM).
+                "docker run --rm airlock-tiny:1 sh -c 'ip -4 addr show eth0; \
+                 gw=$(ip route | awk \"/^default/ {print \\$3}\"); ping -c 1 -W 5 $gw && echo BRIDGE-$((6*7))'",
+            ],
+        )],
+    );
+    v.env.wait_all_done(Duration::from_secs(200)).await;
+    eprintln!(
+        "docker job done in {:.1} s (submit to completion)",
+        started.elapsed().as_secs_f64()
+    );
+    let logs = kept_logs(&v.env.state());
+    // The guest's timeline (boot, dockerd start, runner), for whoever reads the test's output.
+    for l in logs.lines().filter(|l| l.starts_with("airlock-agent:")) {
+        eprintln!("{l}");
+    }
+    assert_eq!(
+        conclusions(v.env.sim()),
+        vec![("docker".to_string(), Some("success".to_string()))],
+        "{logs}"
+    );
+    for marker in [
+        "IN-DOCKER-GROUP",
+        "Loaded image: airlock-tiny:1",
+        "NO-NETWORK-42",
+        "BRIDGE-42",
+        "dockerd ready in",
+    ] {
+        assert!(
+            logs.contains(marker),
+            "{marker} missing from the log: {logs}"
+        );
+    }
+    v.env.assert_nothing_left();
+    let left = v.remnants();
+    assert!(left.is_empty(), "{left:?}");
+}

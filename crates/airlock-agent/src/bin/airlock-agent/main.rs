@@ -2,9 +2,10 @@
 //!
 //! It turns a generic kernel + initramfs + root disk into one job's runner: mounts the early
 //! filesystems, loads the virtio and overlay modules listed in the initramfs, reads (and wipes) the
-//! config disk, mounts and grows the root, configures `eth0`, switches root, optionally starts
-//! dockerd, starts the runner as its user with the JIT secret in its environment, reaps every
-//! process until the runner exits, writes the outcome back to the config disk and powers off.
+//! config disk, mounts and grows the root, configures `eth0`, switches root, mounts `/dev/pts`,
+//! `/dev/shm` and the cgroup v2 hierarchy, optionally starts dockerd (and puts the runner in the
+//! `docker` group), starts the runner as its user with the JIT secret in its environment, reaps
+//! every process until the runner exits, writes the outcome back to the config disk and powers off.
 //!
 //! It must never panic (every failure becomes a `{"error":..}` result and a power-off), never run
 //! as anything but PID 1 (it would power off the host), and never put the secret on the console,
@@ -129,11 +130,13 @@ fn boot(config_disk: &mut Option<disk::ConfigDisk>) -> Result<GuestResult, Fatal
     }
     nix::unistd::sethostname(&config.hostname).map_err(sys_err("sethostname"))?;
     mounts::switch_root()?;
+    mounts::late()?;
     net::write_files(&config.hostname, config.net.as_ref())?;
+    let mut account = users::lookup(&config.runner.user)?;
     if config.docker {
         runner::start_docker();
+        users::join_group(&mut account, "docker");
     }
-    let account = users::lookup(&config.runner.user)?;
     users::allow_sudo(&account.name)?;
     let pid = runner::spawn(&config.runner, &account, &config.jit)?;
     config.jit.wipe();

@@ -167,6 +167,40 @@ pub fn switch_root() -> Result<(), Fatal> {
     Ok(())
 }
 
+/// What a Linux system has beyond the early mounts and a job expects (terminals, POSIX shared
+/// memory, cgroups for a container engine), mounted in the job's root after [`switch_root`].
+///
+/// `/dev/pts` (`ptmxmode=0666`, so the runner user can open `/dev/ptmx`) and `/dev/shm` are
+/// required; the cgroup v2 hierarchy (dockerd and runc need it; never the v1 controllers, which
+/// the unified hierarchy replaces) and `/dev/mqueue` are logged when the kernel lacks them, because
+/// most jobs run without them.
+pub fn late() -> Result<(), Fatal> {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("gid=5,mode=0620,ptmxmode=0666"),
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/dev/shm",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    for (src, target, fstype, data) in [
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", Some("nsdelegate")),
+        ("mqueue", "/dev/mqueue", "mqueue", None),
+    ] {
+        if let Err(e) = mount_fs(src, target, fstype, nodev, data) {
+            log!("{}", crate::chain(&e));
+        }
+    }
+    Ok(())
+}
+
 /// Best effort before power-off: flush, then make the filesystems read-only.
 pub fn quiesce() {
     nix::unistd::sync();

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use airlock_agent::config::{GuestResult, RunnerSpec, Secret};
 use nix::errno::Errno;
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::log::log;
@@ -84,43 +85,136 @@ pub fn reap_until(runner: Pid) -> GuestResult {
     }
 }
 
-/// Starts dockerd in the background and waits up to 30 s for its socket; failures are logged only.
-pub fn start_docker() {
-    let dockerd = "/usr/bin/dockerd";
-    if !Path::new(dockerd).exists() {
-        log!("docker requested but {dockerd} is not in the image");
-        return;
+/// How long the runner waits for dockerd before it starts anyway (dockerd keeps starting in the
+/// background; a job's first `docker` command then waits for it or fails). dockerd 20.10 with its
+/// containerd answered after about 25 s under TCG here (most of it setting up the default bridge's
+/// iptables rules), when idle; the margin is for a busy host.
+const DOCKERD_WAIT: Duration = Duration::from_secs(120);
+const DOCKER_SOCKET: &str = "/run/docker.sock";
+
+/// Whether `reply` (the start of an HTTP response) is a success.
+pub fn is_ok_reply(reply: &[u8]) -> bool {
+    let line = reply.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut words = line.split(|&b| b == b' ');
+    words.next().is_some_and(|v| v.starts_with(b"HTTP/1.")) && words.next() == Some(b"200")
+}
+
+/// Whether dockerd answers `GET /_ping` on its socket. A successful connect is not enough:
+/// dockerd binds the socket seconds before it serves the API, and connections wait in the backlog.
+fn docker_answers() -> bool {
+    let Ok(mut s) = UnixStream::connect(DOCKER_SOCKET) else {
+        return false;
+    };
+    let timeout = Some(Duration::from_secs(1));
+    if s.set_read_timeout(timeout).is_err() || s.set_write_timeout(timeout).is_err() {
+        return false;
     }
+    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < buf.len() {
+        match s.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+        if buf[..n].contains(&b'\n') {
+            break;
+        }
+    }
+    is_ok_reply(&buf[..n])
+}
+
+/// Starts dockerd in the background and waits (up to [`DOCKERD_WAIT`]) for its socket, so that a
+/// job's first step finds Docker ready. Failures are logged only: jobs that do not use Docker
+/// still run.
+pub fn start_docker() {
+    // Debian's docker.io installs /usr/sbin/dockerd; Docker's own packages /usr/bin/dockerd.
+    let Some(dockerd) = ["/usr/sbin/dockerd", "/usr/bin/dockerd"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+    else {
+        log!("docker requested but the image has no dockerd (/usr/sbin or /usr/bin)");
+        return;
+    };
+    // dockerd and iptables load their modules (bridge, br_netfilter, veth, nf_tables, xt_*)
+    // through the kernel's helper: say so if the image cannot answer it.
+    if let Ok(helper) = std::fs::read_to_string("/proc/sys/kernel/modprobe") {
+        let helper = helper.trim();
+        if !helper.is_empty() && !Path::new(helper).exists() {
+            log!(
+                "{helper}, the kernel's module loader, is not in the image: modules will not load"
+            );
+        }
+    }
+    let start = Instant::now();
     let mut cmd = Command::new(dockerd);
-    cmd.env_clear()
+    // Warnings and errors only: at its default level dockerd (and the containerd it starts) write
+    // some hundred lines per boot and per container to the console, which is the job's log.
+    cmd.arg("--log-level=warn")
+        .env_clear()
         .env("PATH", PATH)
         .stdin(Stdio::null())
         .stdout(console())
         .stderr(console());
-    if let Err(e) = cmd.spawn() {
-        log!("could not start dockerd: {e}");
-        return;
-    }
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if UnixStream::connect("/run/docker.sock").is_ok() {
+    let child = match cmd.spawn() {
+        Ok(c) => Pid::from_raw(c.id() as i32),
+        Err(e) => {
+            log!("could not start dockerd: {e}");
+            return;
+        }
+    };
+    log!("dockerd started (pid {child}), waiting for it to answer on {DOCKER_SOCKET}");
+    while start.elapsed() < DOCKERD_WAIT {
+        if docker_answers() {
             log!("dockerd ready in {} ms", start.elapsed().as_millis());
             return;
         }
-        // Reap anything that already exited (dockerd itself, if it failed) while waiting.
-        while let Ok(s) = waitpid(None::<Pid>, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-            if s == WaitStatus::StillAlive {
-                break;
+        // Reap what exited while waiting (we are PID 1), and stop waiting if dockerd did.
+        loop {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                    log!(
+                        "dockerd exited with status {code} after {} ms",
+                        start.elapsed().as_millis()
+                    );
+                    return;
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                    log!(
+                        "dockerd killed by signal {sig} after {} ms",
+                        start.elapsed().as_millis()
+                    );
+                    return;
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
             }
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
-    log!("dockerd did not answer on /run/docker.sock within 30 s; continuing");
+    log!(
+        "dockerd did not answer on {DOCKER_SOCKET} within {} s; starting the runner anyway",
+        DOCKERD_WAIT.as_secs()
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_200_reply_means_docker_is_ready() {
+        assert!(is_ok_reply(b"HTTP/1.0 200 OK\r\nApi-Version: 1.41\r\n"));
+        assert!(is_ok_reply(b"HTTP/1.1 200 OK\r\n"));
+        assert!(!is_ok_reply(b"HTTP/1.1 500 Internal Server Error\r\n"));
+        assert!(!is_ok_reply(b"HTTP/1.1 2000 OK\r\n"));
+        assert!(!is_ok_reply(b""));
+        assert!(!is_ok_reply(b"200 HTTP/1.1"));
+    }
 
     #[test]
     fn environment_is_complete_and_agent_values_win() {

@@ -65,6 +65,35 @@ pub fn lookup(user: &str) -> Result<Account, Fatal> {
     })
 }
 
+/// The gid of `group` in group-format `text`.
+pub fn parse_gid(text: &str, group: &str) -> Option<u32> {
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() < 3 || f[0] != group {
+            return None;
+        }
+        f[2].parse().ok()
+    })
+}
+
+/// Adds the image's `group` to the groups the runner's processes get (not to `/etc/group`: the
+/// image owns its accounts). Used for `docker`: `docker.io` creates the group when it is
+/// installed, and the image build adds the runner user afterwards, in no group but its own.
+pub fn join_group(account: &mut Account, group: &str) {
+    let text = fs::read_to_string("/etc/group").unwrap_or_default();
+    match parse_gid(&text, group) {
+        Some(gid) if account.groups.contains(&gid) => {}
+        Some(gid) => {
+            account.groups.push(gid);
+            log!("{} gets group {group} ({gid})", account.name);
+        }
+        None => log!(
+            "no group {group} in /etc/group; {} stays out of it",
+            account.name
+        ),
+    }
+}
+
 pub fn sudo_rule(user: &str) -> String {
     format!("{user} ALL=(ALL) NOPASSWD:ALL\n")
 }
@@ -114,6 +143,13 @@ mod tests {
     fn groups_start_with_the_primary_and_skip_prefix_matches() {
         assert_eq!(parse_groups(GROUP, "runner", 1001), vec![1001, 27, 999]);
         assert_eq!(parse_groups(GROUP, "nobody", 65534), vec![65534]);
+    }
+
+    #[test]
+    fn gid_of_the_exact_group() {
+        assert_eq!(parse_gid(GROUP, "docker"), Some(999));
+        assert_eq!(parse_gid(GROUP, "docke"), None);
+        assert_eq!(parse_gid("docker:x:abc:\n", "docker"), None);
     }
 
     #[test]
