@@ -2,6 +2,8 @@
 //! with the process backend running the real stand-in runner binary.
 #![allow(dead_code)]
 
+pub mod vm;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
