@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages airlock's container and microVM backends and its image builder
-# drive, when they are missing: an OCI runtime (runc; crun too, which the probe tries first),
+# drive, when they are missing: an OCI runtime (runc; crun too, which the probe tries first;
+# runsc, gVisor's, for pools with runtime = "runsc" and the tests that run each escape under it),
 # mmdebstrap, nftables, iproute2, util-linux's nsenter and setpriv, QEMU (qemu-system-x86,
 # qemu-utils), e2fsprogs (mkfs.ext4 for VM disks) and lz4 (a Firecracker vmlinux out of a
 # Debian bzImage, in the driver tests). Needs root and apt-get.
@@ -10,7 +11,7 @@ set -euo pipefail
 try=false
 [ "${1:-}" = "--try" ] && try=true
 need=()
-for tool in mmdebstrap:mmdebstrap runc:runc crun:crun nft:nftables ip:iproute2 nsenter:util-linux \
+for tool in mmdebstrap:mmdebstrap runc:runc crun:crun runsc:runsc nft:nftables ip:iproute2 nsenter:util-linux \
     setpriv:util-linux qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mkfs.ext4:e2fsprogs \
     lz4:lz4; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || need+=("${tool##*:}")

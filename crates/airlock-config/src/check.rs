@@ -189,6 +189,7 @@ const POOL_KEYS: &[&str] = &[
     "microvm",
     "runner_command",
     "image",
+    "runtime",
     "packages",
     "cpus",
     "memory_mib",
@@ -540,6 +541,22 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
             None
         };
         let image = w.take::<String>(&mut t, &sec, "image", "an image name or NAME@DIGEST");
+        // Which names run is the container backend's probe to say (at start, with its reason).
+        let runtime = w.take::<String>(&mut t, &sec, "runtime", "an OCI runtime name or path");
+        if let Some(r) = &runtime {
+            if backend != BackendKind::Container {
+                w.error(
+                    &format!("{sec}.runtime"),
+                    format!("only for backend = \"container\" (this pool's is \"{backend}\")"),
+                );
+            } else if r.trim().is_empty() {
+                w.error(
+                    &format!("{sec}.runtime"),
+                    "empty; leave it out for the host-wide [container] runtime, or name one such as \"runsc\"",
+                );
+            }
+        }
+        let runtime = runtime.filter(|r| backend == BackendKind::Container && !r.trim().is_empty());
         let runner_command = match backend {
             BackendKind::Process => {
                 let c = w
@@ -670,6 +687,7 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
                 backend,
                 runner_command,
                 image,
+                runtime,
                 microvm,
                 packages,
                 cpus,
@@ -1029,6 +1047,72 @@ image = "never-built"
                 && d.message.contains("airlock image build never-built")),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn a_container_pool_may_name_its_own_runtime() {
+        let d = dir_with_secrets();
+        std::fs::create_dir_all(d.path().join("state/images/runner")).unwrap();
+        let pool = |name: &str, backend: &str, runtime: &str| {
+            format!(
+                "\n[[pool]]\nname = \"{name}\"\nscope = \"org:octo\"\nlabels = [\"{name}\"]\n\
+                 backend = \"{backend}\"\nimage = \"runner\"\n{runtime}"
+            )
+        };
+        let good = format!(
+            "{GOOD}{}{}{}",
+            pool("gv", "container", "runtime = \"runsc\"\n"),
+            pool("odd", "container", "runtime = \"/opt/no-such-runtime\"\n"),
+            pool("plain", "container", ""),
+        );
+        let (c, diags) = load_str(&good, d.path()).unwrap();
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(c.pools[2].runtime.as_deref(), Some("runsc"));
+        // Unknown names are the probe's to refuse, not the config's.
+        assert_eq!(c.pools[3].runtime.as_deref(), Some("/opt/no-such-runtime"));
+        assert_eq!(
+            c.pools[4].runtime, None,
+            "the host-wide [container] runtime"
+        );
+        assert_eq!(c.pools[0].runtime, None);
+
+        let bad = format!(
+            "{GOOD}{}{}{}",
+            pool("empty", "container", "runtime = \"\"\n"),
+            pool("vm", "microvm", "runtime = \"runsc\"\n"),
+            pool("num", "container", "runtime = 3\n"),
+        );
+        let diags = load_str(&bad, d.path()).unwrap_err();
+        let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        let line_of = |needle: &str, nth: usize| {
+            bad.lines()
+                .enumerate()
+                .filter(|(_, l)| l.starts_with(needle))
+                .nth(nth)
+                .map(|(i, _)| i + 1)
+        };
+        for (key, line, what) in [
+            ("pool[2].runtime", line_of("runtime = \"\"", 0), "empty"),
+            (
+                "pool[3].runtime",
+                line_of("runtime = \"runsc\"", 0),
+                "only for backend = \"container\" (this pool's is \"microvm\")",
+            ),
+            (
+                "pool[4].runtime",
+                line_of("runtime = 3", 0),
+                "expected an OCI runtime name or path",
+            ),
+        ] {
+            assert!(
+                diags.iter().any(|d| d.key == key
+                    && d.severity == Severity::Error
+                    && d.line == line
+                    && d.message.contains(what)),
+                "no error for {key} (line {line:?}, {what}) in:\n{}",
+                text.join("\n")
+            );
+        }
     }
 
     #[test]

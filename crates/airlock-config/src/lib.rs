@@ -139,6 +139,9 @@ pub struct PoolConfig {
     pub runner_command: Option<PathBuf>,
     /// The image (`NAME` for its newest build, or `NAME@DIGEST`): container and microVM pools.
     pub image: Option<String>,
+    /// The OCI runtime of a container pool's sandboxes (`runsc` for gVisor, or any runtime name
+    /// or path); `None`: the host-wide `[container] runtime`.
+    pub runtime: Option<String>,
     /// `[pool.microvm]`: microVM pools only.
     pub microvm: Option<MicrovmPool>,
     /// Debian packages the pool's jobs need in its image; `airlock image build NAME --config F`

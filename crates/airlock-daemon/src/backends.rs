@@ -97,6 +97,16 @@ impl Backends {
                 BackendKind::Container => {
                     let mut c = ContainerConfig::new(dir.join("containers"));
                     c.runtime = cfg.container.runtime.clone();
+                    // Each runtime a container pool names is probed now, so `serve` fails at
+                    // once with its reason (an unknown name, a runtime that cannot run here).
+                    c.runtimes = cfg
+                        .pools
+                        .iter()
+                        .filter(|p| p.backend == BackendKind::Container)
+                        .filter_map(|p| p.runtime.clone())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
                     c.net = leases.clone();
                     c.uid_base = cfg.container.uid_base;
                     c.log_cap = cfg.server.job_log_max_bytes;
@@ -275,6 +285,7 @@ impl Backends {
                     pids_max: pool.pids_max,
                     io_weight: pool.io_weight,
                 },
+                runtime: pool.runtime.clone(),
             });
         }
         Ok(spec)

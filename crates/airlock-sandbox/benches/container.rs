@@ -1,8 +1,10 @@
 //! Container sandbox benchmarks, as root (`cargo bench -p airlock-sandbox --bench container`):
 //! sandbox start and teardown beside a bare `runc run` (or crun) of the same rootfs with the same
 //! namespaces in the same run, host memory per idle sandbox with 50 running, and an image build
-//! beside a bare mmdebstrap. Sizes: AIRLOCK_BENCH_SANDBOXES (default 100), AIRLOCK_BENCH_IDLE
-//! (default 50), AIRLOCK_BENCH_IMAGE=0 to skip the image build.
+//! beside a bare mmdebstrap. The same sandbox measurements then run under gVisor's runsc (beside a
+//! bare `runsc run` of the same bundle), and the runsc/default ratios are printed. Sizes:
+//! AIRLOCK_BENCH_SANDBOXES (default 100), AIRLOCK_BENCH_IDLE (default 50), AIRLOCK_BENCH_IMAGE=0
+//! to skip the image build, AIRLOCK_BENCH_RUNSC=0 to skip runsc.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -10,20 +12,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use airlock_sandbox::container::DEFAULT_UID_BASE;
+use airlock_image::Manifest;
+use airlock_sandbox::container::{ContainerBackend, DEFAULT_UID_BASE};
 use airlock_sandbox::{Backend, Limits, SandboxStatus, Secret};
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn env_n(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
+use common::Rt;
 
 fn mem_available_kib() -> f64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -66,57 +58,79 @@ fn bare_bundle(dir: &Path, rootfs: &Path) {
     std::fs::write(dir.join("config.json"), spec.to_string()).unwrap();
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    common::require_root();
-    let n = env_n("AIRLOCK_BENCH_SANDBOXES", 100);
-    let idle = env_n("AIRLOCK_BENCH_IDLE", 50);
-    let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("containers");
-    let b = common::backend(&root, 40).await;
-    let (runtime, runtime_name) = b.runtime();
-    let runtime = runtime.to_path_buf();
-    let runtime_name = runtime_name.to_string();
-    let m = common::shell_image();
-    let rootfs = common::images()
-        .shifted_rootfs(&m, DEFAULT_UID_BASE)
-        .unwrap();
-    let bundle = t.path().join("bare");
-    bare_bundle(&bundle, &rootfs);
+/// One runtime's medians and 95th percentiles (ms), and idle memory (MiB per sandbox).
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    bare: (f64, f64),
+    ready: (f64, f64),
+    create: (f64, f64),
+    teardown: (f64, f64),
+    cycle: (f64, f64),
+    mem_host: f64,
+    mem_cgroup: f64,
+}
+
+/// What both runtimes' runs share.
+struct Setup<'a> {
+    root: &'a Path,
+    t: &'a Path,
+    m: &'a Manifest,
+    bundle: &'a Path,
+    n: usize,
+    idle: usize,
+}
+
+async fn measure(b: &ContainerBackend, rt: Rt, setup: &Setup<'_>) -> Measured {
+    let Setup {
+        root,
+        t,
+        m,
+        bundle,
+        n,
+        idle,
+    } = *setup;
+    let runtime = b.runtime_for(rt.name()).await.unwrap();
+    let label = format!("{rt:?}").to_lowercase();
     let limits = Limits {
         memory_mib: Some(256),
         pids_max: Some(512),
         ..Default::default()
     };
     println!(
-        "runtime: {runtime_name} ({}), {n} sandboxes",
-        runtime.display()
+        "== {} ({}, flags {:?}), {n} sandboxes",
+        runtime.name,
+        runtime.path.display(),
+        runtime.global_args()[2..].to_vec()
     );
-
-    if std::env::var("AIRLOCK_BENCH_KEEP").is_ok() {
-        let t = t.keep();
-        let s = common::spec("keep", &m, limits.clone());
-        b.create(&s).await.unwrap();
-        println!("kept {}", t.join("containers/keep").display());
-        return;
+    for note in &runtime.notes {
+        println!("   probe: {note}");
     }
     // Warm-up: page cache, the runtime binary, the first overlay.
     for i in 0..3 {
-        let (code, _) = common::run(&b, &root, &format!("warm{i}"), limits.clone(), "exit 0").await;
+        let (code, _) = common::run_on(
+            b,
+            root,
+            &format!("warm{label}{i}"),
+            limits.clone(),
+            "exit 0",
+            rt,
+        )
+        .await;
         assert_eq!(code, Some(0));
     }
 
     let (mut bare, mut ready, mut cycle, mut teardown) = (vec![], vec![], vec![], vec![]);
     let mut created = vec![];
+    let bare_root = t.join(format!("bare-root-{label}"));
+    let mut bare_rt = (*runtime).clone();
+    bare_rt.root = bare_root.clone();
     for i in 0..n {
-        // Bare runtime: create + start + run `true` + delete, one process.
+        // Bare runtime: create + start + run `true` + delete, one process (with the same
+        // wrapper and flags airlock gives it).
+        let argv = bare_rt.run_argv(bundle, &format!("bare{i}"));
         let t0 = Instant::now();
-        let st = std::process::Command::new(&runtime)
-            .arg("--root")
-            .arg(t.path().join("bare-root"))
-            .args(["run", "--bundle"])
-            .arg(&bundle)
-            .arg(format!("bare{i}"))
+        let st = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
             .stdin(std::process::Stdio::null())
             .status()
             .unwrap();
@@ -125,8 +139,8 @@ async fn main() {
 
         // airlock: create (overlay, link, spec) + start, until the runner has run inside
         // (its first act writes a file into the private layer), then until it is gone.
-        let id = format!("b{i}");
-        let s = common::spec(&id, &m, limits.clone());
+        let id = format!("b{label}{i}");
+        let s = common::spec_on(&id, m, limits.clone(), rt);
         let marker = root.join(&id).join("upper/home/runner/ready");
         let t0 = Instant::now();
         b.create(&s).await.unwrap();
@@ -149,30 +163,43 @@ async fn main() {
         teardown.push(t1.elapsed().as_secs_f64() * 1e3);
         cycle.push(t0.elapsed().as_secs_f64() * 1e3);
     }
-    let left = airlock_sandbox::container::remnants(&root);
+    let left = airlock_sandbox::container::remnants(root);
     assert!(left.is_empty(), "{left:?}");
-    let (bp50, bp95) = (pct(&mut bare, 0.5), pct(&mut bare, 0.95));
-    let (rp50, rp95) = (pct(&mut ready, 0.5), pct(&mut ready, 0.95));
-    let (cp50, cp95) = (pct(&mut cycle, 0.5), pct(&mut cycle, 0.95));
-    let (tp50, tp95) = (pct(&mut teardown, 0.5), pct(&mut teardown, 0.95));
-    println!(
-        "bare `{runtime_name} run` (create+start+true+delete): p50 {bp50:.1} ms  p95 {bp95:.1} ms"
+    let both = |v: &mut Vec<f64>| (common::pct(v, 0.5), common::pct(v, 0.95));
+    let (bare, ready, create, teardown, cycle) = (
+        both(&mut bare),
+        both(&mut ready),
+        both(&mut created),
+        both(&mut teardown),
+        both(&mut cycle),
     );
-    println!("airlock ready (create -> runner ran inside):        p50 {rp50:.1} ms  p95 {rp95:.1} ms  ({:.2}x bare p50)", rp50 / bp50);
-    let (kp50, kp95) = (pct(&mut created, 0.5), pct(&mut created, 0.95));
+    let name = &runtime.name;
     println!(
-        "  of which create (overlay, spec, files):           p50 {kp50:.1} ms  p95 {kp95:.1} ms"
+        "bare `{name} run` (create+start+true+delete): p50 {:.1} ms  p95 {:.1} ms",
+        bare.0, bare.1
     );
     println!(
-        "airlock teardown (destroy):                         p50 {tp50:.1} ms  p95 {tp95:.1} ms"
+        "airlock ready (create -> runner ran inside):        p50 {:.1} ms  p95 {:.1} ms  ({:.2}x bare p50)",
+        ready.0, ready.1, ready.0 / bare.0
     );
-    println!("airlock full cycle (create..destroy):               p50 {cp50:.1} ms  p95 {cp95:.1} ms  ({:.2}x bare p50)", cp50 / bp50);
+    println!(
+        "  of which create (overlay, spec, files):           p50 {:.1} ms  p95 {:.1} ms",
+        create.0, create.1
+    );
+    println!(
+        "airlock teardown (destroy):                         p50 {:.1} ms  p95 {:.1} ms",
+        teardown.0, teardown.1
+    );
+    println!(
+        "airlock full cycle (create..destroy):               p50 {:.1} ms  p95 {:.1} ms  ({:.2}x bare p50)",
+        cycle.0, cycle.1, cycle.0 / bare.0
+    );
 
     // Memory per idle sandbox.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = mem_available_kib();
     for i in 0..idle {
-        let s = common::spec(&format!("idle{i}"), &m, limits.clone());
+        let s = common::spec_on(&format!("idle{label}{i}"), m, limits.clone(), rt);
         b.create(&s).await.unwrap();
         b.start(&s, &Secret::new("exec sleep 600".into()))
             .await
@@ -186,7 +213,7 @@ async fn main() {
             .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
             .unwrap_or_default();
         for d in tag_dirs {
-            if d.to_string_lossy().ends_with(&format!("-idle{i}")) {
+            if d.to_string_lossy().ends_with(&format!("-idle{label}{i}")) {
                 let u: f64 = std::fs::read_to_string(d.join("memory.usage_in_bytes"))
                     .unwrap_or_default()
                     .trim()
@@ -197,16 +224,103 @@ async fn main() {
         }
     }
     for i in 0..idle {
-        b.destroy(&format!("idle{i}")).await.unwrap();
+        b.destroy(&format!("idle{label}{i}")).await.unwrap();
     }
+    let mem_host = (before - after) / 1024.0 / idle as f64;
+    let mem_cgroup = cg_total / (1 << 20) as f64 / idle as f64;
     println!(
-        "memory with {idle} idle sandboxes: host MemAvailable -{:.1} MiB ({:.2} MiB each); their cgroups charge {:.2} MiB each",
+        "memory with {idle} idle sandboxes: host MemAvailable -{:.1} MiB ({mem_host:.2} MiB each); their cgroups charge {mem_cgroup:.2} MiB each",
         (before - after) / 1024.0,
-        (before - after) / 1024.0 / idle as f64,
-        cg_total / (1 << 20) as f64 / idle as f64
     );
+    Measured {
+        bare,
+        ready,
+        create,
+        teardown,
+        cycle,
+        mem_host,
+        mem_cgroup,
+    }
+}
 
-    if env_n("AIRLOCK_BENCH_IMAGE", 1) == 1 {
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    common::require_root();
+    let n = common::env_n("AIRLOCK_BENCH_SANDBOXES", 100);
+    let idle = common::env_n("AIRLOCK_BENCH_IDLE", 50);
+    let runsc = common::env_n("AIRLOCK_BENCH_RUNSC", 1) == 1;
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    // runsc is probed as a pool naming it would have it (KVM given its probe, ptrace otherwise).
+    let b = if runsc {
+        common::backend_with(
+            &root,
+            40,
+            Rt::Runsc,
+            airlock_sandbox::container::DEFAULT_KVM_PROBE,
+        )
+        .await
+    } else {
+        common::backend(&root, 40).await
+    };
+    let m = common::shell_image();
+    let rootfs = common::images()
+        .shifted_rootfs(&m, DEFAULT_UID_BASE)
+        .unwrap();
+    let bundle = t.path().join("bare");
+    bare_bundle(&bundle, &rootfs);
+
+    if std::env::var("AIRLOCK_BENCH_KEEP").is_ok() {
+        let t = t.keep();
+        let limits = Limits::default();
+        let s = common::spec("keep", &m, limits);
+        b.create(&s).await.unwrap();
+        println!("kept {}", t.join("containers/keep").display());
+        return;
+    }
+    let setup = Setup {
+        root: &root,
+        t: t.path(),
+        m: &m,
+        bundle: &bundle,
+        n,
+        idle,
+    };
+    let default = measure(&b, Rt::Default, &setup).await;
+    if runsc {
+        let g = measure(&b, Rt::Runsc, &setup).await;
+        let (d, dn) = (default, b.runtime().1.to_string());
+        println!("== runsc / {dn}, same run (p50 ratio; p95 ratio)");
+        for (what, x, y) in [
+            ("bare run", g.bare, d.bare),
+            ("airlock ready", g.ready, d.ready),
+            ("  of which create", g.create, d.create),
+            ("airlock teardown", g.teardown, d.teardown),
+            ("airlock full cycle", g.cycle, d.cycle),
+        ] {
+            println!(
+                "{what:<20} {:.1} ms / {:.1} ms = {:.2}x;  p95 {:.1} / {:.1} = {:.2}x",
+                x.0,
+                y.0,
+                x.0 / y.0,
+                x.1,
+                y.1,
+                x.1 / y.1
+            );
+        }
+        println!(
+            "{:<20} host {:.2} / {:.2} MiB = {:.2}x;  cgroup {:.2} / {:.2} MiB = {:.2}x",
+            "idle memory each",
+            g.mem_host,
+            d.mem_host,
+            g.mem_host / d.mem_host,
+            g.mem_cgroup,
+            d.mem_cgroup,
+            g.mem_cgroup / d.mem_cgroup
+        );
+    }
+
+    if common::env_n("AIRLOCK_BENCH_IMAGE", 1) == 1 {
         let store = airlock_image::ImageStore::new(t.path().join("images"));
         let runner = t.path().join("runner.sh");
         std::fs::write(&runner, "#!/bin/sh\nexit 0\n").unwrap();

@@ -19,18 +19,6 @@ use std::time::{Duration, Instant};
 
 use airlock_sandbox::{Backend, SandboxStatus, Secret};
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn env_n(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
 /// A bare QEMU boot of `kernel` + `initramfs` to the agent's probe line, in ms; None on a stall.
 fn bare_boot(kernel: &std::path::Path, initramfs: &std::path::Path, cmdline: &str) -> Option<f64> {
     let t0 = Instant::now();
@@ -129,8 +117,8 @@ fn qemu_pid_of(id: &str) -> Option<i32> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     common::require_root();
-    let boots = env_n("AIRLOCK_BENCH_BOOTS", 20);
-    let idle = env_n("AIRLOCK_BENCH_IDLE_VMS", 4);
+    let boots = common::env_n("AIRLOCK_BENCH_BOOTS", 20);
+    let idle = common::env_n("AIRLOCK_BENCH_IDLE_VMS", 4);
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("vms");
     let b = common::vm_backend(&root, 30).await;
@@ -204,10 +192,16 @@ async fn main() {
     }
     let left = airlock_sandbox::microvm::remnants(&root);
     assert!(left.is_empty(), "{left:?}");
-    let (bp50, bp95) = (pct(&mut bare, 0.5), pct(&mut bare, 0.95));
-    let (rp50, rp95) = (pct(&mut ready, 0.5), pct(&mut ready, 0.95));
-    let (kp50, kp95) = (pct(&mut created, 0.5), pct(&mut created, 0.95));
-    let (tp50, tp95) = (pct(&mut teardown, 0.5), pct(&mut teardown, 0.95));
+    let (bp50, bp95) = (common::pct(&mut bare, 0.5), common::pct(&mut bare, 0.95));
+    let (rp50, rp95) = (common::pct(&mut ready, 0.5), common::pct(&mut ready, 0.95));
+    let (kp50, kp95) = (
+        common::pct(&mut created, 0.5),
+        common::pct(&mut created, 0.95),
+    );
+    let (tp50, tp95) = (
+        common::pct(&mut teardown, 0.5),
+        common::pct(&mut teardown, 0.95),
+    );
     println!(
         "bare qemu boot to init (kernel + initramfs, agent probe line): p50 {bp50:.0} ms  p95 {bp95:.0} ms  ({} boots, {} stalled)",
         bare.len(),
@@ -240,7 +234,7 @@ async fn main() {
         layer.push(t0.elapsed().as_secs_f64() * 1e3);
         std::fs::remove_file(&p).unwrap();
     }
-    let (lp50, lp95) = (pct(&mut layer, 0.5), pct(&mut layer, 0.95));
+    let (lp50, lp95) = (common::pct(&mut layer, 0.5), common::pct(&mut layer, 0.95));
     println!("qcow2 layer create (qemu-img, 10 GiB virtual):                p50 {lp50:.1} ms  p95 {lp95:.1} ms");
 
     // Memory of idle VMs (runner waiting), beyond their guest RAM.

@@ -1,5 +1,7 @@
-//! The `container` backend: each runner in a fresh OCI container (crun, runc or youki, chosen by
-//! a probe that runs one), built from an immutable image through a private overlay.
+//! The `container` backend: each runner in a fresh OCI container, built from an immutable image
+//! through a private overlay. The runtime is the host-wide one (crun, runc or youki, chosen by a
+//! probe that runs one) unless a sandbox's spec names another (`ContainerImage::runtime`, e.g.
+//! gVisor's `runsc`), which is probed the same way the first time it is asked for.
 //!
 //! Per sandbox, under `root/<id>/` (mode 0711: searchable, not listable; each file has its own mode):
 //! - `upper/`, `ovl-work/`: the overlay's private layers, `rootfs/`: the overlay mount; the image
@@ -9,19 +11,32 @@
 //!   read-only at `/run/airlock/jit` and read by the entry shell into the runner's environment;
 //! - `image`: the image it was made from (its /30 is a lease in the host's shared lease directory,
 //!   see `airlock_net::lease`);
+//! - `runtime`: the runtime that made it (binary, flags, state directory, as JSON), so `destroy`
+//!   uses that one whatever the host-wide default has become since;
 //! - `runner.log` (capped), `pid`, `exit_status`: as with every backend (see `supervise`).
 //!
-//! The runtime keeps its state under `root/.runtime`; cgroups are `/airlock/<tag>-<id>` where the
+//! Each runtime keeps its state in a directory of its own: the default one under `root/.runtime`,
+//! others under `root/.runtime-<name>`, each described by `root/.runtime*.json` so that a later
+//! backend finds and destroys what any of them left. cgroups are `/airlock/<tag>-<id>` where the
 //! tag names this backend instance (a hash of `root`), so two airlocks on one host never take
 //! each other's sandboxes for orphans. `list` reports every sandbox that has any of: a
-//! directory, runtime state, a host link or a cgroup; `destroy` removes all of them, in the
-//! order that lets each step succeed (processes, runtime state, mounts, link, cgroups, files).
+//! directory, runtime state (of any runtime), a host link or a cgroup; `destroy` removes all of
+//! them, in the order that lets each step succeed (processes, runtime state, mounts, link,
+//! cgroups, files).
+//!
+//! gVisor (`runsc`): the job runs on gVisor's own kernel (the Sentry), which the host sees as the
+//! sandbox and gofer processes, in the same namespaces, cgroups and id mapping as a runc sandbox.
+//! The probe settles the platform (`kvm` if a probe container runs on it within
+//! `ContainerConfig::kvm_probe`, else `ptrace`) and whether runsc needs `HIDE_NET_SYSCTLS`.
+//! runsc's own logs stay off (no `--debug-log`); its errors go to the sandbox's `runner.log`.
 
-use std::ffi::OsStr;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_core::BackendKind;
@@ -30,7 +45,7 @@ use async_trait::async_trait;
 use sha2::Digest as _;
 
 use crate::cgroup;
-use crate::ocispec::{self, ContainerSpec, ID_RANGE, RUNNER_UID};
+use crate::ocispec::{self, ContainerSpec, Variant, ID_RANGE, RUNNER_UID};
 use crate::supervise::{self, status_of, LogKeep, Watch};
 use crate::{check_id, Backend, BackendSpec, SandboxError, SandboxSpec, SandboxStatus, Secret};
 
@@ -39,6 +54,26 @@ pub const RUNTIMES: &[&str] = &["crun", "runc", "youki"];
 /// Where user namespaces map root by default: 0..65535 inside is 100000..165535 outside.
 pub const DEFAULT_UID_BASE: u32 = 100_000;
 pub const DEFAULT_SUBNET: &str = "10.213.0.0/16";
+/// Appended to sandbox ids to make runsc's container ids (see `Runtime::container_id`).
+pub const GVISOR_ID_SUFFIX: &str = ".airlock";
+/// How long a probe container may take on gVisor's KVM platform before the probe settles on
+/// ptrace: a working KVM runs it in well under a second; a `/dev/kvm` that cannot run guests
+/// (as on hosts with a software virtualization module) hangs it.
+pub const DEFAULT_KVM_PROBE: Duration = Duration::from_secs(5);
+
+/// runsc of 2022 (Debian 12's) refuses `--network=sandbox` whenever it can see
+/// `/proc/sys/net/core/rmem_default` after joining the container's network namespace, taking that
+/// as "this is the host's namespace". Since that sysctl exists in every network namespace (Linux
+/// 6.x kernels), it refuses every namespace. The probe finds out; where it does, runsc runs in a
+/// private mount namespace with `/proc/sys/net` covered by an empty read-only tmpfs, beside a
+/// second, whole procfs (`$1`, so that the kernel still lets the gofer mount a procfs in its user
+/// namespace: a covered procfs alone does not count as fully visible). The namespace it checks is
+/// always the fresh one its spec asks for (a network namespace without a path), never the
+/// host's, which is what the check was for. Arguments: the directory for that procfs, then the
+/// runtime's argv.
+pub const HIDE_NET_SYSCTLS: &str = "mount -t proc proc \"$1\" && \
+     mount -t tmpfs -o ro,nosuid,nodev,noexec,size=4k airlock-hide /proc/sys/net && \
+     shift && exec \"$@\"";
 
 #[derive(Debug, Clone)]
 pub struct ContainerConfig {
@@ -46,6 +81,11 @@ pub struct ContainerConfig {
     pub root: PathBuf,
     /// A runtime name looked up in PATH, or a path; `None` probes `RUNTIMES` in order.
     pub runtime: Option<String>,
+    /// Further runtimes (names or paths) probed at start, each of which must pass: those the
+    /// pools name. Others are probed when a spec first asks for them.
+    pub runtimes: Vec<String>,
+    /// How long gVisor's KVM platform gets in the probe; zero: ptrace without trying KVM.
+    pub kvm_probe: Duration,
     /// The host's address leases (shared with every other backend) and the sandbox subnet.
     pub net: Leases,
     pub uid_base: u32,
@@ -66,6 +106,8 @@ impl ContainerConfig {
             ),
             root,
             runtime: None,
+            runtimes: Vec::new(),
+            kvm_probe: DEFAULT_KVM_PROBE,
             uid_base: DEFAULT_UID_BASE,
             log_cap: crate::process::DEFAULT_LOG_CAP,
             dns: Vec::new(),
@@ -74,12 +116,213 @@ impl ContainerConfig {
     }
 }
 
+/// How a runtime is driven.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flavor {
+    /// runc, crun, youki: the common OCI command line.
+    Oci,
+    /// gVisor's runsc.
+    Gvisor {
+        /// `kvm` or `ptrace`, as the probe settled it.
+        platform: String,
+        /// `unshare`'s path when runsc must run with `/proc/sys/net` hidden (`HIDE_NET_SYSCTLS`),
+        /// and the directory for the whole procfs beside it.
+        hide_net_sysctls: Option<(PathBuf, PathBuf)>,
+    },
+}
+
+/// An OCI runtime that passed the probe, with its own state directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Runtime {
+    /// As asked for (`runsc`, `/usr/bin/runc`), for messages.
+    pub name: String,
+    pub path: PathBuf,
+    /// Its state directory (`--root`).
+    pub root: PathBuf,
+    pub flavor: Flavor,
+    /// What the probe found worth saying (a fallback and its reason).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+impl Runtime {
+    pub fn is_gvisor(&self) -> bool {
+        matches!(self.flavor, Flavor::Gvisor { .. })
+    }
+
+    /// The flags before every subcommand.
+    pub fn global_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec!["--root".into(), self.root.clone().into()];
+        if let Flavor::Gvisor { platform, .. } = &self.flavor {
+            a.push(format!("--platform={platform}").into());
+            // gVisor's own network stack, inside the sandbox's network namespace, on the veth
+            // the hook made there (never `host`: that would hand the job the host kernel's).
+            a.push("--network=sandbox".into());
+            // The spec's seccomp filter, applied by gVisor's kernel (runsc ignores it otherwise).
+            a.push("--oci-seccomp".into());
+        }
+        a
+    }
+
+    /// The runtime with its global flags, for `kill`, `delete` and the like.
+    pub fn command(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.path);
+        c.args(self.global_args());
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// The runtime's name for sandbox `id`'s container. runsc takes a container id that is the
+    /// prefix of others' for ambiguous (`delete b1` with `b10` alive fails): under runsc every
+    /// container id ends in `GVISOR_ID_SUFFIX`, which no sandbox id contains.
+    pub fn container_id(&self, id: &str) -> String {
+        match self.flavor {
+            Flavor::Oci => id.to_string(),
+            Flavor::Gvisor { .. } => format!("{id}{GVISOR_ID_SUFFIX}"),
+        }
+    }
+
+    /// The argv that runs sandbox `id`'s container from `bundle` to its end (`run`), wrapped as
+    /// this runtime needs.
+    pub fn run_argv(&self, bundle: &Path, id: &str) -> Vec<OsString> {
+        let mut v: Vec<OsString> = Vec::new();
+        if let Flavor::Gvisor {
+            hide_net_sysctls: Some((unshare, proc_dir)),
+            ..
+        } = &self.flavor
+        {
+            v.extend(
+                [
+                    unshare.as_os_str(),
+                    OsStr::new("--mount"),
+                    OsStr::new("--propagation"),
+                    OsStr::new("private"),
+                    OsStr::new("/bin/sh"),
+                    OsStr::new("-c"),
+                    OsStr::new(HIDE_NET_SYSCTLS),
+                    OsStr::new("airlock-gvisor"),
+                    proc_dir.as_os_str(),
+                ]
+                .map(OsString::from),
+            );
+        }
+        v.push(self.path.clone().into());
+        v.extend(self.global_args());
+        v.extend([
+            "run".into(),
+            "--bundle".into(),
+            bundle.into(),
+            self.container_id(id).into(),
+        ]);
+        v
+    }
+
+    /// What `ocispec` needs to know of this runtime.
+    pub fn variant(&self) -> Variant {
+        match &self.flavor {
+            Flavor::Oci => Variant::Oci,
+            Flavor::Gvisor {
+                hide_net_sysctls, ..
+            } => Variant::Gvisor {
+                unshare: hide_net_sysctls.as_ref().map(|(u, _)| u.clone()),
+            },
+        }
+    }
+
+    /// Container ids with state in this runtime's directory.
+    pub fn state_ids(&self) -> Vec<String> {
+        state_ids(&self.root)
+    }
+
+    fn has_state(&self, id: &str) -> bool {
+        self.state_ids().iter().any(|i| i == id)
+    }
+
+    /// Removes what `delete` leaves of a deleted container: runsc keeps a lock file per container
+    /// (`<id>_sandbox:<id>.lock`) that nothing uses once its state file is gone.
+    fn clear_state(&self, id: &str) {
+        let prefix = format!("{}_sandbox:", self.container_id(id));
+        if let Ok(d) = std::fs::read_dir(&self.root) {
+            for e in d.flatten() {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                if n.starts_with(&prefix) && n.ends_with(".lock") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
+    /// The description beside the state directory (`.runtime-runsc` → `.runtime-runsc.json`).
+    fn sidecar(root: &Path) -> PathBuf {
+        let mut s = root.as_os_str().to_owned();
+        s.push(".json");
+        PathBuf::from(s)
+    }
+
+    fn save(&self) -> std::io::Result<()> {
+        let p = Runtime::sidecar(&self.root);
+        let tmp = p.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serialisable"))?;
+        std::fs::rename(&tmp, &p)
+    }
+
+    fn load(path: &Path) -> Option<Runtime> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+}
+
+/// Sandbox ids in a runtime state directory: runc, crun and youki keep a directory per
+/// container, runsc a `<id>.airlock_sandbox:<id>.airlock.state` file (and `.lock`).
+fn state_ids(root: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .map(|n| match n.split_once("_sandbox:") {
+                    Some((cid, _)) => cid
+                        .strip_suffix(GVISOR_ID_SUFFIX)
+                        .unwrap_or(cid)
+                        .to_string(),
+                    None => n,
+                })
+                .filter(|n| check_id(n).is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// The runtime state directories under `root`: `.runtime` and `.runtime-*`.
+fn state_roots(root: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    let n = e.file_name();
+                    let n = n.to_string_lossy();
+                    (n == ".runtime" || n.starts_with(".runtime-"))
+                        && e.file_type().is_ok_and(|t| t.is_dir())
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 #[derive(Debug)]
 pub struct ContainerBackend {
     cfg: ContainerConfig,
-    /// The runtime binary that passed the probe, and its name.
-    runtime: PathBuf,
-    runtime_name: String,
+    /// The host-wide runtime: the configured one, or the first of `RUNTIMES` that passed.
+    default: Arc<Runtime>,
+    /// Every other runtime a spec or the config asked for, by the name asked: probed once, a
+    /// failure kept with its reason.
+    others: tokio::sync::Mutex<HashMap<String, Result<Arc<Runtime>, String>>>,
     tag: String,
     exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     watched: Watch,
@@ -110,7 +353,8 @@ fn is_root() -> bool {
 
 impl ContainerBackend {
     /// Finds a runtime that really runs a container here (same namespaces and id mapping as a
-    /// sandbox, with the host's /usr bound read-only), and sets up the host's network rules.
+    /// sandbox, with the host's /usr bound read-only), probes the further runtimes the config
+    /// names, and sets up the host's network rules.
     pub async fn probe(
         cfg: ContainerConfig,
         exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
@@ -168,46 +412,124 @@ impl ContainerBackend {
                 failures.push(format!("{name}: not installed"));
                 continue;
             };
-            match probe_runtime(&path, &cfg).await {
-                Ok(()) => {
-                    chosen = Some((path, name));
+            match probe_one(&name, &path, cfg.root.join(".runtime"), &cfg).await {
+                Ok(rt) => {
+                    chosen = Some(rt);
                     break;
                 }
                 Err(e) => failures.push(format!("{name}: {e}")),
             }
         }
-        let Some((runtime, runtime_name)) = chosen else {
+        let Some(default) = chosen else {
             return Err(probe_err(format!(
                 "no OCI runtime runs a container here ({})",
                 failures.join("; ")
             )));
         };
         for f in &failures {
-            tracing::info!(runtime = %runtime_name, skipped = %f, "container runtime probe");
+            tracing::info!(runtime = %default.name, skipped = %f, "container runtime probe");
         }
+        default
+            .save()
+            .map_err(|e| probe_err(format!("cannot describe {}: {e}", default.root.display())))?;
         net::setup_host().map_err(|e| probe_err(e.to_string()))?;
         let tag = tag_of(&cfg.root);
-        tracing::info!(runtime = %runtime.display(), %tag, "container backend ready");
-        Ok(ContainerBackend {
+        tracing::info!(runtime = %default.path.display(), %tag, "container backend ready");
+        let extra = cfg.runtimes.clone();
+        let b = ContainerBackend {
             cfg,
-            runtime,
-            runtime_name,
+            default: Arc::new(default),
+            others: Default::default(),
             tag,
             exits,
             watched: Watch::default(),
-        })
+        };
+        let mut refused = Vec::new();
+        for name in extra {
+            if let Err(e) = b.runtime_for(Some(&name)).await {
+                refused.push(e.to_string());
+            }
+        }
+        if !refused.is_empty() {
+            return Err(probe_err(refused.join("; ")));
+        }
+        Ok(b)
     }
 
+    /// The host-wide runtime's binary and name.
     pub fn runtime(&self) -> (&Path, &str) {
-        (&self.runtime, &self.runtime_name)
+        (&self.default.path, &self.default.name)
+    }
+
+    /// The runtime a spec asking for `name` gets (`None`: the host-wide one), probed the first
+    /// time it is asked for. A name that resolves to the host-wide runtime's binary is that one.
+    pub async fn runtime_for(&self, name: Option<&str>) -> Result<Arc<Runtime>, SandboxError> {
+        let Some(name) = name else {
+            return Ok(self.default.clone());
+        };
+        let mut others = self.others.lock().await;
+        if let Some(r) = others.get(name) {
+            return r.clone().map_err(probe_err);
+        }
+        let r = match find_in_path(name) {
+            None => Err(format!("runtime {name}: not installed")),
+            Some(path) if path == self.default.path => Ok(self.default.clone()),
+            Some(path) => {
+                let root = self.state_root_for(&path);
+                match probe_one(name, &path, root, &self.cfg).await {
+                    Ok(rt) => match rt.save() {
+                        Ok(()) => {
+                            tracing::info!(runtime = %name, flavor = ?rt.flavor, notes = ?rt.notes,
+                                "container runtime ready");
+                            Ok(Arc::new(rt))
+                        }
+                        Err(e) => Err(format!("runtime {name}: cannot describe it: {e}")),
+                    },
+                    Err(e) => Err(format!("runtime {name}: {e}")),
+                }
+            }
+        };
+        others.insert(name.to_string(), r.clone());
+        r.map_err(probe_err)
+    }
+
+    /// `.runtime-<binary name>`, unless a runtime of another binary of that name has it already.
+    fn state_root_for(&self, path: &Path) -> PathBuf {
+        let base: String = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let plain = self.cfg.root.join(format!(".runtime-{base}"));
+        match Runtime::load(&Runtime::sidecar(&plain)) {
+            Some(r) if r.path != path => self.cfg.root.join(format!(
+                ".runtime-{base}-{}",
+                &hex::encode(sha2::Sha256::digest(path.to_string_lossy().as_bytes()))[..8]
+            )),
+            _ => plain,
+        }
     }
 
     fn dir(&self, id: &str) -> PathBuf {
         self.cfg.root.join(id)
     }
 
-    fn runtime_root(&self) -> PathBuf {
-        self.cfg.root.join(".runtime")
+    /// The runtime that made sandbox `id`: as its directory records, or the one whose state
+    /// directory holds it, or the host-wide one.
+    fn runtime_of(&self, id: &str) -> Runtime {
+        if let Some(r) = Runtime::load(&self.dir(id).join("runtime")) {
+            return r;
+        }
+        for root in state_roots(&self.cfg.root) {
+            if state_ids(&root).iter().any(|i| i == id) {
+                if let Some(r) = Runtime::load(&Runtime::sidecar(&root)) {
+                    return r;
+                }
+            }
+        }
+        (*self.default).clone()
     }
 
     fn cgroup_name(&self, id: &str) -> String {
@@ -216,13 +538,6 @@ impl ContainerBackend {
 
     fn link_key(&self, id: &str) -> String {
         format!("{}/{id}", self.tag)
-    }
-
-    fn runtime_cmd(&self) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(&self.runtime);
-        c.arg("--root").arg(self.runtime_root());
-        c.stdin(Stdio::null());
-        c
     }
 
     /// Takes the lowest free /30 of the host's sandbox subnet (leases shared by every backend).
@@ -269,6 +584,13 @@ impl ContainerBackend {
                 detail: format!("{} has no /bin/sh: not a runner image", rootfs.display()),
             });
         }
+        let runtime =
+            self.runtime_for(c.runtime.as_deref())
+                .await
+                .map_err(|e| SandboxError::Setup {
+                    id: id.into(),
+                    detail: e.to_string(),
+                })?;
         let dir = self.dir(id);
         std::fs::create_dir(&dir).map_err(|source| SandboxError::Create {
             id: id.into(),
@@ -277,6 +599,11 @@ impl ContainerBackend {
         })?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
             .map_err(|e| setup(id, "chmod", e))?;
+        std::fs::write(
+            dir.join("runtime"),
+            serde_json::to_vec_pretty(&*runtime).expect("serialisable"),
+        )
+        .map_err(|e| setup(id, "runtime", e))?;
         std::fs::write(dir.join("image"), format!("{}\n", c.image))
             .map_err(|e| setup(id, "image", e))?;
         let (upper, work, merged, bundle) = (
@@ -299,11 +626,20 @@ impl ContainerBackend {
             upper.display(),
             work.display()
         );
+        // nodev, except under gVisor: its gofer remounts the root read-only inside the user
+        // namespace, where a flag it does not repeat is locked and the remount refused; and a
+        // device node in the overlay is nothing to gVisor's job (the Sentry has its own devices,
+        // the gofer opens only files, directories and links, and the runner cannot mknod).
+        let flags = if runtime.is_gvisor() {
+            nix::mount::MsFlags::empty()
+        } else {
+            nix::mount::MsFlags::MS_NODEV
+        };
         nix::mount::mount(
             Some("overlay"),
             &merged,
             Some("overlay"),
-            nix::mount::MsFlags::MS_NODEV,
+            flags,
             Some(opts.as_str()),
         )
         .map_err(|e| SandboxError::Setup {
@@ -327,18 +663,27 @@ impl ContainerBackend {
             id: id.into(),
             detail: e.to_string(),
         })?;
+        let mut limits = c.limits.clone();
+        if runtime.is_gvisor() && limits.io_weight.is_some() && !cgroup_v1_has("blkio/blkio.weight")
+        {
+            // runsc writes only `blkio.weight` (runc falls back to `blkio.bfq.weight`), and
+            // refuses the sandbox where there is none (kernels without CFQ).
+            tracing::warn!(sandbox = %id, "io_weight ignored under runsc: this host's blkio has no blkio.weight");
+            limits.io_weight = None;
+        }
         let oci = ocispec::build(&ContainerSpec {
             id,
             hostname: &hostname,
             rootfs: &merged,
             runner: &spec.runner_command,
             uid_base: base,
-            limits: &c.limits,
+            limits: &limits,
             cgroup: format!("/airlock/{}", self.cgroup_name(id)),
             jit_file: &jit,
             resolv_conf: &dir.join("resolv.conf"),
             hosts: &dir.join("hosts"),
             net_hook: net::hook_args(&link, &self.link_key(id)),
+            variant: runtime.variant(),
         })
         .map_err(|e| SandboxError::Setup {
             id: id.into(),
@@ -354,16 +699,12 @@ impl ContainerBackend {
         Ok(())
     }
 
-    /// The runtime's container ids with this instance's tag.
+    /// Every runtime's container ids (each runtime's state directory under `root`).
     fn runtime_ids(&self) -> Vec<String> {
-        std::fs::read_dir(self.runtime_root())
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                    .filter(|n| check_id(n).is_ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        state_roots(&self.cfg.root)
+            .iter()
+            .flat_map(|r| state_ids(r))
+            .collect()
     }
 }
 
@@ -376,6 +717,13 @@ pub(crate) fn host_name_servers() -> Vec<Ipv4Addr> {
         .filter_map(|s| s.trim().parse::<Ipv4Addr>().ok())
         .filter(|a| !a.is_loopback() && !a.is_unspecified())
         .collect()
+}
+
+/// Whether a v1 hierarchy has `file` at its root (`blkio/blkio.weight`); true on cgroup v2,
+/// where runtimes write v2 files.
+fn cgroup_v1_has(file: &str) -> bool {
+    let root = Path::new("/sys/fs/cgroup");
+    root.join("cgroup.controllers").exists() || root.join(file).exists()
 }
 
 fn setup(id: &str, what: &str, e: std::io::Error) -> SandboxError {
@@ -419,9 +767,99 @@ fn is_mounted(p: &Path) -> bool {
         .any(|l| l.split(' ').nth(4).is_some_and(|m| m == want))
 }
 
+/// Probes the runtime at `path` (asked for as `name`) with state under `root`: what it is (gVisor's
+/// runsc says so in `--version`), then a tiny container run as a sandbox would be; for runsc
+/// also whether it needs `HIDE_NET_SYSCTLS`, and which platform runs here.
+async fn probe_one(
+    name: &str,
+    path: &Path,
+    root: PathBuf,
+    cfg: &ContainerConfig,
+) -> Result<Runtime, String> {
+    std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+    let version = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new(path)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| "`--version` did not answer in 10 s".to_string())?
+    .map_err(|e| format!("cannot run it: {e}"))?;
+    let version = String::from_utf8_lossy(&version.stdout);
+    let version = version
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let mut rt = Runtime {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        root,
+        flavor: Flavor::Oci,
+        notes: Vec::new(),
+    };
+    if !version.starts_with("runsc") {
+        probe_runtime(&rt, cfg, Duration::from_secs(20)).await?;
+        return Ok(rt);
+    }
+    // gVisor. ptrace first: it runs wherever runsc does, so it settles the network question.
+    rt.flavor = Flavor::Gvisor {
+        platform: "ptrace".into(),
+        hide_net_sysctls: None,
+    };
+    if let Err(first) = probe_runtime(&rt, cfg, Duration::from_secs(20)).await {
+        if !first.contains("root network namespace") {
+            return Err(first);
+        }
+        let unshare = find_in_path("unshare")
+            .ok_or_else(|| format!("{first}; working around it needs unshare (util-linux)"))?;
+        let proc_dir = cfg.root.join(".gvisor-proc");
+        std::fs::create_dir_all(&proc_dir)
+            .map_err(|e| format!("creating {}: {e}", proc_dir.display()))?;
+        rt.flavor = Flavor::Gvisor {
+            platform: "ptrace".into(),
+            hide_net_sysctls: Some((unshare, proc_dir)),
+        };
+        probe_runtime(&rt, cfg, Duration::from_secs(20))
+            .await
+            .map_err(|e| format!("{e} (and without /proc/sys/net hidden: {first})"))?;
+        rt.notes.push(format!(
+            "{version} takes every network namespace for the host's on this kernel \
+             (net.core.rmem_default exists in each): it runs with /proc/sys/net hidden"
+        ));
+    }
+    if cfg.kvm_probe.is_zero() || !Path::new("/dev/kvm").exists() {
+        rt.notes
+            .push("platform ptrace: no /dev/kvm (or the KVM probe is off)".into());
+        return Ok(rt);
+    }
+    let mut kvm = rt.clone();
+    if let Flavor::Gvisor { platform, .. } = &mut kvm.flavor {
+        *platform = "kvm".into();
+    }
+    match probe_runtime(&kvm, cfg, cfg.kvm_probe).await {
+        Ok(()) => {
+            kvm.notes.push("platform kvm".into());
+            Ok(kvm)
+        }
+        Err(e) => {
+            rt.notes.push(format!(
+                "platform ptrace: the kvm platform does not run here ({e})"
+            ));
+            Ok(rt)
+        }
+    }
+}
+
 /// Runs a tiny container with a sandbox's namespaces and id mapping; the host's `/usr` is its
-/// root filesystem's, read-only.
-async fn probe_runtime(runtime: &Path, cfg: &ContainerConfig) -> Result<(), String> {
+/// root filesystem's, read-only. For gVisor also the sandbox's seccomp filter and a
+/// `createRuntime` hook (as the network hook runs), which runsc must accept.
+async fn probe_runtime(rt: &Runtime, cfg: &ContainerConfig, limit: Duration) -> Result<(), String> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let t = tempfile::Builder::new()
         .prefix(".probe-")
         .tempdir_in(&cfg.root)
@@ -438,8 +876,12 @@ async fn probe_runtime(runtime: &Path, cfg: &ContainerConfig) -> Result<(), Stri
     ] {
         let _ = std::os::unix::fs::symlink(target, rootfs.join(l));
     }
-    let id = format!("probe-{}", std::process::id());
-    let spec = serde_json::json!({
+    let id = format!(
+        "probe-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut spec = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {"terminal": false, "user": {"uid": 0, "gid": 0},
                     "args": ["/bin/sh", "-c", "exit 0"], "cwd": "/",
@@ -460,27 +902,47 @@ async fn probe_runtime(runtime: &Path, cfg: &ContainerConfig) -> Result<(), Stri
             "resources": {"pids": {"limit": 64}},
         }
     });
+    if let Variant::Gvisor { unshare } = rt.variant() {
+        spec["linux"]["seccomp"] =
+            serde_json::to_value(ocispec::seccomp_for(&rt.variant())).map_err(|e| e.to_string())?;
+        let hook = vec!["sh".to_string(), "-c".into(), "cat > /dev/null".into()];
+        spec["hooks"] = serde_json::json!({"createRuntime": [match &unshare {
+            Some(u) => serde_json::json!({"path": u, "args": ocispec::unhide_hook(u, &hook), "timeout": 20}),
+            None => serde_json::json!({"path": "/bin/sh", "args": hook, "timeout": 20}),
+        }]});
+    }
     std::fs::write(t.path().join("config.json"), spec.to_string()).map_err(|e| e.to_string())?;
+    let argv = rt.run_argv(t.path(), &id);
+    let cid = rt.container_id(&id);
     let out = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::process::Command::new(runtime)
-            .arg("--root")
-            .arg(cfg.root.join(".runtime"))
-            .args(["run", "--bundle"])
-            .arg(t.path())
-            .arg(&id)
+        limit,
+        tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
             .stdin(Stdio::null())
+            .kill_on_drop(true)
             .output(),
     )
     .await;
-    let _ = tokio::process::Command::new(runtime)
-        .arg("--root")
-        .arg(cfg.root.join(".runtime"))
-        .args(["delete", "--force", &id])
+    if out.is_err() {
+        let _ = rt
+            .command()
+            .args(["kill", "--all", &cid, "KILL"])
+            .output()
+            .await;
+    }
+    let _ = rt
+        .command()
+        .args(["delete", "--force", &cid])
         .output()
         .await;
+    rt.clear_state(&id);
+    cgroup::kill_all(&id);
+    let _ = cgroup::remove(&id);
     match out {
-        Err(_) => Err("a probe container did not finish in 20 s".into()),
+        Err(_) => Err(format!(
+            "a probe container did not finish in {} s",
+            limit.as_secs_f32()
+        )),
         Ok(Err(e)) => Err(format!("cannot run it: {e}")),
         Ok(Ok(o)) if o.status.success() => Ok(()),
         Ok(Ok(o)) => Err(format!(
@@ -534,22 +996,11 @@ impl Backend for ContainerBackend {
             self.cfg.uid_base + RUNNER_UID,
         )
         .map_err(start_err)?;
-        let root = self.runtime_root();
-        let bundle = dir.join("bundle");
-        let mut cmd = supervise::command(
-            &dir,
-            self.cfg.log_cap,
-            &[
-                self.runtime.as_os_str(),
-                OsStr::new("--root"),
-                root.as_os_str(),
-                OsStr::new("run"),
-                OsStr::new("--bundle"),
-                bundle.as_os_str(),
-                OsStr::new(&spec.id),
-            ],
-            &[],
-        );
+        // The runtime that made it (recorded by create), not whatever the spec says now.
+        let runtime = self.runtime_of(&spec.id);
+        let argv = runtime.run_argv(&dir.join("bundle"), &spec.id);
+        let argv: Vec<&OsStr> = argv.iter().map(OsString::as_os_str).collect();
+        let mut cmd = supervise::command(&dir, self.cfg.log_cap, &argv, &[]);
         let child = cmd.spawn().map_err(start_err)?;
         let pid = child.id().unwrap_or(0) as i32;
         supervise::write_pid(&dir, pid).map_err(start_err)?;
@@ -560,31 +1011,24 @@ impl Backend for ContainerBackend {
 
     async fn status(&self, id: &str) -> Result<SandboxStatus, SandboxError> {
         check_id(id)?;
-        if self.watched.contains(id) {
-            return Ok(SandboxStatus::Running);
-        }
-        let st = status_of(&self.dir(id));
-        if st == SandboxStatus::Missing && self.list_ids().contains(&id.to_string()) {
-            // Only remnants (a link, a cgroup, runtime state): it ended; destroy will sweep them.
-            return Ok(SandboxStatus::Exited(None));
-        }
-        Ok(st)
+        Ok(supervise::reported(
+            &self.watched,
+            id,
+            |id| status_of(&self.dir(id)),
+            || self.list_ids().iter().any(|x| x == id),
+        ))
     }
 
     async fn list(&self) -> Result<Vec<(String, SandboxStatus)>, SandboxError> {
-        let mut out = Vec::new();
-        for id in self.list_ids() {
-            let st = if self.watched.contains(&id) {
-                SandboxStatus::Running
-            } else {
-                match status_of(&self.dir(&id)) {
-                    SandboxStatus::Missing => SandboxStatus::Exited(None),
-                    s => s,
-                }
-            };
-            out.push((id, st));
-        }
-        Ok(out)
+        Ok(self
+            .list_ids()
+            .into_iter()
+            .map(|id| {
+                let st =
+                    supervise::reported(&self.watched, &id, |id| status_of(&self.dir(id)), || true);
+                (id, st)
+            })
+            .collect())
     }
 
     async fn destroy(&self, id: &str) -> Result<(), SandboxError> {
@@ -595,28 +1039,36 @@ impl Backend for ContainerBackend {
             id: id.into(),
             detail,
         };
-        // 1. Processes: the container's (the runtime kills them all), then the supervisor.
-        if self.runtime_root().join(id).exists() {
-            let _ = self
-                .runtime_cmd()
-                .args(["kill", "--all", id, "KILL"])
+        // 1. Processes: the container's (the runtime that made it kills them all), then the
+        // supervisor, then any left in its cgroup (gVisor's sandbox and gofer, should runsc
+        // have lost track of them).
+        let runtime = self.runtime_of(id);
+        let cid = runtime.container_id(id);
+        if runtime.has_state(id) {
+            let _ = runtime
+                .command()
+                .args(["kill", "--all", &cid, "KILL"])
                 .output()
                 .await;
-            let out = self
-                .runtime_cmd()
-                .args(["delete", "--force", id])
+            let out = runtime
+                .command()
+                .args(["delete", "--force", &cid])
                 .output()
                 .await
-                .map_err(|e| fail(format!("running {} delete: {e}", self.runtime_name)))?;
-            if !out.status.success() && self.runtime_root().join(id).exists() {
+                .map_err(|e| fail(format!("running {} delete: {e}", runtime.name)))?;
+            if !out.status.success() && runtime.has_state(id) {
                 return Err(fail(format!(
                     "{} delete --force: {}",
-                    self.runtime_name,
+                    runtime.name,
                     String::from_utf8_lossy(&out.stderr).trim()
                 )));
             }
         }
+        runtime.clear_state(id);
         supervise::kill_group(&dir);
+        if runtime.is_gvisor() {
+            cgroup::kill_all(&self.cgroup_name(id));
+        }
         // 2. The overlay (lazily: a process still leaving must not keep it).
         let merged = dir.join("rootfs");
         for _ in 0..50 {
@@ -661,31 +1113,8 @@ impl Backend for ContainerBackend {
 impl ContainerBackend {
     /// Every sandbox id with anything left on the host: directory, runtime state, link, cgroup.
     fn list_ids(&self) -> Vec<String> {
-        let mut ids = std::collections::BTreeSet::new();
-        if let Ok(entries) = std::fs::read_dir(&self.cfg.root) {
-            for e in entries.flatten() {
-                if let Some(id) = e.file_name().to_str() {
-                    if check_id(id).is_ok() && e.file_type().is_ok_and(|t| t.is_dir()) {
-                        ids.insert(id.to_string());
-                    }
-                }
-            }
-        }
+        let mut ids = supervise::ids_on_host(&self.cfg.root, &self.tag, &self.cfg.net);
         ids.extend(self.runtime_ids());
-        let own = format!("{}/", self.tag);
-        let leased = self.cfg.net.owners_with_prefix(&own).unwrap_or_default();
-        for key in net::list()
-            .into_iter()
-            .map(|(_, alias)| alias)
-            .chain(leased)
-        {
-            if let Some(id) = key.strip_prefix(&own) {
-                if check_id(id).is_ok() {
-                    ids.insert(id.to_string());
-                }
-            }
-        }
-        ids.extend(cgroup::ids(&self.tag));
         ids.into_iter().collect()
     }
 
@@ -714,70 +1143,18 @@ pub fn tag_of(root: &Path) -> String {
 /// directory is below `root`. Empty when nothing is left; `airlock
 /// demo` and the tests check it.
 pub fn remnants(root: &Path) -> Vec<String> {
-    let tag = tag_of(root);
-    let mut out = Vec::new();
-    let names = |d: &Path| -> Vec<String> {
-        std::fs::read_dir(d)
-            .map(|e| {
-                e.flatten()
-                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                    .collect()
-            })
+    let mut out = supervise::host_remnants(root, &tag_of(root));
+    for r in state_roots(root) {
+        let dir = r
+            .file_name()
             .unwrap_or_default()
-    };
-    for n in names(root) {
-        if !n.starts_with('.') {
-            out.push(format!("directory {}", root.join(n).display()));
-        }
-    }
-    for n in names(&root.join(".runtime")) {
-        out.push(format!("runtime state {n}"));
-    }
-    let prefix = format!("{}/", root.display());
-    if let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") {
-        for m in mi.lines().filter_map(|l| l.split(' ').nth(4)) {
-            if m.starts_with(&prefix) {
-                out.push(format!("mount {m}"));
-            }
-        }
-    }
-    for (link, alias) in net::list() {
-        if alias.starts_with(&format!("{tag}/")) {
-            out.push(format!("link {link} ({alias})"));
-        }
-    }
-    let leases = Leases::new(
-        net::lease_dir(root.parent().unwrap_or(root)),
-        Subnet::parse(DEFAULT_SUBNET).expect("valid default"),
-    );
-    for owner in leases
-        .owners_with_prefix(&format!("{tag}/"))
-        .unwrap_or_default()
-    {
-        out.push(format!("address lease of {owner}"));
-    }
-    for parent in cgroup::parents() {
-        for n in names(&parent) {
-            if n.starts_with(&format!("{tag}-")) {
-                out.push(format!("cgroup {}", parent.join(n).display()));
-            }
-        }
-    }
-    for pid in names(Path::new("/proc")) {
-        if pid.parse::<u32>().is_err() {
-            continue;
-        }
-        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
-            if cwd.starts_with(root) {
-                out.push(format!("process {pid} in {}", cwd.display()));
-                continue;
-            }
-        }
-        // Processes inside a container: their cwd is in another mount namespace, their cgroup
-        // carries the tag.
-        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        if cg.contains(&format!("/airlock/{tag}-")) {
-            out.push(format!("process {pid} in a sandbox cgroup"));
+            .to_string_lossy()
+            .into_owned();
+        for n in std::fs::read_dir(&r).into_iter().flatten().flatten() {
+            out.push(format!(
+                "runtime state {} ({dir})",
+                n.file_name().to_string_lossy()
+            ));
         }
     }
     out

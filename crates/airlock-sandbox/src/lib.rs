@@ -81,6 +81,9 @@ pub struct ContainerImage {
     /// `NAME@sha256:…` of the image, recorded so an image in use is never removed.
     pub image: String,
     pub limits: Limits,
+    /// The OCI runtime (a name looked up in PATH, or a path: `runsc` for gVisor); `None`: the
+    /// backend's host-wide one.
+    pub runtime: Option<String>,
 }
 
 /// A microVM sandbox's boot files, size and driver.

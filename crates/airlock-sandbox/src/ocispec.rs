@@ -2,8 +2,11 @@
 //! namespace that maps root inside to an unprivileged range outside, no capabilities, no new
 //! privileges, a deny-list seccomp profile, masked and read-only kernel paths, a minimal `/dev`,
 //! a read-only root with writable `/home/runner`, `/tmp` and `/run`, and cgroup limits.
+//!
+//! One spec serves every runtime; `Variant::Gvisor` marks what runsc reads differently (see
+//! `Variant`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Arch, Capabilities, HookBuilder, HooksBuilder, LinuxBuilder, LinuxCapabilitiesBuilder,
@@ -42,6 +45,29 @@ pub struct ContainerSpec<'a> {
     pub hosts: &'a Path,
     /// The hook that moves the veth peer into the container's network namespace.
     pub net_hook: Vec<String>,
+    pub variant: Variant,
+}
+
+/// Which kind of runtime reads the spec.
+///
+/// gVisor's runsc takes the same spec with one thing left out (`seccomp_for`: the `clone3` rule)
+/// and the network hook wrapped where runsc runs with `/proc/sys/net` hidden. What it does with
+/// the rest differs, as measured with runsc 2022-12 (Debian 12): the seccomp filter is applied by
+/// gVisor's kernel to the job (with `--oci-seccomp`; the host kernel sees only the Sentry's own
+/// filter); the user namespace maps the gofer and sandbox processes, so files the job writes land
+/// with the same shifted owners as under runc, while inside, gVisor shows its own identity
+/// mapping; `/proc`, `/sys` and `/dev` are gVisor's (it mounts no `/sys/fs/cgroup`, and its
+/// `/proc` has none of the masked files); capabilities, no_new_privs, the read-only root and the
+/// bind mounts hold; the network hook runs before runsc's netstack takes over the veth inside the
+/// sandbox's network namespace, so the host's nftables rules see every packet as before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Variant {
+    /// runc, crun, youki.
+    Oci,
+    /// runsc. `unshare`: set when runsc runs with `/proc/sys/net` hidden (see
+    /// `container::HIDE_NET_SYSCTLS`): the network hook, which writes sysctls there, then first
+    /// unhides it in a mount namespace of its own (with this `unshare` binary).
+    Gvisor { unshare: Option<PathBuf> },
 }
 
 /// Syscalls a job never needs and the kernel's riskiest surfaces: mounts, namespaces (no nested
@@ -118,22 +144,33 @@ const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;
 
 pub fn seccomp() -> LinuxSeccomp {
-    let mut rules = vec![
-        LinuxSyscallBuilder::default()
-            .names(DENIED.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .action(LinuxSeccompAction::ScmpActErrno)
-            .errno_ret(EPERM)
-            .build()
-            .expect("static rule"),
+    seccomp_for(&Variant::Oci)
+}
+
+/// The filter for `variant`. Under gVisor it is applied by gVisor's kernel (`--oci-seccomp`),
+/// which in runsc 2022 answers every rule with `EPERM` whatever its `errnoRet`: the `clone3`
+/// rule (`ENOSYS`, so that libc falls back to `clone`) would then make every `pthread_create`
+/// fail, so it is left out. gVisor 2022 has no `clone3` at all (it answers `ENOSYS` itself), and
+/// its namespaces would be gVisor's own, not the host's.
+pub fn seccomp_for(variant: &Variant) -> LinuxSeccomp {
+    let mut rules = vec![LinuxSyscallBuilder::default()
+        .names(DENIED.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(EPERM)
+        .build()
+        .expect("static rule")];
+    if *variant == Variant::Oci {
         // clone3 passes its flags in memory, out of seccomp's sight: make libc fall back to
         // clone, whose flags are checked below.
-        LinuxSyscallBuilder::default()
-            .names(vec!["clone3".to_string()])
-            .action(LinuxSeccompAction::ScmpActErrno)
-            .errno_ret(ENOSYS)
-            .build()
-            .expect("static rule"),
-    ];
+        rules.push(
+            LinuxSyscallBuilder::default()
+                .names(vec!["clone3".to_string()])
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(ENOSYS)
+                .build()
+                .expect("static rule"),
+        );
+    }
     for flag in NS_FLAGS {
         rules.push(
             LinuxSyscallBuilder::default()
@@ -186,6 +223,24 @@ fn bind_ro(dest: &str, source: &Path) -> Mount {
         )
         .build()
         .expect("static mount")
+}
+
+/// A hook's argv (`/bin/sh` with `hook[1..]`) run by `unshare` in a mount namespace of its own
+/// where `/proc/sys/net` is visible again: runsc's (hidden, see `container::HIDE_NET_SYSCTLS`)
+/// stays as it is.
+pub fn unhide_hook(unshare: &Path, hook: &[String]) -> Vec<String> {
+    let mut args = vec![
+        unshare.to_string_lossy().into_owned(),
+        "--mount".to_string(),
+        "--propagation".to_string(),
+        "private".to_string(),
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        "umount /proc/sys/net && exec /bin/sh \"$@\"".to_string(),
+        "airlock-unhide".to_string(),
+    ];
+    args.extend(hook.iter().skip(1).cloned());
+    args
 }
 
 pub fn build(c: &ContainerSpec<'_>) -> Result<Spec, oci_spec::OciSpecError> {
@@ -357,7 +412,7 @@ pub fn build(c: &ContainerSpec<'_>) -> Result<Spec, oci_spec::OciSpecError> {
         ])
         .cgroups_path(c.cgroup.clone())
         .resources(resources.build()?)
-        .seccomp(seccomp())
+        .seccomp(seccomp_for(&c.variant))
         .masked_paths(
             [
                 "/proc/acpi",
@@ -390,12 +445,18 @@ pub fn build(c: &ContainerSpec<'_>) -> Result<Spec, oci_spec::OciSpecError> {
             .collect::<Vec<_>>(),
         )
         .build()?;
-    let hooks = HooksBuilder::default()
-        .create_runtime(vec![HookBuilder::default()
+    let hook = match &c.variant {
+        Variant::Gvisor {
+            unshare: Some(unshare),
+        } => HookBuilder::default()
+            .path(unshare)
+            .args(unhide_hook(unshare, &c.net_hook)),
+        _ => HookBuilder::default()
             .path("/bin/sh")
-            .args(c.net_hook.clone())
-            .timeout(20i64)
-            .build()?])
+            .args(c.net_hook.clone()),
+    };
+    let hooks = HooksBuilder::default()
+        .create_runtime(vec![hook.timeout(20i64).build()?])
         .build()?;
     SpecBuilder::default()
         .version("1.0.2")

@@ -163,6 +163,7 @@ mod tests {
             rootfs: "/x".into(),
             image: "i@sha256:0".into(),
             limits: Limits::default(),
+            runtime: None,
         });
         r.create(&spec("a", container.clone())).await.unwrap();
         r.start(&spec("a", container), &Secret::new("s".into()))

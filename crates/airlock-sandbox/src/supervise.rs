@@ -111,6 +111,130 @@ pub(crate) fn status_of(dir: &Path) -> crate::SandboxStatus {
     }
 }
 
+/// Every sandbox id under `root` with anything left on the host that its backend (marked by
+/// `tag`) tags: its directory, a host link or address lease whose owner key is `<tag>/<id>`, or
+/// a cgroup `<tag>-<id>`. How orphans of every image backend are found after a crash.
+pub(crate) fn ids_on_host(
+    root: &Path,
+    tag: &str,
+    leases: &airlock_net::Leases,
+) -> std::collections::BTreeSet<String> {
+    let mut ids = std::collections::BTreeSet::new();
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            if let Some(id) = e.file_name().to_str() {
+                if crate::check_id(id).is_ok() && e.file_type().is_ok_and(|t| t.is_dir()) {
+                    ids.insert(id.to_string());
+                }
+            }
+        }
+    }
+    let own = format!("{tag}/");
+    let leased = leases.owners_with_prefix(&own).unwrap_or_default();
+    for key in airlock_net::list()
+        .into_iter()
+        .map(|(_, alias)| alias)
+        .chain(leased)
+    {
+        if let Some(id) = key.strip_prefix(&own) {
+            if crate::check_id(id).is_ok() {
+                ids.insert(id.to_string());
+            }
+        }
+    }
+    ids.extend(crate::cgroup::ids(tag));
+    ids
+}
+
+/// A sandbox's status as a backend reports it: `Running` while this process waits on its
+/// supervisor, else what its files say (`files`); a sandbox of which only remnants are left
+/// (`ids` lists it, its directory is gone) has ended, and destroy will sweep the rest.
+pub(crate) fn reported(
+    watched: &Watch,
+    id: &str,
+    files: impl Fn(&str) -> crate::SandboxStatus,
+    remnant: impl FnOnce() -> bool,
+) -> crate::SandboxStatus {
+    use crate::SandboxStatus;
+    if watched.contains(id) {
+        return SandboxStatus::Running;
+    }
+    match files(id) {
+        SandboxStatus::Missing if remnant() => SandboxStatus::Exited(None),
+        s => s,
+    }
+}
+
+/// Everything sandboxes of the backend under `root` (marked by `tag`) have left on the host, one
+/// line each: directories, mounts below `root`, host links, address leases (in the lease
+/// directory beside `root`) and cgroups with the tag, and processes working below `root` or in a
+/// tagged cgroup. Empty when nothing is left; `airlock demo` and the tests check it.
+pub(crate) fn host_remnants(root: &Path, tag: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let names = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .map(|e| {
+                e.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for n in names(root) {
+        if !n.starts_with('.') {
+            out.push(format!("directory {}", root.join(n).display()));
+        }
+    }
+    let prefix = format!("{}/", root.display());
+    if let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for m in mi.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if m.starts_with(&prefix) {
+                out.push(format!("mount {m}"));
+            }
+        }
+    }
+    for (link, alias) in airlock_net::list() {
+        if alias.starts_with(&format!("{tag}/")) {
+            out.push(format!("link {link} ({alias})"));
+        }
+    }
+    let leases = airlock_net::Leases::new(
+        airlock_net::lease_dir(root.parent().unwrap_or(root)),
+        airlock_net::Subnet::parse(crate::container::DEFAULT_SUBNET).expect("valid default"),
+    );
+    for owner in leases
+        .owners_with_prefix(&format!("{tag}/"))
+        .unwrap_or_default()
+    {
+        out.push(format!("address lease of {owner}"));
+    }
+    for parent in crate::cgroup::parents() {
+        for n in names(&parent) {
+            if n.starts_with(&format!("{tag}-")) {
+                out.push(format!("cgroup {}", parent.join(n).display()));
+            }
+        }
+    }
+    for pid in names(Path::new("/proc")) {
+        if pid.parse::<u32>().is_err() {
+            continue;
+        }
+        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
+            if cwd.starts_with(root) {
+                out.push(format!("process {pid} in {}", cwd.display()));
+                continue;
+            }
+        }
+        // Processes inside a container: their cwd is in another mount namespace, their cgroup
+        // carries the tag.
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if cg.contains(&format!("/airlock/{tag}-")) {
+            out.push(format!("process {pid} in a sandbox cgroup"));
+        }
+    }
+    out
+}
+
 /// Kills the supervisor's process group if it is still the one we started.
 pub(crate) fn kill_group(dir: &Path) {
     if let Some((pid, start)) = read_pid(dir) {

@@ -1,8 +1,10 @@
 //! Job start on a warm sandbox, as root (`cargo bench -p airlock --bench warm`): a microVM pool
 //! and a container pool of one daemon, each with `min_idle = 1`, so a runner is online and idle
-//! before each job is queued; the figure is GitHub's own (ghsim's) wait from the job's creation
-//! to its start, per pool, in the same run, as a ratio (goal: a warm VM within 2× a warm
-//! container). Rounds: AIRLOCK_BENCH_WARM_JOBS (default 10).
+//! before each job is queued. Two figures per pool, from GitHub's own (ghsim's) timestamps, in the
+//! same run, as ratios (goal: a warm VM within 2× a warm container): creation to start (the
+//! waiting runner takes the job) and creation to completion (the runner received it, ran its one
+//! step `true` in its sandbox and reported the result). Rounds: AIRLOCK_BENCH_WARM_JOBS
+//! (default 10).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -42,6 +44,7 @@ async fn main() {
             .any(|r| r.pool == pool && r.state == RunnerState::Idle)
     };
     let (mut vm, mut ct) = (vec![], vec![]);
+    let (mut vm_done, mut ct_done) = (vec![], vec![]);
     for round in 0..rounds {
         assert!(
             wait_until(Duration::from_secs(180), || idle_in(&v, "vm")
@@ -70,15 +73,20 @@ async fn main() {
         );
         for j in v.env.sim().jobs().iter().filter(|j| ids.contains(&j.id)) {
             let wait = (j.started_ms.unwrap() - j.created_ms) as f64;
+            let done = (j.completed_ms.unwrap() - j.created_ms) as f64;
             if j.name.starts_with("vm") {
                 vm.push(wait);
+                vm_done.push(done);
             } else {
                 ct.push(wait);
+                ct_done.push(done);
             }
         }
     }
     let (v50, v95) = (pct(&mut vm, 0.5), pct(&mut vm, 0.95));
     let (c50, c95) = (pct(&mut ct, 0.5), pct(&mut ct, 0.95));
+    let (vd50, vd95) = (pct(&mut vm_done, 0.5), pct(&mut vm_done, 0.95));
+    let (cd50, cd95) = (pct(&mut ct_done, 0.5), pct(&mut ct_done, 0.95));
     println!(
         "{rounds} rounds, one job per pool each, on runners that were idle before it was queued"
     );
@@ -86,6 +94,11 @@ async fn main() {
     println!(
         "warm microVM (TCG): job created -> started  p50 {v50:.0} ms  p95 {v95:.0} ms  ({:.2}x the container's p50)",
         v50 / c50
+    );
+    println!("warm container: job created -> completed  p50 {cd50:.0} ms  p95 {cd95:.0} ms");
+    println!(
+        "warm microVM (TCG): job created -> completed  p50 {vd50:.0} ms  p95 {vd95:.0} ms  ({:.2}x the container's p50)",
+        vd50 / cd50
     );
     v.drain().await;
     assert!(v.remnants().is_empty(), "{:?}", v.remnants());

@@ -637,30 +637,24 @@ impl Backend for MicrovmBackend {
 
     async fn status(&self, id: &str) -> Result<SandboxStatus, SandboxError> {
         check_id(id)?;
-        if self.watched.contains(id) {
-            return Ok(SandboxStatus::Running);
-        }
-        let st = vm_status(&self.dir(id));
-        if st == SandboxStatus::Missing && self.list_ids().contains(&id.to_string()) {
-            return Ok(SandboxStatus::Exited(None));
-        }
-        Ok(st)
+        Ok(supervise::reported(
+            &self.watched,
+            id,
+            |id| vm_status(&self.dir(id)),
+            || self.list_ids().iter().any(|x| x == id),
+        ))
     }
 
     async fn list(&self) -> Result<Vec<(String, SandboxStatus)>, SandboxError> {
-        let mut out = Vec::new();
-        for id in self.list_ids() {
-            let st = if self.watched.contains(&id) {
-                SandboxStatus::Running
-            } else {
-                match vm_status(&self.dir(&id)) {
-                    SandboxStatus::Missing => SandboxStatus::Exited(None),
-                    s => s,
-                }
-            };
-            out.push((id, st));
-        }
-        Ok(out)
+        Ok(self
+            .list_ids()
+            .into_iter()
+            .map(|id| {
+                let st =
+                    supervise::reported(&self.watched, &id, |id| vm_status(&self.dir(id)), || true);
+                (id, st)
+            })
+            .collect())
     }
 
     async fn destroy(&self, id: &str) -> Result<(), SandboxError> {
@@ -707,31 +701,9 @@ impl Backend for MicrovmBackend {
 impl MicrovmBackend {
     /// Every sandbox id with anything left on the host: directory, tap, lease, cgroup.
     fn list_ids(&self) -> Vec<String> {
-        let mut ids = std::collections::BTreeSet::new();
-        if let Ok(entries) = std::fs::read_dir(&self.cfg.root) {
-            for e in entries.flatten() {
-                if let Some(id) = e.file_name().to_str() {
-                    if check_id(id).is_ok() && e.file_type().is_ok_and(|t| t.is_dir()) {
-                        ids.insert(id.to_string());
-                    }
-                }
-            }
-        }
-        let own = format!("{}/", self.tag);
-        let leased = self.cfg.net.owners_with_prefix(&own).unwrap_or_default();
-        for key in net::list()
+        supervise::ids_on_host(&self.cfg.root, &self.tag, &self.cfg.net)
             .into_iter()
-            .map(|(_, alias)| alias)
-            .chain(leased)
-        {
-            if let Some(id) = key.strip_prefix(&own) {
-                if check_id(id).is_ok() {
-                    ids.insert(id.to_string());
-                }
-            }
-        }
-        ids.extend(cgroup::ids(&self.tag));
-        ids.into_iter().collect()
+            .collect()
     }
 
     /// Sandboxes' image references (`NAME@sha256:…`), for keeping images in use.
@@ -740,52 +712,11 @@ impl MicrovmBackend {
     }
 }
 
-/// Everything microVM sandboxes under `root` have left on the host, one line each: sandbox
-/// directories, taps, address leases and cgroups with this root's tag, and VMM processes whose
-/// working directory is below `root`. Empty when nothing is left.
+/// Everything microVM sandboxes under `root` have left on the host, one line each (directories,
+/// taps, address leases, cgroups, VMM processes; see `supervise::host_remnants`). Empty when
+/// nothing is left.
 pub fn remnants(root: &Path) -> Vec<String> {
-    let tag = crate::container::tag_of(root);
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(root) {
-        for e in entries.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if !n.starts_with('.') {
-                out.push(format!("directory {}", root.join(n).display()));
-            }
-        }
-    }
-    for (link, alias) in net::list() {
-        if alias.starts_with(&format!("{tag}/")) {
-            out.push(format!("link {link} ({alias})"));
-        }
-    }
-    let leases = Leases::new(
-        net::lease_dir(root.parent().unwrap_or(root)),
-        Subnet::parse(crate::container::DEFAULT_SUBNET).expect("valid default"),
-    );
-    for owner in leases
-        .owners_with_prefix(&format!("{tag}/"))
-        .unwrap_or_default()
-    {
-        out.push(format!("address lease of {owner}"));
-    }
-    for id in cgroup::ids(&tag) {
-        out.push(format!("cgroup {tag}-{id}"));
-    }
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            let pid = e.file_name().to_string_lossy().into_owned();
-            if pid.parse::<u32>().is_err() {
-                continue;
-            }
-            if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
-                if cwd.starts_with(root) {
-                    out.push(format!("process {pid} in {}", cwd.display()));
-                }
-            }
-        }
-    }
-    out
+    supervise::host_remnants(root, &crate::container::tag_of(root))
 }
 
 #[cfg(test)]

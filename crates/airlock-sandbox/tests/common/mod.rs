@@ -178,8 +178,103 @@ pub fn spec(id: &str, m: &Manifest, limits: Limits) -> SandboxSpec {
             rootfs,
             image: m.short(),
             limits,
+            runtime: None,
         }),
     }
+}
+
+/// Which runtime a test's sandboxes run under: the host-wide one the probe picks (runc on this
+/// kind of host: crun refuses hybrid cgroups) or gVisor's runsc, named in each spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rt {
+    Default,
+    Runsc,
+}
+
+impl Rt {
+    /// What specs say (`ContainerImage::runtime`).
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            Rt::Default => None,
+            Rt::Runsc => Some("runsc"),
+        }
+    }
+
+    /// The address slot of a test: runsc's twin of a test takes `slot + 20`, so both can run at
+    /// once.
+    pub fn slot(self, slot: u8) -> u8 {
+        match self {
+            Rt::Default => slot,
+            Rt::Runsc => slot + 20,
+        }
+    }
+}
+
+/// `backend`, with runsc probed at start when `rt` asks for it (on ptrace: the KVM platform's
+/// probe, which hangs on this kind of host until its time-out, is the lifecycle test's to run).
+pub async fn backend_on(root: &Path, slot: u8, rt: Rt) -> ContainerBackend {
+    backend_with(root, slot, rt, Duration::ZERO).await
+}
+
+/// `backend_on`, giving gVisor's KVM platform `kvm_probe` in the probe.
+pub async fn backend_with(root: &Path, slot: u8, rt: Rt, kvm_probe: Duration) -> ContainerBackend {
+    std::fs::set_permissions(
+        root.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
+    let mut cfg = ContainerConfig::new(root.to_path_buf());
+    cfg.net = Leases::new(cfg.net.dir().to_path_buf(), subnet_for(slot));
+    cfg.log_cap = 64 * 1024;
+    cfg.logs = Some(airlock_sandbox::LogKeep {
+        dir: root.parent().unwrap().join("logs"),
+        keep: 100,
+    });
+    cfg.runtimes = rt.name().into_iter().map(str::to_string).collect();
+    cfg.kvm_probe = kvm_probe;
+    ContainerBackend::probe(cfg, None).await.expect("probe")
+}
+
+/// `spec`, run by `rt`.
+pub fn spec_on(id: &str, m: &Manifest, limits: Limits, rt: Rt) -> SandboxSpec {
+    let mut s = spec(id, m, limits);
+    if let BackendSpec::Container(c) = &mut s.backend {
+        c.runtime = rt.name().map(str::to_string);
+    }
+    s
+}
+
+/// `run`, in a sandbox run by `rt`.
+pub async fn run_on(
+    b: &ContainerBackend,
+    root: &Path,
+    id: &str,
+    limits: Limits,
+    script: &str,
+    rt: Rt,
+) -> (Option<i32>, String) {
+    let m = shell_image();
+    let s = spec_on(id, &m, limits, rt);
+    b.create(&s).await.unwrap();
+    b.start(&s, &Secret::new(script.into())).await.unwrap();
+    let code = wait_exit(b, id, Duration::from_secs(60)).await;
+    let log = std::fs::read_to_string(root.join(id).join("runner.log")).unwrap_or_default();
+    b.destroy(id).await.unwrap();
+    (code, log)
+}
+
+/// What every runtime's state directory under `root` holds (`.runtime`, `.runtime-runsc`, …),
+/// as `dir/name`; `leftovers` looks only at the default runtime's.
+pub fn runtime_state(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in names(root, |n| n == ".runtime" || n.starts_with(".runtime-")) {
+        if root.join(&d).is_dir() {
+            for n in names(&root.join(&d), |_| true) {
+                out.push(format!("{d}/{n}"));
+            }
+        }
+    }
+    out
 }
 
 pub async fn wait_exit(b: &dyn Backend, id: &str, timeout: Duration) -> Option<i32> {
@@ -403,4 +498,18 @@ impl Drop for Reaper {
         })
         .join();
     }
+}
+
+/// The `p` quantile (0..=1) of `v` (benchmarks).
+pub fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// A size from the environment (benchmarks), or `default`.
+pub fn env_n(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }

@@ -43,7 +43,14 @@ impl ConfigDisk {
             .file
             .seek(SeekFrom::Start(0))
             .and_then(|_| self.file.read_exact(&mut buf));
-        let wiped = self.wipe(size);
+        // The host writes the document and zeros after it: wiping up to the end of the document
+        // (rounded up to whole 4 KiB blocks) removes the secret without rewriting the whole disk.
+        // A read that failed leaves no way to tell where the document ends: wipe it all then.
+        let used = buf.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        let wiped = self.wipe(match read {
+            Ok(()) => (used as u64).div_ceil(4096) * 4096,
+            Err(_) => size,
+        });
         let parsed = read
             .map_err(io_err(format!("read {}", self.path)))
             .and(wiped)
