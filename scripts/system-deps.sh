@@ -10,12 +10,20 @@
 set -euo pipefail
 try=false
 [ "${1:-}" = "--try" ] && try=true
-need=()
-for tool in mmdebstrap:mmdebstrap runc:runc crun:crun runsc:runsc nft:nftables ip:iproute2 nsenter:util-linux \
-    setpriv:util-linux qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mkfs.ext4:e2fsprogs \
-    lz4:lz4; do
-  command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || need+=("${tool##*:}")
-done
+missing() {
+  need=()
+  for tool in mmdebstrap:mmdebstrap runc:runc crun:crun runsc:runsc nft:nftables ip:iproute2 nsenter:util-linux \
+      setpriv:util-linux qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mkfs.ext4:e2fsprogs \
+      lz4:lz4; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || need+=("${tool##*:}")
+  done
+  # QEMU and its tools come from one version: installing qemu-system-x86 next to another
+  # release's qemu-utils (a backport) makes apt remove qemu-utils.
+  case " ${need[*]} " in
+    *" qemu-system-x86 "*) case " ${need[*]} " in *" qemu-utils "*) ;; *) need+=(qemu-utils) ;; esac ;;
+  esac
+}
+missing
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   if $try; then
@@ -29,3 +37,8 @@ echo "==> apt-get install ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+missing
+if [ ${#need[@]} -ne 0 ]; then
+  echo "scripts/system-deps.sh: still missing after apt-get install: ${need[*]}" >&2
+  exit 1
+fi

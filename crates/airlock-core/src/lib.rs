@@ -59,9 +59,12 @@ impl std::fmt::Display for BackendKind {
 }
 
 /// The virtual machine monitor a microVM pool boots its VMs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum VmDriver {
+    #[default]
     Qemu,
     Firecracker,
     CloudHypervisor,

@@ -120,6 +120,21 @@ impl Backends {
                     let mut c = MicrovmConfig::new(dir.join("vms"));
                     c.net = leases.clone();
                     c.qemu = cfg.microvm.qemu.clone();
+                    c.firecracker = cfg.microvm.firecracker.clone();
+                    c.jailer = cfg.microvm.jailer.clone();
+                    c.cloud_hypervisor = cfg.microvm.cloud_hypervisor.clone();
+                    // Each driver a pool names is made ready now (its programs found), so
+                    // `serve` names a missing one at once; QEMU when no pool names any.
+                    let mut drivers: Vec<_> = cfg
+                        .pools
+                        .iter()
+                        .filter(|p| p.backend == BackendKind::Microvm)
+                        .filter_map(|p| p.microvm.as_ref().map(|m| m.driver))
+                        .collect();
+                    if drivers.is_empty() {
+                        drivers.push(airlock_core::VmDriver::Qemu);
+                    }
+                    c.drivers = drivers;
                     c.uid_base = cfg.microvm.uid_base;
                     c.log_cap = cfg.server.job_log_max_bytes;
                     c.dns = cfg.container.dns.clone();
@@ -195,8 +210,26 @@ impl Backends {
         let newest = vm.kernels.first().ok_or_else(|| {
             SpecError::Image(format!("image {} holds no kernel", manifest.short()))
         })?;
+        // Firecracker boots the ELF vmlinux the build took out of the bzImage; QEMU and Cloud
+        // Hypervisor the bzImage.
+        let elf = vmcfg.driver == airlock_core::VmDriver::Firecracker;
+        let kernel_of = |k: &airlock_image::VmKernel| -> Result<PathBuf, SpecError> {
+            if !elf {
+                return Ok(dir.join(&k.kernel));
+            }
+            k.vmlinux.as_ref().map(|v| dir.join(v)).ok_or_else(|| {
+                SpecError::Image(format!(
+                    "image {} has no ELF vmlinux for kernel {} ({} loads no bzImage): rebuild it \
+                     on a host with the kernel's decompressor (lz4, zstd, xz or gzip), or give \
+                     [pool.microvm] kernel a path to a vmlinux",
+                    manifest.short(),
+                    k.version,
+                    vmcfg.driver.as_str()
+                ))
+            })
+        };
         let (kernel, initramfs) = match vmcfg.kernel.as_deref() {
-            None => (dir.join(&newest.kernel), dir.join(&newest.initramfs)),
+            None => (kernel_of(newest)?, dir.join(&newest.initramfs)),
             // A kernel of the host's own boots with the image's newest initramfs.
             Some(k) if k.contains('/') => (PathBuf::from(k), dir.join(&newest.initramfs)),
             Some(version) => {
@@ -213,10 +246,12 @@ impl Backends {
                             have.join(", ")
                         ))
                     })?;
-                (dir.join(&k.kernel), dir.join(&k.initramfs))
+                (kernel_of(k)?, dir.join(&k.initramfs))
             }
         };
-        let choice = m.accel_for(&kernel, &initramfs, vmcfg.accel).await;
+        let choice = m
+            .accel_for(vmcfg.driver, &kernel, &initramfs, vmcfg.accel)
+            .await;
         let state = match &choice {
             Ok(c) => PoolAccel::Using(c.clone()),
             Err(e) => PoolAccel::Refused(e.clone()),

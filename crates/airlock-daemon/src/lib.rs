@@ -62,12 +62,28 @@ struct Shared {
     /// The latest registrations GitHub listed, for orphan reaping and runner states.
     registrations: Vec<RegistrationView>,
     group_ids: HashMap<String, u64>,
-    /// No creates before this (after GitHub or the backend failed), doubling per failure.
-    backoff_until: Option<Instant>,
-    backoff: Duration,
+    /// No creates at all before this: GitHub said it is rate-limiting us.
+    rate_limited_until: Option<Instant>,
+    /// Per pool: no creates for it before this (after a create of it failed), doubling per
+    /// failure, so a pool that cannot create (a refused microVM pool, a missing image) never
+    /// holds back the others.
+    backoff: HashMap<String, Backoff>,
     draining: bool,
     /// Unix ms at which the last complete poll started (see the planner's `unaccounted`).
     last_poll_start: i64,
+}
+
+/// One pool's create backoff: the next create waits until `until`; the wait after the next
+/// failure is `next`.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    until: Instant,
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(60);
 }
 
 pub struct Inner {
@@ -217,10 +233,7 @@ pub async fn start(cfg: Config) -> Result<Handle, StartError> {
         metrics,
         wake: Notify::new(),
         poll_now: Notify::new(),
-        shared: Mutex::new(Shared {
-            backoff: Duration::from_secs(1),
-            ..Default::default()
-        }),
+        shared: Mutex::new(Shared::default()),
         webhook_secret,
     });
     if inner.webhook_secret.is_none() {

@@ -21,7 +21,7 @@ use tracing::Instrument;
 use crate::metrics::{
     OpLabels, OutcomeLabels, PoolInfoLabels, PoolLabels, PoolStateLabels, StopLabels,
 };
-use crate::{now_ms, Inner};
+use crate::{now_ms, Backoff, Inner};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OpError {
@@ -188,9 +188,16 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
             Op::DeleteRegistration { .. } => "delete_registration",
             Op::DestroySandbox { .. } => "destroy_sandbox",
         };
-        if let Op::Create { .. } = op {
+        let created_pool = match &op {
+            Op::Create { pool } => Some(pool.clone()),
+            _ => None,
+        };
+        if let Some(pool) = &created_pool {
             let s = inner.shared();
-            if s.backoff_until.is_some_and(|t| t > Instant::now()) {
+            let now = Instant::now();
+            if s.rate_limited_until.is_some_and(|t| t > now)
+                || s.backoff.get(pool).is_some_and(|b| b.until > now)
+            {
                 continue;
             }
         }
@@ -205,18 +212,29 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
                 })
                 .inc();
             tracing::warn!(op = name, error = %e, "operation failed; will retry");
-            if name == "create" {
+            if let Some(pool) = created_pool {
                 let mut s = inner.shared();
+                let now = Instant::now();
+                let next = s.backoff.get(&pool).map_or(Backoff::FIRST, |b| b.next);
                 let wait = match &e {
                     OpError::GitHub(g) => match g.class() {
-                        ErrorClass::RateLimited(w) => w,
-                        ErrorClass::Permanent => Duration::from_secs(60),
-                        _ => s.backoff,
+                        // GitHub's limit is the app's, not the pool's: every create waits.
+                        ErrorClass::RateLimited(w) => {
+                            s.rate_limited_until = Some(now + w);
+                            w
+                        }
+                        ErrorClass::Permanent => Backoff::MAX,
+                        _ => next,
                     },
-                    _ => s.backoff,
+                    _ => next,
                 };
-                s.backoff_until = Some(Instant::now() + wait);
-                s.backoff = (s.backoff * 2).min(Duration::from_secs(60));
+                s.backoff.insert(
+                    pool,
+                    Backoff {
+                        until: now + wait,
+                        next: (next * 2).min(Backoff::MAX),
+                    },
+                );
             }
         }
     }
@@ -399,7 +417,7 @@ async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
                     .metrics
                     .runner_start_seconds
                     .observe(started.elapsed().as_secs_f64());
-                inner.shared().backoff = Duration::from_secs(1);
+                inner.shared().backoff.remove(&pool.name);
                 tracing::info!("runner started");
                 Ok(())
             }

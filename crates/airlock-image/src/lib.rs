@@ -154,6 +154,12 @@ pub struct VmKernel {
     pub kernel_sha256: String,
     pub initramfs: String,
     pub initramfs_sha256: String,
+    /// The ELF kernel for Firecracker (`vm/vmlinux-<version>`), when the bzImage's payload could
+    /// be decompressed at build time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmlinux: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmlinux_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -773,6 +779,9 @@ impl ImageStore {
             for k in &vm.kernels {
                 files.push((&k.kernel, &k.kernel_sha256));
                 files.push((&k.initramfs, &k.initramfs_sha256));
+                if let (Some(p), Some(sum)) = (&k.vmlinux, &k.vmlinux_sha256) {
+                    files.push((p, sum));
+                }
             }
             for (path, want) in files {
                 let actual = sha256_file(&dir.join(path))?;
@@ -876,6 +885,9 @@ fn image_digest(tree: &str, vm: Option<&VmManifest>) -> String {
             "kernel {} {} {}\n",
             k.version, k.kernel_sha256, k.initramfs_sha256
         ));
+        if let Some(sum) = &k.vmlinux_sha256 {
+            h.update(format!("vmlinux {} {sum}\n", k.version));
+        }
     }
     hex::encode(h.finalize())
 }
@@ -931,12 +943,16 @@ fn vm_files(rootfs: &Path, partial: &Path, v: &VmBuild) -> Result<VmManifest, Im
             kernel_sha256: sha256_file(&k.kernel)?,
             initramfs: rel(&k.initramfs),
             initramfs_sha256: sha256_file(&k.initramfs)?,
+            vmlinux: k.vmlinux.as_deref().map(rel),
+            vmlinux_sha256: k.vmlinux.as_deref().map(sha256_file).transpose()?,
         });
     }
     // Read-only from here on: a job's writes go to its own copy-on-write layer.
-    for p in std::iter::once(&boot.rootfs)
-        .chain(boot.kernels.iter().flat_map(|k| [&k.kernel, &k.initramfs]))
-    {
+    for p in std::iter::once(&boot.rootfs).chain(boot.kernels.iter().flat_map(|k| {
+        [Some(&k.kernel), Some(&k.initramfs), k.vmlinux.as_ref()]
+            .into_iter()
+            .flatten()
+    })) {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o444))
             .map_err(io("cannot chmod", p))?;
     }

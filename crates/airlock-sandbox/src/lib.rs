@@ -134,7 +134,7 @@ pub enum SandboxError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot start the runner {command} in sandbox {id}")]
+    #[error("cannot start the runner {command} in sandbox {id}: {source}")]
     Start {
         id: String,
         command: PathBuf,

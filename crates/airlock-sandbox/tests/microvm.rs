@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use std::os::unix::fs::PermissionsExt;
 
-use airlock_core::Accel;
+use airlock_core::{Accel, VmDriver};
 use airlock_sandbox::microvm::AccelChoice;
 use airlock_sandbox::{Backend, Limits, SandboxStatus, Secret};
 use common::*;
@@ -176,8 +176,8 @@ async fn vm_disk_is_capped_and_the_host_disk_untouched() {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("vms");
-    let _reaper = VmReaper(root.clone(), 21);
-    let b = vm_backend(&root, 21).await;
+    let _reaper = VmReaper(root.clone(), 41);
+    let b = vm_backend(&root, 41).await;
     let m = vm_image();
     let s = vm_spec("fill1", &m, 1);
     b.create(&s).await.unwrap();
@@ -210,11 +210,11 @@ async fn vm_network_reaches_the_internet_but_not_the_host_or_a_container() {
     let t = tempfile::tempdir().unwrap();
     let vroot = t.path().join("vms");
     let croot = t.path().join("containers");
-    let _reaper = VmReaper(vroot.clone(), 22);
+    let _reaper = VmReaper(vroot.clone(), 42);
     let _creaper = Reaper(croot.clone());
     // One lease directory and subnet for both kinds, as in the daemon.
-    let vb = vm_backend(&vroot, 22).await;
-    let cb = backend(&croot, 22).await;
+    let vb = vm_backend(&vroot, 42).await;
+    let cb = backend(&croot, 42).await;
     let inet = Internet::start(22);
     let host = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let hport = host.local_addr().unwrap().port();
@@ -260,7 +260,7 @@ async fn vm_network_reaches_the_internet_but_not_the_host_or_a_container() {
          print(\"HTTP:\", d.split(b\"\\r\\n\\r\\n\")[-1].decode())\n'\n",
         inet.addr, inet.port
     );
-    script += &probe("10.122.0.1", hport, "GATEWAY0"); // the container's host end
+    script += &probe("10.142.0.1", hport, "GATEWAY0"); // the container's host end
     script += &probe("10.250.22.1", hport, "HOSTADDR"); // another host address
     script += &probe(&ct_ip, 8080, "SANDBOX");
     script += &probe("169.254.169.254", 80, "METADATA");
@@ -294,10 +294,10 @@ async fn a_new_backend_adopts_a_running_vm_and_reaps_remnants() {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("vms");
-    let _reaper = VmReaper(root.clone(), 23);
+    let _reaper = VmReaper(root.clone(), 43);
     let m = vm_image();
     {
-        let first = vm_backend(&root, 23).await;
+        let first = vm_backend(&root, 43).await;
         let s = vm_spec("keep1", &m, 2);
         first.create(&s).await.unwrap();
         first
@@ -310,7 +310,7 @@ async fn a_new_backend_adopts_a_running_vm_and_reaps_remnants() {
         std::fs::remove_dir_all(root.join("half1")).unwrap();
         // `first` is dropped here without destroying anything, as when airlock is killed.
     }
-    let b = vm_backend(&root, 23).await;
+    let b = vm_backend(&root, 43).await;
     let listed = b.list().await.unwrap();
     assert!(
         listed.contains(&("keep1".to_string(), SandboxStatus::Running)),
@@ -338,12 +338,15 @@ async fn the_accelerator_is_probed_by_booting_the_kernel() {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("vms");
-    let b = vm_backend(&root, 24).await;
+    let b = vm_backend(&root, 44).await;
     let m = vm_image();
     let dir = images().dir(&m);
     let k = &m.vm.as_ref().unwrap().kernels[0];
     let (kernel, initramfs) = (dir.join(&k.kernel), dir.join(&k.initramfs));
-    let tcg = b.accel_for(&kernel, &initramfs, Accel::Tcg).await.unwrap();
+    let tcg = b
+        .accel_for(VmDriver::Qemu, &kernel, &initramfs, Accel::Tcg)
+        .await
+        .unwrap();
     assert_eq!(
         tcg,
         AccelChoice {
@@ -351,8 +354,13 @@ async fn the_accelerator_is_probed_by_booting_the_kernel() {
             warning: None
         }
     );
-    let auto = b.accel_for(&kernel, &initramfs, Accel::Auto).await.unwrap();
-    let kvm = b.accel_for(&kernel, &initramfs, Accel::Kvm).await;
+    let auto = b
+        .accel_for(VmDriver::Qemu, &kernel, &initramfs, Accel::Auto)
+        .await
+        .unwrap();
+    let kvm = b
+        .accel_for(VmDriver::Qemu, &kernel, &initramfs, Accel::Kvm)
+        .await;
     match auto.accel {
         Accel::Kvm => {
             assert!(auto.warning.is_none());
@@ -370,7 +378,7 @@ async fn the_accelerator_is_probed_by_booting_the_kernel() {
     // Probed once per kernel: a second ask is answered from memory at once.
     let started = std::time::Instant::now();
     assert_eq!(
-        b.accel_for(&kernel, &initramfs, Accel::Auto)
+        b.accel_for(VmDriver::Qemu, &kernel, &initramfs, Accel::Auto)
             .await
             .unwrap()
             .accel,
@@ -382,7 +390,7 @@ async fn the_accelerator_is_probed_by_booting_the_kernel() {
     std::fs::write(&junk, b"junk").unwrap();
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let e = b
-        .accel_for(&junk, &initramfs, Accel::Tcg)
+        .accel_for(VmDriver::Qemu, &junk, &initramfs, Accel::Tcg)
         .await
         .unwrap_err();
     assert!(e.contains("does not boot under TCG"), "{e}");

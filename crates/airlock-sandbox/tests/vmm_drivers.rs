@@ -9,6 +9,8 @@
 //! guest never prints a line) or to fail in the documented way when no usable kernel is at hand.
 //! Nothing here proves that a guest finds its disks or its network.
 
+mod common;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,6 +22,7 @@ use airlock_net::Subnet;
 use airlock_sandbox::microvm::chv::{self, ChvSpec, ChvVm};
 use airlock_sandbox::microvm::firecracker::{self, FirecrackerSpec, FirecrackerVm, JailerCgroup};
 use airlock_sandbox::microvm::vmm_api::{Recorded, VmmError};
+use common::vmm_binary;
 
 const SECRET: &str = "JITSECRET-vmm-9d2c41";
 const FC_UID: u32 = 270_001;
@@ -34,20 +37,6 @@ fn require_root() {
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `shared/vmm` beside the checkout (or `AIRLOCK_VMM_DIR`): the binaries are not optional.
-fn vmm(name: &str) -> PathBuf {
-    let dir = std::env::var_os("AIRLOCK_VMM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("../shared/vmm"));
-    let p = dir.join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing (set AIRLOCK_VMM_DIR)",
-        p.display()
-    );
-    std::fs::canonicalize(p).unwrap()
 }
 
 /// The test image's boot files (built by the microvm tests), if any target dir has them.
@@ -78,46 +67,10 @@ fn boot_files() -> Option<(PathBuf, PathBuf, PathBuf)> {
     None
 }
 
-/// The ELF `vmlinux` inside a bzImage (Firecracker loads no bzImage on x86_64): the payload the
-/// setup header points at, decompressed by the matching tool. `None` when that tool is missing.
+/// The ELF `vmlinux` inside a bzImage (Firecracker loads no bzImage on x86_64), as the image
+/// build extracts it; `None` when that is impossible here.
 fn extract_vmlinux(bz: &Path, out: &Path) -> Option<PathBuf> {
-    let d = std::fs::read(bz).ok()?;
-    let setup = match d.get(0x1f1)? {
-        0 => 4,
-        n => *n as usize,
-    };
-    let word = |at: usize| Some(u32::from_le_bytes(d.get(at..at + 4)?.try_into().ok()?) as usize);
-    let base = (setup + 1) * 512;
-    let (off, len) = (word(0x248)?, word(0x24c)?);
-    let payload = d.get(base + off..base + off + len)?;
-    let tool = match payload.get(..4)? {
-        [0x02, 0x21, 0x4c, 0x18] => "lz4",
-        [0x28, 0xb5, 0x2f, 0xfd] => "zstd",
-        [0xfd, b'7', b'z', b'X'] => "xz",
-        [0x1f, 0x8b, ..] => "gzip",
-        _ => return None,
-    };
-    use std::io::Write;
-    let mut child = Command::new(tool)
-        .arg("-dc")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let mut stdin = child.stdin.take()?;
-    let payload = payload.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&payload);
-    });
-    let o = child.wait_with_output().ok()?;
-    let _ = writer.join();
-    if !o.stdout.starts_with(b"\x7fELF") {
-        return None;
-    }
-    std::fs::write(out, &o.stdout).ok()?;
-    std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o444)).ok()?;
-    Some(out.to_path_buf())
+    airlock_image::vm::extract_vmlinux(bz, out).ok().flatten()
 }
 
 /// A config disk with the JIT secret in it, written as the backend writes it, owned by `uid`.
@@ -248,7 +201,10 @@ fn validate(requests: &[(&str, Recorded)]) -> Result<String, String> {
         .map(|(api, r)| serde_json::json!({"api": api, "method": r.method, "path": r.path, "body": r.body}))
         .collect();
     std::fs::write(t.path(), serde_json::to_vec_pretty(&list).unwrap()).unwrap();
-    let shared = vmm("firecracker.yaml").parent().unwrap().to_path_buf();
+    let shared = vmm_binary("firecracker.yaml")
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let out = Command::new("node")
         .arg(dir.join("validate.mjs"))
         .arg("--strict")
@@ -328,8 +284,8 @@ async fn firecracker_in_its_jail_is_configured_started_killed_and_leaves_nothing
     let id = format!("fc-{}", std::process::id());
     let spec = FirecrackerSpec {
         id: id.clone(),
-        jailer: vmm("jailer"),
-        firecracker: vmm("firecracker"),
+        jailer: vmm_binary("jailer"),
+        firecracker: vmm_binary("firecracker"),
         chroot_base: base.clone(),
         uid: FC_UID,
         cpus: 2,
@@ -514,7 +470,7 @@ async fn cloud_hypervisor_unprivileged_gets_its_tap_by_descriptor_boots_and_leav
     let dir = t.path().join("vm");
     let spec = ChvSpec {
         id: id.clone(),
-        cloud_hypervisor: vmm("cloud-hypervisor"),
+        cloud_hypervisor: vmm_binary("cloud-hypervisor"),
         setpriv: "/usr/bin/setpriv".into(),
         unshare: "/usr/bin/unshare".into(),
         dir: dir.clone(),
@@ -742,8 +698,8 @@ async fn a_refused_firecracker_start_surfaces_its_fault_and_leaves_nothing() {
     let id = format!("fc-{}-refused", std::process::id());
     let spec = FirecrackerSpec {
         id: id.clone(),
-        jailer: vmm("jailer"),
-        firecracker: vmm("firecracker"),
+        jailer: vmm_binary("jailer"),
+        firecracker: vmm_binary("firecracker"),
         chroot_base: base.clone(),
         uid: FC_UID + 10,
         cpus: 1,

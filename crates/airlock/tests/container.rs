@@ -144,7 +144,7 @@ async fn container_env_with(slot: u8, max: u32, extra: &str, start: bool) -> CEn
          backend = \"container\"\nimage = \"{}\"\nmax_runners = {max}\nmemory_mib = 256\npids_max = 512\ncpus = 1\n{extra}\n",
         state.display(),
         sim.url,
-        120 + slot,
+        200 + slot,
         m.name,
     );
     let mut env = Env {

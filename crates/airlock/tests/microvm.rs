@@ -308,3 +308,102 @@ async fn a_warm_vm_is_up_before_the_job_arrives() {
     let left = v.remnants();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Pools on Firecracker and Cloud Hypervisor where KVM cannot boot their guests (this host): each
+/// pool's probe boot refuses it with the reason, which the API, `airlock status`'s source and
+/// the `airlock_pool_info` metric carry; its job waits queued rather than failing, and the
+/// daemon's other pools run their jobs. (Where KVM works the pools get `kvm` instead.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kvm_only_drivers_are_refused_with_the_reason_while_other_pools_run() {
+    let kvm_pool = |name: &str, driver: &str| {
+        format!(
+            "\n[[pool]]\nname = \"{name}\"\nscope = \"repo:octo/hello\"\nlabels = [\"self-hosted\", \"linux\", \"{name}\"]\n\
+             backend = \"microvm\"\nimage = \"{}\"\nmax_runners = 1\nmemory_mib = 256\n\n\
+             [pool.microvm]\ndriver = \"{driver}\"\ndisk_gib = 2\n",
+            vm_image().name
+        )
+    };
+    let microvm = format!(
+        "firecracker = \"{}\"\njailer = \"{}\"\ncloud_hypervisor = \"{}\"\n",
+        vmm_binary("firecracker").display(),
+        vmm_binary("jailer").display(),
+        vmm_binary("cloud-hypervisor").display()
+    );
+    let pools = kvm_pool("fc", "firecracker")
+        + &kvm_pool("ch", "cloud-hypervisor")
+        + &container_pool("box", "box", "max_runners = 1");
+    let v = vm_env_with(6, &microvm, &pools).await;
+    v.env.submit_specs(
+        "octo/hello",
+        vec![
+            job("on-firecracker", "fc", &["echo never"]),
+            job("in-a-container", "box", &["echo CONTAINER-RAN"]),
+        ],
+    );
+    let d = &v.env.daemon().inner;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            d.pool_accel("fc").is_some() && d.pool_accel("ch").is_some()
+        })
+        .await,
+        "both pools were probed"
+    );
+    let kvm_here = d.pool_accel("fc").unwrap().0 == "kvm";
+    for (pool, driver) in [("fc", "firecracker"), ("ch", "cloud-hypervisor")] {
+        let (label, reason) = d.pool_accel(pool).unwrap();
+        if kvm_here {
+            assert_eq!(label, "kvm", "{reason:?}");
+            continue;
+        }
+        assert_eq!(label, "refused");
+        let reason = reason.unwrap();
+        assert!(
+            reason.contains(&format!("{driver} runs only on KVM")),
+            "{reason}"
+        );
+        assert!(reason.contains("use driver = \"qemu\""), "{reason}");
+        let m = v.env.metrics();
+        assert_eq!(
+            metric(
+                &m,
+                &format!(
+                    "airlock_pool_info{{pool=\"{pool}\",backend=\"microvm\",accel=\"refused\"}}"
+                )
+            ),
+            1.0,
+            "{m}"
+        );
+    }
+    // The container job runs; the Firecracker job waits for a pool that can serve it.
+    assert!(
+        wait_until(Duration::from_secs(120), || {
+            v.env
+                .sim()
+                .jobs()
+                .iter()
+                .any(|j| j.name == "in-a-container" && j.status == Status::Completed)
+        })
+        .await,
+        "the container pool's job ran"
+    );
+    if !kvm_here {
+        let fc = v
+            .env
+            .sim()
+            .jobs()
+            .into_iter()
+            .find(|j| j.name == "on-firecracker")
+            .unwrap();
+        assert_eq!(fc.status, Status::Queued, "it waits, it is not failed");
+        let api = reqwest::get(format!("http://{}/api/v1/status", v.env.daemon().addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(api.contains("runs only on KVM"), "{api}");
+    }
+    v.env.assert_nothing_left();
+    let left = v.remnants();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -49,10 +49,8 @@ pub fn cmdline() -> String {
 
 /// Joins the cgroups given in `AIRLOCK_CGROUP_PROCS`, binds the VM's KVM node over `/dev/kvm`
 /// in the new mount namespace, then becomes the unprivileged VMM (`"$@"`: setpriv ...).
-const WRAPPER: &str = r#"node=$1; shift
-for f in $AIRLOCK_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done
-mount --bind "$node" /dev/kvm || exit 125
-exec "$@""#;
+/// One line: the backend's launch record keeps an argument a line.
+const WRAPPER: &str = r#"node=$1; shift; for f in $AIRLOCK_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; mount --bind "$node" /dev/kvm || exit 125; exec "$@""#;
 
 #[derive(Debug, Clone)]
 pub struct ChvSpec {
@@ -222,29 +220,7 @@ impl ChvVm {
 
     /// `vm.create`, `vm.add-net` with the tap's descriptor, `vm.boot`.
     pub async fn start(&mut self) -> Result<(), VmmError> {
-        let id = self.spec.id.as_str();
-        let body = create_body(&self.spec);
-        call(&self.api, id, "PUT", "/api/v1/vm.create", Some(&body), &[]).await?;
-        if let Some(tap) = &self.spec.tap {
-            let fd = airlock_net::open_tap(tap).map_err(|e| VmmError::Tool {
-                id: id.into(),
-                what: "opening the tap",
-                detail: e.to_string(),
-            })?;
-            let net = json!({"id": "net0"});
-            call(
-                &self.api,
-                id,
-                "PUT",
-                "/api/v1/vm.add-net",
-                Some(&net),
-                &[fd.as_fd()],
-            )
-            .await?;
-            // Our copy closes here; the VMM holds its own.
-        }
-        call(&self.api, id, "PUT", "/api/v1/vm.boot", None, &[]).await?;
-        Ok(())
+        boot(&self.api, &self.spec).await
     }
 
     /// `GET /api/v1/vm.info`: the VM's config and `state` (Created, Running, Shutdown, Paused).
@@ -277,6 +253,11 @@ impl ChvVm {
         self.api.requests()
     }
 
+    /// How the VMM ended, once it has (`None` while it runs).
+    pub fn exited(&mut self) -> Option<String> {
+        vmm_api::exited(&mut self.child)
+    }
+
     pub async fn kill(&mut self) {
         vmm_api::kill_child(&mut self.child).await;
     }
@@ -285,6 +266,34 @@ impl ChvVm {
     pub fn cleanup(&self) -> Result<(), VmmError> {
         cleanup(&self.spec.id, &self.spec.dir)
     }
+}
+
+/// Creates the VM in a spawned Cloud Hypervisor (`vm.create`), hands it the tap root opened
+/// (`vm.add-net` with the descriptor) and boots it (`vm.boot`).
+pub async fn boot(api: &ApiClient, spec: &ChvSpec) -> Result<(), VmmError> {
+    let id = spec.id.as_str();
+    let body = create_body(spec);
+    call(api, id, "PUT", "/api/v1/vm.create", Some(&body), &[]).await?;
+    if let Some(tap) = &spec.tap {
+        let fd = airlock_net::open_tap(tap).map_err(|e| VmmError::Tool {
+            id: id.into(),
+            what: "opening the tap",
+            detail: e.to_string(),
+        })?;
+        let net = json!({"id": "net0"});
+        call(
+            api,
+            id,
+            "PUT",
+            "/api/v1/vm.add-net",
+            Some(&net),
+            &[fd.as_fd()],
+        )
+        .await?;
+        // Our copy closes here; the VMM holds its own.
+    }
+    call(api, id, "PUT", "/api/v1/vm.boot", None, &[]).await?;
+    Ok(())
 }
 
 /// Makes the VM's directory and files (see the module docs). A leftover directory is refused.

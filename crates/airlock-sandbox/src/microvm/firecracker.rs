@@ -279,17 +279,7 @@ impl FirecrackerVm {
 
     /// Configures the VM (machine, boot source, drives, network) and starts it.
     pub async fn start(&mut self) -> Result<(), VmmError> {
-        configure(&self.api, &self.spec).await?;
-        call(
-            &self.api,
-            &self.id,
-            "PUT",
-            "/actions",
-            Some(&json!({"action_type": "InstanceStart"})),
-            &[],
-        )
-        .await?;
-        Ok(())
+        boot(&self.api, &self.spec).await
     }
 
     /// Firecracker's view of the VM (`GET /`: its id, state and version).
@@ -318,6 +308,11 @@ impl FirecrackerVm {
     /// Every API request sent to this VM, in order.
     pub fn requests(&self) -> Vec<Recorded> {
         self.api.requests()
+    }
+
+    /// How the VMM ended, once it has (`None` while it runs).
+    pub fn exited(&mut self) -> Option<String> {
+        vmm_api::exited(&mut self.child)
     }
 
     /// SIGKILLs Firecracker and reaps it.
@@ -440,6 +435,21 @@ pub async fn configure(api: &ApiClient, spec: &FirecrackerSpec) -> Result<(), Vm
     for (method, path, body) in config_requests(spec) {
         call(api, &spec.id, method, &path, Some(&body), &[]).await?;
     }
+    Ok(())
+}
+
+/// Configures a spawned Firecracker ([`configure`]) and starts its VM (`InstanceStart`).
+pub async fn boot(api: &ApiClient, spec: &FirecrackerSpec) -> Result<(), VmmError> {
+    configure(api, spec).await?;
+    call(
+        api,
+        &spec.id,
+        "PUT",
+        "/actions",
+        Some(&json!({"action_type": "InstanceStart"})),
+        &[],
+    )
+    .await?;
     Ok(())
 }
 

@@ -26,6 +26,7 @@
 
 pub mod chv;
 pub mod firecracker;
+mod probe;
 mod qemu;
 mod tsc;
 pub mod vmm_api;
@@ -48,6 +49,9 @@ use async_trait::async_trait;
 use crate::cgroup::{self, VmmLimits};
 use crate::supervise::{self, status_of, LogKeep, Watch};
 use crate::{check_id, Backend, BackendSpec, SandboxError, SandboxSpec, SandboxStatus, Secret};
+use chv::ChvSpec;
+use firecracker::FirecrackerSpec;
+use vmm_api::ApiClient;
 
 pub const DEFAULT_UID_BASE: u32 = 200_000;
 /// Host memory a VMM may use beyond its guest's RAM (QEMU's own heap, TCG's translation cache).
@@ -62,6 +66,11 @@ pub struct MicrovmConfig {
     /// The host's address leases (shared with every other backend) and the sandbox subnet.
     pub net: Leases,
     pub qemu: PathBuf,
+    pub firecracker: PathBuf,
+    pub jailer: PathBuf,
+    pub cloud_hypervisor: PathBuf,
+    /// The drivers to make ready (each one's programs must be installed): the pools' drivers.
+    pub drivers: Vec<VmDriver>,
     /// VMMs run as `uid_base + n` (n < 65536), each its own.
     pub uid_base: u32,
     pub log_cap: u64,
@@ -82,6 +91,10 @@ impl MicrovmConfig {
             ),
             root,
             qemu: "qemu-system-x86_64".into(),
+            firecracker: "firecracker".into(),
+            jailer: "jailer".into(),
+            cloud_hypervisor: "cloud-hypervisor".into(),
+            drivers: vec![VmDriver::Qemu],
             uid_base: DEFAULT_UID_BASE,
             log_cap: crate::process::DEFAULT_LOG_CAP,
             dns: Vec::new(),
@@ -100,14 +113,27 @@ pub struct AccelChoice {
     pub warning: Option<String>,
 }
 
-/// (kernel, initramfs, accelerator asked for).
-type ProbeKey = (PathBuf, PathBuf, Accel);
+/// (driver, kernel, initramfs, accelerator asked for).
+type ProbeKey = (VmDriver, PathBuf, PathBuf, Accel);
+
+/// The programs of the drivers this backend made ready (absolute paths).
+#[derive(Debug, Default)]
+struct Programs {
+    /// `qemu-system-x86_64`, `qemu-img`.
+    qemu: Option<(PathBuf, PathBuf)>,
+    /// `jailer`, `firecracker`.
+    firecracker: Option<(PathBuf, PathBuf)>,
+    /// `cloud-hypervisor`, `unshare`.
+    cloud_hypervisor: Option<(PathBuf, PathBuf)>,
+}
+
+/// How long Firecracker's or Cloud Hypervisor's API may take to come up, and each call.
+const VMM_API_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct MicrovmBackend {
     cfg: MicrovmConfig,
-    qemu: PathBuf,
-    qemu_img: PathBuf,
+    programs: Programs,
     setpriv: PathBuf,
     tag: String,
     exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
@@ -116,6 +142,28 @@ pub struct MicrovmBackend {
     probed: Mutex<std::collections::HashMap<ProbeKey, Result<AccelChoice, String>>>,
     /// Serialises probe boots, so that concurrent creates of one kernel boot it once.
     probing: tokio::sync::Mutex<()>,
+}
+
+/// The first line `vmm --version` prints (QEMU takes `-version`, and answers to both).
+async fn version_of(vmm: &Path) -> Result<String, SandboxError> {
+    let out = tokio::process::Command::new(vmm)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| probe_err(format!("cannot run {}: {e}", vmm.display())))?;
+    if !out.status.success() {
+        return Err(probe_err(format!(
+            "{} --version failed: {}",
+            vmm.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string())
 }
 
 fn probe_err(detail: String) -> SandboxError {
@@ -147,31 +195,48 @@ impl MicrovmBackend {
             ));
         }
         let find = |name: &Path, package: &str| {
-            crate::container::find_in_path(&name.to_string_lossy()).ok_or_else(|| {
-                probe_err(format!(
-                    "{} is not installed (apt-get install {package})",
-                    name.display()
-                ))
-            })
+            crate::container::find_in_path(&name.to_string_lossy())
+                .and_then(|p| std::fs::canonicalize(p).ok())
+                .ok_or_else(|| {
+                    probe_err(format!("{} is not installed ({package})", name.display()))
+                })
         };
-        let qemu = find(&cfg.qemu, "qemu-system-x86")?;
-        let qemu_img = find(Path::new("qemu-img"), "qemu-utils")?;
-        let setpriv = find(Path::new("setpriv"), "util-linux")?;
+        let setpriv = find(Path::new("setpriv"), "apt-get install util-linux")?;
         for tool in ["ip", "nft"] {
-            find(Path::new(tool), "iproute2 nftables")?;
+            find(Path::new(tool), "apt-get install iproute2 nftables")?;
         }
-        let out = tokio::process::Command::new(&qemu)
-            .arg("-version")
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(|e| probe_err(format!("cannot run {}: {e}", qemu.display())))?;
-        if !out.status.success() {
-            return Err(probe_err(format!(
-                "{} -version failed: {}",
-                qemu.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+        let mut programs = Programs::default();
+        let mut versions = Vec::new();
+        let mut drivers = cfg.drivers.clone();
+        drivers.sort_by_key(|d| d.as_str());
+        drivers.dedup();
+        for driver in drivers {
+            let vmm = match driver {
+                VmDriver::Qemu => {
+                    let qemu = find(&cfg.qemu, "apt-get install qemu-system-x86")?;
+                    let img = find(Path::new("qemu-img"), "apt-get install qemu-utils")?;
+                    programs.qemu = Some((qemu.clone(), img));
+                    qemu
+                }
+                VmDriver::Firecracker => {
+                    let see =
+                        "set [microvm] firecracker and jailer to Firecracker's release binaries";
+                    let fc = find(&cfg.firecracker, see)?;
+                    let jailer = find(&cfg.jailer, see)?;
+                    find(Path::new("mkfs.ext4"), "apt-get install e2fsprogs")?;
+                    programs.firecracker = Some((jailer, fc.clone()));
+                    fc
+                }
+                VmDriver::CloudHypervisor => {
+                    let see = "set [microvm] cloud_hypervisor to Cloud Hypervisor's release binary";
+                    let ch = find(&cfg.cloud_hypervisor, see)?;
+                    let unshare = find(Path::new("unshare"), "apt-get install util-linux")?;
+                    find(Path::new("mkfs.ext4"), "apt-get install e2fsprogs")?;
+                    programs.cloud_hypervisor = Some((ch.clone(), unshare));
+                    ch
+                }
+            };
+            versions.push(format!("{}: {}", driver.as_str(), version_of(&vmm).await?));
         }
         std::fs::create_dir_all(&cfg.root)
             .and_then(|_| {
@@ -180,12 +245,10 @@ impl MicrovmBackend {
             .map_err(|e| probe_err(format!("cannot create {}: {e}", cfg.root.display())))?;
         net::setup_host().map_err(|e| probe_err(e.to_string()))?;
         let tag = crate::container::tag_of(&cfg.root);
-        let version = String::from_utf8_lossy(&out.stdout);
-        tracing::info!(qemu = %qemu.display(), version = %version.lines().next().unwrap_or(""), %tag, "microvm backend ready");
+        tracing::info!(vmms = %versions.join("; "), %tag, "microvm backend ready");
         Ok(MicrovmBackend {
             cfg,
-            qemu,
-            qemu_img,
+            programs,
             setpriv,
             tag,
             exits,
@@ -207,17 +270,19 @@ impl MicrovmBackend {
         format!("{}-{id}", self.tag)
     }
 
-    /// The accelerator `kernel` really boots with here, probing it (once per kernel) by booting
-    /// it with its initramfs in the agent's probe mode: `kvm` must boot or the pool is refused
-    /// with the reason; `auto` takes KVM when it boots and falls back to TCG with a warning;
-    /// `tcg` must boot under emulation.
+    /// The accelerator `kernel` really boots with here under `driver`, probing it (once per
+    /// driver and kernel) by booting it with its initramfs in the agent's probe mode: `kvm` must
+    /// boot or the pool is refused with the reason; `auto` takes KVM when it boots and, with
+    /// QEMU, falls back to TCG with a warning; `tcg` must boot under emulation. Firecracker and
+    /// Cloud Hypervisor run only on KVM: their `auto` is `kvm`.
     pub async fn accel_for(
         &self,
+        driver: VmDriver,
         kernel: &Path,
         initramfs: &Path,
         asked: Accel,
     ) -> Result<AccelChoice, String> {
-        let key = (kernel.to_path_buf(), initramfs.to_path_buf(), asked);
+        let key = (driver, kernel.to_path_buf(), initramfs.to_path_buf(), asked);
         if let Some(r) = self
             .probed
             .lock()
@@ -235,18 +300,113 @@ impl MicrovmBackend {
         {
             return r.clone();
         }
-        let (kvm_timeout, tcg_timeout) = self.cfg.probe_timeouts;
-        let uid = self.cfg.uid_base + 65535;
-        let boot = |accel, timeout| {
-            qemu::probe_boot(
-                &self.qemu,
-                &self.setpriv,
-                uid,
-                kernel,
-                initramfs,
+        let r = match driver {
+            VmDriver::Qemu => self.probe_qemu(kernel, initramfs, asked).await,
+            _ => self.probe_kvm_only(driver, kernel, initramfs, asked).await,
+        };
+        match &r {
+            Ok(AccelChoice {
                 accel,
-                timeout,
+                warning: Some(w),
+            }) => {
+                tracing::warn!(driver = driver.as_str(), kernel = %kernel.display(), accel = accel.as_str(), "{w}")
+            }
+            Ok(c) => {
+                tracing::info!(driver = driver.as_str(), kernel = %kernel.display(), accel = c.accel.as_str(), "kernel boots")
+            }
+            Err(e) => tracing::error!(driver = driver.as_str(), kernel = %kernel.display(), "{e}"),
+        }
+        self.probed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, r.clone());
+        r
+    }
+
+    /// The uid probe boots run as: the last of the range, never a sandbox's.
+    fn probe_uid(&self) -> u32 {
+        self.cfg.uid_base + 65535
+    }
+
+    async fn probe_kvm_only(
+        &self,
+        driver: VmDriver,
+        kernel: &Path,
+        initramfs: &Path,
+        asked: Accel,
+    ) -> Result<AccelChoice, String> {
+        let name = driver.as_str();
+        if asked == Accel::Tcg {
+            return Err(format!(
+                "{name} needs KVM; only the qemu driver can emulate (accel = \"tcg\")"
+            ));
+        }
+        let vmm = match (driver, &self.programs) {
+            (
+                VmDriver::Firecracker,
+                Programs {
+                    firecracker: Some((jailer, firecracker)),
+                    ..
+                },
+            ) => probe::Vmm::Firecracker {
+                jailer,
+                firecracker,
+            },
+            (
+                VmDriver::CloudHypervisor,
+                Programs {
+                    cloud_hypervisor: Some((cloud_hypervisor, unshare)),
+                    ..
+                },
+            ) => probe::Vmm::CloudHypervisor {
+                cloud_hypervisor,
+                setpriv: &self.setpriv,
+                unshare,
+            },
+            _ => return Err(self.not_ready(driver)),
+        };
+        let (kvm_timeout, _) = self.cfg.probe_timeouts;
+        probe::boot(
+            vmm,
+            &self.cfg.root,
+            self.probe_uid(),
+            kernel,
+            initramfs,
+            kvm_timeout,
+        )
+        .await
+        .map(|()| AccelChoice {
+            accel: Accel::Kvm,
+            warning: None,
+        })
+        .map_err(|e| {
+            format!(
+                "{name} runs only on KVM, and KVM cannot boot {} here: {e}; use driver = \"qemu\", which falls back to TCG",
+                kernel.display()
             )
+        })
+    }
+
+    fn not_ready(&self, driver: VmDriver) -> String {
+        format!(
+            "the {} driver was not made ready when the microvm backend started (no pool used it then)",
+            driver.as_str()
+        )
+    }
+
+    async fn probe_qemu(
+        &self,
+        kernel: &Path,
+        initramfs: &Path,
+        asked: Accel,
+    ) -> Result<AccelChoice, String> {
+        let Some((qemu, _)) = &self.programs.qemu else {
+            return Err(self.not_ready(VmDriver::Qemu));
+        };
+        let (kvm_timeout, tcg_timeout) = self.cfg.probe_timeouts;
+        let uid = self.probe_uid();
+        let boot = |accel, timeout| {
+            qemu::probe_boot(qemu, &self.setpriv, uid, kernel, initramfs, accel, timeout)
         };
         let r = match asked {
             Accel::Kvm => boot(Accel::Kvm, kvm_timeout)
@@ -287,20 +447,6 @@ impl MicrovmBackend {
                 },
             },
         };
-        match &r {
-            Ok(AccelChoice {
-                accel,
-                warning: Some(w),
-            }) => tracing::warn!(kernel = %kernel.display(), accel = accel.as_str(), "{w}"),
-            Ok(c) => {
-                tracing::info!(kernel = %kernel.display(), accel = c.accel.as_str(), "kernel boots")
-            }
-            Err(e) => tracing::error!(kernel = %kernel.display(), "{e}"),
-        }
-        self.probed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, r.clone());
         r
     }
 
@@ -327,11 +473,16 @@ impl MicrovmBackend {
                 return Err(setup(id, what, format!("{} is missing", p.display())));
             }
         }
-        if vm.driver != VmDriver::Qemu {
+        self.program(vm.driver)
+            .map_err(|e| setup(id, "driver", e))?;
+        if vm.driver == VmDriver::Firecracker && !probe::is_elf(&vm.kernel) {
             return Err(setup(
                 id,
-                "driver",
-                format!("the {} driver cannot start VMs yet", vm.driver.as_str()),
+                "kernel",
+                format!(
+                    "{} is not an ELF vmlinux, and Firecracker loads no bzImage",
+                    vm.kernel.display()
+                ),
             ));
         }
         std::fs::create_dir(&dir).map_err(|source| SandboxError::Create {
@@ -358,8 +509,77 @@ impl MicrovmBackend {
         chown(&dir, 0, uid).map_err(|e| setup(id, "chown", e))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710))
             .map_err(|e| setup(id, "chmod", e))?;
-        let disk = dir.join("disk.qcow2");
-        let out = tokio::process::Command::new(&self.qemu_img)
+        let config = dir.join("config.img");
+        write_config_disk(&config, &vec![0; CONFIG_DISK_SIZE], uid)
+            .map_err(|e| setup(id, "config disk", e))?;
+        net::create_tap(&link, &key, uid).map_err(|e| setup(id, "tap", e))?;
+        let limits = VmmLimits {
+            memory_bytes: (vm.memory_mib + VMM_OVERHEAD_MIB) << 20,
+            cpus: vm.cpus as f64,
+            pids: 512,
+        };
+        let cgroups =
+            cgroup::create(&self.cgroup_name(id), limits).map_err(|e| setup(id, "cgroup", e))?;
+        let argv = match vm.driver {
+            VmDriver::Qemu => self.qemu_argv(id, vm, uid, &config).await?,
+            VmDriver::Firecracker => {
+                let fc = self.fc_spec(id, vm, uid)?;
+                let jail = firecracker::prepare(&fc).map_err(|e| setup(id, "jail", e))?;
+                same_file(&config, &jail.root.join("config.img"))
+                    .map_err(|e| setup(id, "jail", e))?;
+                firecracker::jailer_argv(&fc)
+            }
+            VmDriver::CloudHypervisor => {
+                let ch = self.chv_spec(id, vm, uid)?;
+                chv::prepare(&ch).map_err(|e| setup(id, "VMM directory", e))?;
+                same_file(&config, &ch.dir.join("config.img"))
+                    .map_err(|e| setup(id, "VMM directory", e))?;
+                chv::argv(&ch)
+            }
+        };
+        if let Some(a) = argv.iter().find(|a| a.to_string_lossy().contains('\n')) {
+            // The launch record keeps one argument a line.
+            return Err(setup(
+                id,
+                "launch",
+                format!("a VMM argument holds a line break: {a:?}"),
+            ));
+        }
+        std::fs::write(
+            dir.join("launch"),
+            launch_record(vm.driver, &cgroups, uid, &link, &argv),
+        )
+        .map_err(|e| setup(id, "launch", e))?;
+        Ok(())
+    }
+
+    /// The absolute path of `driver`'s VMM, if it was made ready.
+    fn program(&self, driver: VmDriver) -> Result<&Path, String> {
+        match driver {
+            VmDriver::Qemu => self.programs.qemu.as_ref().map(|p| p.0.as_path()),
+            VmDriver::Firecracker => self.programs.firecracker.as_ref().map(|p| p.1.as_path()),
+            VmDriver::CloudHypervisor => self
+                .programs
+                .cloud_hypervisor
+                .as_ref()
+                .map(|p| p.0.as_path()),
+        }
+        .ok_or_else(|| self.not_ready(driver))
+    }
+
+    /// QEMU's copy-on-write layer and argv (behind `setpriv`, see `qemu::unprivileged`).
+    async fn qemu_argv(
+        &self,
+        id: &str,
+        vm: &crate::VmImage,
+        uid: u32,
+        config: &Path,
+    ) -> Result<Vec<OsString>, SandboxError> {
+        let Some((qemu, qemu_img)) = &self.programs.qemu else {
+            return Err(setup(id, "driver", self.not_ready(VmDriver::Qemu)));
+        };
+        let disk = self.dir(id).join("disk.qcow2");
+        let out = tokio::process::Command::new(qemu_img)
             .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
             .arg(&vm.disk)
             .arg(&disk)
@@ -376,29 +596,17 @@ impl MicrovmBackend {
             ));
         }
         owned_by(&disk, uid).map_err(|e| setup(id, "disk", e))?;
-        let config = dir.join("config.img");
-        write_config_disk(&config, &vec![0; CONFIG_DISK_SIZE], uid)
-            .map_err(|e| setup(id, "config disk", e))?;
-        net::create_tap(&link, &key, uid).map_err(|e| setup(id, "tap", e))?;
-        let limits = VmmLimits {
-            memory_bytes: (vm.memory_mib + VMM_OVERHEAD_MIB) << 20,
-            cpus: vm.cpus as f64,
-            pids: 512,
-        };
-        let cgroups =
-            cgroup::create(&self.cgroup_name(id), limits).map_err(|e| setup(id, "cgroup", e))?;
         let accel = match vm.accel {
             Accel::Auto => {
-                self.accel_for(&vm.kernel, &vm.initramfs, Accel::Auto)
+                self.accel_for(VmDriver::Qemu, &vm.kernel, &vm.initramfs, Accel::Auto)
                     .await
                     .map_err(|e| setup(id, "accelerator", e))?
                     .accel
             }
             a => a,
         };
-        // The VMM becomes its own unprivileged user first (see `qemu::unprivileged`).
         let mut argv = qemu::unprivileged(&self.setpriv, uid, accel);
-        argv.push(self.qemu.clone().into_os_string());
+        argv.push(qemu.clone().into_os_string());
         argv.extend(qemu::argv(&qemu::Vm {
             name: id,
             accel,
@@ -407,23 +615,165 @@ impl MicrovmBackend {
             kernel: &vm.kernel,
             initramfs: &vm.initramfs,
             disk: &disk,
-            config: &config,
+            config,
         }));
-        std::fs::write(
-            dir.join("launch"),
-            launch_record(&cgroups, uid, &link, &argv),
-        )
-        .map_err(|e| setup(id, "launch", e))?;
-        Ok(())
+        Ok(argv)
+    }
+
+    /// The Firecracker VM of sandbox `id`: its jail under `<dir>/jail`, the jailer's own
+    /// cgroups left out (the supervisor joins airlock's before it runs the jailer).
+    fn fc_spec(
+        &self,
+        id: &str,
+        vm: &crate::VmImage,
+        uid: u32,
+    ) -> Result<FirecrackerSpec, SandboxError> {
+        let Some((jailer, firecracker)) = &self.programs.firecracker else {
+            return Err(setup(id, "driver", self.not_ready(VmDriver::Firecracker)));
+        };
+        let dir = self.dir(id);
+        Ok(FirecrackerSpec {
+            id: id.into(),
+            jailer: jailer.clone(),
+            firecracker: firecracker.clone(),
+            chroot_base: dir.join("jail"),
+            uid,
+            cpus: vm.cpus,
+            memory_mib: vm.memory_mib,
+            kernel: vm.kernel.clone(),
+            initramfs: vm.initramfs.clone(),
+            rootfs: vm.disk.clone(),
+            disk_gib: vm.disk_gib.into(),
+            config_disk: dir.join("config.img"),
+            tap: Some(net::link_name(&self.key(id))),
+            cgroup: None,
+            boot_args: airlock_agent::KERNEL_CMDLINE.into(),
+            log: dir.join("runner.log"),
+            api_timeout: VMM_API_TIMEOUT,
+        })
+    }
+
+    /// The Cloud Hypervisor VM of sandbox `id`, its files under `<dir>/vmm`.
+    fn chv_spec(&self, id: &str, vm: &crate::VmImage, uid: u32) -> Result<ChvSpec, SandboxError> {
+        let Some((cloud_hypervisor, unshare)) = &self.programs.cloud_hypervisor else {
+            return Err(setup(
+                id,
+                "driver",
+                self.not_ready(VmDriver::CloudHypervisor),
+            ));
+        };
+        let dir = self.dir(id);
+        Ok(ChvSpec {
+            id: id.into(),
+            cloud_hypervisor: cloud_hypervisor.clone(),
+            setpriv: self.setpriv.clone(),
+            unshare: unshare.clone(),
+            dir: dir.join("vmm"),
+            uid,
+            cpus: vm.cpus,
+            memory_mib: vm.memory_mib,
+            kernel: vm.kernel.clone(),
+            initramfs: vm.initramfs.clone(),
+            rootfs: vm.disk.clone(),
+            disk_gib: vm.disk_gib.into(),
+            config_disk: dir.join("config.img"),
+            tap: Some(net::link_name(&self.key(id))),
+            cgroup_procs: vec![],
+            cmdline: chv::cmdline(),
+            log: dir.join("runner.log"),
+            api_timeout: VMM_API_TIMEOUT,
+        })
+    }
+
+    /// Configures and boots a spawned Firecracker or Cloud Hypervisor over its API, once its
+    /// socket answers. QEMU needs nothing: its argv said everything.
+    async fn boot_over_api(
+        &self,
+        spec: &SandboxSpec,
+        vm: &crate::VmImage,
+        uid: u32,
+    ) -> Result<(), String> {
+        let id = spec.id.as_str();
+        let dir = self.dir(id);
+        let exited = || {
+            matches!(supervise::status_of(&dir), SandboxStatus::Exited(_))
+                .then(|| format!("its console's last words: {}", log_tail(&dir)))
+        };
+        match vm.driver {
+            VmDriver::Qemu => Ok(()),
+            VmDriver::Firecracker => {
+                let fc = self.fc_spec(id, vm, uid).map_err(|e| e.to_string())?;
+                let jail = firecracker::Jail::of(&fc.chroot_base, &fc.firecracker, id);
+                let api = ApiClient::new(jail.socket(), VMM_API_TIMEOUT);
+                api.wait_ready(VMM_API_TIMEOUT, exited)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                firecracker::boot(&api, &fc)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            VmDriver::CloudHypervisor => {
+                let ch = self.chv_spec(id, vm, uid).map_err(|e| e.to_string())?;
+                let api = ApiClient::new(ch.socket(), VMM_API_TIMEOUT);
+                api.wait_ready(VMM_API_TIMEOUT, exited)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                chv::boot(&api, &ch).await.map_err(|e| e.to_string())
+            }
+        }
     }
 }
 
-/// What `start` needs that `create` decided, one field a line: `uid`, `cgroup <dir>`…, `ip`,
-/// `gateway`, then `argv` with the VMM's arguments, one a line. No secrets.
-fn launch_record(cgroups: &[PathBuf], uid: u32, link: &net::Link, argv: &[OsString]) -> String {
+/// The last lines of a sandbox's console log, for errors.
+fn log_tail(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("runner.log")).unwrap_or_default();
+    let tail: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .rev()
+        .take(3)
+        .collect();
+    if tail.is_empty() {
+        return "(none)".into();
+    }
+    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+/// That `a` and `b` are one file (the VMM's view of the config disk is the backend's), so the
+/// JIT config written into one is what the guest reads and its result comes back.
+fn same_file(a: &Path, b: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let (ma, mb) = (
+        std::fs::metadata(a).map_err(|e| format!("{}: {e}", a.display()))?,
+        std::fs::metadata(b).map_err(|e| format!("{}: {e}", b.display()))?,
+    );
+    if (ma.dev(), ma.ino()) == (mb.dev(), mb.ino()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is a copy of {}, not a link to it",
+            b.display(),
+            a.display()
+        ))
+    }
+}
+
+/// What `start` needs that `create` decided, one field a line: `driver`, `uid`,
+/// `cgroup <dir>`…, `ip`, `gateway`, then `argv` with the VMM's arguments, one a line. No
+/// secrets.
+fn launch_record(
+    driver: VmDriver,
+    cgroups: &[PathBuf],
+    uid: u32,
+    link: &net::Link,
+    argv: &[OsString],
+) -> String {
     let mut s = format!(
-        "uid {uid}\nip {}\ngateway {}\n",
-        link.sandbox_ip, link.host_ip
+        "driver {}\nuid {uid}\nip {}\ngateway {}\n",
+        driver.as_str(),
+        link.sandbox_ip,
+        link.host_ip
     );
     for c in cgroups {
         s.push_str(&format!("cgroup {}\n", c.display()));
@@ -438,6 +788,7 @@ fn launch_record(cgroups: &[PathBuf], uid: u32, link: &net::Link, argv: &[OsStri
 
 #[derive(Debug, Default, PartialEq)]
 struct Launch {
+    driver: VmDriver,
     uid: u32,
     ip: Option<Ipv4Addr>,
     gateway: Option<Ipv4Addr>,
@@ -454,6 +805,7 @@ fn read_launch(text: &str) -> Option<Launch> {
         }
         let (k, v) = line.split_once(' ')?;
         match k {
+            "driver" => l.driver = VmDriver::parse(v)?,
             "uid" => l.uid = v.parse().ok()?,
             "ip" => l.ip = v.parse().ok(),
             "gateway" => l.gateway = v.parse().ok(),
@@ -564,18 +916,34 @@ impl Backend for MicrovmBackend {
             .ok_or_else(|| SandboxError::Missing {
                 id: spec.id.clone(),
             })?;
+        let program = self
+            .program(launch.driver)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| launch.driver.as_str().into());
         let start_err = |e: String| SandboxError::Start {
             id: spec.id.clone(),
-            command: self.qemu.clone(),
+            command: program.clone(),
             source: std::io::Error::other(e),
         };
+        if launch.driver != vm.driver {
+            return Err(start_err(format!(
+                "created for the {} driver, started with {}",
+                launch.driver.as_str(),
+                vm.driver.as_str()
+            )));
+        }
         let guest = GuestConfig {
             version: CONFIG_VERSION,
             hostname: format!("airlock-{}", &spec.id[..spec.id.len().min(20)]),
-            root: RootSpec {
-                device: "/dev/vda".into(),
-                writable_layer: None,
-                grow: true,
+            // QEMU's vda is the job's own qcow2 layer, grown to disk_gib; Firecracker and Cloud
+            // Hypervisor get the image read-only with a scratch disk as its overlay.
+            root: match vm.driver {
+                VmDriver::Qemu => RootSpec {
+                    device: "/dev/vda".into(),
+                    writable_layer: None,
+                    grow: true,
+                },
+                _ => firecracker::root_spec(),
             },
             net: match (launch.ip, launch.gateway) {
                 (Some(address), Some(gateway)) => Some(NetSpec {
@@ -616,15 +984,19 @@ impl Backend for MicrovmBackend {
         argv.extend(launch.argv.iter().map(OsString::from));
         let refs: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
         let procs = joins.join(" ");
-        let tap = net::open_tap(&net::link_name(&self.key(&spec.id)))
-            .map_err(|e| start_err(e.to_string()))?;
         let mut cmd = supervise::command(
             &dir,
             self.cfg.log_cap,
             &refs,
             &[("AIRLOCK_CGROUP_PROCS", std::ffi::OsStr::new(&procs))],
         );
-        cmd.stdin(Stdio::from(tap));
+        if launch.driver == VmDriver::Qemu {
+            // QEMU takes its tap as fd 3; the others open it (Firecracker, in its jail) or are
+            // handed it over their API (Cloud Hypervisor).
+            let tap = net::open_tap(&net::link_name(&self.key(&spec.id)))
+                .map_err(|e| start_err(e.to_string()))?;
+            cmd.stdin(Stdio::from(tap));
+        }
         let child = cmd
             .spawn()
             .map_err(|e| start_err(format!("spawning the VMM: {e}")))?;
@@ -632,6 +1004,14 @@ impl Backend for MicrovmBackend {
         supervise::write_pid(&dir, pid).map_err(|e| start_err(e.to_string()))?;
         self.watched
             .spawn(spec.id.clone(), child, self.exits.clone());
+        if let Err(e) = self.boot_over_api(spec, vm, launch.uid).await {
+            // Nothing runs half-configured: the VMM goes, the caller destroys the rest.
+            supervise::kill_group(&dir);
+            return Err(start_err(format!(
+                "configuring and booting the VM over {}'s API: {e}",
+                launch.driver.as_str()
+            )));
+        }
         Ok(())
     }
 
@@ -728,12 +1108,14 @@ mod tests {
         let link = Subnet::parse("10.9.0.0/16").unwrap().link("t/a", 3);
         let argv: Vec<OsString> = vec!["qemu".into(), "-m".into(), "512".into()];
         let text = launch_record(
+            VmDriver::Firecracker,
             &[PathBuf::from("/sys/fs/cgroup/memory/airlock/t-a")],
             200_003,
             &link,
             &argv,
         );
         let l = read_launch(&text).unwrap();
+        assert_eq!(l.driver, VmDriver::Firecracker);
         assert_eq!(l.uid, 200_003);
         assert_eq!(l.ip, Some(link.sandbox_ip));
         assert_eq!(l.gateway, Some(link.host_ip));
@@ -747,6 +1129,13 @@ mod tests {
             "never as root"
         );
         assert!(read_launch("colour red\nargv\nq\n").is_none());
+        assert!(read_launch("driver bochs\nuid 5\nargv\nq\n").is_none());
+        let old = read_launch("uid 5\nargv\nq\n").unwrap();
+        assert_eq!(
+            old.driver,
+            VmDriver::Qemu,
+            "records from before drivers were QEMU's"
+        );
     }
 
     #[test]

@@ -101,6 +101,32 @@ pub fn vm_image() -> Manifest {
 /// directory, beside `root`), so a VM and a container of one test can be checked against each
 /// other.
 pub async fn vm_backend(root: &Path, slot: u8) -> MicrovmBackend {
+    vm_backend_with(root, slot, &[airlock_core::VmDriver::Qemu]).await
+}
+
+/// `shared/vmm` beside the checkout (or `AIRLOCK_VMM_DIR`): Firecracker's and Cloud
+/// Hypervisor's release binaries. They are not optional.
+#[allow(dead_code)]
+pub fn vmm_binary(name: &str) -> PathBuf {
+    let dir = std::env::var_os("AIRLOCK_VMM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vmm"));
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing (set AIRLOCK_VMM_DIR)",
+        p.display()
+    );
+    std::fs::canonicalize(p).unwrap()
+}
+
+/// [`vm_backend`] with `drivers` made ready (Firecracker and Cloud Hypervisor from
+/// [`vmm_binary`]).
+pub async fn vm_backend_with(
+    root: &Path,
+    slot: u8,
+    drivers: &[airlock_core::VmDriver],
+) -> MicrovmBackend {
     std::fs::set_permissions(
         root.parent().unwrap(),
         std::fs::Permissions::from_mode(0o711),
@@ -113,6 +139,12 @@ pub async fn vm_backend(root: &Path, slot: u8) -> MicrovmBackend {
     cfg.uid_base = 300_000 + 1000 * slot as u32;
     // A KVM that works boots the probe in about a second; one that hangs is given up on soon.
     cfg.probe_timeouts = (Duration::from_secs(5), Duration::from_secs(30));
+    cfg.drivers = drivers.to_vec();
+    if drivers.iter().any(|d| *d != airlock_core::VmDriver::Qemu) {
+        cfg.firecracker = vmm_binary("firecracker");
+        cfg.jailer = vmm_binary("jailer");
+        cfg.cloud_hypervisor = vmm_binary("cloud-hypervisor");
+    }
     cfg.logs = Some(airlock_sandbox::LogKeep {
         dir: root.parent().unwrap().join("logs"),
         keep: 100,
@@ -146,7 +178,9 @@ pub fn vm_spec(id: &str, m: &Manifest, disk_gib: u32) -> SandboxSpec {
     }
 }
 
-/// A distinct /16 per test process, so parallel tests never share addresses.
+/// A distinct /16 per test, so parallel tests never share addresses: 10.(100+slot). Slots in
+/// use: containers 1–12 (under runsc 21–32), microVMs 20 and 41–44, Firecracker and Cloud
+/// Hypervisor sandboxes 45–48, benchmarks 30 and 40. (`airlock`'s own tests use 10.200–10.239.)
 pub fn subnet_for(slot: u8) -> Subnet {
     Subnet::parse(&format!("10.{}.0.0/16", 100 + slot)).unwrap()
 }

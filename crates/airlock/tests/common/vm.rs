@@ -150,9 +150,14 @@ impl Drop for VEnv {
 }
 
 /// A daemon with `pools` (TOML `[[pool]]` tables, see `vm_pool` and `container_pool`), its
-/// sandboxes on subnet 10.(140+slot).0.0/16 and VMM uids from 400000 + 1000 × slot, ghsim in its
+/// sandboxes on subnet 10.(220+slot).0.0/16 and VMM uids from 400000 + 1000 × slot, ghsim in its
 /// own namespace at 10.252.`slot`.2.
 pub async fn vm_env(slot: u8, pools: &str) -> VEnv {
+    vm_env_with(slot, "", pools).await
+}
+
+/// [`vm_env`] with `microvm` (TOML keys) added to the `[microvm]` section.
+pub async fn vm_env_with(slot: u8, microvm: &str, pools: &str) -> VEnv {
     assert!(
         nix::unistd::geteuid().is_root(),
         "microVM e2e tests need root (CI runs as root)"
@@ -189,10 +194,10 @@ pub async fn vm_env(slot: u8, pools: &str) -> VEnv {
          [github]\napi_url = \"{}\"\nwebhook_secret_file = \"webhook-secret\"\ntoken_file = \"token\"\n\
          poll_interval = \"5s\"\nrequest_timeout = \"5s\"\n\n\
          [container]\nsubnet = \"10.{}.0.0/16\"\n\n\
-         [microvm]\nuid_base = {}\n{pools}",
+         [microvm]\nuid_base = {}\n{microvm}\n{pools}",
         state.display(),
         sim.url,
-        140 + slot,
+        220 + slot,
         400_000 + 1000 * slot as u32,
     );
     let mut env = Env {
@@ -238,6 +243,21 @@ pub fn kept_logs(state: &Path) -> String {
         out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
     }
     out
+}
+
+/// `shared/vmm/NAME` beside the checkout (or in `AIRLOCK_VMM_DIR`): Firecracker's and Cloud
+/// Hypervisor's release binaries.
+pub fn vmm_binary(name: &str) -> PathBuf {
+    let dir = std::env::var_os("AIRLOCK_VMM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vmm"));
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing (set AIRLOCK_VMM_DIR)",
+        p.display()
+    );
+    std::fs::canonicalize(p).unwrap()
 }
 
 /// Pids of QEMU processes whose working directory is below `vms`.
