@@ -230,8 +230,29 @@ impl Backends {
         };
         let (kernel, initramfs) = match vmcfg.kernel.as_deref() {
             None => (kernel_of(newest)?, dir.join(&newest.initramfs)),
-            // A kernel of the host's own boots with the image's newest initramfs.
-            Some(k) if k.contains('/') => (PathBuf::from(k), dir.join(&newest.initramfs)),
+            // A kernel of the host's own boots with the image's initramfs of its release (the
+            // modules must be its own), read from the bzImage; a kernel that does not say
+            // (an ELF vmlinux) gets the newest.
+            Some(k) if k.contains('/') => {
+                let path = PathBuf::from(k);
+                let initramfs = match airlock_image::vm::bzimage_version(&path) {
+                    None => &newest.initramfs,
+                    Some(release) => match vm.kernels.iter().find(|x| x.version == release) {
+                        Some(x) => &x.initramfs,
+                        None => {
+                            let have: Vec<&str> =
+                                vm.kernels.iter().map(|k| k.version.as_str()).collect();
+                            return Err(SpecError::Image(format!(
+                                "kernel {k} is release {release}, but image {} has modules only \
+                                 for {}: add its package to the image (--kernel-package)",
+                                manifest.short(),
+                                have.join(", ")
+                            )));
+                        }
+                    },
+                };
+                (path, dir.join(initramfs))
+            }
             Some(version) => {
                 let k = vm
                     .kernels

@@ -470,6 +470,35 @@ fn write_initramfs(
     fs::rename(&tmp, path).map_err(io("rename", path))
 }
 
+/// The kernel release a bzImage says it is (`6.1.0-57-cloud-amd64`): the first word of the
+/// string its setup header points at (`kernel_version`, boot protocol 2.00+). `None` for files
+/// that are not bzImages or do not say.
+pub fn bzimage_version(bz: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = fs::File::open(bz).ok()?;
+    let mut head = [0u8; 0x210];
+    f.read_exact(&mut head).ok()?;
+    if &head[0x202..0x206] != b"HdrS" {
+        return None;
+    }
+    let ptr = u16::from_le_bytes([head[0x20e], head[0x20f]]) as u64;
+    if ptr == 0 {
+        return None;
+    }
+    f.seek(SeekFrom::Start(0x200 + ptr)).ok()?;
+    let mut text = [0u8; 256];
+    let n = f.read(&mut text).ok()?;
+    let end = text[..n].iter().position(|b| *b == 0).unwrap_or(n);
+    let version = std::str::from_utf8(&text[..end])
+        .ok()?
+        .split_whitespace()
+        .next()?;
+    version
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._+-~".contains(c))
+        .then(|| version.to_string())
+}
+
 /// The decompressor for a bzImage payload, by its magic: `(tool, package)`.
 fn decompressor(payload: &[u8]) -> Option<(&'static str, &'static str)> {
     match payload.get(..4)? {
@@ -754,6 +783,27 @@ mod tests {
         d.extend_from_slice(payload);
         d.extend_from_slice(&[0u8; 64]); // what follows the payload in a real bzImage
         d
+    }
+
+    #[test]
+    fn a_bzimage_names_its_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let bz = dir.path().join("vmlinuz");
+        let mut d = fake_bzimage(b"payload");
+        // kernel_version points 0x200 before the string, which here starts at 0x300.
+        d[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+        d[0x300..0x300 + 44].copy_from_slice(b"6.1.0-57-cloud-amd64 (debian-kernel@lists) \0");
+        write(&bz, &d);
+        assert_eq!(
+            bzimage_version(&bz).as_deref(),
+            Some("6.1.0-57-cloud-amd64")
+        );
+        d[0x20e..0x210].copy_from_slice(&0u16.to_le_bytes());
+        write(&bz, &d);
+        assert_eq!(bzimage_version(&bz), None, "no version pointer");
+        write(&bz, b"\x7fELF not a bzImage");
+        assert_eq!(bzimage_version(&bz), None);
+        assert_eq!(bzimage_version(&dir.path().join("missing")), None);
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! - host memory per idle VM beyond its guest RAM (the VMM's resident set minus the resident part
 //!   of its guest-RAM mapping).
 //!
+//! - Firecracker and Cloud Hypervisor host side: create, start until the VMM accepted the boot,
+//!   destroy (their guests do not boot where KVM is PVM; AIRLOCK_BENCH_VMMS=0 skips this).
+//!
 //! Sizes: AIRLOCK_BENCH_BOOTS (default 20), AIRLOCK_BENCH_IDLE_VMS (default 4).
 
 #[path = "../tests/common/mod.rs"]
@@ -278,5 +281,43 @@ async fn main() {
         guest / 1024.0 / n,
         (rss - guest) / 1024.0 / n
     );
+    assert!(airlock_sandbox::microvm::remnants(&root).is_empty());
+
+    if common::env_n("AIRLOCK_BENCH_VMMS", 1) > 0 {
+        vmm_host_side(t.path(), &m, boots.min(10)).await;
+    }
+}
+
+/// Firecracker and Cloud Hypervisor, host side only (their guests do not boot on a host whose
+/// KVM is PVM): `create` (jail or VMM directory with links, config disk, sparse ext4 scratch
+/// disk, tap, cgroup), `start` until the VMM's API has accepted the boot (supervisor, jailer or
+/// namespace, API socket, configuration calls), and `destroy` of the running VM.
+async fn vmm_host_side(base: &std::path::Path, m: &airlock_image::Manifest, rounds: usize) {
+    use airlock_core::VmDriver;
+    let root = base.join("vmm-vms");
+    let drivers = [VmDriver::Firecracker, VmDriver::CloudHypervisor];
+    let b = common::vm_backend_with(&root, 30, &drivers).await;
+    for driver in drivers {
+        let (mut create, mut start, mut destroy) = (vec![], vec![], vec![]);
+        for i in 0..rounds {
+            let id = format!("{}{i}", &driver.as_str()[..2]);
+            let s = common::vm_spec_for(&id, m, 2, driver);
+            let t0 = Instant::now();
+            b.create(&s).await.unwrap();
+            create.push(t0.elapsed().as_secs_f64() * 1e3);
+            let t1 = Instant::now();
+            b.start(&s, &Secret::new("exit 0".into())).await.unwrap();
+            start.push(t1.elapsed().as_secs_f64() * 1e3);
+            let t2 = Instant::now();
+            b.destroy(&id).await.unwrap();
+            destroy.push(t2.elapsed().as_secs_f64() * 1e3);
+        }
+        let p = |v: &mut Vec<f64>| (common::pct(v, 0.5), common::pct(v, 0.95));
+        let ((c50, c95), (s50, s95), (d50, d95)) = (p(&mut create), p(&mut start), p(&mut destroy));
+        println!(
+            "{} (host side, {rounds} VMs): create p50 {c50:.1} ms p95 {c95:.1} ms; start until the VMM accepted the boot p50 {s50:.1} ms p95 {s95:.1} ms; destroy of the running VM p50 {d50:.1} ms p95 {d95:.1} ms",
+            driver.as_str()
+        );
+    }
     assert!(airlock_sandbox::microvm::remnants(&root).is_empty());
 }

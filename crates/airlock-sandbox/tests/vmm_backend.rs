@@ -50,26 +50,9 @@ impl Drop for Reaper {
     }
 }
 
-/// The test VM image's spec for `driver`: Firecracker gets the vmlinux the image build took out
-/// of the bzImage.
+/// The test VM image's spec for `driver`.
 fn spec_for(id: &str, driver: VmDriver) -> SandboxSpec {
-    let m = vm_image();
-    let mut spec = vm_spec(id, &m, 2);
-    let BackendSpec::Microvm(vm) = &mut spec.backend else {
-        unreachable!()
-    };
-    vm.driver = driver;
-    vm.accel = Accel::Kvm;
-    vm.memory_mib = 256;
-    if driver == VmDriver::Firecracker {
-        let k = &m.vm.as_ref().unwrap().kernels[0];
-        let v = k
-            .vmlinux
-            .as_ref()
-            .expect("the image build extracts a vmlinux");
-        vm.kernel = images().dir(&m).join(v);
-    }
-    spec
+    vm_spec_for(id, &vm_image(), 2, driver)
 }
 
 fn vm_of(spec: &SandboxSpec) -> &airlock_sandbox::VmImage {

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use airlock_ghsim::Status;
@@ -403,6 +404,98 @@ async fn kvm_only_drivers_are_refused_with_the_reason_while_other_pools_run() {
             .unwrap();
         assert!(api.contains("runs only on KVM"), "{api}");
     }
+    v.env.assert_nothing_left();
+    let left = v.remnants();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A kernel matrix: one image with Debian's cloud and generic kernels, a pool per kernel by
+/// name, and one whose `kernel` is a path outside the image (booted with the image's initramfs
+/// of its release). Each job's `uname -r` is its pool's kernel. A pool naming a kernel the image
+/// lacks creates nothing and says why; its job waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kernel_matrix_gives_each_pool_its_kernel() {
+    let m = image_with_kernels(
+        "test-vm-matrix",
+        &[],
+        Some(false),
+        &["linux-image-cloud-amd64", "linux-image-amd64"],
+    );
+    let kernels = &m.vm.as_ref().unwrap().kernels;
+    let version = |cloud: bool| {
+        kernels
+            .iter()
+            .find(|k| k.version.ends_with("-cloud-amd64") == cloud)
+            .unwrap_or_else(|| panic!("{kernels:?}"))
+            .clone()
+    };
+    let (cloud, generic) = (version(true), version(false));
+    // "The host's own kernel": the generic one, copied out of the image.
+    let host = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(host.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let host_kernel = host.path().join("vmlinuz-mine");
+    std::fs::copy(image_store().dir(&m).join(&generic.kernel), &host_kernel).unwrap();
+    std::fs::set_permissions(&host_kernel, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let pool = |name: &str, kernel: &str| {
+        vm_pool(
+            name,
+            name,
+            &m.name,
+            "max_runners = 1\nmemory_mib = 512\ncpus = 1",
+            &format!("disk_gib = 2\nkernel = \"{kernel}\""),
+        )
+    };
+    let pools = pool("cloud", &cloud.version)
+        + &pool("generic", &generic.version)
+        + &pool("hostk", &host_kernel.display().to_string())
+        + &pool("nokernel", "6.1.0-999-nope-amd64");
+    let v = vm_env(7, &pools).await;
+    let uname_is = |v: &str| format!("uname -r; test \"$(uname -r)\" = {v}");
+    v.env.submit_specs(
+        "octo/hello",
+        vec![
+            job("on-cloud", "cloud", &[&uname_is(&cloud.version)]),
+            job("on-generic", "generic", &[&uname_is(&generic.version)]),
+            job("on-host-kernel", "hostk", &[&uname_is(&generic.version)]),
+            job("never", "nokernel", &["true"]),
+        ],
+    );
+    let sim = v.env.sim();
+    let done = |name: &str| {
+        sim.jobs()
+            .iter()
+            .any(|j| j.name == name && j.status == Status::Completed)
+    };
+    assert!(
+        wait_until(Duration::from_secs(300), || {
+            done("on-cloud") && done("on-generic") && done("on-host-kernel")
+        })
+        .await,
+        "{:?}",
+        conclusions(sim)
+    );
+    let logs = kept_logs(&v.env.state());
+    let got = conclusions(sim);
+    for name in ["on-cloud", "on-generic", "on-host-kernel"] {
+        assert!(
+            got.contains(&(name.to_string(), Some("success".into()))),
+            "{got:?} {logs}"
+        );
+    }
+    assert!(
+        logs.contains(&cloud.version) && logs.contains(&generic.version),
+        "{logs}"
+    );
+    let never = sim.jobs().into_iter().find(|j| j.name == "never").unwrap();
+    assert_eq!(never.status, Status::Queued);
+    let m = v.env.metrics();
+    assert!(
+        metric(
+            &m,
+            "airlock_reconcile_errors_total{op=\"create\",class=\"image\"}"
+        ) >= 1.0,
+        "{m}"
+    );
     v.env.assert_nothing_left();
     let left = v.remnants();
     assert!(left.is_empty(), "{left:?}");

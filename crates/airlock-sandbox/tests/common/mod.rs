@@ -178,6 +178,33 @@ pub fn vm_spec(id: &str, m: &Manifest, disk_gib: u32) -> SandboxSpec {
     }
 }
 
+/// A VM of the test image under `driver` (KVM; 256 MiB): Firecracker gets the ELF vmlinux the
+/// image build extracted.
+#[allow(dead_code)]
+pub fn vm_spec_for(
+    id: &str,
+    m: &Manifest,
+    disk_gib: u32,
+    driver: airlock_core::VmDriver,
+) -> SandboxSpec {
+    let mut spec = vm_spec(id, m, disk_gib);
+    let BackendSpec::Microvm(vm) = &mut spec.backend else {
+        unreachable!()
+    };
+    vm.driver = driver;
+    vm.accel = airlock_core::Accel::Kvm;
+    vm.memory_mib = 256;
+    if driver == airlock_core::VmDriver::Firecracker {
+        let k = &m.vm.as_ref().expect("a VM image").kernels[0];
+        let v = k
+            .vmlinux
+            .as_ref()
+            .expect("the image build extracts a vmlinux");
+        vm.kernel = images().dir(m).join(v);
+    }
+    spec
+}
+
 /// A distinct /16 per test, so parallel tests never share addresses: 10.(100+slot). Slots in
 /// use: containers 1–12 (under runsc 21–32), microVMs 20 and 41–44, Firecracker and Cloud
 /// Hypervisor sandboxes 45–48, benchmarks 30 and 40. (`airlock`'s own tests use 10.200–10.239.)

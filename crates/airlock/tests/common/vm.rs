@@ -23,6 +23,16 @@ fn standin_dir() -> PathBuf {
 /// An image named `name` with the stand-in runner and `packages`, bootable as a microVM (with
 /// Docker when `docker`) or not; built once per target directory.
 pub fn image(name: &str, packages: &[&str], vm: Option<bool>) -> airlock_image::Manifest {
+    image_with_kernels(name, packages, vm, &[])
+}
+
+/// [`image`] with the kernel packages `kernels` (empty: the default one).
+pub fn image_with_kernels(
+    name: &str,
+    packages: &[&str],
+    vm: Option<bool>,
+    kernels: &[&str],
+) -> airlock_image::Manifest {
     let vm = vm.map(|docker| {
         let agent = standin_dir().join("airlock-agent");
         assert!(
@@ -32,7 +42,7 @@ pub fn image(name: &str, packages: &[&str], vm: Option<bool>) -> airlock_image::
         );
         airlock_image::VmBuild {
             agent,
-            kernel_packages: vec![],
+            kernel_packages: kernels.iter().map(|k| k.to_string()).collect(),
             docker,
         }
     });
