@@ -190,6 +190,10 @@ fn apply_registrations(
         inner
             .store
             .runner_transition(&r.name, to, now, Some("seen at GitHub"))?;
+        if r.state == RunnerState::Starting {
+            // The pool's runners come online again: its creates need no more holding back.
+            inner.shared().backoff.remove(&r.pool);
+        }
     }
     Ok(())
 }

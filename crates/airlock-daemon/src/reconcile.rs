@@ -213,32 +213,38 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
                 .inc();
             tracing::warn!(op = name, error = %e, "operation failed; will retry");
             if let Some(pool) = created_pool {
-                let mut s = inner.shared();
-                let now = Instant::now();
-                let next = s.backoff.get(&pool).map_or(Backoff::FIRST, |b| b.next);
                 let wait = match &e {
                     OpError::GitHub(g) => match g.class() {
                         // GitHub's limit is the app's, not the pool's: every create waits.
                         ErrorClass::RateLimited(w) => {
-                            s.rate_limited_until = Some(now + w);
-                            w
+                            inner.shared().rate_limited_until = Some(Instant::now() + w);
+                            Some(w)
                         }
-                        ErrorClass::Permanent => Backoff::MAX,
-                        _ => next,
+                        ErrorClass::Permanent => Some(Backoff::MAX),
+                        _ => None,
                     },
-                    _ => next,
+                    _ => None,
                 };
-                s.backoff.insert(
-                    pool,
-                    Backoff {
-                        until: now + wait,
-                        next: (next * 2).min(Backoff::MAX),
-                    },
-                );
+                back_off(inner, &pool, wait);
             }
         }
     }
     Ok(())
+}
+
+/// Holds back `pool`'s creates after one of them failed (or its runner died before it came
+/// online): for `wait`, or for the pool's next step of a wait that doubles per failure from 1 s
+/// to 60 s. A create that works resets it.
+fn back_off(inner: &Inner, pool: &str, wait: Option<Duration>) {
+    let mut s = inner.shared();
+    let next = s.backoff.get(pool).map_or(Backoff::FIRST, |b| b.next);
+    s.backoff.insert(
+        pool.to_string(),
+        Backoff {
+            until: Instant::now() + wait.unwrap_or(next),
+            next: (next * 2).min(Backoff::MAX),
+        },
+    );
 }
 
 fn update_gauges(
@@ -417,7 +423,6 @@ async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
                     .metrics
                     .runner_start_seconds
                     .observe(started.elapsed().as_secs_f64());
-                inner.shared().backoff.remove(&pool.name);
                 tracing::info!("runner started");
                 Ok(())
             }
@@ -496,6 +501,15 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
                 .store
                 .set_runner_exit(&r.name, code, took_unknown_job, now)?;
             tracing::info!(exit = ?code, "runner exited");
+            if r.state == RunnerState::Starting && code != Some(0) {
+                // Its sandbox died before the runner came online (a guest that cannot mount its
+                // root, a runner that cannot start): replacing it at once would only repeat that.
+                tracing::warn!(
+                    exit = ?code,
+                    "runner exited before it came online; backing off the pool (its log is kept in state_dir/logs)"
+                );
+                back_off(inner, &r.pool, None);
+            }
             if took_unknown_job {
                 // It ran a job airlock has not heard of: learn which one now rather than at the
                 // next scheduled poll, so the job it was started for does not wait on a guess.

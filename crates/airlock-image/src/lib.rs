@@ -144,6 +144,9 @@ pub struct VmManifest {
     pub agent_sha256: String,
     /// `dockerd` is in the image and the agent starts it.
     pub docker: bool,
+    /// [`vm::BOOT_FORMAT`] of the build that made these files (0: before it was recorded).
+    #[serde(default)]
+    pub boot_format: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -416,12 +419,16 @@ impl ImageStore {
         }
     }
 
-    /// Whether `m` boots as `spec` asks: not a VM image, or one made with the same agent.
+    /// Whether `m` boots as `spec` asks: not a VM image, or one made with the same agent by the
+    /// current boot-file format.
     fn boots_as(&self, m: &Manifest, spec: &BuildSpec) -> Result<bool, ImageError> {
         Ok(match (&spec.vm, &m.vm) {
             (None, _) => true,
             (Some(_), None) => false,
-            (Some(want), Some(have)) => sha256_file(&want.agent)? == have.agent_sha256,
+            (Some(want), Some(have)) => {
+                have.boot_format == vm::BOOT_FORMAT
+                    && sha256_file(&want.agent)? == have.agent_sha256
+            }
         })
     }
 
@@ -962,6 +969,7 @@ fn vm_files(rootfs: &Path, partial: &Path, v: &VmBuild) -> Result<VmManifest, Im
         disk_sha256: sha256_file(&boot.rootfs)?,
         agent_sha256: sha256_file(&v.agent)?,
         docker: v.docker,
+        boot_format: vm::BOOT_FORMAT,
     })
 }
 

@@ -26,16 +26,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Module names the agent needs (with dependencies). ext4 is built into Debian's cloud kernel; it
-/// is listed so a kernel that builds it as a module still works. `virtio_mmio` finds QEMU's and
-/// Firecracker's devices, `virtio_pci` Cloud Hypervisor's.
+/// is listed so a kernel that builds it as a module (Debian's generic one) still works, and so is
+/// `crc32c_generic`, which ext4 and jbd2 need but `modules.dep` does not name (a soft dependency
+/// on the crypto alias `crc32c`: without it their mount fails with ENOENT). `virtio_mmio` finds
+/// QEMU's and Firecracker's devices, `virtio_pci` Cloud Hypervisor's.
 pub const INITRAMFS_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_pci",
     "virtio_blk",
     "virtio_net",
+    "crc32c_generic",
     "ext4",
     "overlay",
 ];
+
+/// The version of what [`build_boot_files`] makes (the module list, the files per kernel): an
+/// image whose manifest records an older one is rebuilt by `build_once`. 2: `vmlinux` per
+/// kernel, `virtio_pci` and `crc32c_generic` in the initramfs.
+pub const BOOT_FORMAT: u32 = 2;
 
 /// Where the agent finds the load order inside the initramfs.
 pub const ORDER_FILE: &str = "lib/modules/airlock.order";
@@ -711,7 +719,7 @@ mod tests {
             write(&md.join("modules.dep"), dep.as_bytes());
             write(
                 &md.join("modules.builtin"),
-                b"kernel/fs/ext4/ext4.ko\nkernel/fs/jbd2/jbd2.ko\nkernel/drivers/virtio/virtio_pci.ko\n",
+                b"kernel/fs/ext4/ext4.ko\nkernel/fs/jbd2/jbd2.ko\nkernel/drivers/virtio/virtio_pci.ko\nkernel/crypto/crc32c_generic.ko\n",
             );
             for line in dep.lines() {
                 let m = line.split(':').next().unwrap();

@@ -415,6 +415,11 @@ async fn kvm_only_drivers_are_refused_with_the_reason_while_other_pools_run() {
 /// lacks creates nothing and says why; its job waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kernel_matrix_gives_each_pool_its_kernel() {
+    // The daemon's log, shown when the test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
     let m = image_with_kernels(
         "test-vm-matrix",
         &[],
@@ -471,8 +476,10 @@ async fn a_kernel_matrix_gives_each_pool_its_kernel() {
             done("on-cloud") && done("on-generic") && done("on-host-kernel")
         })
         .await,
-        "{:?}",
-        conclusions(sim)
+        "{:?}\nkept logs: {}\nlive VMs: {}",
+        conclusions(sim),
+        kept_logs(&v.env.state()),
+        live_vm_logs(&v.env.state())
     );
     let logs = kept_logs(&v.env.state());
     let got = conclusions(sim);
@@ -488,6 +495,16 @@ async fn a_kernel_matrix_gives_each_pool_its_kernel() {
     );
     let never = sim.jobs().into_iter().find(|j| j.name == "never").unwrap();
     assert_eq!(never.status, Status::Queued);
+    // The runners that served the jobs finish and are torn down; "nokernel" never made one.
+    assert!(
+        wait_until(Duration::from_secs(60), || v
+            .env
+            .store()
+            .live_runners()
+            .unwrap()
+            .is_empty())
+        .await
+    );
     let m = v.env.metrics();
     assert!(
         metric(

@@ -255,6 +255,21 @@ pub fn kept_logs(state: &Path) -> String {
     out
 }
 
+/// The console logs of the VMs still there (`state/vms/*/runner.log`), each headed by its id,
+/// for failure messages.
+pub fn live_vm_logs(state: &Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(state.join("vms"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let log = std::fs::read_to_string(e.path().join("runner.log")).unwrap_or_default();
+        out.push_str(&format!("--- {}\n{log}\n", e.file_name().to_string_lossy()));
+    }
+    out
+}
+
 /// `shared/vmm/NAME` beside the checkout (or in `AIRLOCK_VMM_DIR`): Firecracker's and Cloud
 /// Hypervisor's release binaries.
 pub fn vmm_binary(name: &str) -> PathBuf {
