@@ -22,8 +22,13 @@ use std::time::{Duration, Instant};
 
 use airlock_sandbox::{Backend, SandboxStatus, Secret};
 
-/// A bare QEMU boot of `kernel` + `initramfs` to the agent's probe line, in ms; None on a stall.
-fn bare_boot(kernel: &std::path::Path, initramfs: &std::path::Path, cmdline: &str) -> Option<f64> {
+/// A bare QEMU boot of `kernel` + `initramfs` to the agent's probe line: (wall ms, the guest's
+/// time at the agent's "loaded" line); None on a stall.
+fn bare_boot(
+    kernel: &std::path::Path,
+    initramfs: &std::path::Path,
+    cmdline: &str,
+) -> Option<(f64, Option<f64>)> {
     let t0 = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args([
@@ -57,17 +62,48 @@ fn bare_boot(kernel: &std::path::Path, initramfs: &std::path::Path, cmdline: &st
         .unwrap();
     let out = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             if line.contains(airlock_agent::PROBE_OK) {
                 let _ = tx.send(());
             }
+            text.push_str(&line);
+            text.push('\n');
         }
+        text
     });
     let got = rx.recv_timeout(Duration::from_secs(60)).ok();
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     let _ = child.wait();
-    got.map(|_| ms)
+    let console = reader.join().unwrap_or_default();
+    got.map(|_| (ms, phases(&console)[1]))
+}
+
+/// The agent's progress lines a boot is timed by (a prefix of its message), in boot order.
+const PHASES: &[&str] = &[
+    "started",
+    "loaded",
+    "config read",
+    "root mounted",
+    "eth0",
+    "switched root",
+    "sudo allowed",
+    "runner started",
+];
+
+/// Each phase's guest time (`[NNNms]`, ms since the kernel started) in one console log.
+fn phases(log: &str) -> Vec<Option<f64>> {
+    PHASES
+        .iter()
+        .map(|p| {
+            log.lines().find_map(|l| {
+                let rest = l.split("airlock-agent: [").nth(1)?;
+                let (ms, msg) = rest.split_once("ms] ")?;
+                msg.starts_with(p).then(|| ms.parse().ok())?
+            })
+        })
+        .collect()
 }
 
 /// (VmRSS, resident KiB of the guest-RAM mapping) of a QEMU process with `mib` of guest RAM.
@@ -153,9 +189,14 @@ async fn main() {
 
     let (mut bare, mut ready, mut created, mut teardown) = (vec![], vec![], vec![], vec![]);
     let mut stalls = (0, 0);
+    let mut guest: Vec<Vec<f64>> = vec![vec![]; PHASES.len()];
+    let mut bare_loaded = vec![];
     for i in 0..boots {
         match bare_boot(&kernel, &initramfs, &cmdline) {
-            Some(ms) => bare.push(ms),
+            Some((ms, loaded)) => {
+                bare.push(ms);
+                bare_loaded.extend(loaded);
+            }
             None => stalls.0 += 1,
         }
         let id = format!("boot{i}");
@@ -179,6 +220,12 @@ async fn main() {
         }
         if up {
             ready.push(t0.elapsed().as_secs_f64() * 1e3);
+            let p = phases(&std::fs::read_to_string(&log).unwrap_or_default());
+            for (i, t) in p.into_iter().enumerate() {
+                if let Some(t) = t {
+                    guest[i].push(t);
+                }
+            }
         } else {
             stalls.1 += 1;
         }
@@ -220,6 +267,22 @@ async fn main() {
         "  of which create (qcow2 layer, config disk, tap, cgroup; probe cached): p50 {kp50:.1} ms  p95 {kp95:.1} ms"
     );
     println!("teardown (destroy of an exited VM):                           p50 {tp50:.1} ms  p95 {tp95:.1} ms");
+    // Where the guest's time goes: the median guest uptime at each of the agent's lines.
+    if !bare_loaded.is_empty() {
+        println!(
+            "  bare boot: guest at \"loaded\" p50 {:.0} ms since the kernel started",
+            common::pct(&mut bare_loaded, 0.5)
+        );
+    }
+    let mut last = 0.0;
+    for (name, times) in PHASES.iter().zip(guest.iter_mut()) {
+        if times.is_empty() {
+            continue;
+        }
+        let t = common::pct(times, 0.5);
+        println!("  guest at \"{name}\": p50 {t:.0} ms since the kernel started (+{:.0} ms)", t - last);
+        last = t;
+    }
 
     // The qcow2 layer alone.
     let mut layer = vec![];
