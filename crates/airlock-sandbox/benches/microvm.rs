@@ -11,7 +11,8 @@
 //! - Firecracker and Cloud Hypervisor host side: create, start until the VMM accepted the boot,
 //!   destroy (their guests do not boot where KVM is PVM; AIRLOCK_BENCH_VMMS=0 skips this).
 //!
-//! Sizes: AIRLOCK_BENCH_BOOTS (default 20), AIRLOCK_BENCH_IDLE_VMS (default 4).
+//! Sizes: AIRLOCK_BENCH_BOOTS (default 20), AIRLOCK_BENCH_IDLE_VMS (default 4);
+//! AIRLOCK_BENCH_SHOW_LOG=1 prints the last boot's agent lines.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -23,12 +24,12 @@ use std::time::{Duration, Instant};
 use airlock_sandbox::{Backend, SandboxStatus, Secret};
 
 /// A bare QEMU boot of `kernel` + `initramfs` to the agent's probe line: (wall ms, the guest's
-/// time at the agent's "loaded" line); None on a stall.
+/// time at the agent's "started" and "loaded" lines); None on a stall.
 fn bare_boot(
     kernel: &std::path::Path,
     initramfs: &std::path::Path,
     cmdline: &str,
-) -> Option<(f64, Option<f64>)> {
+) -> Option<(f64, [Option<f64>; 2])> {
     let t0 = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args([
@@ -77,7 +78,8 @@ fn bare_boot(
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     let _ = child.wait();
     let console = reader.join().unwrap_or_default();
-    got.map(|_| (ms, phases(&console)[1]))
+    let p = phases(&console);
+    got.map(|_| (ms, [p[0], p[1]]))
 }
 
 /// The agent's progress lines a boot is timed by (a prefix of its message), in boot order.
@@ -190,11 +192,12 @@ async fn main() {
     let (mut bare, mut ready, mut created, mut teardown) = (vec![], vec![], vec![], vec![]);
     let mut stalls = (0, 0);
     let mut guest: Vec<Vec<f64>> = vec![vec![]; PHASES.len()];
-    let mut bare_loaded = vec![];
+    let (mut bare_started, mut bare_loaded) = (vec![], vec![]);
     for i in 0..boots {
         match bare_boot(&kernel, &initramfs, &cmdline) {
-            Some((ms, loaded)) => {
+            Some((ms, [started, loaded])) => {
                 bare.push(ms);
+                bare_started.extend(started);
                 bare_loaded.extend(loaded);
             }
             None => stalls.0 += 1,
@@ -220,7 +223,13 @@ async fn main() {
         }
         if up {
             ready.push(t0.elapsed().as_secs_f64() * 1e3);
-            let p = phases(&std::fs::read_to_string(&log).unwrap_or_default());
+            let console = std::fs::read_to_string(&log).unwrap_or_default();
+            if i + 1 == boots && std::env::var_os("AIRLOCK_BENCH_SHOW_LOG").is_some() {
+                for l in console.lines().filter(|l| l.contains("airlock-agent: [")) {
+                    println!("    last boot: {l}");
+                }
+            }
+            let p = phases(&console);
             for (i, t) in p.into_iter().enumerate() {
                 if let Some(t) = t {
                     guest[i].push(t);
@@ -268,9 +277,10 @@ async fn main() {
     );
     println!("teardown (destroy of an exited VM):                           p50 {tp50:.1} ms  p95 {tp95:.1} ms");
     // Where the guest's time goes: the median guest uptime at each of the agent's lines.
-    if !bare_loaded.is_empty() {
+    if !bare_loaded.is_empty() && !bare_started.is_empty() {
         println!(
-            "  bare boot: guest at \"loaded\" p50 {:.0} ms since the kernel started",
+            "  bare boot: guest at \"started\" p50 {:.0} ms, at \"loaded\" p50 {:.0} ms since the kernel started",
+            common::pct(&mut bare_started, 0.5),
             common::pct(&mut bare_loaded, 0.5)
         );
     }
@@ -280,7 +290,10 @@ async fn main() {
             continue;
         }
         let t = common::pct(times, 0.5);
-        println!("  guest at \"{name}\": p50 {t:.0} ms since the kernel started (+{:.0} ms)", t - last);
+        println!(
+            "  guest at \"{name}\": p50 {t:.0} ms since the kernel started (+{:.0} ms)",
+            t - last
+        );
         last = t;
     }
 

@@ -833,7 +833,8 @@ fn owned_by(p: &Path, uid: u32) -> std::io::Result<()> {
 }
 
 /// Writes the config disk in place (the VMM has not opened it yet): mode 0600 from its creation,
-/// owned by the VM's uid.
+/// owned by the VM's uid. Not synced: the VMM reads it through the same page cache, and a host
+/// crash ends the VM it was for.
 fn write_config_disk(p: &Path, bytes: &[u8], uid: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -844,7 +845,6 @@ fn write_config_disk(p: &Path, bytes: &[u8], uid: u32) -> std::io::Result<()> {
         .mode(0o600)
         .open(p)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
     drop(f);
     owned_by(p, uid)
 }

@@ -31,7 +31,7 @@ impl ConfigDisk {
         })
     }
 
-    /// Reads the config, overwrites the whole disk with zeros and flushes it, then parses.
+    /// Reads the config, overwrites it on the disk with zeros and flushes that, then parses.
     pub fn take_config(&mut self) -> Result<GuestConfig, Fatal> {
         let size = self
             .file
@@ -39,13 +39,24 @@ impl ConfigDisk {
             .map_err(io_err(format!("size of {}", self.path)))?;
         let len = (size as usize).min(CONFIG_DISK_SIZE);
         let mut buf = vec![0u8; len];
-        let read = self
-            .file
-            .seek(SeekFrom::Start(0))
-            .and_then(|_| self.file.read_exact(&mut buf));
-        // The host writes the document and zeros after it: wiping up to the end of the document
-        // (rounded up to whole 4 KiB blocks) removes the secret without rewriting the whole disk.
-        // A read that failed leaves no way to tell where the document ends: wipe it all then.
+        // The document is JSON (no NUL) followed by zeros to the end of the disk: it is read in
+        // 4 KiB blocks up to the first block with a NUL in it, not the whole MiB.
+        let read = self.file.seek(SeekFrom::Start(0)).and_then(|_| {
+            let mut at = 0;
+            while at < len {
+                let end = (at + 4096).min(len);
+                self.file.read_exact(&mut buf[at..end])?;
+                let ends_here = buf[at..end].contains(&0);
+                at = end;
+                if ends_here {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        // Wiping up to the end of the document (rounded up to whole 4 KiB blocks) removes the
+        // secret without rewriting the whole disk. A read that failed leaves no way to tell where
+        // the document ends: wipe it all then.
         let used = buf.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
         let wiped = self.wipe(match read {
             Ok(()) => (used as u64).div_ceil(4096) * 4096,
@@ -85,5 +96,67 @@ impl ConfigDisk {
             .and_then(|_| self.file.write_all(&record))
             .and_then(|()| self.file.sync_all())
             .map_err(io_err(format!("write result to {}", self.path)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JIT: &str = "JITSECRET-disk-test";
+
+    fn config(env_bytes: usize) -> GuestConfig {
+        let text = format!(
+            r#"{{"version":1,"hostname":"airlock-t","root":{{"device":"/dev/vda","writable_layer":null,"grow":true}},
+            "net":null,"runner":{{"command":"/r","user":"runner","env":{{"BIG":"{}"}}}},"jit":"{JIT}"}}"#,
+            "x".repeat(env_bytes)
+        );
+        GuestConfig::from_disk_bytes(text.as_bytes()).unwrap()
+    }
+
+    fn disk_with(c: &GuestConfig) -> (tempfile::NamedTempFile, ConfigDisk) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), c.to_disk_bytes().unwrap()).unwrap();
+        let d = ConfigDisk::open(f.path().to_str().unwrap()).unwrap();
+        (f, d)
+    }
+
+    #[test]
+    fn the_config_is_read_and_wiped_whatever_its_length() {
+        // One block, and a document that spans several 4 KiB blocks (and ends inside one).
+        for env_bytes in [10, 9000, 8192 - 200] {
+            let c = config(env_bytes);
+            let (f, mut d) = disk_with(&c);
+            assert_eq!(d.take_config().unwrap(), c, "{env_bytes}");
+            let after = std::fs::read(f.path()).unwrap();
+            assert_eq!(after.len(), CONFIG_DISK_SIZE);
+            assert!(after.iter().all(|&b| b == 0), "wiped ({env_bytes})");
+        }
+    }
+
+    #[test]
+    fn an_empty_or_bad_disk_is_an_error_and_still_wiped() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut junk = b"{not json".to_vec();
+        junk.resize(CONFIG_DISK_SIZE, 0);
+        std::fs::write(f.path(), &junk).unwrap();
+        let mut d = ConfigDisk::open(f.path().to_str().unwrap()).unwrap();
+        assert!(d.take_config().is_err());
+        assert!(std::fs::read(f.path()).unwrap().iter().all(|&b| b == 0));
+        std::fs::write(f.path(), vec![0; CONFIG_DISK_SIZE]).unwrap();
+        let mut d = ConfigDisk::open(f.path().to_str().unwrap()).unwrap();
+        assert!(d.take_config().is_err(), "empty");
+    }
+
+    #[test]
+    fn the_result_lands_at_the_start() {
+        let (f, mut d) = disk_with(&config(1));
+        d.take_config().unwrap();
+        d.write_result(&GuestResult::ExitCode(7)).unwrap();
+        let bytes = std::fs::read(f.path()).unwrap();
+        assert_eq!(
+            GuestResult::from_record(&bytes[..airlock_agent::config::RESULT_SIZE]).unwrap(),
+            Some(GuestResult::ExitCode(7))
+        );
     }
 }

@@ -141,6 +141,7 @@ fn boot(config_disk: &mut Option<disk::ConfigDisk>) -> Result<GuestResult, Fatal
     let pid = runner::spawn(&config.runner, &account, &config.jit)?;
     config.jit.wipe();
     log!("runner started (pid {pid})");
+    mounts::grow_at_full_speed();
     let result = runner::reap_until(pid);
     match &result {
         GuestResult::ExitCode(n) => log!("runner exited with status {n}"),

@@ -8,6 +8,7 @@
 use std::fs::{self, File};
 use std::io::{Seek, SeekFrom};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Instant;
 
 use airlock_agent::config::RootSpec;
@@ -140,7 +141,43 @@ fn grow(device: &str, mountpoint: &str) -> Result<(), Fatal> {
     // Opened now: the descriptor stays valid when the mount moves to `/`.
     let dir = File::open(mountpoint).map_err(io_err(format!("open {mountpoint}")))?;
     let device = device.to_string();
-    let handle = std::thread::spawn(move || match crate::sys::ext4_resize(&dir, want) {
+    let handle = std::thread::spawn(move || {
+        // On a one-vCPU guest (and under TCG) the resize would take its share of the CPU from
+        // the runner's start: until then it runs only when the boot's critical path waits, and
+        // `grow_at_full_speed` puts it back once the runner is up (a busy job must not starve
+        // it: the job needs the space).
+        GROW_TID.store(crate::sys::gettid(), Ordering::SeqCst);
+        if let Err(e) = crate::sys::set_idle(0, true) {
+            log!("grow at normal priority: SCHED_IDLE refused ({e})");
+        }
+        // The runner may have come up before this thread ran: then it is not held back at all.
+        if RUNNER_UP.load(Ordering::SeqCst) {
+            let _ = crate::sys::set_idle(0, false);
+        }
+        grow_now(&dir, &device, want, now, block, start);
+        GROW_TID.store(0, Ordering::SeqCst);
+    });
+    *GROWING.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+    Ok(())
+}
+
+/// The growing thread's id while it runs (0: none), and whether the runner is up.
+static GROW_TID: AtomicI32 = AtomicI32::new(0);
+static RUNNER_UP: AtomicBool = AtomicBool::new(false);
+
+/// Puts a background grow still running back to normal priority (see [`grow`]).
+pub fn grow_at_full_speed() {
+    RUNNER_UP.store(true, Ordering::SeqCst);
+    let tid = GROW_TID.load(Ordering::SeqCst);
+    if tid != 0 {
+        if let Err(e) = crate::sys::set_idle(tid, false) {
+            log!("could not raise the grow's priority: {e}");
+        }
+    }
+}
+
+fn grow_now(dir: &File, device: &str, want: u64, now: u64, block: u64, start: Instant) {
+    match crate::sys::ext4_resize(dir, want) {
         Ok(()) => log!(
             "grew {device} from {} to {} MiB in {} ms",
             (now * block) >> 20,
@@ -148,9 +185,7 @@ fn grow(device: &str, mountpoint: &str) -> Result<(), Fatal> {
             start.elapsed().as_millis()
         ),
         Err(e) => log!("could not grow {device} to {want} blocks: {e}"),
-    });
-    *GROWING.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
-    Ok(())
+    }
 }
 
 /// Moves the early mounts under /newroot and makes it `/` (what util-linux's switch_root does,

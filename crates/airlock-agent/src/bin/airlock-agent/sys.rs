@@ -1,7 +1,8 @@
 //! The agent's only `unsafe` code: the few kernel interfaces that neither std nor nix (with the
 //! features this crate can use) wraps safely.
 //!
-//! - `EXT4_IOC_RESIZE_FS`, to grow the root filesystem online;
+//! - `EXT4_IOC_RESIZE_FS`, to grow the root filesystem online, and `sched_setscheduler`, to do it
+//!   at idle priority;
 //! - a netlink route socket (nix's socket wrappers need a crate that is not in the lockfile);
 //! - dropping to the runner's credentials between fork and exec (`pre_exec`), because std's
 //!   `Command::uid` clears supplementary groups and `Command::groups` is unstable.
@@ -23,6 +24,41 @@ nix::ioctl_write_ptr!(ext4_ioc_resize_fs, b'f', 16, u64);
 pub fn ext4_resize(dir: &std::fs::File, blocks: u64) -> nix::Result<()> {
     // SAFETY: the ioctl reads one u64 from the pointer, which lives across the call.
     unsafe { ext4_ioc_resize_fs(dir.as_raw_fd(), &blocks) }.map(drop)
+}
+
+/// The calling thread's id.
+pub fn gettid() -> i32 {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// Puts thread `tid` (0: the calling one) in `SCHED_IDLE` (it runs only when nothing else wants
+/// the CPU) or back in `SCHED_OTHER`.
+pub fn set_idle(tid: i32, idle: bool) -> io::Result<()> {
+    // SAFETY: sched_param is plain integers (musl's has more fields than glibc's), for which
+    // all-zero is valid; both policies take priority 0.
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
+    let policy = if idle {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    // The raw system call: musl's sched_setscheduler() is a stub that returns ENOSYS (POSIX
+    // means the process, Linux's call the thread).
+    // SAFETY: the call reads the parameter during the call only; a wrong tid is an error.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            tid,
+            policy,
+            &param as *const libc::sched_param,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// A bound `NETLINK_ROUTE` socket.
