@@ -5,7 +5,7 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use std::os::unix::fs::PermissionsExt;
@@ -14,31 +14,6 @@ use airlock_core::{Accel, VmDriver};
 use airlock_sandbox::microvm::AccelChoice;
 use airlock_sandbox::{Backend, Limits, SandboxStatus, Secret};
 use common::*;
-
-/// Destroys what a test's VM backend left, also when the test fails part-way.
-struct VmReaper(PathBuf, u8);
-
-impl Drop for VmReaper {
-    fn drop(&mut self) {
-        let (root, slot) = (self.0.clone(), self.1);
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if !root.exists() {
-                    return;
-                }
-                let b = vm_backend(&root, slot).await;
-                for (id, _) in b.list().await.unwrap_or_default() {
-                    let _ = b.destroy(&id).await;
-                }
-            })
-        })
-        .join();
-    }
-}
 
 /// The VMM's pid (the process whose argv names the sandbox), its uid, and its argv.
 fn vmm_of(id: &str) -> Option<(i32, u32, String)> {
@@ -73,7 +48,7 @@ async fn vm_lifecycle_root_sudo_secret_unprivileged_vmm_and_nothing_left() {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("vms");
-    let _reaper = VmReaper(root.clone(), 20);
+    let _reaper = VmReaper::qemu(root.clone(), 20);
     let b = vm_backend(&root, 20).await;
     let m = vm_image();
     let kernel = m.vm.as_ref().unwrap().kernels[0].version.clone();
@@ -176,7 +151,7 @@ async fn vm_disk_is_capped_and_the_host_disk_untouched() {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("vms");
-    let _reaper = VmReaper(root.clone(), 41);
+    let _reaper = VmReaper::qemu(root.clone(), 41);
     let b = vm_backend(&root, 41).await;
     let m = vm_image();
     let s = vm_spec("fill1", &m, 1);
@@ -210,7 +185,7 @@ async fn vm_network_reaches_the_internet_but_not_the_host_or_a_container() {
     let t = tempfile::tempdir().unwrap();
     let vroot = t.path().join("vms");
     let croot = t.path().join("containers");
-    let _reaper = VmReaper(vroot.clone(), 42);
+    let _reaper = VmReaper::qemu(vroot.clone(), 42);
     let _creaper = Reaper(croot.clone());
     // One lease directory and subnet for both kinds, as in the daemon.
     let vb = vm_backend(&vroot, 42).await;
@@ -294,7 +269,7 @@ async fn a_new_backend_adopts_a_running_vm_and_reaps_remnants() {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("vms");
-    let _reaper = VmReaper(root.clone(), 43);
+    let _reaper = VmReaper::qemu(root.clone(), 43);
     let m = vm_image();
     {
         let first = vm_backend(&root, 43).await;

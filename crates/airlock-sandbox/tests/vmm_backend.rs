@@ -13,7 +13,7 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use airlock_core::{Accel, VmDriver};
@@ -24,31 +24,6 @@ use common::*;
 
 const SECRET: &str = "JITSECRET-vmmbackend-51e0";
 const DRIVERS: [VmDriver; 2] = [VmDriver::Firecracker, VmDriver::CloudHypervisor];
-
-/// Destroys what a test's backend left, also when the test fails part-way.
-struct Reaper(PathBuf, u8);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let (root, slot) = (self.0.clone(), self.1);
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if !root.exists() {
-                    return;
-                }
-                let b = vm_backend_with(&root, slot, &DRIVERS).await;
-                for (id, _) in b.list().await.unwrap_or_default() {
-                    let _ = b.destroy(&id).await;
-                }
-            })
-        })
-        .join();
-    }
-}
 
 /// The test VM image's spec for `driver`.
 fn spec_for(id: &str, driver: VmDriver) -> SandboxSpec {
@@ -122,7 +97,7 @@ async fn firecracker_and_cloud_hypervisor_pools_are_probed_and_refused_with_the_
     require_root();
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("vms");
-    let _reaper = Reaper(root.clone(), 45);
+    let _reaper = VmReaper(root.clone(), 45, &DRIVERS);
     let b = vm_backend_with(&root, 45, &DRIVERS).await;
     for driver in DRIVERS {
         let spec = spec_for("p", driver);
@@ -198,7 +173,7 @@ async fn lifecycle(driver: VmDriver, slot: u8) {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("vms");
-    let _reaper = Reaper(root.clone(), slot);
+    let _reaper = VmReaper(root.clone(), slot, &DRIVERS);
     let b = vm_backend_with(&root, slot, &DRIVERS).await;
     let id = format!("{}1", &driver.as_str()[..2]);
     let spec = spec_for(&id, driver);
@@ -334,7 +309,7 @@ async fn a_vm_the_vmm_refuses_to_boot_fails_its_start_and_is_cleaned_up() {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("vms");
-    let _reaper = Reaper(root.clone(), 48);
+    let _reaper = VmReaper(root.clone(), 48, &DRIVERS);
     let b: MicrovmBackend = vm_backend_with(&root, 48, &DRIVERS).await;
     let mut spec = spec_for("bad1", VmDriver::Firecracker);
     // An ELF file that is no kernel passes the backend's check; Firecracker's loader refuses it.

@@ -542,23 +542,52 @@ pub struct Reaper(pub PathBuf);
 impl Drop for Reaper {
     fn drop(&mut self) {
         let root = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if !root.exists() {
-                    return;
-                }
-                let b = backend(&root, 99).await;
-                for (id, _) in b.list().await.unwrap_or_default() {
-                    let _ = b.destroy(&id).await;
-                }
-            });
-        })
-        .join();
+        reap_on_a_thread(root.clone(), async move { backend(&root, 99).await });
     }
+}
+
+/// [`Reaper`] for microVM sandboxes: a backend with `drivers`, on address slot `slot`.
+pub struct VmReaper(pub PathBuf, pub u8, pub &'static [airlock_core::VmDriver]);
+
+impl VmReaper {
+    /// For QEMU VMs.
+    pub fn qemu(root: PathBuf, slot: u8) -> VmReaper {
+        VmReaper(root, slot, &[airlock_core::VmDriver::Qemu])
+    }
+}
+
+impl Drop for VmReaper {
+    fn drop(&mut self) {
+        let (root, slot, drivers) = (self.0.clone(), self.1, self.2);
+        reap_on_a_thread(root.clone(), async move {
+            vm_backend_with(&root, slot, drivers).await
+        });
+    }
+}
+
+/// Destroys every sandbox the backend `make` yields lists, on a runtime of its own (a test's
+/// runtime may be gone or blocked when its guard drops).
+fn reap_on_a_thread<B, F>(root: PathBuf, make: F)
+where
+    B: Backend,
+    F: std::future::Future<Output = B> + Send + 'static,
+{
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            if !root.exists() {
+                return;
+            }
+            let b = make.await;
+            for (id, _) in b.list().await.unwrap_or_default() {
+                let _ = b.destroy(&id).await;
+            }
+        });
+    })
+    .join();
 }
 
 /// The `p` quantile (0..=1) of `v` (benchmarks).
