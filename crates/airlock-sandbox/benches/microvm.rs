@@ -260,7 +260,6 @@ async fn main() {
             bare_once(&mut bare, &mut stalls);
         }
     }
-    drop(bare_once);
     let left = airlock_sandbox::microvm::remnants(&root);
     assert!(left.is_empty(), "{left:?}");
     let (bp50, bp95) = (common::pct(&mut bare, 0.5), common::pct(&mut bare, 0.95));
