@@ -160,6 +160,25 @@ async fn firecracker_and_cloud_hypervisor_pools_are_probed_and_refused_with_the_
         "{e}"
     );
     assert!(airlock_sandbox::microvm::remnants(&root).is_empty());
+    // Cloud Hypervisor binds its API socket at a path of its own: one too long for a Unix
+    // socket address is refused at create, saying what to do, and nothing is left.
+    let deep = t.path().join("d".repeat(90)).join("vms");
+    std::fs::create_dir_all(deep.parent().unwrap()).unwrap();
+    let db = vm_backend_with(&deep, 45, &DRIVERS).await;
+    let e = db
+        .create(&spec_for(
+            "airlock-ch-pool-0123456789",
+            VmDriver::CloudHypervisor,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("longer than a Unix socket address holds"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("shorter server.state_dir"), "{e}");
+    assert!(airlock_sandbox::microvm::remnants(&deep).is_empty());
     // A driver the backend was not made ready for is named as such.
     let qemu_only = vm_backend(&t.path().join("q"), 45).await;
     let e = qemu_only
@@ -175,7 +194,9 @@ async fn lifecycle(driver: VmDriver, slot: u8) {
     let root = t.path().join("vms");
     let _reaper = VmReaper(root.clone(), slot, &DRIVERS);
     let b = vm_backend_with(&root, slot, &DRIVERS).await;
-    let id = format!("{}1", &driver.as_str()[..2]);
+    // As long as the daemon's runner names get: the jail's socket path is then longer than a
+    // Unix socket address holds, and the backend must still reach it.
+    let id = format!("airlock-{}-pool-0123456789", driver.as_str());
     let spec = spec_for(&id, driver);
     let dir = root.join(&id);
     let cgroup = format!("{}-{id}", tag_of(&root));

@@ -341,6 +341,20 @@ impl MicrovmBackend {
             }
             VmDriver::CloudHypervisor => {
                 let ch = self.chv_spec(id, vm, uid)?;
+                // Cloud Hypervisor binds its API socket at this path itself.
+                let sock = ch.socket();
+                if sock.as_os_str().len() > vmm_api::SUN_PATH_MAX {
+                    return Err(setup(
+                        id,
+                        "API socket",
+                        format!(
+                            "{} is {} bytes, longer than a Unix socket address holds ({}): use a shorter server.state_dir",
+                            sock.display(),
+                            sock.as_os_str().len(),
+                            vmm_api::SUN_PATH_MAX
+                        ),
+                    ));
+                }
                 chv::prepare(&ch).map_err(|e| setup(id, "VMM directory", e))?;
                 same_file(&config, &ch.dir.join("config.img"))
                     .map_err(|e| setup(id, "VMM directory", e))?;

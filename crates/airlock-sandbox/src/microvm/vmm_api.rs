@@ -243,6 +243,30 @@ pub fn remove_tree(id: &str, dir: &Path) -> Result<(), VmmError> {
     }
 }
 
+/// The longest path `connect(2)` takes for a Unix socket (`sun_path` is 108 bytes, NUL included).
+pub const SUN_PATH_MAX: usize = 107;
+
+/// Connects to the socket at `path`, also when the path is longer than `sun_path` holds (a jail
+/// deep in a state directory): then through `/proc/self/fd/N/NAME`, N a descriptor of its
+/// directory, which the kernel resolves like the long path itself.
+async fn connect(path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().as_bytes().len() <= SUN_PATH_MAX {
+        return UnixStream::connect(path).await;
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return UnixStream::connect(path).await;
+    };
+    // A directory opens read-only like a file; the descriptor only anchors the short path.
+    let dir = std::fs::File::open(dir)?;
+    let short = Path::new("/proc/self/fd")
+        .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
+        .join(name);
+    let r = UnixStream::connect(&short).await;
+    drop(dir);
+    r
+}
+
 /// One request as sent: what the tests validate against the API descriptions.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Recorded {
@@ -319,7 +343,7 @@ impl ApiClient {
     ) -> Result<(), ApiError> {
         let start = Instant::now();
         loop {
-            if UnixStream::connect(&self.socket).await.is_ok() {
+            if connect(&self.socket).await.is_ok() {
                 return Ok(());
             }
             if let Some(status) = exited() {
@@ -395,15 +419,14 @@ impl ApiClient {
             path: path.into(),
             source,
         };
-        let mut stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ApiError::Connect {
-                    socket: self.socket.clone(),
-                    method,
-                    path: path.into(),
-                    source,
-                })?;
+        let mut stream = connect(&self.socket)
+            .await
+            .map_err(|source| ApiError::Connect {
+                socket: self.socket.clone(),
+                method,
+                path: path.into(),
+                source,
+            })?;
         let request = encode(method, path, body);
         if fds.is_empty() {
             stream.write_all(&request).await.map_err(io)?;
@@ -606,6 +629,47 @@ mod tests {
             body: r#"["Error from API","The VM could not boot"]"#.into(),
         };
         assert_eq!(r.fault(), "Error from API: The VM could not boot");
+    }
+
+    #[tokio::test]
+    async fn a_socket_deeper_than_sun_path_holds_is_reached() {
+        let t = tempfile::tempdir().unwrap();
+        let deep = t
+            .path()
+            .join("d".repeat(60))
+            .join("e".repeat(60))
+            .join("run");
+        std::fs::create_dir_all(&deep).unwrap();
+        let sock = deep.join("fc.sock");
+        assert!(
+            sock.as_os_str().len() > SUN_PATH_MAX,
+            "the test needs a long path"
+        );
+        // Bound through a short path to the same place, as a VMM in its chroot binds it.
+        let anchor = std::fs::File::open(&deep).unwrap();
+        let short = format!(
+            "/proc/self/fd/{}/fc.sock",
+            std::os::fd::AsRawFd::as_raw_fd(&anchor)
+        );
+        let listener = tokio::net::UnixListener::bind(&short).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+                .await
+                .unwrap();
+            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
+        });
+        assert!(
+            UnixStream::connect(&sock).await.is_err(),
+            "positive control: the plain connect cannot take this path"
+        );
+        let c = ApiClient::new(&sock, Duration::from_secs(5));
+        let r = c.put("/actions", None).await.unwrap();
+        assert_eq!(r.status, 204);
+        server.await.unwrap();
     }
 
     #[tokio::test]
