@@ -25,6 +25,10 @@ const SCRIPT: &str = r#"blocks=$0
 mv exit_status.tmp exit_status
 "#;
 
+/// The descriptor number under which the supervised command inherits the supervisor's stdin
+/// (a VM's tap for QEMU, its API socket for Cloud Hypervisor).
+pub(crate) const HANDED_FD: u32 = 3;
+
 /// A command that runs `argv` under the supervisor in `dir`, in a new process group, with a clean
 /// environment plus `env`.
 pub(crate) fn command(

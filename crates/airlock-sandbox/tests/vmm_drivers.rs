@@ -487,6 +487,7 @@ async fn cloud_hypervisor_unprivileged_gets_its_tap_by_descriptor_boots_and_leav
         cmdline: chv::cmdline(),
         log: t.path().join("ch.log"),
         api_timeout: Duration::from_secs(10),
+        api_fd: None,
     };
     let argv: Vec<String> = chv::argv(&spec)
         .iter()

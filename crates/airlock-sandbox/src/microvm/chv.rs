@@ -77,6 +77,10 @@ pub struct ChvSpec {
     /// The VMM's stdout and stderr (the serial console and its log).
     pub log: PathBuf,
     pub api_timeout: Duration,
+    /// The descriptor number under which the VMM inherits its API socket, bound by the caller
+    /// (`--api-socket fd=N`); `None`: it binds [`socket`](Self::socket) itself, which must then
+    /// fit a Unix socket address.
+    pub api_fd: Option<u32>,
 }
 
 impl ChvSpec {
@@ -88,8 +92,14 @@ impl ChvSpec {
 /// The VMM's argv (program first). No secret: paths and the uid only.
 pub fn argv(spec: &ChvSpec) -> Vec<OsString> {
     let uid = spec.uid;
-    let mut api = OsString::from("path=");
-    api.push(spec.socket());
+    let api = match spec.api_fd {
+        Some(fd) => OsString::from(format!("fd={fd}")),
+        None => {
+            let mut a = OsString::from("path=");
+            a.push(spec.socket());
+            a
+        }
+    };
     vec![
         spec.unshare.clone().into(),
         "--mount".into(),
@@ -399,6 +409,7 @@ mod tests {
             cmdline: cmdline(),
             log: "/vms/ch-1/runner.log".into(),
             api_timeout: Duration::from_secs(5),
+            api_fd: None,
         }
     }
 
@@ -412,6 +423,12 @@ mod tests {
         assert!(at("/vms/ch-1/vmm/kvm") < at("/usr/bin/setpriv"));
         assert!(at("--reuid=200002") < at("/opt/cloud-hypervisor"));
         assert_eq!(a.last().unwrap(), "path=/vms/ch-1/vmm/run/api.sock");
+        let handed = ChvSpec {
+            api_fd: Some(3),
+            ..spec()
+        };
+        let last = argv(&handed).last().unwrap().to_string_lossy().into_owned();
+        assert_eq!(last, "fd=3", "a socket bound by the caller is inherited");
     }
 
     #[test]

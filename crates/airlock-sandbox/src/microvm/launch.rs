@@ -152,6 +152,9 @@ impl MicrovmBackend {
             cmdline: chv::cmdline(),
             log: dir.join("runner.log"),
             api_timeout: VMM_API_TIMEOUT,
+            // Bound by `start` and handed over (the socket path may be longer than Cloud
+            // Hypervisor could bind).
+            api_fd: Some(supervise::HANDED_FD),
         })
     }
 

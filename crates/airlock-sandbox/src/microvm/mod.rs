@@ -341,20 +341,6 @@ impl MicrovmBackend {
             }
             VmDriver::CloudHypervisor => {
                 let ch = self.chv_spec(id, vm, uid)?;
-                // Cloud Hypervisor binds its API socket at this path itself.
-                let sock = ch.socket();
-                if sock.as_os_str().len() > vmm_api::SUN_PATH_MAX {
-                    return Err(setup(
-                        id,
-                        "API socket",
-                        format!(
-                            "{} is {} bytes, longer than a Unix socket address holds ({}): use a shorter server.state_dir",
-                            sock.display(),
-                            sock.as_os_str().len(),
-                            vmm_api::SUN_PATH_MAX
-                        ),
-                    ));
-                }
                 chv::prepare(&ch).map_err(|e| setup(id, "VMM directory", e))?;
                 same_file(&config, &ch.dir.join("config.img"))
                     .map_err(|e| setup(id, "VMM directory", e))?;
@@ -551,12 +537,23 @@ impl Backend for MicrovmBackend {
             &refs,
             &[("AIRLOCK_CGROUP_PROCS", std::ffi::OsStr::new(&procs))],
         );
-        if launch.driver == VmDriver::Qemu {
-            // QEMU takes its tap as fd 3; the others open it (Firecracker, in its jail) or are
-            // handed it over their API (Cloud Hypervisor).
-            let tap = net::open_tap(&net::link_name(&self.key(&spec.id)))
-                .map_err(|e| start_err(e.to_string()))?;
-            cmd.stdin(Stdio::from(tap));
+        match launch.driver {
+            // QEMU takes its tap as fd 3; Firecracker opens it in its jail, Cloud Hypervisor is
+            // handed it over its API.
+            VmDriver::Qemu => {
+                let tap = net::open_tap(&net::link_name(&self.key(&spec.id)))
+                    .map_err(|e| start_err(e.to_string()))?;
+                cmd.stdin(Stdio::from(tap));
+            }
+            // Cloud Hypervisor gets its API socket bound, as fd 3 (`--api-socket fd=3`).
+            VmDriver::CloudHypervisor => {
+                let sock = self.chv_spec(&spec.id, vm, launch.uid)?.socket();
+                let listener = vmm_api::bind(&sock).map_err(|e| {
+                    start_err(format!("binding the API socket {}: {e}", sock.display()))
+                })?;
+                cmd.stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)));
+            }
+            VmDriver::Firecracker => {}
         }
         let child = cmd
             .spawn()

@@ -151,6 +151,7 @@ async fn boot_in(
                 cmdline: format!("{} {PROBE_ARG}", chv::cmdline()),
                 log: log.clone(),
                 api_timeout: API_TIMEOUT,
+                api_fd: None,
             };
             let mut vm = ChvVm::launch(&spec).await.map_err(|err| err.to_string())?;
             let r = watch(&log, started, timeout, || vm.exited()).await;

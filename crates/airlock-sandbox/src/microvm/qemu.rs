@@ -29,7 +29,7 @@ pub(super) struct Vm<'a> {
 }
 
 /// The tap descriptor the VMM inherits (see `supervise`: the supervisor's stdin becomes fd 3).
-pub(super) const TAP_FD: u32 = 3;
+pub(super) const TAP_FD: u32 = crate::supervise::HANDED_FD;
 
 /// The kernel command line for `accel`: a TCG guest is told the host's TSC rate, or its boot
 /// may hang calibrating against the emulated PIT.

@@ -267,6 +267,23 @@ async fn connect(path: &Path) -> std::io::Result<UnixStream> {
     r
 }
 
+/// Binds a listening Unix socket at `path` (for a VMM to inherit), also when the path is longer
+/// than `sun_path` holds (see [`connect`]).
+pub fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().as_bytes().len() <= SUN_PATH_MAX {
+        return std::os::unix::net::UnixListener::bind(path);
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return std::os::unix::net::UnixListener::bind(path);
+    };
+    let dir = std::fs::File::open(dir)?;
+    let short = Path::new("/proc/self/fd")
+        .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
+        .join(name);
+    std::os::unix::net::UnixListener::bind(&short)
+}
+
 /// One request as sent: what the tests validate against the API descriptions.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Recorded {
