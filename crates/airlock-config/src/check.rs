@@ -167,6 +167,7 @@ const SERVER_KEYS: &[&str] = &[
     "job_log_max_mib",
     "job_logs_keep",
     "history_retention",
+    "max_parallel_ops",
 ];
 const CONTAINER_KEYS: &[&str] = &["runtime", "subnet", "uid_base", "dns"];
 const GITHUB_KEYS: &[&str] = &[
@@ -271,6 +272,20 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
         "history_retention",
         Duration::from_secs(14 * 24 * 3600),
     );
+    let max_parallel_ops = w
+        .take::<usize>(
+            &mut t,
+            "server",
+            "max_parallel_ops",
+            "a whole number of operations",
+        )
+        .unwrap_or(16);
+    if !(1..=1024).contains(&max_parallel_ops) {
+        w.error(
+            "server.max_parallel_ops",
+            format!("{max_parallel_ops} is out of range (1 to 1024)"),
+        );
+    }
     w.unknown(t, "server", SERVER_KEYS);
     if state_dir.to_string_lossy().contains([',', ':']) {
         w.error(
@@ -285,6 +300,7 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
         job_log_max_bytes: job_log_max_mib.clamp(1, 1 << 20) << 20,
         job_logs_keep,
         history_retention,
+        max_parallel_ops: max_parallel_ops.clamp(1, 1024),
     };
 
     // [container]

@@ -100,6 +100,8 @@ pub struct ServerConfig {
     /// Completed jobs, gone runners, destroyed sandboxes and events older than this are deleted.
     #[serde(with = "humantime_serde_shim")]
     pub history_retention: Duration,
+    /// How many of a pass's operations (creates, stops, reaps) run at once.
+    pub max_parallel_ops: usize,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

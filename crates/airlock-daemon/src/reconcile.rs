@@ -21,6 +21,8 @@ use tracing::Instrument;
 use crate::metrics::{
     OpLabels, OutcomeLabels, PoolInfoLabels, PoolLabels, PoolStateLabels, StopLabels,
 };
+use futures_util::StreamExt;
+
 use crate::{now_ms, Backoff, Inner};
 
 #[derive(Debug, thiserror::Error)]
@@ -181,54 +183,25 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
     if !ops.is_empty() {
         tracing::debug!(ops = ops.len(), "executing plan");
     }
-    for op in ops {
-        let name = match &op {
-            Op::Create { .. } => "create",
-            Op::Stop { .. } => "stop",
-            Op::DeleteRegistration { .. } => "delete_registration",
-            Op::DestroySandbox { .. } => "destroy_sandbox",
-        };
-        let created_pool = match &op {
-            Op::Create { pool } => Some(pool.clone()),
-            _ => None,
-        };
-        if let Some(pool) = &created_pool {
-            let s = inner.shared();
-            let now = Instant::now();
-            if s.rate_limited_until.is_some_and(|t| t > now)
-                || s.backoff.get(pool).is_some_and(|b| b.until > now)
-            {
-                continue;
-            }
-        }
-        let result = execute(inner, &live, &kinds, op).await;
-        if let Err(e) = result {
-            inner
-                .metrics
-                .reconcile_errors
-                .get_or_create(&OpLabels {
-                    op: name.into(),
-                    class: e.class().into(),
-                })
-                .inc();
-            tracing::warn!(op = name, error = %e, "operation failed; will retry");
-            if let Some(pool) = created_pool {
-                let wait = match &e {
-                    OpError::GitHub(g) => match g.class() {
-                        // GitHub's limit is the app's, not the pool's: every create waits.
-                        ErrorClass::RateLimited(w) => {
-                            inner.shared().rate_limited_until = Some(Instant::now() + w);
-                            Some(w)
-                        }
-                        ErrorClass::Permanent => Some(Backoff::MAX),
-                        _ => None,
-                    },
-                    _ => None,
-                };
-                back_off(inner, &pool, wait);
-            }
-        }
-    }
+    // The plan's operations run concurrently, at most `server.max_parallel_ops` at once, and
+    // never two on one object (a runner, a registration, a sandbox): the plan names each object
+    // once, and a pass ends only when all of its operations have, so no two passes overlap.
+    // GitHub's writes stay serialized in the client; a JIT request overlaps other runners'
+    // sandbox work.
+    let mut seen = std::collections::HashSet::new();
+    let mut ops: Vec<Op> = ops
+        .into_iter()
+        .filter(|op| match op_object(op) {
+            Some(key) => seen.insert(key),
+            None => true,
+        })
+        .collect();
+    // Stops and reaps take the first slots: a burst of creates never holds them back.
+    ops.sort_by_key(|op| matches!(op, Op::Create { .. }));
+    let limit = inner.cfg.server.max_parallel_ops.max(1);
+    futures_util::stream::iter(ops)
+        .for_each_concurrent(limit, |op| run_op(inner, &live, &kinds, op))
+        .await;
     Ok(())
 }
 
@@ -245,6 +218,73 @@ fn back_off(inner: &Inner, pool: &str, wait: Option<Duration>) {
             next: (next * 2).min(Backoff::MAX),
         },
     );
+}
+
+/// The object an operation acts on, for the one-operation-per-object rule (`None`: a create,
+/// whose runner does not exist yet).
+fn op_object(op: &Op) -> Option<String> {
+    match op {
+        Op::Create { .. } => None,
+        Op::Stop { runner, .. } => Some(format!("runner {runner}")),
+        Op::DeleteRegistration { id, .. } => Some(format!("registration {id}")),
+        Op::DestroySandbox { id } => Some(format!("sandbox {id}")),
+    }
+}
+
+/// Runs one operation of a pass: a create waits out its pool's backoff (and GitHub's rate limit),
+/// and a failure is counted, logged and, for a create, backs off its pool.
+async fn run_op(
+    inner: &Inner,
+    live: &[RunnerRecord],
+    kinds: &HashMap<String, Vec<BackendKind>>,
+    op: Op,
+) {
+    let name = match &op {
+        Op::Create { .. } => "create",
+        Op::Stop { .. } => "stop",
+        Op::DeleteRegistration { .. } => "delete_registration",
+        Op::DestroySandbox { .. } => "destroy_sandbox",
+    };
+    let created_pool = match &op {
+        Op::Create { pool } => Some(pool.clone()),
+        _ => None,
+    };
+    if let Some(pool) = &created_pool {
+        let s = inner.shared();
+        let now = Instant::now();
+        if s.rate_limited_until.is_some_and(|t| t > now)
+            || s.backoff.get(pool).is_some_and(|b| b.until > now)
+        {
+            return;
+        }
+    }
+    let Err(e) = execute(inner, live, kinds, op).await else {
+        return;
+    };
+    inner
+        .metrics
+        .reconcile_errors
+        .get_or_create(&OpLabels {
+            op: name.into(),
+            class: e.class().into(),
+        })
+        .inc();
+    tracing::warn!(op = name, error = %e, "operation failed; will retry");
+    if let Some(pool) = created_pool {
+        let wait = match &e {
+            OpError::GitHub(g) => match g.class() {
+                // GitHub's limit is the app's, not the pool's: every create waits.
+                ErrorClass::RateLimited(w) => {
+                    inner.shared().rate_limited_until = Some(Instant::now() + w);
+                    Some(w)
+                }
+                ErrorClass::Permanent => Some(Backoff::MAX),
+                _ => None,
+            },
+            _ => None,
+        };
+        back_off(inner, &pool, wait);
+    }
 }
 
 fn update_gauges(

@@ -86,6 +86,25 @@ fn query(uri: &axum::http::Uri) -> HashMap<String, String> {
         .collect()
 }
 
+/// Counts one mutating request in flight until dropped (see `Stats::max_concurrent_writes`).
+struct WriteInFlight(Arc<Sim>);
+
+impl WriteInFlight {
+    fn start(sim: &Arc<Sim>) -> WriteInFlight {
+        let mut st = sim.stats.lock().unwrap_or_else(|p| p.into_inner());
+        st.writes_in_flight += 1;
+        st.max_concurrent_writes = st.max_concurrent_writes.max(st.writes_in_flight);
+        WriteInFlight(sim.clone())
+    }
+}
+
+impl Drop for WriteInFlight {
+    fn drop(&mut self) {
+        let mut st = self.0.stats.lock().unwrap_or_else(|p| p.into_inner());
+        st.writes_in_flight = st.writes_in_flight.saturating_sub(1);
+    }
+}
+
 async fn handle(sim: Arc<Sim>, req: Request<Body>) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
@@ -101,6 +120,9 @@ async fn handle(sim: Arc<Sim>, req: Request<Body>) -> Response {
         );
     }
 
+    // Mutating requests in flight, counted while the (added latency and the) answer take.
+    let _write = (parts.method != Method::GET && parts.method != Method::HEAD)
+        .then(|| WriteInFlight::start(&sim));
     let faults = sim.faults();
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;

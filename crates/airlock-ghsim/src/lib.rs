@@ -112,6 +112,12 @@ pub struct Stats {
     /// REST requests that lacked `Accept: application/vnd.github+json`,
     /// `X-GitHub-Api-Version` or a `User-Agent` (GitHub refuses requests without a user agent).
     pub missing_headers: u64,
+    /// The most mutating REST requests (POST, PUT, PATCH, DELETE) ever in flight at once: GitHub
+    /// asks integrations never to send them concurrently.
+    pub max_concurrent_writes: u64,
+    /// Mutating REST requests in flight now.
+    #[serde(skip)]
+    pub writes_in_flight: u64,
 }
 
 /// A workflow run to submit: jobs with labels and shell steps.

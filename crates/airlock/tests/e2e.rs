@@ -549,3 +549,46 @@ async fn a_busy_runner_is_never_killed_by_a_timeout() {
     );
     e.shutdown().await;
 }
+
+/// A burst with GitHub answering slowly: the executor runs creates concurrently (a runner's JIT
+/// request overlaps others' sandbox work), yet GitHub never sees two mutating requests at once,
+/// as its integration guidance asks; every job runs and nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_runs_in_parallel_but_github_writes_never_overlap() {
+    let mut p = pool("burst", &["self-hosted", "burst"]);
+    p.max = 12;
+    let e = env(
+        &[p],
+        "5s",
+        Faults {
+            latency_ms: 100,
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let names: Vec<String> = (0..12).map(|i| format!("b{i}")).collect();
+    let jobs: Vec<(&str, &[&str], &[&str])> = names
+        .iter()
+        .map(|n| (n.as_str(), &["burst"][..], &["true"][..]))
+        .collect();
+    e.submit("octo/hello", &jobs);
+    e.wait_all_done(T).await;
+    assert!(e
+        .sim()
+        .jobs()
+        .iter()
+        .all(|j| j.conclusion.as_deref() == Some("success")));
+    let st = e.sim().stats();
+    assert!(
+        st.by_route.keys().any(|r| r.contains("generate-jitconfig")),
+        "positive control: the burst made JIT requests: {:?}",
+        st.by_route
+    );
+    assert_eq!(
+        st.max_concurrent_writes, 1,
+        "GitHub saw mutating requests in parallel"
+    );
+    e.assert_nothing_left();
+    e.shutdown().await;
+}
