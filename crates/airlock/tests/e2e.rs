@@ -592,3 +592,38 @@ async fn a_burst_runs_in_parallel_but_github_writes_never_overlap() {
     e.assert_nothing_left();
     e.shutdown().await;
 }
+
+/// A pool whose creates keep failing (its runner group does not exist at GitHub, so its warm
+/// runner cannot be registered) backs off alone: another pool's job starts at once, as it would
+/// without the broken pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_pool_does_not_delay_another_pools_creates() {
+    let mut broken = pool("broken", &["self-hosted", "broken"]);
+    broken.scope = "org:octo";
+    broken.extra = "min_idle = 1\nrunner_group = \"no-such-group\"";
+    let good = pool("good", &["self-hosted", "good"]);
+    let e = env(&[broken, good], "5s", Faults::default(), true).await;
+    // The broken pool fails five times before the job arrives: its backoff (1, 2, 4, 8, 16 s) is at
+    // 16 s then, which a backoff shared by all pools would make the good pool wait too.
+    assert!(
+        wait_until(T, || {
+            metric_sum(&e.metrics(), "airlock_reconcile_errors_total{op=\"create\"") >= 5.0
+        })
+        .await,
+        "positive control: the broken pool's creates fail"
+    );
+    let started = std::time::Instant::now();
+    e.submit("octo/hello", &[("quick", &["good"], &["true"])]);
+    assert!(
+        wait_until(T, || e.sim().jobs().iter().any(
+            |j| j.name == "quick" && j.conclusion.as_deref() == Some("success")
+        ))
+        .await
+    );
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "the good pool's job waited {took:?} behind the broken pool's backoff"
+    );
+    e.shutdown().await;
+}
