@@ -246,42 +246,35 @@ pub fn remove_tree(id: &str, dir: &Path) -> Result<(), VmmError> {
 /// The longest path `connect(2)` takes for a Unix socket (`sun_path` is 108 bytes, NUL included).
 pub const SUN_PATH_MAX: usize = 107;
 
-/// Connects to the socket at `path`, also when the path is longer than `sun_path` holds (a jail
-/// deep in a state directory): then through `/proc/self/fd/N/NAME`, N a descriptor of its
-/// directory, which the kernel resolves like the long path itself.
-async fn connect(path: &Path) -> std::io::Result<UnixStream> {
+/// A path to the socket at `path` that fits `sun_path`: `path` itself when it is short enough,
+/// else `/proc/self/fd/N/NAME`, N a descriptor of its directory (returned: it must stay open
+/// while the path is used), which the kernel resolves like the long path itself. A jail deep in
+/// a state directory has such a long path.
+fn addressable(path: &Path) -> std::io::Result<(PathBuf, Option<std::fs::File>)> {
     use std::os::unix::ffi::OsStrExt;
-    if path.as_os_str().as_bytes().len() <= SUN_PATH_MAX {
-        return UnixStream::connect(path).await;
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) if path.as_os_str().as_bytes().len() > SUN_PATH_MAX => {
+            // A directory opens read-only like a file; the descriptor only anchors the path.
+            let dir = std::fs::File::open(dir)?;
+            let short = Path::new("/proc/self/fd")
+                .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
+                .join(name);
+            Ok((short, Some(dir)))
+        }
+        _ => Ok((path.to_path_buf(), None)),
     }
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return UnixStream::connect(path).await;
-    };
-    // A directory opens read-only like a file; the descriptor only anchors the short path.
-    let dir = std::fs::File::open(dir)?;
-    let short = Path::new("/proc/self/fd")
-        .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
-        .join(name);
-    let r = UnixStream::connect(&short).await;
-    drop(dir);
-    r
 }
 
-/// Binds a listening Unix socket at `path` (for a VMM to inherit), also when the path is longer
-/// than `sun_path` holds (see [`connect`]).
+/// Connects to the socket at `path`, however long the path (see [`addressable`]).
+async fn connect(path: &Path) -> std::io::Result<UnixStream> {
+    let (addr, _anchor) = addressable(path)?;
+    UnixStream::connect(&addr).await
+}
+
+/// Binds a listening Unix socket at `path` (for a VMM to inherit), however long the path.
 pub fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
-    use std::os::unix::ffi::OsStrExt;
-    if path.as_os_str().as_bytes().len() <= SUN_PATH_MAX {
-        return std::os::unix::net::UnixListener::bind(path);
-    }
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return std::os::unix::net::UnixListener::bind(path);
-    };
-    let dir = std::fs::File::open(dir)?;
-    let short = Path::new("/proc/self/fd")
-        .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
-        .join(name);
-    std::os::unix::net::UnixListener::bind(&short)
+    let (addr, _anchor) = addressable(path)?;
+    std::os::unix::net::UnixListener::bind(&addr)
 }
 
 /// One request as sent: what the tests validate against the API descriptions.
