@@ -36,7 +36,15 @@ fi
 echo "==> apt-get install ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# A qemu-utils of another release (a backport installed by hand) would block qemu-system-x86:
+# take both at the version apt offers for qemu-system-x86.
+for i in "${!need[@]}"; do
+  if [ "${need[$i]}" = qemu-utils ]; then
+    v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+    [ -n "$v" ] && [ "$v" != "(none)" ] && need[$i]="qemu-utils=$v"
+  fi
+done
+apt-get install -y -qq --no-install-recommends --allow-downgrades "${need[@]}" >/dev/null
 missing
 if [ ${#need[@]} -ne 0 ]; then
   echo "scripts/system-deps.sh: still missing after apt-get install: ${need[*]}" >&2
