@@ -127,7 +127,7 @@ async fn measure(b: &ContainerBackend, rt: Rt, setup: &Setup<'_>) -> Measured {
     for i in 0..n {
         // Bare runtime: create + start + run `true` + delete, one process (with the same
         // wrapper and flags airlock gives it).
-        let argv = bare_rt.run_argv(bundle, &format!("bare{i}"));
+        let argv = bare_rt.run_argv(bundle, &format!("bare{i}"), None);
         let t0 = Instant::now();
         let st = std::process::Command::new(&argv[0])
             .args(&argv[1..])

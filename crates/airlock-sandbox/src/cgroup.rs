@@ -28,6 +28,43 @@ pub(crate) fn parents() -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// On a hybrid host (v1 controllers, a v2 hierarchy beside them at `unified`), the controllers
+/// no v1 hierarchy took stay on v2 (`hugetlb` on kernels that have it but a systemd that does not
+/// mount it): crun then refuses every container ("drop all controllers from cgroupv2"). Mounting
+/// each one's v1 hierarchy moves it there, as systemd would have; a controller in use on v2
+/// cannot move (the mount fails) and is reported. Returns what was mounted.
+pub(crate) fn mount_v1_strays() -> Result<Vec<String>, String> {
+    let root = Path::new(ROOT);
+    let v2 = root.join("unified");
+    if unified() || !v2.join("cgroup.controllers").exists() {
+        return Ok(Vec::new());
+    }
+    let strays = std::fs::read_to_string(v2.join("cgroup.controllers")).unwrap_or_default();
+    let mut mounted = Vec::new();
+    for c in strays.split_whitespace() {
+        let dir = root.join(c);
+        if dir.join("cgroup.procs").exists() {
+            continue;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        nix::mount::mount(
+            Some("cgroup"),
+            &dir,
+            Some("cgroup"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            Some(c),
+        )
+        .map_err(|e| {
+            let _ = std::fs::remove_dir(&dir);
+            format!("mounting the v1 {c} hierarchy on {}: {e}", dir.display())
+        })?;
+        mounted.push(format!("{c} on {}", dir.display()));
+    }
+    Ok(mounted)
+}
+
 pub(crate) fn remove_tree(d: &Path) -> std::io::Result<()> {
     if let Ok(entries) = std::fs::read_dir(d) {
         for e in entries.flatten() {
@@ -85,6 +122,22 @@ pub(crate) fn kill_all(name: &str) {
             );
         }
     }
+}
+
+/// Where v1's blkio has no `blkio.weight` (no CFQ: BFQ's is `blkio.bfq.weight`, which crun does
+/// not know), makes the blkio cgroup `name` before the runtime runs and writes the weight there;
+/// the runtime joins the existing cgroup. `Ok(false)`: this host has no weight file at all.
+pub(crate) fn set_v1_bfq_weight(name: &str, weight: u16) -> Result<bool, String> {
+    let parent = Path::new(ROOT).join("blkio/airlock");
+    let d = parent.join(name);
+    std::fs::create_dir_all(&d).map_err(|e| format!("creating cgroup {}: {e}", d.display()))?;
+    let f = d.join("blkio.bfq.weight");
+    if !f.exists() {
+        return Ok(false);
+    }
+    std::fs::write(&f, weight.to_string())
+        .map_err(|e| format!("writing {weight} to {}: {e}", f.display()))?;
+    Ok(true)
 }
 
 /// Limits of a VMM's cgroup.

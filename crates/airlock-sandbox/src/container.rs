@@ -183,9 +183,11 @@ impl Runtime {
         }
     }
 
-    /// The argv that runs sandbox `id`'s container from `bundle` to its end (`run`), wrapped as
-    /// this runtime needs.
-    pub fn run_argv(&self, bundle: &Path, id: &str) -> Vec<OsString> {
+    /// The argv that runs sandbox `id`'s container from `bundle` (`run`), wrapped as this runtime
+    /// needs: to its end, or detached (`--detach --pid-file`) when `detach` names the pid file and
+    /// the runtime can (runc, crun, youki; runsc runs in the foreground: its own sandbox and gofer
+    /// processes stay anyway, and its exit status is the container's only then).
+    pub fn run_argv(&self, bundle: &Path, id: &str, detach: Option<&Path>) -> Vec<OsString> {
         let mut v: Vec<OsString> = Vec::new();
         if let Flavor::Gvisor {
             hide_net_sysctls: Some((unshare, proc_dir)),
@@ -209,8 +211,11 @@ impl Runtime {
         }
         v.push(self.path.clone().into());
         v.extend(self.global_args());
+        v.push("run".into());
+        if let (Some(pid_file), Flavor::Oci) = (detach, &self.flavor) {
+            v.extend(["--detach".into(), "--pid-file".into(), pid_file.into()]);
+        }
         v.extend([
-            "run".into(),
             "--bundle".into(),
             bundle.into(),
             self.container_id(id).into(),
@@ -324,7 +329,6 @@ pub struct ContainerBackend {
     /// failure kept with its reason.
     others: tokio::sync::Mutex<HashMap<String, Result<Arc<Runtime>, String>>>,
     tag: String,
-    exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     watched: Watch,
 }
 
@@ -335,7 +339,8 @@ fn probe_err(detail: String) -> SandboxError {
     }
 }
 
-pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
+/// A program on `PATH` (or in `/usr/sbin`, `/sbin`), as the probe looks for a runtime.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
     if name.contains('/') {
         let p = PathBuf::from(name);
         return p.is_file().then_some(p);
@@ -406,6 +411,17 @@ impl ContainerBackend {
             None => RUNTIMES.iter().map(|s| s.to_string()).collect(),
         };
         let mut failures = Vec::new();
+        // crun refuses hybrid hosts whose v2 hierarchy holds a controller; give it its v1 one.
+        if candidates.iter().any(|c| c.ends_with("crun")) {
+            match cgroup::mount_v1_strays() {
+                Ok(m) if !m.is_empty() => tracing::info!(
+                    mounted = %m.join(", "),
+                    "mounted the v1 cgroup hierarchies of controllers left on cgroup v2 (crun needs them on a hybrid host)"
+                ),
+                Ok(_) => {}
+                Err(e) => failures.push(format!("crun: {e}")),
+            }
+        }
         let mut chosen = None;
         for name in candidates {
             let Some(path) = find_in_path(&name) else {
@@ -441,8 +457,7 @@ impl ContainerBackend {
             default: Arc::new(default),
             others: Default::default(),
             tag,
-            exits,
-            watched: Watch::default(),
+            watched: Watch::new(exits),
         };
         let mut refused = Vec::new();
         for name in extra {
@@ -669,6 +684,17 @@ impl ContainerBackend {
             // runsc writes only `blkio.weight` (runc falls back to `blkio.bfq.weight`), and
             // refuses the sandbox where there is none (kernels without CFQ).
             tracing::warn!(sandbox = %id, "io_weight ignored under runsc: this host's blkio has no blkio.weight");
+            limits.io_weight = None;
+        } else if let (Some(w), false) = (limits.io_weight, cgroup_v1_has("blkio/blkio.weight")) {
+            // crun writes only `blkio.weight` and fails without it: airlock writes BFQ's weight.
+            if !cgroup::set_v1_bfq_weight(&self.cgroup_name(id), w).map_err(|detail| {
+                SandboxError::Setup {
+                    id: id.into(),
+                    detail,
+                }
+            })? {
+                tracing::warn!(sandbox = %id, "io_weight ignored: this host's blkio has no weight file (neither CFQ nor BFQ)");
+            }
             limits.io_weight = None;
         }
         let oci = ocispec::build(&ContainerSpec {
@@ -912,7 +938,7 @@ async fn probe_runtime(rt: &Runtime, cfg: &ContainerConfig, limit: Duration) -> 
         }]});
     }
     std::fs::write(t.path().join("config.json"), spec.to_string()).map_err(|e| e.to_string())?;
-    let argv = rt.run_argv(t.path(), &id);
+    let argv = rt.run_argv(t.path(), &id, None);
     let cid = rt.container_id(&id);
     let out = tokio::time::timeout(
         limit,
@@ -998,14 +1024,16 @@ impl Backend for ContainerBackend {
         .map_err(start_err)?;
         // The runtime that made it (recorded by create), not whatever the spec says now.
         let runtime = self.runtime_of(&spec.id);
-        let argv = runtime.run_argv(&dir.join("bundle"), &spec.id);
+        // Detached where the runtime can: no runtime process stays beside the sandbox.
+        let pid_file = (!runtime.is_gvisor()).then(|| dir.join("container.pid"));
+        let argv = runtime.run_argv(&dir.join("bundle"), &spec.id, pid_file.as_deref());
         let argv: Vec<&OsStr> = argv.iter().map(OsString::as_os_str).collect();
-        let mut cmd = supervise::command(&dir, self.cfg.log_cap, &argv, &[]);
+        let mut cmd = supervise::command(&dir, self.cfg.log_cap, pid_file.as_deref(), &argv, &[])
+            .map_err(start_err)?;
         let child = cmd.spawn().map_err(start_err)?;
         let pid = child.id().unwrap_or(0) as i32;
         supervise::write_pid(&dir, pid).map_err(start_err)?;
-        self.watched
-            .spawn(spec.id.clone(), child, self.exits.clone());
+        self.watched.spawn(spec.id.clone(), child);
         Ok(())
     }
 
@@ -1014,7 +1042,8 @@ impl Backend for ContainerBackend {
         Ok(supervise::reported(
             &self.watched,
             id,
-            |id| status_of(&self.dir(id)),
+            &self.dir(id),
+            status_of,
             || self.list_ids().iter().any(|x| x == id),
         ))
     }
@@ -1025,7 +1054,7 @@ impl Backend for ContainerBackend {
             .into_iter()
             .map(|id| {
                 let st =
-                    supervise::reported(&self.watched, &id, |id| status_of(&self.dir(id)), || true);
+                    supervise::reported(&self.watched, &id, &self.dir(&id), status_of, || true);
                 (id, st)
             })
             .collect())

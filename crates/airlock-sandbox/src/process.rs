@@ -33,7 +33,6 @@ pub const DEFAULT_LOG_CAP: u64 = 16 * 1024 * 1024;
 #[derive(Debug)]
 pub struct ProcessBackend {
     root: PathBuf,
-    exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     /// Supervisors this process started and is still waiting on: known to be running without
     /// looking at the disk or /proc (which `list` would otherwise do for every sandbox, every pass).
     watched: Watch,
@@ -50,8 +49,7 @@ impl ProcessBackend {
     ) -> ProcessBackend {
         ProcessBackend {
             root,
-            exits,
-            watched: Watch::default(),
+            watched: Watch::new(exits),
             log_cap: DEFAULT_LOG_CAP,
             logs: None,
         }
@@ -150,9 +148,15 @@ impl Backend for ProcessBackend {
         let path =
             std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
         let tmp = work.join("tmp");
+        let start_err = |source| SandboxError::Start {
+            id: spec.id.clone(),
+            command: spec.runner_command.clone(),
+            source,
+        };
         let mut cmd = supervise::command(
             &dir,
             self.log_cap,
+            None,
             &[
                 OsStr::new("/bin/sh"),
                 OsStr::new("-c"),
@@ -168,29 +172,24 @@ impl Backend for ProcessBackend {
                 (MARKER_ENV, OsStr::new(&spec.id)),
                 (JIT_ENV, OsStr::new(jit.expose())),
             ],
-        );
-        let child = cmd.spawn().map_err(|source| SandboxError::Start {
-            id: spec.id.clone(),
-            command: spec.runner_command.clone(),
-            source,
-        })?;
+        )
+        .map_err(start_err)?;
+        let child = cmd.spawn().map_err(start_err)?;
         let pid = child.id().unwrap_or(0) as i32;
-        supervise::write_pid(&dir, pid).map_err(|source| SandboxError::Start {
-            id: spec.id.clone(),
-            command: spec.runner_command.clone(),
-            source,
-        })?;
-        self.watched
-            .spawn(spec.id.clone(), child, self.exits.clone());
+        supervise::write_pid(&dir, pid).map_err(start_err)?;
+        self.watched.spawn(spec.id.clone(), child);
         Ok(())
     }
 
     async fn status(&self, id: &str) -> Result<SandboxStatus, SandboxError> {
         check_id(id)?;
-        if self.watched.contains(id) {
-            return Ok(SandboxStatus::Running);
-        }
-        Ok(status_of(&self.dir(id)))
+        Ok(supervise::reported(
+            &self.watched,
+            id,
+            &self.dir(id),
+            status_of,
+            || false,
+        ))
     }
 
     async fn list(&self) -> Result<Vec<(String, SandboxStatus)>, SandboxError> {
@@ -208,11 +207,7 @@ impl Backend for ProcessBackend {
         for e in entries.flatten() {
             if let Some(id) = e.file_name().to_str() {
                 if check_id(id).is_ok() && e.file_type().is_ok_and(|t| t.is_dir()) {
-                    let st = if self.watched.contains(id) {
-                        SandboxStatus::Running
-                    } else {
-                        status_of(&e.path())
-                    };
+                    let st = supervise::reported(&self.watched, id, &e.path(), status_of, || false);
                     out.push((id.to_string(), st));
                 }
             }
@@ -333,6 +328,45 @@ mod tests {
         assert_eq!(b.status("a1").await.unwrap(), SandboxStatus::Missing);
         assert!(b.list().await.unwrap().is_empty());
         assert!(format!("{:?}", Secret::new("s3cret".into())).contains("redacted"));
+    }
+
+    /// A backend started after a crash finds the sandbox a first one started still running,
+    /// adopts its supervisor (a pidfd) and hears of its end like a child's, not only at the next
+    /// look at its files.
+    #[tokio::test]
+    async fn a_new_backend_adopts_a_running_supervisor_and_hears_its_end() {
+        let t = tempfile::tempdir().unwrap();
+        let first = ProcessBackend::new(t.path().join("sb"), None);
+        let cmd = script(t.path(), "runner", "read _ < go.fifo; exit 4");
+        let s = spec("ad1", &cmd);
+        first.create(&s).await.unwrap();
+        nix::unistd::mkfifo(
+            &t.path().join("sb/ad1/work/go.fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        first.start(&s, &Secret::new("x".into())).await.unwrap();
+        drop(first);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let second = ProcessBackend::new(t.path().join("sb"), Some(tx));
+        assert_eq!(
+            second.list().await.unwrap(),
+            vec![("ad1".to_string(), SandboxStatus::Running)]
+        );
+        assert!(rx.try_recv().is_err(), "nothing has ended yet");
+        std::fs::write(t.path().join("sb/ad1/work/go.fifo"), "go\n").unwrap();
+        let heard = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert_eq!(heard.unwrap().as_deref(), Some("ad1"));
+        let mut st = second.status("ad1").await.unwrap();
+        for _ in 0..100 {
+            if st != SandboxStatus::Running {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            st = second.status("ad1").await.unwrap();
+        }
+        assert_eq!(st, SandboxStatus::Exited(Some(4)));
+        second.destroy("ad1").await.unwrap();
     }
 
     #[tokio::test]

@@ -1,64 +1,86 @@
-//! The supervisor both backends start a sandbox under: a `/bin/sh` in its own process group that
-//! runs the command with its output going to `runner.log` up to a size cap, and then records the
-//! exit status atomically (write, rename) in the sandbox directory. Because it is a process of its
-//! own and its results live on disk, a job survives a crash of airlock, and a restarted daemon
-//! reads how the runner ended.
+//! The supervisor every backend starts a sandbox under: `airlock-supervise` (this crate's small
+//! binary, `src/bin/airlock-supervise.rs`), in its own process group and in the sandbox
+//! directory. It runs the command with its output going to `runner.log` up to a size cap, is the
+//! subreaper of everything below it, and records the exit status atomically (write, rename) in
+//! the sandbox directory. Because it is a process of its own and its results live on disk, a job
+//! survives a crash of airlock, and a restarted daemon reads how the runner ended.
 //!
 //! Past the cap the output is still read (and counted, and dropped), so a chatty job is never
 //! blocked or killed by a full pipe; the log ends with a line saying how much was dropped.
+//!
+//! An OCI runtime runs detached under it (`run --detach --pid-file`): the runtime exits once the
+//! container runs, the container's init is reparented to the supervisor, and the status recorded
+//! is the container's. An idle container sandbox costs the host its supervisor (a few hundred KiB)
+//! instead of a foreground runtime process.
 
-use std::path::Path;
-
-/// `$0` is the log cap in 512-byte blocks (the unit of `ulimit -f` in a POSIX shell); the
-/// command follows as `$@`, with its stdin closed and the supervisor's stdin as its fd 3 (a VM's
-/// tap for its VMM; /dev/null otherwise). Runs in the sandbox directory. `cat` writes what it reads at once; the
-/// file-size limit stops it at the cap (SIGXFSZ ignored: the write fails, cat exits), and `wc`
-/// drains and counts the rest.
-const SCRIPT: &str = r#"blocks=$0
-{ "$@" 3<&0 </dev/null; echo "$?" > exit_status.tmp; } 2>&1 | {
-  (trap '' XFSZ; ulimit -f "$blocks" && exec cat > runner.log) 2>/dev/null
-  dropped=$(wc -c)
-  if [ "$dropped" -gt 0 ]; then
-    printf '\n[airlock: the log reached its cap of %s bytes; %s more bytes were dropped]\n' "$((blocks * 512))" "$dropped" >> runner.log
-  fi
-}
-mv exit_status.tmp exit_status
-"#;
+use std::path::{Path, PathBuf};
 
 /// The descriptor number under which the supervised command inherits the supervisor's stdin
 /// (a VM's tap for QEMU, its API socket for Cloud Hypervisor).
 pub(crate) const HANDED_FD: u32 = 3;
 
+/// The supervisor's file name.
+pub const PROGRAM: &str = "airlock-supervise";
+
+/// Where `airlock-supervise` is: `$AIRLOCK_SUPERVISE` when set, else beside this program (or one
+/// directory up, for test and bench executables in `target/<profile>/deps`), else on `PATH`.
+pub fn program() -> std::io::Result<&'static Path> {
+    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("AIRLOCK_SUPERVISE") {
+                return Some(PathBuf::from(p));
+            }
+            let exe = std::env::current_exe().ok();
+            let dir = exe.as_deref().and_then(Path::parent);
+            dir.into_iter()
+                .flat_map(|d| [d.join(PROGRAM), d.join("..").join(PROGRAM)])
+                .find(|p| p.is_file())
+                .or_else(|| crate::container::find_in_path(PROGRAM))
+        })
+        .as_deref()
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "{PROGRAM} (the sandbox supervisor) is neither beside this program nor on PATH; \
+                     install it with airlock (cargo build --bins builds it) or set AIRLOCK_SUPERVISE"
+                ),
+            )
+        })
+}
+
 /// A command that runs `argv` under the supervisor in `dir`, in a new process group, with a clean
-/// environment plus `env`.
+/// environment plus `env`. `container_pid_file` (relative to `dir`): `argv` starts a container
+/// detached and writes its init's pid there (`--pid-file`); the container's status is recorded.
 pub(crate) fn command(
     dir: &Path,
     log_cap: u64,
+    container_pid_file: Option<&Path>,
     argv: &[&std::ffi::OsStr],
     env: &[(&str, &std::ffi::OsStr)],
-) -> tokio::process::Command {
+) -> std::io::Result<tokio::process::Command> {
+    let program = program()?;
     // The log is the runner's output: readable by root only. (Not by umask: the runtime inherits
     // it, and the directories it makes inside the container must stay searchable.)
     {
         use std::os::unix::fs::OpenOptionsExt;
-        let _ = std::fs::OpenOptions::new()
+        std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(dir.join("runner.log"));
+            .open(dir.join("runner.log"))?;
     }
-    let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(SCRIPT)
-        .arg(log_cap.div_ceil(512).max(1).to_string())
-        .args(argv)
-        .current_dir(dir)
-        .env_clear()
-        .env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
-        );
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.arg(log_cap.max(1).to_string());
+    if let Some(f) = container_pid_file {
+        cmd.arg("--container-pid-file").arg(f);
+    }
+    cmd.arg("--").args(argv).current_dir(dir).env_clear().env(
+        "PATH",
+        std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+    );
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -67,7 +89,7 @@ pub(crate) fn command(
         .stderr(std::process::Stdio::null())
         .process_group(0)
         .kill_on_drop(false);
-    cmd
+    Ok(cmd)
 }
 
 /// A live process: (start time in clock ticks, state), so a reused pid is not mistaken for ours.
@@ -150,20 +172,27 @@ pub(crate) fn ids_on_host(
     ids
 }
 
-/// A sandbox's status as a backend reports it: `Running` while this process waits on its
-/// supervisor, else what its files say (`files`); a sandbox of which only remnants are left
-/// (`ids` lists it, its directory is gone) has ended, and destroy will sweep the rest.
+/// A sandbox's status as a backend reports it: `Running` while this process watches its
+/// supervisor, else what its files (in `dir`) say; a supervisor still running that this process
+/// does not watch (one a crashed airlock started) is adopted, so its end wakes the daemon as a
+/// child's does; a sandbox of which only remnants are left (`remnant`: its directory is gone but
+/// the backend lists it) has ended, and destroy will sweep the rest.
 pub(crate) fn reported(
     watched: &Watch,
     id: &str,
-    files: impl Fn(&str) -> crate::SandboxStatus,
+    dir: &Path,
+    files: impl Fn(&Path) -> crate::SandboxStatus,
     remnant: impl FnOnce() -> bool,
 ) -> crate::SandboxStatus {
     use crate::SandboxStatus;
     if watched.contains(id) {
         return SandboxStatus::Running;
     }
-    match files(id) {
+    match files(dir) {
+        SandboxStatus::Running => {
+            watched.adopt(id, dir);
+            SandboxStatus::Running
+        }
         SandboxStatus::Missing if remnant() => SandboxStatus::Exited(None),
         s => s,
     }
@@ -255,9 +284,16 @@ pub(crate) fn kill_group(dir: &Path) {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Watch {
     set: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl Watch {
+    pub(crate) fn new(exits: Option<tokio::sync::mpsc::UnboundedSender<String>>) -> Watch {
+        Watch {
+            set: Default::default(),
+            exits,
+        }
+    }
     pub(crate) fn contains(&self, id: &str) -> bool {
         self.set
             .lock()
@@ -270,23 +306,60 @@ impl Watch {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
     }
-    pub(crate) fn spawn(
-        &self,
-        id: String,
-        mut child: tokio::process::Child,
-        exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
-    ) {
+    /// Whether `id` was newly added.
+    fn insert(&self, id: &str) -> bool {
         self.set
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone());
-        let set = self.clone();
+            .insert(id.to_string())
+    }
+    fn ended(&self, id: String) {
+        self.remove(&id);
+        if let Some(tx) = &self.exits {
+            let _ = tx.send(id);
+        }
+    }
+    /// Waits on a supervisor this process started.
+    pub(crate) fn spawn(&self, id: String, mut child: tokio::process::Child) {
+        self.insert(&id);
+        let w = self.clone();
         tokio::spawn(async move {
             let _ = child.wait().await;
-            set.remove(&id);
-            if let Some(tx) = exits {
-                let _ = tx.send(id);
-            }
+            w.ended(id);
+        });
+    }
+    /// Watches a running supervisor this process did not start (recorded in `dir/pid`) through a
+    /// pidfd, which becomes readable when it exits. Best effort: where pidfds are missing
+    /// (kernels before 5.3) the sandbox's end is still seen by the next pass that reads its files.
+    #[allow(unsafe_code)]
+    pub(crate) fn adopt(&self, id: &str, dir: &Path) {
+        let Some((pid, start)) = read_pid(dir) else {
+            return;
+        };
+        let Some(p) = rustix::process::Pid::from_raw(pid) else {
+            return;
+        };
+        let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) else {
+            return;
+        };
+        // Checked after the pidfd exists: the pid still names the supervisor we recorded.
+        if !alive(pid, start) {
+            return;
+        }
+        // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same descriptor until
+        // the AsyncFd is dropped (register's only requirement).
+        let Ok(fd) = (unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }) else {
+            return;
+        };
+        if !self.insert(id) {
+            return;
+        }
+        let (w, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            let _ = fd.readable().await;
+            w.ended(id);
         });
     }
 }

@@ -39,6 +39,114 @@ fn ids(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+/// Processes whose parent is `ppid`, with their command names.
+fn children_of(ppid: i32) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let comm = stat[stat.find('(').unwrap() + 1..stat.rfind(')').unwrap()].to_string();
+        let parent: i32 = stat[stat.rfind(')').unwrap() + 2..]
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        if parent == ppid {
+            out.push((pid, comm));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_sandbox_keeps_no_runtime_process() {
+    an_idle_sandbox_keeps_no_runtime_process_on(Rt::Default).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_sandbox_keeps_no_runtime_process_runc() {
+    an_idle_sandbox_keeps_no_runtime_process_on(Rt::Runc).await
+}
+
+/// The runtime runs detached: while the job runs, the sandbox's supervisor has one child, the
+/// container's init (reparented to it, the subreaper), and no crun or runc process is left; the
+/// status recorded is the container's. Where crun is installed the probe picks it, hybrid
+/// cgroups or not.
+async fn an_idle_sandbox_keeps_no_runtime_process_on(rt: Rt) {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let _reaper = Reaper(root.clone());
+    let b = backend_on(&root, rt.slot(8), rt).await;
+    let runtime = b.runtime_for(rt.name()).await.unwrap();
+    match rt {
+        Rt::Default if airlock_sandbox::container::find_in_path("crun").is_some() => {
+            assert_eq!(runtime.name, "crun", "crun is installed: {runtime:?}")
+        }
+        Rt::Runc => assert_eq!(runtime.name, "runc"),
+        _ => {}
+    }
+    let m = shell_image();
+    let s = spec_on("idle1", &m, Limits::default(), rt);
+    b.create(&s).await.unwrap();
+    let script = "echo started; sleep 3; echo done; exit 5";
+    b.start(&s, &Secret::new(script.into())).await.unwrap();
+    let dir = root.join("idle1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(dir.join("runner.log"))
+        .unwrap_or_default()
+        .contains("started")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let supervisor: i32 = std::fs::read_to_string(dir.join("pid"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let kids = children_of(supervisor);
+    assert_eq!(kids.len(), 1, "the supervisor's children: {kids:?}");
+    let (init, comm) = &kids[0];
+    assert!(
+        !["crun", "runc", "runc:[2:INIT]"].contains(&comm.as_str()),
+        "a runtime process stays beside the sandbox: {kids:?}"
+    );
+    let cg = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap();
+    assert!(
+        cg.contains("/airlock/"),
+        "the child is the container's init: {cg}"
+    );
+    let pid_file: i32 = std::fs::read_to_string(dir.join("container.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pid_file, *init);
+    assert_eq!(b.status("idle1").await.unwrap(), SandboxStatus::Running);
+    let code = wait_exit(&b, "idle1", Duration::from_secs(30)).await;
+    let log = std::fs::read_to_string(dir.join("runner.log")).unwrap();
+    assert_eq!(
+        code,
+        Some(5),
+        "the container's status, not the runtime's: {log}"
+    );
+    assert!(log.contains("started\ndone\n"), "{log}");
+    b.destroy("idle1").await.unwrap();
+    let left = leftovers(&root, &ids(&["idle1"]));
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_secret_user_namespace_and_nothing_left() {
     lifecycle_secret_user_namespace_and_nothing_left_on(Rt::Default).await
@@ -47,6 +155,11 @@ async fn lifecycle_secret_user_namespace_and_nothing_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_secret_user_namespace_and_nothing_left_runsc() {
     lifecycle_secret_user_namespace_and_nothing_left_on(Rt::Runsc).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_secret_user_namespace_and_nothing_left_runc() {
+    lifecycle_secret_user_namespace_and_nothing_left_on(Rt::Runc).await
 }
 
 async fn lifecycle_secret_user_namespace_and_nothing_left_on(rt: Rt) {
@@ -111,7 +224,7 @@ async fn lifecycle_secret_user_namespace_and_nothing_left_on(rt: Rt) {
     let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     let host_kernel = host_kernel.trim();
     match rt {
-        Rt::Default => {
+        Rt::Default | Rt::Runc => {
             assert!(log.contains("0     100000      65536"), "uid map: {log}");
             assert!(log.contains("NoNewPrivs:\t1"), "{log}");
             assert!(
@@ -227,6 +340,11 @@ async fn escape_see_or_signal_host_processes_runsc() {
     escape_see_or_signal_host_processes_on(Rt::Runsc).await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_see_or_signal_host_processes_runc() {
+    escape_see_or_signal_host_processes_on(Rt::Runc).await
+}
+
 async fn escape_see_or_signal_host_processes_on(rt: Rt) {
     require_root();
     let t = tempfile::tempdir().unwrap();
@@ -246,7 +364,7 @@ async fn escape_see_or_signal_host_processes_on(rt: Rt) {
         .await
         .unwrap();
     let mut other_pid = None;
-    for _ in 0..if rt == Rt::Default { 200 } else { 1 } {
+    for _ in 0..if rt.native() { 200 } else { 1 } {
         other_pid = find_process("sleep\x003132");
         if other_pid.is_some() {
             break;
@@ -254,7 +372,7 @@ async fn escape_see_or_signal_host_processes_on(rt: Rt) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let other_pid = match rt {
-        Rt::Default => other_pid.expect("the other sandbox's sleep runs"),
+        Rt::Default | Rt::Runc => other_pid.expect("the other sandbox's sleep runs"),
         // Under gVisor the other job's `sleep` is no host process (it lives in that sandbox's
         // gVisor kernel): the host process to aim at is the other sandbox itself, its Sentry.
         Rt::Runsc => {
@@ -279,7 +397,7 @@ async fn escape_see_or_signal_host_processes_on(rt: Rt) {
          {kill_init}echo still-here",
         // gVisor delivers SIGKILL to the job's own pid 1 (its entry shell) where Linux
         // protects a namespace's init: the job would only end itself, so runsc skips it.
-        kill_init = if rt == Rt::Default {
+        kill_init = if rt.native() {
             "kill -9 1 2>/dev/null; "
         } else {
             ""
@@ -719,6 +837,11 @@ async fn cpu_memory_pids_and_io_limits_reach_the_cgroups() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_memory_pids_and_io_limits_reach_the_cgroups_runsc() {
     cpu_memory_pids_and_io_limits_reach_the_cgroups_on(Rt::Runsc).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_memory_pids_and_io_limits_reach_the_cgroups_runc() {
+    cpu_memory_pids_and_io_limits_reach_the_cgroups_on(Rt::Runc).await
 }
 
 async fn cpu_memory_pids_and_io_limits_reach_the_cgroups_on(rt: Rt) {

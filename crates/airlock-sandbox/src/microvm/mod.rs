@@ -126,7 +126,6 @@ pub struct MicrovmBackend {
     programs: Programs,
     setpriv: PathBuf,
     tag: String,
-    exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     watched: Watch,
     /// Probe results per (kernel, initramfs, accel asked for): a kernel is probed once.
     probed: Mutex<std::collections::HashMap<ProbeKey, Result<AccelChoice, String>>>,
@@ -241,8 +240,7 @@ impl MicrovmBackend {
             programs,
             setpriv,
             tag,
-            exits,
-            watched: Watch::default(),
+            watched: Watch::new(exits),
             probed: Mutex::new(Default::default()),
             probing: tokio::sync::Mutex::new(()),
         })
@@ -534,9 +532,11 @@ impl Backend for MicrovmBackend {
         let mut cmd = supervise::command(
             &dir,
             self.cfg.log_cap,
+            None,
             &refs,
             &[("AIRLOCK_CGROUP_PROCS", std::ffi::OsStr::new(&procs))],
-        );
+        )
+        .map_err(|e| start_err(e.to_string()))?;
         match launch.driver {
             // QEMU takes its tap as fd 3; Firecracker opens it in its jail, Cloud Hypervisor is
             // handed it over its API.
@@ -560,8 +560,7 @@ impl Backend for MicrovmBackend {
             .map_err(|e| start_err(format!("spawning the VMM: {e}")))?;
         let pid = child.id().unwrap_or(0) as i32;
         supervise::write_pid(&dir, pid).map_err(|e| start_err(e.to_string()))?;
-        self.watched
-            .spawn(spec.id.clone(), child, self.exits.clone());
+        self.watched.spawn(spec.id.clone(), child);
         if let Err(e) = self.boot_over_api(spec, vm, launch.uid).await {
             // Nothing runs half-configured: the VMM goes, the caller destroys the rest.
             supervise::kill_group(&dir);
@@ -578,7 +577,8 @@ impl Backend for MicrovmBackend {
         Ok(supervise::reported(
             &self.watched,
             id,
-            |id| vm_status(&self.dir(id)),
+            &self.dir(id),
+            vm_status,
             || self.list_ids().iter().any(|x| x == id),
         ))
     }
@@ -589,7 +589,7 @@ impl Backend for MicrovmBackend {
             .into_iter()
             .map(|id| {
                 let st =
-                    supervise::reported(&self.watched, &id, |id| vm_status(&self.dir(id)), || true);
+                    supervise::reported(&self.watched, &id, &self.dir(&id), vm_status, || true);
                 (id, st)
             })
             .collect())

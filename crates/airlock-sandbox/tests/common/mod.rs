@@ -244,11 +244,13 @@ pub fn spec(id: &str, m: &Manifest, limits: Limits) -> SandboxSpec {
     }
 }
 
-/// Which runtime a test's sandboxes run under: the host-wide one the probe picks (runc on this
-/// kind of host: crun refuses hybrid cgroups) or gVisor's runsc, named in each spec.
+/// Which runtime a test's sandboxes run under: the host-wide one the probe picks (crun where it
+/// is installed: the probe gives it the v1 hugetlb hierarchy it needs on a hybrid host), runc, or
+/// gVisor's runsc, the last two named in each spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rt {
     Default,
+    Runc,
     Runsc,
 }
 
@@ -257,16 +259,23 @@ impl Rt {
     pub fn name(self) -> Option<&'static str> {
         match self {
             Rt::Default => None,
+            Rt::Runc => Some("runc"),
             Rt::Runsc => Some("runsc"),
         }
     }
 
-    /// The address slot of a test: runsc's twin of a test takes `slot + 20`, so both can run at
-    /// once.
+    /// A runtime on the host's kernel (crun, runc), as opposed to gVisor's.
+    pub fn native(self) -> bool {
+        self != Rt::Runsc
+    }
+
+    /// The address slot of a test: runsc's twin of a test takes `slot + 20`, runc's `slot + 50`,
+    /// so all can run at once.
     pub fn slot(self, slot: u8) -> u8 {
         match self {
             Rt::Default => slot,
             Rt::Runsc => slot + 20,
+            Rt::Runc => slot + 50,
         }
     }
 }
