@@ -175,6 +175,7 @@ const GITHUB_KEYS: &[&str] = &[
     "webhook_secret_file",
     "poll_interval",
     "request_timeout",
+    "write_interval",
     "token_file",
     "app_id",
     "client_id",
@@ -198,6 +199,8 @@ const POOL_KEYS: &[&str] = &[
     "io_weight",
     "min_idle",
     "max_runners",
+    "jit_stock",
+    "jit_stock_refresh",
     "boot_timeout",
     "idle_timeout",
     "job_timeout",
@@ -376,6 +379,18 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
     let webhook_secret_file = w.path(&mut t, "github", "webhook_secret_file");
     let poll_interval = w.duration(&mut t, "github", "poll_interval", Duration::from_secs(60));
     let request_timeout = w.duration(&mut t, "github", "request_timeout", Duration::from_secs(30));
+    let write_interval = w.duration(
+        &mut t,
+        "github",
+        "write_interval",
+        airlock_core::DEFAULT_WRITE_INTERVAL,
+    );
+    if write_interval > Duration::from_secs(60) {
+        w.error(
+            "github.write_interval",
+            "must be at most 60s (every create and deregistration waits for it)",
+        );
+    }
     let token_file = w.path(&mut t, "github", "token_file");
     let app_id = w.take::<u64>(&mut t, "github", "app_id", "a number");
     let client_id = w.take::<String>(
@@ -690,6 +705,27 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
                 format!("{min_idle} is more than max_runners ({max_runners})"),
             );
         }
+        let jit_stock = w
+            .take::<u32>(&mut t, &sec, "jit_stock", "a whole number ≥ 0")
+            .unwrap_or(0);
+        if jit_stock > 1000 {
+            w.error(
+                &format!("{sec}.jit_stock"),
+                "must be at most 1000 (GitHub refuses registrations past 10,000 runners)",
+            );
+        }
+        let jit_stock_refresh = w.duration(
+            &mut t,
+            &sec,
+            "jit_stock_refresh",
+            Duration::from_secs(12 * 3600),
+        );
+        if jit_stock_refresh >= Duration::from_secs(24 * 3600) || jit_stock_refresh.is_zero() {
+            w.error(
+                &format!("{sec}.jit_stock_refresh"),
+                "must be more than 0s and less than 24h: GitHub removes a JIT runner that never ran a job after a day",
+            );
+        }
         let boot_timeout = w.duration(&mut t, &sec, "boot_timeout", Duration::from_secs(300));
         let idle_timeout = w.duration(&mut t, &sec, "idle_timeout", Duration::from_secs(600));
         let job_timeout = w.duration(&mut t, &sec, "job_timeout", Duration::from_secs(6 * 3600));
@@ -712,6 +748,8 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
                 io_weight,
                 min_idle,
                 max_runners,
+                jit_stock,
+                jit_stock_refresh,
                 boot_timeout,
                 idle_timeout,
                 job_timeout,
@@ -737,6 +775,7 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
                     webhook_secret_file,
                     poll_interval,
                     request_timeout,
+                    write_interval,
                     auth,
                 },
                 pools,

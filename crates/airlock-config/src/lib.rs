@@ -112,6 +112,9 @@ pub struct GitHubConfig {
     pub poll_interval: Duration,
     #[serde(with = "humantime_serde_shim")]
     pub request_timeout: Duration,
+    /// The least time between the starts of two writes to GitHub (they never overlap either).
+    #[serde(with = "humantime_serde_shim")]
+    pub write_interval: Duration,
     pub auth: Auth,
 }
 
@@ -155,6 +158,12 @@ pub struct PoolConfig {
     pub io_weight: Option<u16>,
     pub min_idle: u32,
     pub max_runners: u32,
+    /// JIT configs kept ready for this pool (registrations at GitHub that no runner uses yet), so
+    /// a burst's runners start without a GitHub round trip.
+    pub jit_stock: u32,
+    /// A stocked config older than this is replaced (GitHub removes an unused one after a day).
+    #[serde(with = "humantime_serde_shim")]
+    pub jit_stock_refresh: Duration,
     #[serde(with = "humantime_serde_shim")]
     pub boot_timeout: Duration,
     #[serde(with = "humantime_serde_shim")]
@@ -171,6 +180,8 @@ impl PoolConfig {
             labels: Labels::new(&self.labels),
             min_idle: self.min_idle,
             max_runners: self.max_runners,
+            jit_stock: self.jit_stock,
+            jit_stock_refresh: self.jit_stock_refresh.as_millis() as i64,
             boot_timeout: self.boot_timeout.as_millis() as i64,
             idle_timeout: self.idle_timeout.as_millis() as i64,
             job_timeout: self.job_timeout.as_millis() as i64,

@@ -11,12 +11,19 @@ pub mod state;
 
 pub use labels::Labels;
 pub use planner::{
-    choose_pool, plan, JobView, Op, PlanInput, PoolSpec, RegistrationView, RunnerView, StopReason,
+    choose_pool, next_due, next_stock_due, plan, plan_stock, JobView, Op, PlanInput, PoolSpec,
+    RegistrationView, RunnerView, StockOp, StockView, StopReason,
 };
 pub use state::{JobStatus, RunnerState, SandboxState, Step, TransitionError};
 
 /// Milliseconds since the Unix epoch. The core never reads the clock; callers pass `now`.
 pub type Timestamp = i64;
+
+/// The default least time between the starts of two writes to GitHub. GitHub's secondary limits
+/// allow 900 points a minute per endpoint at 5 points a write (180 writes a minute), which is
+/// also about the 10,000 JIT registrations an hour integrations see in practice; its general
+/// advice for many writes is a second apart (`github.write_interval = "1s"`).
+pub const DEFAULT_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(340);
 
 /// The kind of sandbox a pool's runners live in; each kind is one backend.
 #[derive(

@@ -26,6 +26,9 @@ pub struct PoolSpec {
     pub boot_timeout: i64,
     pub idle_timeout: i64,
     pub job_timeout: i64,
+    /// JIT configs to keep ready (see `plan_stock`), and the age (ms) at which one is replaced.
+    pub jit_stock: u32,
+    pub jit_stock_refresh: i64,
 }
 
 impl PoolSpec {
@@ -43,6 +46,8 @@ impl PoolSpec {
             boot_timeout: 300_000,
             idle_timeout: 600_000,
             job_timeout: 6 * 3_600_000,
+            jit_stock: 0,
+            jit_stock_refresh: 12 * 3_600_000,
         }
     }
     pub fn labels(mut self, l: &[&str]) -> Self {
@@ -160,6 +165,8 @@ pub struct PlanInput<'a> {
     pub registrations: &'a [RegistrationView],
     /// Sandboxes the backend reports as existing, for orphan reaping.
     pub sandboxes: &'a [String],
+    /// Registration names held for the JIT stock (ready or being requested): not orphans.
+    pub reserved: &'a HashSet<String>,
     pub draining: bool,
 }
 
@@ -305,7 +312,11 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Op> {
 
     let live: HashSet<&str> = input.runners.iter().map(|r| r.name.as_str()).collect();
     for reg in input.registrations {
-        if reg.name.starts_with(RUNNER_PREFIX) && !live.contains(reg.name.as_str()) && !reg.busy {
+        if reg.name.starts_with(RUNNER_PREFIX)
+            && !live.contains(reg.name.as_str())
+            && !input.reserved.contains(&reg.name)
+            && !reg.busy
+        {
             ops.push(Op::DeleteRegistration {
                 scope: reg.scope.clone(),
                 id: reg.id,
@@ -324,6 +335,120 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Op> {
         }
     }
     ops
+}
+
+/// The earliest moment after `input.now` at which time alone changes the plan: a runner's boot,
+/// idle or job timeout running out. The control loop sleeps until then (or an earlier backoff's
+/// end) unless an event wakes it first; `None`: nothing is due, only events matter.
+pub fn next_due(input: &PlanInput<'_>) -> Option<Timestamp> {
+    let pools: HashMap<&str, &PoolSpec> =
+        input.pools.iter().map(|p| (p.name.as_str(), p)).collect();
+    input
+        .runners
+        .iter()
+        .filter(|r| !r.exited)
+        .filter_map(|r| {
+            let pool = pools.get(r.pool.as_str())?;
+            // The planner's comparisons are strict (`>`): one millisecond past the limit.
+            match r.state {
+                RunnerState::Creating | RunnerState::Starting => {
+                    Some(r.created_at + pool.boot_timeout + 1)
+                }
+                RunnerState::Idle => Some(r.state_since + pool.idle_timeout),
+                RunnerState::Busy => Some(r.state_since + pool.job_timeout + 1),
+                RunnerState::Stopping | RunnerState::Gone => None,
+            }
+        })
+        .filter(|&t| t > input.now)
+        .min()
+}
+
+/// A pool's stock of JIT configs as the daemon holds it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StockView {
+    /// Ready configs: (runner name, when GitHub made it, Unix ms).
+    pub ready: Vec<(String, Timestamp)>,
+    /// JIT requests for the stock in flight.
+    pub pending: u32,
+}
+
+/// What keeps a pool's JIT stock at its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StockOp {
+    /// Ask GitHub for one more config for `pool`'s stock.
+    Fill { pool: String },
+    /// Delete a stocked registration: replaced for its age, beyond the target, draining, or its
+    /// pool is gone.
+    Drop { pool: String, name: String },
+}
+
+/// The stock's operations. Each pool keeps `jit_stock` configs (none while draining), younger
+/// than `jit_stock_refresh`; it is filled one request at a time per pool, and not while the pool
+/// has creates of its own this pass (demand first: the stock only uses writes a burst does not).
+/// Stocked registrations are never runners: they count toward nothing the planner plans with.
+pub fn plan_stock(
+    now: Timestamp,
+    pools: &[PoolSpec],
+    stock: &HashMap<String, StockView>,
+    creating: &HashSet<&str>,
+    draining: bool,
+) -> Vec<StockOp> {
+    let mut ops = Vec::new();
+    for pool in pools {
+        let have = stock.get(&pool.name).cloned().unwrap_or_default();
+        let target = if draining { 0 } else { pool.jit_stock as usize };
+        let (mut fresh, stale): (Vec<_>, Vec<_>) = have
+            .ready
+            .iter()
+            .partition(|(_, made)| now - made < pool.jit_stock_refresh);
+        for (name, _) in stale {
+            ops.push(StockOp::Drop {
+                pool: pool.name.clone(),
+                name: name.clone(),
+            });
+        }
+        // Oldest first: the extra ones go, the youngest stay.
+        fresh.sort_by_key(|(name, made)| (*made, name.clone()));
+        let held = fresh.len() + have.pending as usize;
+        if held > target {
+            for (name, _) in fresh.iter().take((held - target).min(fresh.len())) {
+                ops.push(StockOp::Drop {
+                    pool: pool.name.clone(),
+                    name: name.clone(),
+                });
+            }
+        } else if held < target && have.pending == 0 && !creating.contains(pool.name.as_str()) {
+            ops.push(StockOp::Fill {
+                pool: pool.name.clone(),
+            });
+        }
+    }
+    // Stock of pools no longer configured.
+    let mut gone: Vec<_> = stock
+        .iter()
+        .filter(|(p, _)| !pools.iter().any(|x| &x.name == *p))
+        .flat_map(|(p, v)| v.ready.iter().map(move |(n, _)| (p.clone(), n.clone())))
+        .collect();
+    gone.sort();
+    ops.extend(
+        gone.into_iter()
+            .map(|(pool, name)| StockOp::Drop { pool, name }),
+    );
+    ops
+}
+
+/// When the oldest stocked config of any pool comes due for replacement.
+pub fn next_stock_due(pools: &[PoolSpec], stock: &HashMap<String, StockView>) -> Option<Timestamp> {
+    pools
+        .iter()
+        .filter_map(|p| {
+            let v = stock.get(&p.name)?;
+            v.ready
+                .iter()
+                .map(|(_, made)| made + p.jit_stock_refresh)
+                .min()
+        })
+        .min()
 }
 
 #[cfg(test)]
@@ -364,6 +489,7 @@ mod tests {
         unaccounted: Vec<(&'static str, u32)>,
         registrations: Vec<RegistrationView>,
         sandboxes: Vec<&'static str>,
+        reserved: Vec<&'static str>,
         draining: bool,
         want: Vec<Op>,
     }
@@ -378,6 +504,7 @@ mod tests {
                 unaccounted: vec![],
                 registrations: vec![],
                 sandboxes: vec![],
+                reserved: vec![],
                 draining: false,
                 want: vec![],
             }
@@ -401,6 +528,7 @@ mod tests {
             .map(|(p, n)| (p.to_string(), *n))
             .collect();
         let sandboxes: Vec<String> = c.sandboxes.iter().map(|s| s.to_string()).collect();
+        let reserved: HashSet<String> = c.reserved.iter().map(|s| s.to_string()).collect();
         let input = PlanInput {
             now: NOW,
             pools: &c.pools,
@@ -409,6 +537,7 @@ mod tests {
             unaccounted: &unaccounted,
             registrations: &c.registrations,
             sandboxes: &sandboxes,
+            reserved: &reserved,
             draining: c.draining,
         };
         let got = plan(&input);
@@ -657,10 +786,148 @@ mod tests {
                 ],
                 ..Default::default()
             },
+            Case {
+                name: "a registration held for the JIT stock is not an orphan",
+                registrations: vec![
+                    RegistrationView {
+                        scope: PoolSpec::test("x").scope,
+                        id: 7,
+                        name: "airlock-small-stock".into(),
+                        busy: false,
+                    },
+                    RegistrationView {
+                        scope: PoolSpec::test("x").scope,
+                        id: 8,
+                        name: "airlock-small-lost".into(),
+                        busy: false,
+                    },
+                ],
+                reserved: vec!["airlock-small-stock"],
+                want: vec![Op::DeleteRegistration {
+                    scope: PoolSpec::test("x").scope,
+                    id: 8,
+                    name: "airlock-small-lost".into(),
+                }],
+                ..Default::default()
+            },
         ];
         for c in cases {
             run(c);
         }
+    }
+
+    #[test]
+    fn the_jit_stock_is_kept_at_its_target_fresh_and_demand_first() {
+        let mut pool = PoolSpec::test("small");
+        pool.jit_stock = 2;
+        pool.jit_stock_refresh = 60_000;
+        let pools = [pool.clone()];
+        let view = |ready: &[(&str, i64)], pending: u32| {
+            HashMap::from([(
+                "small".to_string(),
+                StockView {
+                    ready: ready
+                        .iter()
+                        .map(|(n, ago)| (n.to_string(), NOW - ago))
+                        .collect(),
+                    pending,
+                },
+            )])
+        };
+        let fill = || StockOp::Fill {
+            pool: "small".into(),
+        };
+        let drop = |n: &str| StockOp::Drop {
+            pool: "small".into(),
+            name: n.into(),
+        };
+        let none = HashSet::new();
+        let creating = HashSet::from(["small"]);
+        let mut failures = Vec::new();
+        let mut check = |what: &str, got: Vec<StockOp>, want: Vec<StockOp>| {
+            if got != want {
+                failures.push(format!("{what}: got {got:?}, want {want:?}"));
+            }
+        };
+        check(
+            "empty: one fill at a time",
+            plan_stock(NOW, &pools, &view(&[], 0), &none, false),
+            vec![fill()],
+        );
+        check(
+            "a fill in flight: wait for it",
+            plan_stock(NOW, &pools, &view(&[("a", 1)], 1), &none, false),
+            vec![],
+        );
+        check(
+            "full",
+            plan_stock(NOW, &pools, &view(&[("a", 1), ("b", 2)], 0), &none, false),
+            vec![],
+        );
+        check(
+            "the pool's own creates come first",
+            plan_stock(NOW, &pools, &view(&[("a", 1)], 0), &creating, false),
+            vec![],
+        );
+        check(
+            "too old: replaced",
+            plan_stock(
+                NOW,
+                &pools,
+                &view(&[("old", 60_000), ("b", 2)], 0),
+                &none,
+                false,
+            ),
+            vec![drop("old"), fill()],
+        );
+        check(
+            "beyond the target (lowered): the oldest go",
+            plan_stock(
+                NOW,
+                &pools,
+                &view(&[("a", 3), ("b", 2), ("c", 1)], 0),
+                &none,
+                false,
+            ),
+            vec![drop("a")],
+        );
+        check(
+            "draining: every one goes",
+            plan_stock(NOW, &pools, &view(&[("a", 3), ("b", 2)], 0), &none, true),
+            vec![drop("a"), drop("b")],
+        );
+        let mut gone = view(&[], 0);
+        gone.insert(
+            "removed".into(),
+            StockView {
+                ready: vec![("r1".into(), NOW)],
+                pending: 0,
+            },
+        );
+        check(
+            "a pool no longer configured: its stock goes",
+            plan_stock(NOW, &pools, &gone, &none, false),
+            vec![
+                fill(),
+                StockOp::Drop {
+                    pool: "removed".into(),
+                    name: "r1".into(),
+                },
+            ],
+        );
+        let mut zero = pool.clone();
+        zero.jit_stock = 0;
+        check(
+            "no stock asked for: nothing",
+            plan_stock(NOW, &[zero], &view(&[], 0), &none, false),
+            vec![],
+        );
+        assert!(failures.is_empty(), "{failures:#?}");
+        assert_eq!(
+            next_stock_due(&pools, &view(&[("a", 30_000), ("b", 10_000)], 0)),
+            Some(NOW - 30_000 + 60_000)
+        );
+        assert_eq!(next_stock_due(&pools, &view(&[], 1)), None);
     }
 
     #[test]
@@ -680,8 +947,106 @@ mod tests {
             unaccounted: &unaccounted,
             registrations: &[],
             sandboxes: &[],
+            reserved: &HashSet::new(),
             draining: false,
         });
         assert_eq!(ops.len(), 10_000);
+    }
+
+    /// Each timeout's moment is what `next_due` says: the plan one millisecond before has no stop
+    /// for it, the plan at that moment has. A pass sleeping until `next_due` misses none.
+    #[test]
+    fn next_due_is_the_moment_a_timeout_changes_the_plan() {
+        let pool = PoolSpec::test("small");
+        let unaccounted = HashMap::new();
+        let reserved = HashSet::new();
+        let cases = [
+            (
+                RunnerState::Starting,
+                pool.boot_timeout,
+                StopReason::BootTimeout,
+            ),
+            (
+                RunnerState::Creating,
+                pool.boot_timeout,
+                StopReason::BootTimeout,
+            ),
+            (
+                RunnerState::Idle,
+                pool.idle_timeout,
+                StopReason::IdleTimeout,
+            ),
+            (RunnerState::Busy, pool.job_timeout, StopReason::JobTimeout),
+        ];
+        let mut failures = Vec::new();
+        for (state, limit, reason) in cases {
+            // Made 10 s ago; its timeout runs out later.
+            let r = runner("r1", "small", state, 10);
+            let pools = [pool.clone()];
+            let runners = [r.clone()];
+            let input = |now| PlanInput {
+                now,
+                pools: &pools,
+                jobs: &[],
+                runners: &runners,
+                unaccounted: &unaccounted,
+                registrations: &[],
+                sandboxes: &[],
+                reserved: &reserved,
+                draining: false,
+            };
+            let due = next_due(&input(NOW));
+            let since = if state == RunnerState::Idle {
+                r.state_since
+            } else {
+                r.created_at
+            };
+            let want = if state == RunnerState::Idle {
+                since + limit
+            } else {
+                since + limit + 1
+            };
+            if due != Some(want) {
+                failures.push(format!("{state:?}: next_due {due:?}, want {want}"));
+                continue;
+            }
+            let stops = |now| plan(&input(now)).contains(&stop("r1", reason));
+            if stops(want - 1) || !stops(want) {
+                failures.push(format!(
+                    "{state:?}: stopped 1 ms before: {}, at the moment: {}",
+                    stops(want - 1),
+                    stops(want)
+                ));
+            }
+            // Past it, nothing further is due for this runner.
+            if next_due(&input(want)).is_some() {
+                failures.push(format!("{state:?}: still due after {want}"));
+            }
+        }
+        // Exited and stopping runners wait on nothing; the earliest of several wins.
+        let mut gone = runner("r2", "small", RunnerState::Starting, 1);
+        gone.exited = true;
+        let runners = [
+            gone,
+            runner("r3", "small", RunnerState::Stopping, 1),
+            runner("r4", "small", RunnerState::Busy, 1),
+            runner("r5", "small", RunnerState::Starting, 2),
+        ];
+        let pools = [pool.clone()];
+        let due = next_due(&PlanInput {
+            now: NOW,
+            pools: &pools,
+            jobs: &[],
+            runners: &runners,
+            unaccounted: &unaccounted,
+            registrations: &[],
+            sandboxes: &[],
+            reserved: &HashSet::new(),
+            draining: false,
+        });
+        if due != Some(NOW - 2000 + pool.boot_timeout + 1) {
+            failures.push(format!("several runners: {due:?}"));
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
     }
 }

@@ -25,12 +25,12 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/webhook", post(webhook_handler))
         .route(
             "/metrics",
-            get(|State(i): State<Arc<Inner>>| async move { dispatch(&i, Command::Metrics) }),
+            get(|State(i): State<Arc<Inner>>| async move { dispatch(&i, Command::Metrics).await }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/api/v1/status",
-            get(|State(i): State<Arc<Inner>>| async move { dispatch(&i, Command::Status) }),
+            get(|State(i): State<Arc<Inner>>| async move { dispatch(&i, Command::Status).await }),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(inner)
@@ -121,10 +121,10 @@ async fn webhook_handler(
             return refuse(StatusCode::BAD_REQUEST, &e.to_string());
         }
     };
-    dispatch(&inner, cmd)
+    dispatch(&inner, cmd).await
 }
 
-fn dispatch(inner: &Inner, cmd: Command) -> Response {
+async fn dispatch(inner: &Inner, cmd: Command) -> Response {
     match cmd {
         Command::Ping { guid } => {
             count(inner, "ping", "accepted");
@@ -152,13 +152,14 @@ fn dispatch(inner: &Inner, cmd: Command) -> Response {
                         .as_deref()
                         .is_some_and(|r| r.starts_with(airlock_core::RUNNER_PREFIX))
             });
-            match inner.store.ingest_delivery(
-                &guid,
-                &event,
-                action.as_deref(),
-                job.as_deref(),
-                now_ms(),
-            ) {
+            let (g, e) = (guid.clone(), event.clone());
+            let stored = inner
+                .store
+                .call(move |s| {
+                    s.ingest_delivery(&g, &e, action.as_deref(), job.as_deref(), now_ms())
+                })
+                .await;
+            match stored {
                 Ok(Ingest::Duplicate) => {
                     count(inner, &event, "duplicate");
                     (StatusCode::OK, Json(json!({ "ok": "duplicate delivery" }))).into_response()
@@ -189,16 +190,18 @@ fn dispatch(inner: &Inner, cmd: Command) -> Response {
             inner.metrics.encode(),
         )
             .into_response(),
-        Command::Status => match status(inner) {
+        Command::Status => match status(inner).await {
             Ok(v) => Json(v).into_response(),
             Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         },
     }
 }
 
-fn status(inner: &Inner) -> Result<serde_json::Value, airlock_store::StoreError> {
-    let runners = inner.store.live_runners()?;
-    let jobs = inner.store.open_jobs()?;
+async fn status(inner: &Inner) -> Result<serde_json::Value, airlock_store::StoreError> {
+    let (runners, jobs) = inner
+        .store
+        .call(|s| Ok((s.live_runners()?, s.open_jobs()?)))
+        .await?;
     let pools: Vec<_> = inner.cfg.pools.iter().map(|p| p.spec()).collect();
     let views: Vec<_> = jobs
         .iter()

@@ -1,16 +1,18 @@
 //! The airlock daemon: wiring of the store, the GitHub client, a sandbox backend, the control
 //! loop, the poller and the HTTP side (webhook, API, metrics).
 //!
-//! The control loop is level-triggered: webhooks, runner exits, polls and a one-second tick only
-//! *wake* it; each pass reads what exists (store, backend) and what is wanted (open jobs), asks the
+//! The control loop is level-triggered: webhooks, runner exits, polls and the next deadline (a
+//! timeout, a backoff's end; at the latest `reconcile::RESYNC`) only *wake* it; each pass reads what exists (store, backend) and what is wanted (open jobs), asks the
 //! pure planner for operations and performs them. A lost, duplicated or reordered event therefore
 //! changes nothing, and a pass interrupted by a crash is simply repeated after restart.
 
 mod backends;
+mod backoff;
 mod http;
 pub mod metrics;
 mod poll;
 mod reconcile;
+mod stock;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -58,39 +60,27 @@ pub fn now_ms() -> i64 {
 
 /// Mutable state shared by the loop, the poller and the HTTP side. Never held across an await.
 #[derive(Debug, Default)]
-struct Shared {
+pub(crate) struct Shared {
     /// The latest registrations GitHub listed, for orphan reaping and runner states.
     registrations: Vec<RegistrationView>,
     group_ids: HashMap<String, u64>,
     /// No creates at all before this: GitHub said it is rate-limiting us.
     rate_limited_until: Option<Instant>,
-    /// Per pool: no creates for it before this (after a create of it failed), doubling per
-    /// failure, so a pool that cannot create (a refused microVM pool, a missing image) never
-    /// holds back the others.
-    backoff: HashMap<String, Backoff>,
+    /// Backoffs per pool and error class (creates) and per object (stops, reaps), so a pool that
+    /// cannot create (a refused microVM pool, a missing image) never holds back the others.
+    backoffs: backoff::Backoffs,
+    /// Per pool: its JIT stock (memory only: the configs are credentials).
+    stock: HashMap<String, stock::PoolStock>,
     draining: bool,
     /// Unix ms at which the last complete poll started (see the planner's `unaccounted`).
     last_poll_start: i64,
-}
-
-/// One pool's create backoff: the next create waits until `until`; the wait after the next
-/// failure is `next`.
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    until: Instant,
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_secs(1);
-    const MAX: Duration = Duration::from_secs(60);
 }
 
 pub struct Inner {
     cfg: Config,
     /// The pools as the planner sees them.
     specs: Vec<airlock_core::PoolSpec>,
-    store: Store,
+    store: Db,
     github: Client,
     backend: backends::Backends,
     pub metrics: Arc<Metrics>,
@@ -121,7 +111,32 @@ impl Inner {
     }
 
     pub fn store(&self) -> &Store {
-        &self.store
+        self.store.sync()
+    }
+}
+
+/// The store, called on tokio's blocking pool: a SQLite call (a few ms, more on a slow disk)
+/// never holds a runtime thread, nor the other operations of a pass that share its task.
+#[derive(Debug, Clone)]
+pub(crate) struct Db(Arc<Store>);
+
+impl Db {
+    pub(crate) async fn call<T, F>(&self, f: F) -> Result<T, airlock_store::StoreError>
+    where
+        F: FnOnce(&Store) -> Result<T, airlock_store::StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.0.clone();
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(airlock_store::StoreError::Interrupted(e.to_string())),
+        }
+    }
+
+    /// The store itself, for callers off the runtime (tests, the CLI's reads).
+    pub(crate) fn sync(&self) -> &Store {
+        &self.0
     }
 }
 
@@ -203,6 +218,7 @@ pub async fn start(cfg: Config) -> Result<Handle, StartError> {
         ClientOptions {
             timeout: cfg.github.request_timeout,
             observer: Some(observer),
+            write_interval: cfg.github.write_interval,
         },
     )?;
     let webhook_secret = match &cfg.github.webhook_secret_file {
@@ -227,7 +243,7 @@ pub async fn start(cfg: Config) -> Result<Handle, StartError> {
     let inner = Arc::new(Inner {
         specs: cfg.pools.iter().map(|p| p.spec()).collect(),
         cfg,
-        store,
+        store: Db(Arc::new(store)),
         github,
         backend,
         metrics,
@@ -282,7 +298,12 @@ impl Handle {
         self.inner.wake.notify_one();
         let deadline = Instant::now() + grace;
         loop {
-            let live = self.inner.store.live_runners().unwrap_or_default();
+            let live = self
+                .inner
+                .store
+                .call(|s| s.live_runners())
+                .await
+                .unwrap_or_default();
             if live.is_empty() {
                 break;
             }
@@ -296,6 +317,8 @@ impl Handle {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
+        // A stock request that was in flight when the loop stopped has landed by now.
+        stock::drop_all(&self.inner).await;
         DrainReport { forced }
     }
 

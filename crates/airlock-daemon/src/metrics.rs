@@ -71,6 +71,8 @@ pub struct Metrics {
     pub reconcile_errors: Family<OpLabels, Counter>,
     pub polls: Family<OutcomeLabels, Counter>,
     pub orphans_reaped: Family<OutcomeLabels, Counter>,
+    pub jit_stock: Family<PoolLabels, Gauge>,
+    pub jit_stock_used: Family<PoolLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -95,6 +97,8 @@ impl Default for Metrics {
             reconcile_errors: Family::default(),
             polls: Family::default(),
             orphans_reaped: Family::default(),
+            jit_stock: Family::default(),
+            jit_stock_used: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -152,6 +156,16 @@ impl Default for Metrics {
             "orphans_reaped",
             "Orphaned registrations and sandboxes removed",
             m.orphans_reaped.clone(),
+        );
+        registry.register(
+            "jit_stock",
+            "JIT configs ready in each pool's stock (registrations no runner uses yet)",
+            m.jit_stock.clone(),
+        );
+        registry.register(
+            "jit_stock_used",
+            "Runners started from a stocked JIT config, with no GitHub request on their path",
+            m.jit_stock_used.clone(),
         );
         Metrics { registry, ..m }
     }

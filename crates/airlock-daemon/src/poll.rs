@@ -70,12 +70,14 @@ const DELIVERY_RETENTION_MS: i64 = 4 * 24 * 3600 * 1000;
 
 async fn poll_once(inner: &Inner) -> Result<(), PollError> {
     let started = now_ms();
-    inner
-        .store
-        .prune_deliveries(started - DELIVERY_RETENTION_MS)?;
+    let history = started - inner.cfg.server.history_retention.as_millis() as i64;
     let pruned = inner
         .store
-        .prune_history(started - inner.cfg.server.history_retention.as_millis() as i64)?;
+        .call(move |s| {
+            s.prune_deliveries(started - DELIVERY_RETENTION_MS)?;
+            s.prune_history(history)
+        })
+        .await?;
     if pruned > 0 {
         tracing::debug!(rows = pruned, "pruned old history");
     }
@@ -85,7 +87,7 @@ async fn poll_once(inner: &Inner) -> Result<(), PollError> {
     for scope in &scopes {
         match inner.github.list_runners(scope).await {
             Ok(list) => {
-                apply_registrations(inner, &list)?;
+                apply_registrations(inner, &list).await?;
                 registrations.extend(list.into_iter().map(|r| RegistrationView {
                     scope: scope.clone(),
                     id: r.id,
@@ -116,8 +118,12 @@ async fn poll_once(inner: &Inner) -> Result<(), PollError> {
         }
     }
     // Runners torn down while this poll ran may still be listed: not orphans.
-    let gone: std::collections::HashSet<u64> =
-        inner.store.gone_since(started)?.into_iter().collect();
+    let gone: std::collections::HashSet<u64> = inner
+        .store
+        .call(move |s| s.gone_since(started))
+        .await?
+        .into_iter()
+        .collect();
     registrations.retain(|r| !gone.contains(&r.id));
     match first_error {
         None => {
@@ -138,11 +144,15 @@ async fn poll_repo(
 ) -> Result<(), PollError> {
     let jobs = inner.github.active_jobs(scope, repo).await?;
     let seen: HashSet<u64> = jobs.iter().map(|j| j.id).collect();
-    inner.store.observe_jobs(&jobs, now_ms())?;
-    // Open jobs the poll no longer lists belong to runs that finished: settle them one by one.
-    let stale: Vec<_> = inner
+    let open = inner
         .store
-        .open_jobs()?
+        .call(move |s| {
+            s.observe_jobs(&jobs, now_ms())?;
+            s.open_jobs()
+        })
+        .await?;
+    // Open jobs the poll no longer lists belong to runs that finished: settle them one by one.
+    let stale: Vec<_> = open
         .into_iter()
         .filter(|j| {
             j.repo.eq_ignore_ascii_case(repo) && j.first_seen_at < started && !seen.contains(&j.id)
@@ -167,18 +177,22 @@ async fn poll_repo(
             },
             Err(e) => return Err(e.into()),
         };
-        inner.store.observe_jobs(&[obs], now_ms())?;
+        inner
+            .store
+            .call(move |s| s.observe_jobs(&[obs], now_ms()))
+            .await?;
     }
     Ok(())
 }
 
 /// Runners GitHub lists as online become idle; busy ones become busy.
-fn apply_registrations(
+async fn apply_registrations(
     inner: &Inner,
     list: &[airlock_github::Registration],
 ) -> Result<(), PollError> {
     let now = now_ms();
-    for r in inner.store.live_runners()? {
+    let mut moves = Vec::new();
+    for r in inner.store.call(|s| s.live_runners()).await? {
         let Some(reg) = list.iter().find(|x| Some(x.id) == r.github_id) else {
             continue;
         };
@@ -187,13 +201,20 @@ fn apply_registrations(
             (false, true, RunnerState::Starting) => RunnerState::Idle,
             _ => continue,
         };
-        inner
-            .store
-            .runner_transition(&r.name, to, now, Some("seen at GitHub"))?;
         if r.state == RunnerState::Starting {
             // The pool's runners come online again: its creates need no more holding back.
-            inner.shared().backoff.remove(&r.pool);
+            inner.shared().backoffs.clear_pool(&r.pool);
         }
+        moves.push((r.name, to));
     }
+    inner
+        .store
+        .call(move |s| {
+            for (name, to) in moves {
+                s.runner_transition(&name, to, now, Some("seen at GitHub"))?;
+            }
+            Ok(())
+        })
+        .await?;
     Ok(())
 }

@@ -4,12 +4,13 @@
 //! anything exists outside, teardown moves it to `stopping` before touching the sandbox or the
 //! registration, and a runner found in `stopping` (after a crash) is simply torn down again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_core::{
-    plan, JobView, Op, PlanInput, RunnerState, RunnerView, SandboxState, Scope, StopReason,
+    next_due, next_stock_due, plan, plan_stock, JobView, Op, PlanInput, RunnerState, RunnerView,
+    SandboxState, Scope, StockOp, StopReason,
 };
 use airlock_github::{ErrorClass, GitHubError};
 use airlock_sandbox::{BackendKind, SandboxStatus, Secret};
@@ -23,7 +24,8 @@ use crate::metrics::{
 };
 use futures_util::StreamExt;
 
-use crate::{now_ms, Backoff, Inner};
+use crate::backoff::{Backoffs, Key};
+use crate::{now_ms, Inner};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OpError {
@@ -68,47 +70,71 @@ impl OpError {
 /// JIT config was only in memory), so they are torn down.
 pub(crate) fn recover(inner: &Inner) -> Result<(), StoreError> {
     let now = now_ms();
-    for r in inner.store.live_runners()? {
+    let store = inner.store.sync();
+    for r in store.live_runners()? {
         if r.state == RunnerState::Creating {
             tracing::warn!(runner = %r.name, "runner was being created when airlock stopped; tearing it down");
-            inner.store.runner_transition(
-                &r.name,
-                RunnerState::Stopping,
-                now,
-                Some("interrupted"),
-            )?;
+            store.runner_transition(&r.name, RunnerState::Stopping, now, Some("interrupted"))?;
         }
     }
     Ok(())
 }
 
+/// The longest the loop sleeps without an event: a safety net against a missed wake-up (an
+/// event source this loop does not hear from), never the reason anything happens on time.
+pub(crate) const RESYNC: Duration = Duration::from_secs(30);
+
+/// The shortest gap between two passes, so that even a pass that keeps finding work cannot spin.
+const MIN_GAP: Duration = Duration::from_millis(20);
+
 pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     loop {
         let started = Instant::now();
         let span = tracing::info_span!("reconcile");
-        if let Err(e) = pass(&inner).instrument(span).await {
-            tracing::error!(error = %e, "reconcile pass failed");
-        }
+        let next = match pass(&inner).instrument(span).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(error = %e, "reconcile pass failed");
+                // Whatever failed (the store, the backend's list) is retried soon, not in a loop.
+                Next::At(Instant::now() + Backoffs::FIRST)
+            }
+        };
         inner
             .metrics
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());
+        let until = match next {
+            Next::Now => started + MIN_GAP,
+            Next::At(t) => t.clamp(started + MIN_GAP, Instant::now() + RESYNC),
+            Next::Idle => Instant::now() + RESYNC,
+        };
         tokio::select! {
             _ = crate::stopped(&mut stop) => return,
             _ = inner.wake.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep_until(until.into()) => {}
         }
     }
+}
+
+/// When the loop should look again, as a pass sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// It acted: look again at once, at what its operations changed.
+    Now,
+    /// Nothing to do before this moment (a timeout, a backoff's end) unless an event comes.
+    At(Instant),
+    /// Nothing is due: only events matter.
+    Idle,
 }
 
 fn pool_of<'a>(inner: &'a Inner, name: &str) -> Option<&'a airlock_config::PoolConfig> {
     inner.cfg.pools.iter().find(|p| p.name == name)
 }
 
-/// One pass: observe, plan, act.
-pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
+/// One pass: observe, plan, act; says when the next one is due.
+pub(crate) async fn pass(inner: &Inner) -> Result<Next, OpError> {
     let now = now_ms();
-    let live = inner.store.live_runners()?;
+    let live = inner.store.call(|s| s.live_runners()).await?;
     let listed = inner.backend.registry.list().await?;
     let mut sandboxes: HashMap<(BackendKind, &str), SandboxStatus> = HashMap::new();
     let mut kinds: HashMap<String, Vec<BackendKind>> = HashMap::new();
@@ -117,6 +143,7 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
         kinds.entry(l.id.clone()).or_default().push(l.kind);
     }
     let mut views = Vec::with_capacity(live.len());
+    let mut ended = Vec::new();
     for r in &live {
         // A runner's sandbox is looked for only in the backend the store recorded for it.
         let status = sandboxes
@@ -130,9 +157,7 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
         let exited =
             expected_running && matches!(status, SandboxStatus::Exited(_) | SandboxStatus::Missing);
         if let (true, SandboxStatus::Exited(code)) = (exited, status) {
-            let _ = inner
-                .store
-                .sandbox_transition(&r.sandbox_id, SandboxState::Exited, code, now);
+            ended.push((r.sandbox_id.clone(), code));
         }
         views.push(RunnerView {
             name: r.name.clone(),
@@ -149,9 +174,21 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
             job_known: r.job_id.is_some(),
         });
     }
-    let jobs: Vec<JobView> = inner
+    let (registrations, draining, since) = {
+        let s = inner.shared();
+        (s.registrations.clone(), s.draining, s.last_poll_start)
+    };
+    // One blocking call for the rest of what the pass reads and records.
+    let (open, unaccounted) = inner
         .store
-        .open_jobs()?
+        .call(move |s| {
+            for (id, code) in ended {
+                let _ = s.sandbox_transition(&id, SandboxState::Exited, code, now);
+            }
+            Ok((s.open_jobs()?, s.unaccounted_exits(since)?))
+        })
+        .await?;
+    let jobs: Vec<JobView> = open
         .into_iter()
         .map(|j| JobView {
             id: j.id,
@@ -161,14 +198,13 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
             status: j.status,
         })
         .collect();
-    let (registrations, draining, since) = {
-        let s = inner.shared();
-        (s.registrations.clone(), s.draining, s.last_poll_start)
-    };
-    let unaccounted = inner.store.unaccounted_exits(since)?;
     let pools = &inner.specs;
     let ids: Vec<String> = kinds.keys().cloned().collect();
-    let ops = plan(&PlanInput {
+    let (stock_views, reserved) = {
+        let s = inner.shared();
+        (crate::stock::views(&s), crate::stock::reserved(&s))
+    };
+    let input = PlanInput {
         now,
         pools,
         jobs: &jobs,
@@ -176,8 +212,24 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
         unaccounted: &unaccounted,
         registrations: &registrations,
         sandboxes: &ids,
+        reserved: &reserved,
         draining,
-    });
+    };
+    let ops = plan(&input);
+    let creating: HashSet<&str> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Create { pool } => Some(pool.as_str()),
+            _ => None,
+        })
+        .collect();
+    let stock_ops = plan_stock(now, pools, &stock_views, &creating, draining);
+    let at = |t: i64| Instant::now() + Duration::from_millis((t - now).max(0) as u64);
+    let due = [next_due(&input), next_stock_due(pools, &stock_views)]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(at);
 
     update_gauges(inner, pools, &jobs, &views);
     if !ops.is_empty() {
@@ -196,28 +248,117 @@ pub(crate) async fn pass(inner: &Inner) -> Result<(), OpError> {
             None => true,
         })
         .collect();
-    // Stops and reaps take the first slots: a burst of creates never holds them back.
+    // Stops and reaps take the first slots: a burst of creates never holds them back; the
+    // stock's requests come last, after the pass's demand.
     ops.sort_by_key(|op| matches!(op, Op::Create { .. }));
+    let work = ops
+        .into_iter()
+        .map(Work::Op)
+        .chain(stock_ops.into_iter().map(Work::Stock));
     let limit = inner.cfg.server.max_parallel_ops.max(1);
-    futures_util::stream::iter(ops)
-        .for_each_concurrent(limit, |op| run_op(inner, &live, &kinds, op))
+    let acted = std::sync::atomic::AtomicBool::new(false);
+    futures_util::stream::iter(work)
+        .for_each_concurrent(limit, |w| async {
+            let ran = match w {
+                Work::Op(op) => run_op(inner, &live, &kinds, op).await,
+                Work::Stock(op) => run_stock_op(inner, op).await,
+            };
+            if ran {
+                acted.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
         .await;
-    Ok(())
+    if acted.into_inner() {
+        return Ok(Next::Now);
+    }
+    // Nothing acted: sleep until the first timeout or the first held-back operation may go.
+    let s = inner.shared();
+    let now = Instant::now();
+    let next = [due, s.backoffs.next_end(now), s.rate_limited_until]
+        .into_iter()
+        .flatten()
+        .filter(|&t| t > now)
+        .min();
+    Ok(next.map_or(Next::Idle, Next::At))
 }
 
-/// Holds back `pool`'s creates after one of them failed (or its runner died before it came
-/// online): for `wait`, or for the pool's next step of a wait that doubles per failure from 1 s
-/// to 60 s. A create that works resets it.
-fn back_off(inner: &Inner, pool: &str, wait: Option<Duration>) {
-    let mut s = inner.shared();
-    let next = s.backoff.get(pool).map_or(Backoff::FIRST, |b| b.next);
-    s.backoff.insert(
-        pool.to_string(),
-        Backoff {
-            until: Instant::now() + wait.unwrap_or(next),
-            next: (next * 2).min(Backoff::MAX),
+/// Holds back `pool`'s creates after one of them failed with an error of `class` (or its runner
+/// died before it came online): for `wait`, or for the next step of that class's wait, doubling
+/// per failure from 1 s to 60 s. The pool's first runner to come online resets it.
+fn back_off(inner: &Inner, pool: &str, class: &'static str, wait: Option<Duration>) {
+    let key = Key::Pool {
+        pool: pool.to_string(),
+        class,
+    };
+    inner.shared().backoffs.fail(key, wait, Instant::now());
+}
+
+/// A pass's unit of work: one of the plan's operations or of the stock's.
+enum Work {
+    Op(Op),
+    Stock(StockOp),
+}
+
+/// Runs one of the stock's operations; a failed fill holds back the pool's fills (its own
+/// backoff, apart from its creates'), a failed delete leaves the registration to the reaper.
+async fn run_stock_op(inner: &Inner, op: StockOp) -> bool {
+    match op {
+        StockOp::Fill { pool } => {
+            let key = Key::Object(format!("stock {pool}"));
+            let now = Instant::now();
+            {
+                let s = inner.shared();
+                if s.backoffs.holds(&key, now) || s.rate_limited_until.is_some_and(|t| t > now) {
+                    return false;
+                }
+            }
+            let Some(cfg) = pool_of(inner, &pool) else {
+                return false;
+            };
+            match crate::stock::fill(inner, cfg).await {
+                Ok(()) => inner.shared().backoffs.clear(&key),
+                Err(e) => {
+                    count_error(inner, "stock_fill", &e);
+                    let wait = github_wait(inner, &e);
+                    inner.shared().backoffs.fail(key, wait, Instant::now());
+                }
+            }
+        }
+        StockOp::Drop { pool, name } => {
+            if let Err(e) = crate::stock::drop_one(inner, &pool, &name, "stock").await {
+                count_error(inner, "stock_drop", &e);
+            }
+        }
+    }
+    true
+}
+
+fn count_error(inner: &Inner, op: &str, e: &OpError) {
+    inner
+        .metrics
+        .reconcile_errors
+        .get_or_create(&OpLabels {
+            op: op.into(),
+            class: e.class().into(),
+        })
+        .inc();
+    tracing::warn!(op, error = %e, "operation failed; will retry");
+}
+
+/// How long GitHub said to wait, if the error says: its rate limit (which then holds every
+/// create) or a permanent refusal (the longest backoff).
+fn github_wait(inner: &Inner, e: &OpError) -> Option<Duration> {
+    match e {
+        OpError::GitHub(g) => match g.class() {
+            ErrorClass::RateLimited(w) => {
+                inner.shared().rate_limited_until = Some(Instant::now() + w);
+                Some(w)
+            }
+            ErrorClass::Permanent => Some(Backoffs::MAX),
+            _ => None,
         },
-    );
+        _ => None,
+    }
 }
 
 /// The object an operation acts on, for the one-operation-per-object rule (`None`: a create,
@@ -231,14 +372,15 @@ fn op_object(op: &Op) -> Option<String> {
     }
 }
 
-/// Runs one operation of a pass: a create waits out its pool's backoff (and GitHub's rate limit),
-/// and a failure is counted, logged and, for a create, backs off its pool.
+/// Runs one operation of a pass unless it is held back: a create by its pool's backoff (or
+/// GitHub's rate limit), any other by its object's. A failure is counted, logged and backs off
+/// its pool (a create) or its object. Returns whether it ran.
 async fn run_op(
     inner: &Inner,
     live: &[RunnerRecord],
     kinds: &HashMap<String, Vec<BackendKind>>,
     op: Op,
-) {
+) -> bool {
     let name = match &op {
         Op::Create { .. } => "create",
         Op::Stop { .. } => "stop",
@@ -249,42 +391,39 @@ async fn run_op(
         Op::Create { pool } => Some(pool.clone()),
         _ => None,
     };
-    if let Some(pool) = &created_pool {
+    let object = op_object(&op).map(Key::Object);
+    {
         let s = inner.shared();
         let now = Instant::now();
-        if s.rate_limited_until.is_some_and(|t| t > now)
-            || s.backoff.get(pool).is_some_and(|b| b.until > now)
-        {
-            return;
+        let held = match (&created_pool, &object) {
+            (Some(pool), _) => {
+                s.rate_limited_until.is_some_and(|t| t > now) || s.backoffs.holds_pool(pool, now)
+            }
+            (None, Some(key)) => s.backoffs.holds(key, now),
+            (None, None) => false,
+        };
+        if held {
+            return false;
         }
     }
     let Err(e) = execute(inner, live, kinds, op).await else {
-        return;
+        if let Some(key) = &object {
+            inner.shared().backoffs.clear(key);
+        }
+        return true;
     };
-    inner
-        .metrics
-        .reconcile_errors
-        .get_or_create(&OpLabels {
-            op: name.into(),
-            class: e.class().into(),
-        })
-        .inc();
-    tracing::warn!(op = name, error = %e, "operation failed; will retry");
-    if let Some(pool) = created_pool {
-        let wait = match &e {
-            OpError::GitHub(g) => match g.class() {
-                // GitHub's limit is the app's, not the pool's: every create waits.
-                ErrorClass::RateLimited(w) => {
-                    inner.shared().rate_limited_until = Some(Instant::now() + w);
-                    Some(w)
-                }
-                ErrorClass::Permanent => Some(Backoff::MAX),
-                _ => None,
-            },
-            _ => None,
-        };
-        back_off(inner, &pool, wait);
+    let class = e.class();
+    count_error(inner, name, &e);
+    // GitHub's rate limit is the app's, not the pool's: every create waits for it.
+    let wait = github_wait(inner, &e);
+    match (created_pool, object) {
+        (Some(pool), _) => back_off(inner, &pool, class, wait),
+        (None, Some(key)) => {
+            inner.shared().backoffs.fail(key, wait, Instant::now());
+        }
+        (None, None) => {}
     }
+    true
 }
 
 fn update_gauges(
@@ -389,7 +528,10 @@ async fn execute(
     }
 }
 
-async fn group_id(inner: &Inner, pool: &airlock_config::PoolConfig) -> Result<u64, GitHubError> {
+pub(crate) async fn group_id(
+    inner: &Inner,
+    pool: &airlock_config::PoolConfig,
+) -> Result<u64, GitHubError> {
     if let Some(id) = inner.shared().group_ids.get(&pool.name) {
         return Ok(*id);
     }
@@ -404,54 +546,84 @@ async fn group_id(inner: &Inner, pool: &airlock_config::PoolConfig) -> Result<u6
 async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
     let started = Instant::now();
     let pool = pool_of(inner, pool_name).ok_or_else(|| OpError::NoPool(pool_name.into()))?;
-    let suffix = hex_id();
-    let name = airlock_core::runner_name(&pool.name, &suffix);
+    // A stocked config, when the pool has one: no GitHub request on this runner's path.
+    let stocked = crate::stock::take(inner, &pool.name, pool.jit_stock_refresh.as_millis() as i64);
+    let name = stocked
+        .as_ref()
+        .map_or_else(|| new_runner_name(pool), |s| s.name.clone());
     let span = tracing::info_span!("runner", runner = %name, pool = %pool.name);
     async {
-        let gid = group_id(inner, pool).await?;
+        let gid = match &stocked {
+            Some(_) => 0,
+            None => group_id(inner, pool).await?,
+        };
         // Before anything is recorded: a pool whose image is missing creates nothing.
-        let spec = inner
-            .backend
-            .spec_for(pool, &name)
-            .await
-            .map_err(|source| OpError::Spec {
-                pool: pool.name.clone(),
-                source,
-            })?;
-        let now = now_ms();
-        inner.store.insert_runner(
-            &name,
-            &pool.name,
-            &pool.scope.to_string(),
-            &name,
-            pool.backend,
-            now,
-        )?;
-        let made: Result<(), OpError> = async {
-            let jit = inner
-                .github
-                .generate_jitconfig(&pool.scope, &name, gid, &pool.labels)
-                .await?;
-            inner.store.set_runner_registration(&name, jit.runner_id)?;
-            inner.backend.registry.create(&spec).await?;
-            inner
+        let recorded: Result<_, OpError> = async {
+            let spec = inner
                 .backend
-                .registry
-                .start(&spec, &Secret::new(jit.encoded))
+                .spec_for(pool, &name)
+                .await
+                .map_err(|source| OpError::Spec {
+                    pool: pool.name.clone(),
+                    source,
+                })?;
+            let now = now_ms();
+            let (n, p, scope, backend) = (
+                name.clone(),
+                pool.name.clone(),
+                pool.scope.to_string(),
+                pool.backend,
+            );
+            inner
+                .store
+                .call(move |s| s.insert_runner(&n, &p, &scope, &n, backend, now))
                 .await?;
+            Ok(spec)
+        }
+        .await;
+        let spec = match recorded {
+            Ok(spec) => spec,
+            Err(e) => {
+                // Nothing was made for it: a stocked config goes back to its stock.
+                if let Some(s) = stocked {
+                    crate::stock::put_back(inner, &pool.name, s);
+                }
+                return Err(e);
+            }
+        };
+        let made: Result<(), OpError> = async {
+            let (id, encoded) = match stocked {
+                Some(s) => (s.github_id, s.encoded),
+                None => {
+                    let jit = inner
+                        .github
+                        .generate_jitconfig(&pool.scope, &name, gid, &pool.labels)
+                        .await?;
+                    (jit.runner_id, Secret::new(jit.encoded))
+                }
+            };
+            let n = name.clone();
+            inner
+                .store
+                .call(move |s| s.set_runner_registration(&n, id))
+                .await?;
+            inner.backend.registry.create(&spec).await?;
+            inner.backend.registry.start(&spec, &encoded).await?;
             Ok(())
         }
         .await;
         let now = now_ms();
         match made {
             Ok(()) => {
+                let n = name.clone();
                 inner
                     .store
-                    .sandbox_transition(&name, SandboxState::Running, None, now)?;
-                inner
-                    .store
-                    .runner_transition(&name, RunnerState::Starting, now, None)?;
-                inner.store.set_runner_started(&name, now)?;
+                    .call(move |s| {
+                        s.sandbox_transition(&n, SandboxState::Running, None, now)?;
+                        s.runner_transition(&n, RunnerState::Starting, now, None)?;
+                        s.set_runner_started(&n, now)
+                    })
+                    .await?;
                 inner
                     .metrics
                     .runners_created
@@ -469,10 +641,15 @@ async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
             Err(e) => {
                 // Nothing half-made survives: tear down whatever exists (registration, sandbox).
                 let reason = format!("create failed: {e}");
-                inner
+                let n = name.clone();
+                let r = inner
                     .store
-                    .runner_transition(&name, RunnerState::Stopping, now, Some(&reason))?;
-                if let Some(r) = inner.store.runner(&name)? {
+                    .call(move |s| {
+                        s.runner_transition(&n, RunnerState::Stopping, now, Some(&reason))?;
+                        s.runner(&n)
+                    })
+                    .await?;
+                if let Some(r) = r {
                     let _ = teardown(inner, &r, true).await;
                 }
                 Err(e)
@@ -481,6 +658,11 @@ async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
     }
     .instrument(span)
     .await
+}
+
+/// A fresh runner name for `pool`.
+pub(crate) fn new_runner_name(pool: &airlock_config::PoolConfig) -> String {
+    airlock_core::runner_name(&pool.name, &hex_id())
 }
 
 fn hex_id() -> String {
@@ -513,12 +695,18 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
                             reason = reason.as_str(),
                             "runner is busy with a job; not stopping it"
                         );
-                        inner.store.runner_transition(
-                            &r.name,
-                            RunnerState::Busy,
-                            now,
-                            Some("busy at deregistration"),
-                        )?;
+                        let n = r.name.clone();
+                        inner
+                            .store
+                            .call(move |s| {
+                                s.runner_transition(
+                                    &n,
+                                    RunnerState::Busy,
+                                    now,
+                                    Some("busy at deregistration"),
+                                )
+                            })
+                            .await?;
                         return Ok(());
                     }
                     Err(e) => return Err(e.into()),
@@ -537,9 +725,11 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
                 _ => None,
             };
             took_unknown_job = code == Some(0) && r.job_id.is_none();
+            let n = r.name.clone();
             inner
                 .store
-                .set_runner_exit(&r.name, code, took_unknown_job, now)?;
+                .call(move |s| s.set_runner_exit(&n, code, took_unknown_job, now))
+                .await?;
             tracing::info!(exit = ?code, "runner exited");
             if r.state == RunnerState::Starting && code != Some(0) {
                 // Its sandbox died before the runner came online (a guest that cannot mount its
@@ -548,7 +738,7 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
                     exit = ?code,
                     "runner exited before it came online; backing off the pool (its log is kept in state_dir/logs)"
                 );
-                back_off(inner, &r.pool, None);
+                back_off(inner, &r.pool, "runner_exit", None);
             }
             if took_unknown_job {
                 // It ran a job airlock has not heard of: learn which one now rather than at the
@@ -556,12 +746,11 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
                 inner.poll_now.notify_one();
             }
         }
-        inner.store.runner_transition(
-            &r.name,
-            RunnerState::Stopping,
-            now,
-            Some(reason.as_str()),
-        )?;
+        let n = r.name.clone();
+        inner
+            .store
+            .call(move |s| s.runner_transition(&n, RunnerState::Stopping, now, Some(reason.as_str())))
+            .await?;
         inner
             .metrics
             .runners_stopped
@@ -588,9 +777,11 @@ async fn teardown(inner: &Inner, r: &RunnerRecord, deregister: bool) -> Result<(
         .destroy(r.backend, &r.sandbox_id)
         .await?;
     let now = now_ms();
+    let id = r.sandbox_id.clone();
     match inner
         .store
-        .sandbox_transition(&r.sandbox_id, SandboxState::Destroyed, None, now)
+        .call(move |s| s.sandbox_transition(&id, SandboxState::Destroyed, None, now))
+        .await
     {
         Ok(_) | Err(StoreError::Missing { .. }) => {}
         Err(e) => return Err(e.into()),
@@ -606,9 +797,11 @@ async fn teardown(inner: &Inner, r: &RunnerRecord, deregister: bool) -> Result<(
             }
         }
     }
+    let n = r.name.clone();
     inner
         .store
-        .runner_transition(&r.name, RunnerState::Gone, now_ms(), None)?;
+        .call(move |s| s.runner_transition(&n, RunnerState::Gone, now_ms(), None))
+        .await?;
     // The last poll's list may still show its registration; it is not an orphan until a poll
     // made after this moment lists it again.
     if let Some(id) = r.github_id {
@@ -621,18 +814,22 @@ async fn teardown(inner: &Inner, r: &RunnerRecord, deregister: bool) -> Result<(
 /// End of a drain: whatever is still alive is destroyed (busy runners past the grace period).
 pub(crate) async fn force_stop_all(inner: &Inner) -> usize {
     let mut forced = 0;
-    for r in inner.store.live_runners().unwrap_or_default() {
+    let live = inner.store.call(|s| s.live_runners()).await;
+    for r in live.unwrap_or_default() {
         if r.state == RunnerState::Busy {
             forced += 1;
             tracing::warn!(runner = %r.name, "grace period over; destroying a busy runner");
         }
         let now = now_ms();
+        let n = r.name.clone();
         let _ = inner
             .store
-            .runner_transition(&r.name, RunnerState::Stopping, now, Some("drain"));
+            .call(move |s| s.runner_transition(&n, RunnerState::Stopping, now, Some("drain")))
+            .await;
         if let Err(e) = teardown(inner, &r, true).await {
             tracing::error!(runner = %r.name, error = %e, "teardown failed during drain; it will be reaped at next start");
         }
     }
+    crate::stock::drop_all(inner).await;
     forced
 }

@@ -94,6 +94,13 @@ impl WriteInFlight {
         let mut st = sim.stats.lock().unwrap_or_else(|p| p.into_inner());
         st.writes_in_flight += 1;
         st.max_concurrent_writes = st.max_concurrent_writes.max(st.writes_in_flight);
+        let now = Instant::now();
+        if let Some(last) = st.last_write_start {
+            let gap = now.duration_since(last).as_millis() as u64;
+            st.min_write_gap_ms = Some(st.min_write_gap_ms.map_or(gap, |g| g.min(gap)));
+        }
+        st.last_write_start = Some(now);
+        st.writes += 1;
         WriteInFlight(sim.clone())
     }
 }
@@ -732,6 +739,15 @@ fn runners(
             }
             let _ = req.work_folder;
             let mut w = sim.lock_world();
+            // GitHub refuses registrations past 10,000 runners (the status and message are
+            // inferred: GitHub documents the limit, not the response).
+            if w.runners.values().filter(|r| &r.scope == scope).count() >= sim.cfg.max_registrations
+            {
+                return Reply::error(
+                    422,
+                    "Validation Failed: the maximum number of self-hosted runners has been reached",
+                );
+            }
             if w.runners
                 .values()
                 .any(|r| &r.scope == scope && r.name.eq_ignore_ascii_case(&req.name))
@@ -766,6 +782,8 @@ fn runners(
                 job: None,
                 token: random_token("ghr"),
                 last_seen: Instant::now(),
+                created: Instant::now(),
+                connected: false,
             };
             let encoded = encode_jit(sim, &runner);
             let json = model::runner_json(&runner);
@@ -904,6 +922,7 @@ async fn runner_protocol(sim: &Arc<Sim>, action: &str, headers: &HeaderMap, body
             };
             let r = w.runners.get_mut(&id).expect("found above");
             r.online = true;
+            r.connected = true;
             r.last_seen = Instant::now();
             Reply::json(200, json!({ "ok": true }))
         }
@@ -921,6 +940,7 @@ async fn runner_protocol(sim: &Arc<Sim>, action: &str, headers: &HeaderMap, body
                     {
                         let r = w.runners.get_mut(&id).expect("found above");
                         r.online = true;
+                        r.connected = true;
                         r.last_seen = Instant::now();
                         if let Some(job) = r.job {
                             return Reply::error(409, &format!("runner already holds job {job}"));

@@ -60,6 +60,10 @@ pub struct SimConfig {
     pub long_poll: Duration,
     /// Append every REST exchange as a JSON line here (for the OpenAPI conformance checks).
     pub record: Option<PathBuf>,
+    /// A JIT registration no runner ever connected with is removed after this (GitHub: a day).
+    pub unused_jit_ttl: Duration,
+    /// Registrations per scope past which `generate-jitconfig` is refused (GitHub: 10,000).
+    pub max_registrations: usize,
 }
 
 impl Default for SimConfig {
@@ -74,6 +78,8 @@ impl Default for SimConfig {
             heartbeat_timeout: Duration::from_secs(15),
             long_poll: Duration::from_secs(20),
             record: None,
+            unused_jit_ttl: Duration::from_secs(24 * 3600),
+            max_registrations: 10_000,
         }
     }
 }
@@ -118,6 +124,14 @@ pub struct Stats {
     /// Mutating REST requests in flight now.
     #[serde(skip)]
     pub writes_in_flight: u64,
+    /// Mutating REST requests received, and the shortest gap between the starts of two
+    /// consecutive ones (ms): the pacing an integration keeps.
+    pub writes: u64,
+    pub min_write_gap_ms: Option<u64>,
+    #[serde(skip)]
+    pub last_write_start: Option<std::time::Instant>,
+    /// JIT registrations removed because no runner ever connected with them in time.
+    pub unused_jit_removed: u64,
 }
 
 /// A workflow run to submit: jobs with labels and shell steps.
@@ -495,6 +509,17 @@ async fn watchdog(sim: Arc<Sim>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let idle_timeout = timeout + sim.cfg.long_poll;
         let mut w = sim.lock_world();
         let mut lost = Vec::new();
+        let ttl = sim.cfg.unused_jit_ttl;
+        let before = w.runners.len();
+        w.runners
+            .retain(|_, r| r.connected || r.created.elapsed() <= ttl);
+        let expired = (before - w.runners.len()) as u64;
+        if expired > 0 {
+            sim.stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .unused_jit_removed += expired;
+        }
         for r in w.runners.values_mut() {
             let silent = r.last_seen.elapsed();
             if r.busy && silent > timeout {

@@ -40,6 +40,12 @@ pub struct SimRunner {
     /// The runner's own credential (what the JIT config carries).
     pub token: String,
     pub last_seen: Instant,
+    /// When its JIT config was generated.
+    pub created: Instant,
+    /// Whether a runner ever connected with its config. GitHub removes a JIT registration that
+    /// never ran a job after a day (`SimConfig::unused_jit_ttl`); until then it is listed offline
+    /// and is given no job (jobs go only to runners that ask for one).
+    pub connected: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -32,6 +32,7 @@ fn client(url: &str) -> Client {
         ClientOptions {
             timeout: Duration::from_secs(5),
             observer: None,
+            write_interval: Duration::ZERO,
         },
     )
     .unwrap()
@@ -266,6 +267,7 @@ async fn errors_are_classified_and_rate_limits_respected() {
         ClientOptions {
             timeout: Duration::from_secs(2),
             observer: None,
+            write_interval: Duration::ZERO,
         },
     )
     .unwrap();

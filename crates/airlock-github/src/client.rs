@@ -23,13 +23,18 @@ pub type RequestObserver = Arc<dyn Fn(&Method, u16) + Send + Sync>;
 pub struct ClientOptions {
     pub timeout: Duration,
     pub observer: Option<RequestObserver>,
+    /// The least time between the starts of two mutating requests (they never overlap either).
+    pub write_interval: Duration,
 }
+
+pub use airlock_core::DEFAULT_WRITE_INTERVAL;
 
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             timeout: Duration::from_secs(30),
             observer: None,
+            write_interval: DEFAULT_WRITE_INTERVAL,
         }
     }
 }
@@ -67,7 +72,9 @@ pub struct Client {
     observer: Option<RequestObserver>,
     /// URL -> (ETag, body) of the last 200 answer, for conditional GETs (a 304 is free).
     etags: Mutex<HashMap<String, (String, bytes_cache::Body)>>,
-    writes: tokio::sync::Mutex<()>,
+    /// Held for the whole of each mutating request; holds when the last one started.
+    writes: tokio::sync::Mutex<Option<Instant>>,
+    write_interval: Duration,
     /// No request is sent before this instant after GitHub said we are rate limited.
     blocked_until: Mutex<Option<Instant>>,
 }
@@ -109,7 +116,8 @@ impl Client {
             auth: Auth::new(credentials)?,
             observer: opts.observer,
             etags: Mutex::new(HashMap::new()),
-            writes: tokio::sync::Mutex::new(()),
+            writes: tokio::sync::Mutex::new(None),
+            write_interval: opts.write_interval,
             blocked_until: Mutex::new(None),
         })
     }
@@ -350,7 +358,12 @@ impl Client {
         let _write = if method == Method::GET {
             None
         } else {
-            Some(self.writes.lock().await)
+            let mut last = self.writes.lock().await;
+            if let Some(t) = *last {
+                tokio::time::sleep_until((t + self.write_interval).into()).await;
+            }
+            *last = Some(Instant::now());
+            Some(last)
         };
         self.check_blocked(what)?;
 

@@ -1,6 +1,8 @@
 //! Container sandbox benchmarks, as root (`cargo bench -p airlock-sandbox --bench container`):
-//! sandbox start and teardown beside a bare `runc run` (or crun) of the same rootfs with the same
-//! namespaces in the same run, host memory per idle sandbox with 50 running, and an image build
+//! sandbox start and teardown beside a bare `crun run` (or runc, whichever the probe picks) of the
+//! same rootfs with the same namespaces in the same run, host memory per idle sandbox (beyond what
+//! its cgroup charges: the runner) with 50 running (AIRLOCK_BENCH_IDLE=1000 for the density
+//! figure) and the backend's list with them alive, and an image build
 //! beside a bare mmdebstrap. The same sandbox measurements then run under gVisor's runsc (beside a
 //! bare `runsc run` of the same bundle), and the runsc/default ratios are printed. Sizes:
 //! AIRLOCK_BENCH_SANDBOXES (default 100), AIRLOCK_BENCH_IDLE (default 50), AIRLOCK_BENCH_IMAGE=0
@@ -207,6 +209,15 @@ async fn measure(b: &ContainerBackend, rt: Rt, setup: &Setup<'_>) -> Measured {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = mem_available_kib();
+    // What a daemon pass asks of the backend with them all alive: its list.
+    let mut lists = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let l = b.list().await.unwrap();
+        lists.push(t0.elapsed().as_secs_f64() * 1e3);
+        assert!(l.len() >= idle);
+    }
+    let list_ms = common::pct(&mut lists, 0.5);
     let mut cg_total = 0f64;
     for i in 0..idle {
         let tag_dirs = std::fs::read_dir("/sys/fs/cgroup/memory/airlock")
@@ -229,9 +240,11 @@ async fn measure(b: &ContainerBackend, rt: Rt, setup: &Setup<'_>) -> Measured {
     let mem_host = (before - after) / 1024.0 / idle as f64;
     let mem_cgroup = cg_total / (1 << 20) as f64 / idle as f64;
     println!(
-        "memory with {idle} idle sandboxes: host MemAvailable -{:.1} MiB ({mem_host:.2} MiB each); their cgroups charge {mem_cgroup:.2} MiB each",
+        "memory with {idle} idle sandboxes: host MemAvailable -{:.1} MiB ({mem_host:.2} MiB each); their cgroups charge {mem_cgroup:.2} MiB each (the runner and its page cache); beyond the runner {:.2} MiB each",
         (before - after) / 1024.0,
+        mem_host - mem_cgroup,
     );
+    println!("the backend's list with {idle} sandboxes alive (a pass's view): p50 {list_ms:.1} ms");
     Measured {
         bare,
         ready,

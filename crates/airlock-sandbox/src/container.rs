@@ -47,7 +47,10 @@ use sha2::Digest as _;
 use crate::cgroup;
 use crate::ocispec::{self, ContainerSpec, Variant, ID_RANGE, RUNNER_UID};
 use crate::supervise::{self, status_of, LogKeep, Watch};
-use crate::{check_id, Backend, BackendSpec, SandboxError, SandboxSpec, SandboxStatus, Secret};
+use crate::{
+    check_id, Backend, BackendSpec, ContainerImage, SandboxError, SandboxSpec, SandboxStatus,
+    Secret,
+};
 
 /// Runtimes tried, in order, when none is configured.
 pub const RUNTIMES: &[&str] = &["crun", "runc", "youki"];
@@ -320,8 +323,20 @@ fn state_roots(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The container backend: one `Arc`, so its blocking work (mounts, files, links, cgroups) runs on
+/// tokio's blocking pool with a handle of its own.
+#[derive(Debug, Clone)]
+pub struct ContainerBackend(Arc<Container>);
+
+impl std::ops::Deref for ContainerBackend {
+    type Target = Container;
+    fn deref(&self) -> &Container {
+        &self.0
+    }
+}
+
 #[derive(Debug)]
-pub struct ContainerBackend {
+pub struct Container {
     cfg: ContainerConfig,
     /// The host-wide runtime: the configured one, or the first of `RUNTIMES` that passed.
     default: Arc<Runtime>,
@@ -452,13 +467,13 @@ impl ContainerBackend {
         let tag = tag_of(&cfg.root);
         tracing::info!(runtime = %default.path.display(), %tag, "container backend ready");
         let extra = cfg.runtimes.clone();
-        let b = ContainerBackend {
+        let b = ContainerBackend(Arc::new(Container {
             cfg,
             default: Arc::new(default),
             others: Default::default(),
             tag,
             watched: Watch::new(exits),
-        };
+        }));
         let mut refused = Vec::new();
         for name in extra {
             if let Err(e) = b.runtime_for(Some(&name)).await {
@@ -606,6 +621,19 @@ impl ContainerBackend {
                     id: id.into(),
                     detail: e.to_string(),
                 })?;
+        let (this, spec2, c2) = (self.clone(), spec.clone(), c.clone());
+        crate::blocking(id, move || this.create_files(&spec2, &c2, &runtime)).await
+    }
+
+    /// `create`'s synchronous part: directories, the overlay, files, the address, the OCI spec.
+    fn create_files(
+        &self,
+        spec: &SandboxSpec,
+        c: &ContainerImage,
+        runtime: &Runtime,
+    ) -> Result<(), SandboxError> {
+        let id = spec.id.as_str();
+        let rootfs = &c.rootfs;
         let dir = self.dir(id);
         std::fs::create_dir(&dir).map_err(|source| SandboxError::Create {
             id: id.into(),
@@ -616,7 +644,7 @@ impl ContainerBackend {
             .map_err(|e| setup(id, "chmod", e))?;
         std::fs::write(
             dir.join("runtime"),
-            serde_json::to_vec_pretty(&*runtime).expect("serialisable"),
+            serde_json::to_vec_pretty(runtime).expect("serialisable"),
         )
         .map_err(|e| setup(id, "runtime", e))?;
         std::fs::write(dir.join("image"), format!("{}\n", c.image))
@@ -1049,20 +1077,24 @@ impl Backend for ContainerBackend {
     }
 
     async fn list(&self) -> Result<Vec<(String, SandboxStatus)>, SandboxError> {
-        Ok(self
-            .list_ids()
-            .into_iter()
-            .map(|id| {
-                let st =
-                    supervise::reported(&self.watched, &id, &self.dir(&id), status_of, || true);
-                (id, st)
-            })
-            .collect())
+        // Directories, links, leases, cgroups and each sandbox's files: on the blocking pool.
+        let this = self.clone();
+        crate::blocking("", move || {
+            Ok(this
+                .list_ids()
+                .into_iter()
+                .map(|id| {
+                    let st =
+                        supervise::reported(&this.watched, &id, &this.dir(&id), status_of, || true);
+                    (id, st)
+                })
+                .collect())
+        })
+        .await
     }
 
     async fn destroy(&self, id: &str) -> Result<(), SandboxError> {
         check_id(id)?;
-        let dir = self.dir(id);
         self.watched.remove(id);
         let fail = |detail: String| SandboxError::Destroy {
             id: id.into(),
@@ -1093,6 +1125,20 @@ impl Backend for ContainerBackend {
                 )));
             }
         }
+        let (this, id2) = (self.clone(), id.to_string());
+        crate::blocking(id, move || this.destroy_rest(&id2, &runtime)).await
+    }
+}
+
+impl ContainerBackend {
+    /// `destroy` once the runtime has killed and deleted the container: the rest, synchronous
+    /// (on the blocking pool), each step idempotent.
+    fn destroy_rest(&self, id: &str, runtime: &Runtime) -> Result<(), SandboxError> {
+        let dir = self.dir(id);
+        let fail = |detail: String| SandboxError::Destroy {
+            id: id.into(),
+            detail,
+        };
         runtime.clear_state(id);
         supervise::kill_group(&dir);
         if runtime.is_gvisor() {
@@ -1124,7 +1170,7 @@ impl Backend for ContainerBackend {
             if last.is_ok() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            std::thread::sleep(Duration::from_millis(20));
         }
         last.map_err(fail)?;
         // 5. Files, the log kept first.

@@ -162,6 +162,23 @@ pub enum SandboxError {
     Setup { id: String, detail: String },
 }
 
+/// Runs a backend's synchronous work (mounts, links, file trees, cgroups) on tokio's blocking
+/// pool, so that it holds neither a runtime thread nor the other operations of a daemon pass.
+pub(crate) async fn blocking<T, F>(id: &str, f: F) -> Result<T, SandboxError>
+where
+    F: FnOnce() -> Result<T, SandboxError> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(SandboxError::Setup {
+            id: id.into(),
+            detail: format!("interrupted: {e}"),
+        }),
+    }
+}
+
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> BackendKind;

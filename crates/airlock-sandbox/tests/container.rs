@@ -388,7 +388,8 @@ async fn escape_see_or_signal_host_processes_on(rt: Rt) {
         }
     };
     let script = format!(
-        "sleep 3133 & ps ax | grep -q '[s]leep 3133' && echo OWN-VISIBLE\n\
+        "sleep 3133 & for i in 1 2 3 4 5 6 7 8 9 10; do \
+           ps ax | grep -q '[s]leep 3133' && {{ echo OWN-VISIBLE; break; }}; sleep 0.1; done\n\
          ps ax | grep -c '[s]leep 3131' | grep -q '^0$' || echo SAW-HOST-PROCESS\n\
          ps ax | grep -c '[s]leep 3132' | grep -q '^0$' || echo SAW-OTHER-SANDBOX\n\
          m=0; for p in /proc/[0-9]*; do m=$((m+1)); done; echo procs=$m\n\

@@ -43,6 +43,9 @@ pub enum StoreError {
     },
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
+    /// A call on the blocking pool that never finished (the runtime is shutting down).
+    #[error("the store call was interrupted: {0}")]
+    Interrupted(String),
 }
 
 const MIGRATIONS: &[&str] = &[

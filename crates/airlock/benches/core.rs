@@ -327,6 +327,7 @@ fn planner(reps: usize) -> String {
             unaccounted: &unaccounted,
             registrations: &[],
             sandboxes: &[],
+            reserved: &Default::default(),
             draining: false,
         });
         passes.push(t.elapsed().as_secs_f64() * 1000.0);

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use airlock_core::{JobStatus, RunnerState};
-use airlock_ghsim::{Faults, JobSpec, Status};
+use airlock_ghsim::{Faults, JobSpec, SimConfig, Status};
 use common::*;
 
 const T: Duration = Duration::from_secs(60);
@@ -204,6 +204,65 @@ async fn a_runner_may_take_another_matching_job() {
         "the first runner took B, the job it was not started for"
     );
     e.assert_nothing_left();
+    e.shutdown().await;
+}
+
+/// The control loop sleeps until the next deadline, not on a tick: idle, with polls a minute
+/// apart and no events, it makes no passes; a runner that never comes online is stopped at its
+/// boot timeout to within a few hundred milliseconds (a one-second tick would make it up to a
+/// second late, and would show as a pass a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_follow_deadlines_not_a_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let dud = script(dir.path(), "dud-runner", "exec sleep 300");
+    let pools = [Pool {
+        extra: "boot_timeout = \"2s\"",
+        ..pool("small", &["self-hosted", "small"])
+    }];
+    let e = env_with(
+        &pools,
+        "60s",
+        Faults::default(),
+        true,
+        &dud,
+        Default::default(),
+    )
+    .await;
+    let passes = || metric(&e.metrics(), "airlock_reconcile_seconds_count");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = passes();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let idle = passes() - before;
+    assert!(idle <= 1.0, "{idle} passes in 4 idle seconds");
+
+    e.submit("octo/hello", &[("stuck", &["small"], &["true"])]);
+    let stopped = || {
+        metric(
+            &e.metrics(),
+            "airlock_runners_stopped_total{pool=\"small\",reason=\"boot_timeout\"}",
+        ) >= 1.0
+    };
+    assert!(wait_until(T, stopped).await, "{}", e.metrics());
+    // Gone (stopped and torn down: a kill and a deregistration, a few ms) since `state_since`.
+    let first = || {
+        e.store()
+            .all_runners()
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.stop_reason.as_deref() == Some("boot_timeout"))
+            .min_by_key(|r| r.created_at)
+    };
+    assert!(
+        wait_until(T, || first().is_some_and(|r| r.state == RunnerState::Gone)).await,
+        "{:?}",
+        first()
+    );
+    let first = first().unwrap();
+    let late = first.state_since - first.created_at - 2000;
+    assert!(
+        (0..400).contains(&late),
+        "stopped {late} ms after its boot timeout ran out"
+    );
     e.shutdown().await;
 }
 
@@ -426,6 +485,7 @@ async fn github_failures_back_off_and_recover() {
 async fn every_metric_is_updated() {
     let pools = [Pool {
         max: 1,
+        extra: "jit_stock = 1",
         ..pool("small", &["self-hosted", "small"])
     }];
     let mut e = env(&pools, "1h", Faults::default(), false).await;
@@ -589,6 +649,237 @@ async fn a_burst_runs_in_parallel_but_github_writes_never_overlap() {
         st.max_concurrent_writes, 1,
         "GitHub saw mutating requests in parallel"
     );
+    // Paced: the test config's write_interval is 20 ms (a little slack for timer and socket).
+    assert!(st.writes >= 12, "{st:?}");
+    assert!(
+        st.min_write_gap_ms.is_some_and(|g| g >= 15),
+        "two writes {:?} ms apart",
+        st.min_write_gap_ms
+    );
+    e.assert_nothing_left();
+    e.shutdown().await;
+}
+
+/// With `jit_stock = 4` the pool keeps four registrations at GitHub, offline and taking no job,
+/// and no runner, sandbox or capacity: the reaper leaves them alone across polls. A burst of
+/// four jobs then starts runners from them (every job's runner was registered before the jobs
+/// were queued: no GitHub round trip on their path), the stock refills with new ones, and a
+/// drain deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jit_stock_starts_a_bursts_runners_without_github() {
+    let mut p = pool("stock", &["self-hosted", "stock"]);
+    p.extra = "jit_stock = 4";
+    let mut e = env(
+        &[p],
+        "1s",
+        Faults {
+            latency_ms: 100,
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let stocked = |e: &Env| metric(&e.metrics(), "airlock_jit_stock{pool=\"stock\"}");
+    assert!(
+        wait_until(T, || stocked(&e) == 4.0).await,
+        "{}",
+        e.metrics()
+    );
+    // Three polls later the same four registrations are there, offline and idle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let regs = e.sim().runners();
+    assert_eq!(regs.len(), 4, "{regs:?}");
+    assert!(
+        regs.iter().all(|(_, _, online, busy)| !online && !busy),
+        "{regs:?}"
+    );
+    assert!(
+        e.store().live_runners().unwrap().is_empty(),
+        "stock is not runners"
+    );
+    assert_eq!(
+        metric(
+            &e.metrics(),
+            "airlock_runners{pool=\"stock\",state=\"idle\"}"
+        ),
+        0.0
+    );
+    let before: HashSet<String> = regs.into_iter().map(|(_, n, _, _)| n).collect();
+
+    let jobs: Vec<(&str, &[&str], &[&str])> = ["s1", "s2", "s3", "s4"]
+        .iter()
+        .map(|n| (*n, &["stock"][..], &["true"][..]))
+        .collect();
+    e.submit("octo/hello", &jobs);
+    e.wait_all_done(T).await;
+    let ran: Vec<String> = e
+        .sim()
+        .jobs()
+        .iter()
+        .map(|j| j.runner_name.clone().unwrap_or_default())
+        .collect();
+    assert!(
+        ran.iter().all(|n| before.contains(n)),
+        "every runner came from the stock: ran on {ran:?}, stocked {before:?}"
+    );
+    assert_eq!(
+        metric(&e.metrics(), "airlock_jit_stock_used_total{pool=\"stock\"}"),
+        4.0
+    );
+    assert!(e
+        .sim()
+        .jobs()
+        .iter()
+        .all(|j| j.conclusion.as_deref() == Some("success")));
+    // Refilled with new registrations; then a drain deletes every one.
+    assert!(
+        wait_until(T, || stocked(&e) == 4.0).await,
+        "{}",
+        e.metrics()
+    );
+    let refilled: HashSet<String> = e
+        .sim()
+        .runners()
+        .into_iter()
+        .map(|(_, n, _, _)| n)
+        .collect();
+    assert!(refilled.is_disjoint(&before), "{refilled:?}");
+    e.stop_daemon().await;
+    e.assert_nothing_left();
+    e.shutdown().await;
+}
+
+/// GitHub removes a JIT registration no runner used after a day (ghsim: after `unused_jit_ttl`,
+/// here 3 s). The stock replaces each config at `jit_stock_refresh` (1 s), so none expires at
+/// GitHub, and a job started later still runs on a stocked config. Without the refresh (the
+/// positive control, ghsim's own model), an unused registration does expire and its config no
+/// longer connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jit_stock_is_refreshed_before_github_removes_it() {
+    let mut p = pool("fresh", &["self-hosted", "fresh"]);
+    p.extra = "jit_stock = 2\njit_stock_refresh = \"1s\"";
+    let runner = runner_bin();
+    let e = env_with(
+        &[p],
+        "1s",
+        Faults::default(),
+        true,
+        &runner,
+        SimConfig {
+            unused_jit_ttl: Duration::from_secs(3),
+            ..Default::default()
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        e.sim().stats().unused_jit_removed,
+        0,
+        "a stocked config expired at GitHub"
+    );
+    assert!(
+        metric(&e.metrics(), "airlock_jit_stock{pool=\"fresh\"}") >= 1.0,
+        "{}",
+        e.metrics()
+    );
+    e.submit("octo/hello", &[("late", &["fresh"], &["true"])]);
+    e.wait_all_done(T).await;
+    assert!(e
+        .sim()
+        .jobs()
+        .iter()
+        .all(|j| j.conclusion.as_deref() == Some("success")));
+    assert!(metric(&e.metrics(), "airlock_jit_stock_used_total{pool=\"fresh\"}") >= 1.0);
+
+    // The control: a registration made outside airlock's stock expires, and its config is refused.
+    let c = airlock_github::Client::new(
+        &e.sim.as_ref().unwrap().url,
+        airlock_github::Credentials::Token(TOKEN.into()),
+        Default::default(),
+    )
+    .unwrap();
+    let scope = airlock_core::Scope::parse("repo:octo/hello").unwrap();
+    let jit = c
+        .generate_jitconfig(&scope, "someone-unused", 1, &["fresh".into()])
+        .await
+        .unwrap();
+    assert!(
+        wait_until(T, || e.sim().stats().unused_jit_removed >= 1).await,
+        "ghsim never expired an unused registration"
+    );
+    assert!(!e
+        .sim()
+        .runners()
+        .iter()
+        .any(|(id, ..)| *id == jit.runner_id));
+    e.shutdown().await;
+}
+
+/// A crash (every task of the daemon stops at once) in the middle of a burst, with a JIT stock:
+/// after the restart every job runs exactly once to success on a runner of its own, whatever the
+/// crash left at GitHub is reaped and a new stock made, and a drain leaves nothing at GitHub or
+/// on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_mid_burst_loses_and_leaks_nothing() {
+    let mut p = pool("burst", &["self-hosted", "burst"]);
+    p.max = 10;
+    p.extra = "jit_stock = 3";
+    let mut e = env(
+        &[p],
+        "1s",
+        Faults {
+            latency_ms: 50,
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let stock = |e: &Env| metric(&e.metrics(), "airlock_jit_stock{pool=\"burst\"}");
+    assert!(wait_until(T, || stock(&e) == 3.0).await);
+    let names: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+    let jobs: Vec<(&str, &[&str], &[&str])> = names
+        .iter()
+        .map(|n| (n.as_str(), &["burst"][..], &["sleep 1"][..]))
+        .collect();
+    e.submit("octo/hello", &jobs);
+    // Mid-burst: some jobs running, others still queued.
+    assert!(
+        wait_until(T, || e
+            .sim()
+            .jobs()
+            .iter()
+            .filter(|j| j.status == Status::InProgress)
+            .count()
+            >= 3)
+        .await
+    );
+    e.daemon.take().unwrap().crash().await;
+    assert!(
+        e.sim().jobs().iter().any(|j| j.status == Status::Queued),
+        "the crash came mid-burst"
+    );
+    e.start_daemon().await;
+    e.wait_all_done(T).await;
+    let jobs = e.sim().jobs();
+    assert!(
+        jobs.iter()
+            .all(|j| j.conclusion.as_deref() == Some("success")),
+        "{jobs:?}"
+    );
+    // Each runner ran at most one job, and each job one runner.
+    let mut by_runner = std::collections::HashMap::new();
+    for j in &jobs {
+        *by_runner.entry(j.runner_name.clone().unwrap()).or_insert(0) += 1;
+    }
+    assert!(by_runner.values().all(|n| *n == 1), "{by_runner:?}");
+    // Whatever registrations the crash left (stock held only in memory, runners mid-create) are
+    // reaped: GitHub ends up holding exactly the new stock.
+    assert!(
+        wait_until(T, || stock(&e) == 3.0 && e.sim().runners().len() == 3).await,
+        "{:?}",
+        e.sim().runners()
+    );
+    e.stop_daemon().await;
     e.assert_nothing_left();
     e.shutdown().await;
 }

@@ -15,6 +15,7 @@ pub async fn run(a: Args) -> u8 {
         Err(code) => return code,
     };
     let grace = cfg.server.drain_grace;
+    raise_open_files_limit();
     let handle = match airlock_daemon::start(cfg).await {
         Ok(h) => h,
         Err(e) => {
@@ -59,4 +60,21 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+/// A daemon with a thousand sandboxes holds a descriptor or more per sandbox (its supervisor's
+/// process handle, pidfds of adopted ones, sockets): the soft limit (1024 under systemd) goes up to
+/// the hard one, as Go's runtime does for its programs.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open files limit"),
+                Err(e) => {
+                    tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit")
+                }
+            }
+        }
+    }
 }

@@ -72,7 +72,7 @@ pub fn config_text(
 ) -> String {
     let mut s = format!(
         "[server]\nlisten = \"{listen}\"\nstate_dir = \"{}\"\ndrain_grace = \"20s\"\n\n[github]\napi_url = \"{api}\"\n\
-         webhook_secret_file = \"webhook-secret\"\ntoken_file = \"token\"\npoll_interval = \"{poll}\"\nrequest_timeout = \"5s\"\n",
+         webhook_secret_file = \"webhook-secret\"\ntoken_file = \"token\"\npoll_interval = \"{poll}\"\nrequest_timeout = \"5s\"\nwrite_interval = \"20ms\"\n",
         state.display()
     );
     for p in pools {
@@ -212,6 +212,13 @@ impl Env {
 
     pub fn metrics(&self) -> String {
         self.daemon().inner.metrics.encode()
+    }
+
+    /// Drains and stops the daemon, keeping the emulator (to look at what GitHub has left).
+    pub async fn stop_daemon(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.drain(Duration::from_secs(10)).await;
+        }
     }
 
     pub async fn shutdown(mut self) {

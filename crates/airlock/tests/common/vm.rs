@@ -168,6 +168,17 @@ pub async fn vm_env(slot: u8, pools: &str) -> VEnv {
 
 /// [`vm_env`] with `microvm` (TOML keys) added to the `[microvm]` section.
 pub async fn vm_env_with(slot: u8, microvm: &str, pools: &str) -> VEnv {
+    let mut v = vm_env_unstarted(slot, microvm, pools).await;
+    v.env.start_daemon().await;
+    let port = v.env.daemon().addr.port();
+    v.env
+        .sim()
+        .set_webhook_url(Some(format!("http://127.0.0.1:{port}/webhook")));
+    v
+}
+
+/// [`vm_env_with`] with the daemon not started (its config in `env.config`).
+pub async fn vm_env_unstarted(slot: u8, microvm: &str, pools: &str) -> VEnv {
     assert!(
         nix::unistd::geteuid().is_root(),
         "microVM e2e tests need root (CI runs as root)"
@@ -210,16 +221,12 @@ pub async fn vm_env_with(slot: u8, microvm: &str, pools: &str) -> VEnv {
         220 + slot,
         400_000 + 1000 * slot as u32,
     );
-    let mut env = Env {
+    let env = Env {
         dir,
         sim: Some(sim),
         daemon: None,
         config,
     };
-    env.start_daemon().await;
-    let port = env.daemon().addr.port();
-    env.sim()
-        .set_webhook_url(Some(format!("http://127.0.0.1:{port}/webhook")));
     VEnv { env, _net: net }
 }
 

@@ -1,0 +1,200 @@
+//! The JIT stock: per pool, up to `jit_stock` runner configs GitHub has already made, so that a
+//! burst's runners start without a GitHub round trip on their critical path.
+//!
+//! What GitHub documents (`../shared/GITHUB.md`): a JIT runner takes exactly one job; one that
+//! never runs a job is removed after a day; registration fails past 10,000 runners. What airlock
+//! infers from it: a registration whose runner never connected is listed `offline` and is given no
+//! job (GitHub assigns jobs to runners that ask for one), so a stocked registration is harmless
+//! until its sandbox starts; GitHub's exact response past 10,000 runners is not documented.
+//!
+//! The stock lives in memory only: the configs are credentials and never touch the disk. A crash
+//! loses it, and the registrations left at GitHub are then orphans (named like runners, owned by
+//! no live runner and no stock), which the reaper deletes. Stocked registrations are never runners:
+//! the planner counts them as nothing that exists.
+
+use std::collections::{HashMap, HashSet};
+
+use airlock_core::{StockView, Timestamp};
+use airlock_github::GitHubError;
+use airlock_sandbox::Secret;
+
+use crate::metrics::PoolLabels;
+use crate::reconcile::OpError;
+use crate::{now_ms, Inner, Shared};
+
+/// A stocked config: its registration at GitHub and the config itself.
+#[derive(Debug)]
+pub(crate) struct Stocked {
+    pub name: String,
+    pub scope: airlock_core::Scope,
+    pub github_id: u64,
+    pub encoded: Secret,
+    pub made: Timestamp,
+}
+
+/// One pool's stock.
+#[derive(Debug, Default)]
+pub(crate) struct PoolStock {
+    pub ready: Vec<Stocked>,
+    /// Names whose JIT request is in flight (reserved before it is sent, so a poll that lists the
+    /// new registration first never takes it for an orphan).
+    pub pending: HashSet<String>,
+}
+
+/// What the planner needs to see of the stock.
+pub(crate) fn views(s: &Shared) -> HashMap<String, StockView> {
+    s.stock
+        .iter()
+        .map(|(pool, st)| {
+            (
+                pool.clone(),
+                StockView {
+                    ready: st.ready.iter().map(|x| (x.name.clone(), x.made)).collect(),
+                    pending: st.pending.len() as u32,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Every registration name the stock holds or is asking for.
+pub(crate) fn reserved(s: &Shared) -> HashSet<String> {
+    s.stock
+        .values()
+        .flat_map(|st| {
+            st.ready
+                .iter()
+                .map(|x| x.name.clone())
+                .chain(st.pending.iter().cloned())
+        })
+        .collect()
+}
+
+/// Takes the oldest config of `pool` that is still fresh (younger than `refresh` ms), for a
+/// runner about to be created.
+pub(crate) fn take(inner: &Inner, pool: &str, refresh: i64) -> Option<Stocked> {
+    let now = now_ms();
+    let mut s = inner.shared();
+    let st = s.stock.get_mut(pool)?;
+    let i = st
+        .ready
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| now - x.made < refresh)
+        .min_by_key(|(_, x)| x.made)
+        .map(|(i, _)| i)?;
+    let taken = st.ready.swap_remove(i);
+    let n = st.ready.len();
+    drop(s);
+    set_gauge(inner, pool, n);
+    inner
+        .metrics
+        .jit_stock_used
+        .get_or_create(&PoolLabels { pool: pool.into() })
+        .inc();
+    Some(taken)
+}
+
+/// Returns a config `take` handed out to a create that failed before using it.
+pub(crate) fn put_back(inner: &Inner, pool: &str, s: Stocked) {
+    let n = {
+        let mut sh = inner.shared();
+        let st = sh.stock.entry(pool.to_string()).or_default();
+        st.ready.push(s);
+        st.ready.len()
+    };
+    set_gauge(inner, pool, n);
+}
+
+fn set_gauge(inner: &Inner, pool: &str, n: usize) {
+    inner
+        .metrics
+        .jit_stock
+        .get_or_create(&PoolLabels { pool: pool.into() })
+        .set(n as i64);
+}
+
+/// Asks GitHub for one more config for `pool`'s stock.
+pub(crate) async fn fill(inner: &Inner, pool: &airlock_config::PoolConfig) -> Result<(), OpError> {
+    let name = crate::reconcile::new_runner_name(pool);
+    inner
+        .shared()
+        .stock
+        .entry(pool.name.clone())
+        .or_default()
+        .pending
+        .insert(name.clone());
+    let made = async {
+        let gid = crate::reconcile::group_id(inner, pool).await?;
+        inner
+            .github
+            .generate_jitconfig(&pool.scope, &name, gid, &pool.labels)
+            .await
+    }
+    .await;
+    let mut s = inner.shared();
+    let st = s.stock.entry(pool.name.clone()).or_default();
+    st.pending.remove(&name);
+    let jit = made?;
+    st.ready.push(Stocked {
+        name: name.clone(),
+        scope: pool.scope.clone(),
+        github_id: jit.runner_id,
+        encoded: Secret::new(jit.encoded),
+        made: now_ms(),
+    });
+    let n = st.ready.len();
+    drop(s);
+    set_gauge(inner, &pool.name, n);
+    tracing::debug!(runner = %name, pool = %pool.name, stock = n, "JIT config stocked");
+    Ok(())
+}
+
+/// Deletes a stocked registration (`why`: too old, beyond the target, draining, pool gone). It
+/// leaves the stock first: should the delete fail, the registration is an orphan the reaper
+/// deletes after the next poll.
+pub(crate) async fn drop_one(
+    inner: &Inner,
+    pool: &str,
+    name: &str,
+    why: &str,
+) -> Result<(), OpError> {
+    let taken = {
+        let mut s = inner.shared();
+        let Some(st) = s.stock.get_mut(pool) else {
+            return Ok(());
+        };
+        let Some(i) = st.ready.iter().position(|x| x.name == name) else {
+            return Ok(());
+        };
+        let taken = st.ready.swap_remove(i);
+        let n = st.ready.len();
+        if st.ready.is_empty() && st.pending.is_empty() {
+            s.stock.remove(pool);
+        }
+        (taken, n)
+    };
+    let (st, n) = taken;
+    set_gauge(inner, pool, n);
+    tracing::debug!(runner = %name, pool, why, "deleting a stocked JIT registration");
+    match inner.github.delete_runner(&st.scope, st.github_id).await {
+        Ok(()) | Err(GitHubError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes every stocked registration (the end of a drain).
+pub(crate) async fn drop_all(inner: &Inner) {
+    let all: Vec<(String, String)> = {
+        let s = inner.shared();
+        s.stock
+            .iter()
+            .flat_map(|(p, st)| st.ready.iter().map(move |x| (p.clone(), x.name.clone())))
+            .collect()
+    };
+    for (pool, name) in all {
+        if let Err(e) = drop_one(inner, &pool, &name, "shutdown").await {
+            tracing::warn!(runner = %name, error = %e, "cannot delete a stocked JIT registration; it is reaped at the next start");
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! A burst of jobs queued at once (`cargo bench -p airlock --bench burst`), on the process backend,
+//! through ghsim with 100 ms added to every GitHub response, each figure beside its floor measured
+//! in the same run:
+//!
+//! 1. No JIT stock: from the burst to the moment every job's runner has started (the store's
+//!    `started_at`, and ghsim's "a runner took it"), beside the floor GitHub's write pacing sets on
+//!    its own: the same number of JIT requests, one after another, `github.write_interval` apart.
+//! 2. `jit_stock` = the burst's size: the same figure once the stock is full, beside the floor of
+//!    that many sandbox starts alone (create + start through the process backend, as many at once
+//!    as the daemon's `max_parallel_ops`).
+//!
+//! Sizes: AIRLOCK_BENCH_BURST (default 500 jobs), AIRLOCK_BENCH_LATENCY_MS (100),
+//! AIRLOCK_BENCH_WRITE_INTERVAL (default: airlock's, 340ms), AIRLOCK_BENCH_STOCK=0 to skip 2.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use airlock_ghsim::{Faults, JobSpec, SimConfig, Status};
+use airlock_sandbox::{Backend, BackendSpec, SandboxSpec, Secret};
+use common::*;
+use futures_util::StreamExt;
+
+fn env_n(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The floor of (1): `n` JIT requests in a row through airlock's own client, paced as configured.
+async fn jit_floor(url: &str, n: usize, interval: Duration) -> f64 {
+    let c = airlock_github::Client::new(
+        url,
+        airlock_github::Credentials::Token(TOKEN.into()),
+        airlock_github::ClientOptions {
+            write_interval: interval,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let scope = airlock_core::Scope::parse("repo:octo/hello").unwrap();
+    let t0 = Instant::now();
+    for i in 0..n {
+        c.generate_jitconfig(&scope, &format!("floor-{i}"), 1, &["burst".into()])
+            .await
+            .unwrap();
+    }
+    let took = t0.elapsed().as_secs_f64();
+    for (id, ..) in c
+        .list_runners(&scope)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.id, ()))
+    {
+        let _ = c.delete_runner(&scope, id).await;
+    }
+    took
+}
+
+/// The floor of (2): `n` sandboxes created and started by the process backend, `parallel` at once.
+async fn start_floor(n: usize, parallel: usize) -> f64 {
+    let t = tempfile::tempdir().unwrap();
+    let b = airlock_sandbox::process::ProcessBackend::new(t.path().join("sb"), None);
+    let runner = t.path().join("runner");
+    std::fs::write(&runner, "#!/bin/sh\nexec sleep 30\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&runner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let specs: Vec<SandboxSpec> = (0..n)
+        .map(|i| SandboxSpec {
+            id: format!("floor{i}"),
+            runner_name: format!("floor{i}"),
+            runner_command: runner.clone(),
+            backend: BackendSpec::Process,
+        })
+        .collect();
+    let t0 = Instant::now();
+    futures_util::stream::iter(&specs)
+        .for_each_concurrent(parallel, |s| {
+            let b = &b;
+            async move {
+                b.create(s).await.unwrap();
+                b.start(s, &Secret::new("x".into())).await.unwrap();
+            }
+        })
+        .await;
+    let took = t0.elapsed().as_secs_f64();
+    for s in &specs {
+        b.destroy(&s.id).await.unwrap();
+    }
+    took
+}
+
+/// One burst of `n` jobs on a fresh daemon; returns (seconds to the last runner started as the
+/// store records it, seconds to the last job taken as ghsim records it).
+async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f64) {
+    let mut p = pool("burst", &["self-hosted", "burst"]);
+    p.max = n as u32;
+    let extra = format!("jit_stock = {stock}\njit_stock_refresh = \"23h\"");
+    p.extra = &extra;
+    let mut e = env_with(
+        &[p],
+        "30s",
+        Faults {
+            latency_ms: latency,
+            ..Default::default()
+        },
+        false,
+        &runner_bin(),
+        SimConfig {
+            long_poll: Duration::from_secs(20),
+            ..Default::default()
+        },
+    )
+    .await;
+    e.config = e.config.replace(
+        "write_interval = \"20ms\"",
+        &format!("write_interval = \"{interval}\""),
+    );
+    e.start_daemon().await;
+    if stock > 0 {
+        let filled = Instant::now();
+        assert!(
+            wait_until(Duration::from_secs(3600), || metric(
+                &e.metrics(),
+                "airlock_jit_stock{pool=\"burst\"}"
+            ) >= stock as f64)
+            .await
+        );
+        println!(
+            "   stock of {stock} filled in {:.1} s",
+            filled.elapsed().as_secs_f64()
+        );
+    }
+    // Polls and passes settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let submitted = airlock_daemon::now_ms();
+    e.submit_specs(
+        "octo/hello",
+        (0..n)
+            .map(|i| JobSpec {
+                name: format!("j{i}"),
+                labels: vec!["self-hosted".into(), "burst".into()],
+                steps: vec!["true".into()],
+                drop_webhooks: false,
+            })
+            .collect(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(3600), || e
+            .sim()
+            .jobs()
+            .iter()
+            .all(|j| j.status != Status::Queued))
+        .await
+    );
+    let started = e
+        .store()
+        .all_runners()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.started_at)
+        .filter(|t| *t >= submitted)
+        .max()
+        .unwrap();
+    let taken = e
+        .sim()
+        .jobs()
+        .iter()
+        .filter_map(|j| j.started_ms)
+        .max()
+        .unwrap();
+    e.wait_all_done(Duration::from_secs(600)).await;
+    e.shutdown().await;
+    (
+        (started - submitted) as f64 / 1e3,
+        (taken - submitted) as f64 / 1e3,
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
+    let n = env_n("AIRLOCK_BENCH_BURST", 500) as usize;
+    let latency = env_n("AIRLOCK_BENCH_LATENCY_MS", 100);
+    let interval = std::env::var("AIRLOCK_BENCH_WRITE_INTERVAL")
+        .unwrap_or_else(|_| format!("{}ms", airlock_core::DEFAULT_WRITE_INTERVAL.as_millis()));
+    let interval_d = humantime::parse_duration(&interval).expect("a duration");
+    println!("== burst of {n} jobs, {latency} ms added to every GitHub response, writes {interval} apart");
+
+    let sim = airlock_ghsim::Sim::start(
+        SimConfig {
+            tokens: vec![TOKEN.into()],
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    sim.sim.set_faults(Faults {
+        latency_ms: latency,
+        ..Default::default()
+    });
+    let floor = jit_floor(&sim.url, n, interval_d).await;
+    sim.shutdown().await;
+    println!("floor: {n} JIT requests one after another: {floor:.1} s");
+    let (started, taken) = burst(n, latency, &interval, 0).await;
+    println!(
+        "airlock, no stock: every runner started {started:.1} s after the burst ({:.2}x the floor); every job taken {taken:.1} s ({:.2}x)",
+        started / floor,
+        taken / floor
+    );
+
+    if env_n("AIRLOCK_BENCH_STOCK", 1) == 1 {
+        let floor = start_floor(n, 16).await;
+        println!("floor: {n} sandbox starts alone (process backend, 16 at once): {floor:.2} s");
+        let (started, taken) = burst(n, latency, &interval, n).await;
+        println!(
+            "airlock, jit_stock = {n}: every runner started {started:.2} s after the burst ({:.2}x the floor); every job taken {taken:.2} s ({:.2}x)",
+            started / floor,
+            taken / floor
+        );
+    }
+}
