@@ -111,7 +111,37 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     "#,
+    // 2: every statement a pass or a poll runs finds its rows through an index, so neither
+    // grows with history (see `sql` and the test `every_pass_and_poll_statement_uses_an_index`).
+    r#"
+    CREATE INDEX runners_unaccounted ON runners(stopped_at)
+        WHERE took_unknown_job = 1 AND job_id IS NULL;
+    CREATE INDEX runners_gone ON runners(state_since) WHERE state = 'gone';
+    CREATE INDEX jobs_done ON jobs(updated_at) WHERE status = 'completed';
+    CREATE INDEX sandboxes_destroyed ON sandboxes(state_since) WHERE state = 'destroyed';
+    CREATE INDEX events_at ON events(at);
+    CREATE INDEX deliveries_received ON deliveries(received_at);
+    "#,
 ];
+
+/// The statements (or their conditions) that every reconcile pass and every poll runs. Tables
+/// grow with history until `prune_history`; none of these may read one whole.
+pub(crate) mod sql {
+    pub const LIVE_RUNNERS: &str = "r.state != 'gone'";
+    pub const OPEN_JOBS: &str = "status != 'completed'";
+    pub const UNACCOUNTED: &str = "SELECT pool, COUNT(*) FROM runners
+         WHERE took_unknown_job = 1 AND job_id IS NULL AND stopped_at > ?1 GROUP BY pool";
+    pub const GONE_SINCE: &str = "SELECT github_id FROM runners
+         WHERE state = 'gone' AND state_since >= ?1 AND github_id IS NOT NULL";
+    pub const PRUNE_DELIVERIES: &str = "DELETE FROM deliveries WHERE received_at < ?1";
+    pub const PRUNE_JOBS: &str = "DELETE FROM jobs WHERE status = 'completed' AND updated_at < ?1";
+    pub const PRUNE_RUNNERS: &str = "DELETE FROM runners WHERE state = 'gone' AND state_since < ?1";
+    // Never before its runner: a runner's backend is read from its sandbox row.
+    pub const PRUNE_SANDBOXES: &str = "DELETE FROM sandboxes
+         WHERE state = 'destroyed' AND state_since < ?1
+         AND NOT EXISTS (SELECT 1 FROM runners WHERE runners.name = sandboxes.runner_name)";
+    pub const PRUNE_EVENTS: &str = "DELETE FROM events WHERE at < ?1";
+}
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct JobRecord {
@@ -276,7 +306,7 @@ impl Store {
     }
 
     pub fn open_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        self.jobs_where("status != 'completed'")
+        self.jobs_where(sql::OPEN_JOBS)
     }
 
     pub fn all_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
@@ -475,7 +505,7 @@ impl Store {
     }
 
     pub fn live_runners(&self) -> Result<Vec<RunnerRecord>, StoreError> {
-        self.runners_where("r.state != 'gone'")
+        self.runners_where(sql::LIVE_RUNNERS)
     }
 
     pub fn all_runners(&self) -> Result<Vec<RunnerRecord>, StoreError> {
@@ -506,10 +536,7 @@ impl Store {
     /// `since` (the start of the last complete poll: one that began later would have seen the job).
     pub fn unaccounted_exits(&self, since: Timestamp) -> Result<HashMap<String, u32>, StoreError> {
         let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT pool, COUNT(*) FROM runners
-             WHERE took_unknown_job = 1 AND job_id IS NULL AND stopped_at > ?1 GROUP BY pool",
-        )?;
+        let mut st = conn.prepare(sql::UNACCOUNTED)?;
         let rows = st.query_map([since], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u32))
         })?;
@@ -519,9 +546,7 @@ impl Store {
     /// Registration ids of runners that became gone at or after `since`.
     pub fn gone_since(&self, since: Timestamp) -> Result<Vec<u64>, StoreError> {
         let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT github_id FROM runners WHERE state = 'gone' AND state_since >= ?1 AND github_id IS NOT NULL",
-        )?;
+        let mut st = conn.prepare(sql::GONE_SINCE)?;
         let rows = st.query_map([since], |r| r.get::<_, i64>(0))?;
         Ok(rows
             .map(|r| r.map(|x| x as u64))
@@ -565,9 +590,7 @@ impl Store {
 
     /// Deliveries older than GitHub's redelivery window are no longer needed for deduplication.
     pub fn prune_deliveries(&self, before: Timestamp) -> Result<usize, StoreError> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM deliveries WHERE received_at < ?1", [before])?)
+        Ok(self.conn().execute(sql::PRUNE_DELIVERIES, [before])?)
     }
 
     /// Deletes history older than `before`: completed jobs, gone runners, destroyed sandboxes and
@@ -577,21 +600,14 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut n = 0;
-        n += tx.execute(
-            "DELETE FROM jobs WHERE status = 'completed' AND updated_at < ?1",
-            [before],
-        )?;
-        n += tx.execute(
-            "DELETE FROM runners WHERE state = 'gone' AND state_since < ?1",
-            [before],
-        )?;
-        n += tx.execute(
-            // Never before its runner: a runner's backend is read from its sandbox row.
-            "DELETE FROM sandboxes WHERE state = 'destroyed' AND state_since < ?1
-             AND runner_name NOT IN (SELECT name FROM runners)",
-            [before],
-        )?;
-        n += tx.execute("DELETE FROM events WHERE at < ?1", [before])?;
+        for q in [
+            sql::PRUNE_JOBS,
+            sql::PRUNE_RUNNERS,
+            sql::PRUNE_SANDBOXES,
+            sql::PRUNE_EVENTS,
+        ] {
+            n += tx.execute(q, [before])?;
+        }
         tx.commit()?;
         Ok(n)
     }
