@@ -18,7 +18,53 @@ pub mod subnet;
 pub mod tap;
 
 pub use lease::{lease_dir, Leases};
-pub use links::{create_tap, delete, hook_args, list};
+pub use links::{create_tap, delete, hook_args, list, NETHOOK};
+
+/// Where one of airlock's helper programs (`airlock-supervise`, `airlock-nethook`) is: at
+/// `$AIRLOCK_<NAME>` (`AIRLOCK_NETHOOK` for `airlock-nethook`) when set, else beside this program
+/// (or one directory up, for test and bench executables in `target/<profile>/deps`), else on
+/// `PATH`. Looked up once per name.
+pub fn helper(name: &'static str) -> std::io::Result<&'static std::path::Path> {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Mutex, OnceLock};
+    static FOUND: OnceLock<Mutex<HashMap<&'static str, Option<&'static Path>>>> = OnceLock::new();
+    let mut found = FOUND
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let hit = *found.entry(name).or_insert_with(|| {
+        let var = format!(
+            "AIRLOCK_{}",
+            name.trim_start_matches("airlock-").to_uppercase()
+        );
+        let p: Option<PathBuf> = std::env::var_os(&var).map(PathBuf::from).or_else(|| {
+            let exe = std::env::current_exe().ok();
+            let dir = exe.as_deref().and_then(Path::parent);
+            dir.into_iter()
+                .flat_map(|d| [d.join(name), d.join("..").join(name)])
+                .find(|p| p.is_file())
+                .or_else(|| {
+                    let path = std::env::var_os("PATH").unwrap_or_default();
+                    std::env::split_paths(&path)
+                        .map(|d| d.join(name))
+                        .find(|p| p.is_file())
+                })
+        });
+        // Canonical (a hook's path must be absolute), and leaked once per name.
+        p.map(|p| &*Box::leak(p.canonicalize().unwrap_or(p).into_boxed_path()))
+    });
+    hit.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "{name} is neither beside this program nor on PATH; install it with airlock \
+                 (cargo build --bins builds it) or set AIRLOCK_{}",
+                name.trim_start_matches("airlock-").to_uppercase()
+            ),
+        )
+    })
+}
 pub use outside::Outside;
 pub use rules::setup_host;
 pub use subnet::{link_name, Link, Subnet};

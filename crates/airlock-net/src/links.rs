@@ -1,4 +1,5 @@
-//! Host-side links of sandboxes: container veth pairs (made by the OCI hook below) and VM taps.
+//! Host-side links of sandboxes: container veth pairs (made by the OCI hook, `airlock-nethook`)
+//! and VM taps.
 //! Every one is named `airl<hash of its owner key>` and carries the owner key (backend, tag,
 //! sandbox id) as its alias, so `list` finds links whose sandbox is gone and each backend reaps
 //! only its own.
@@ -9,39 +10,6 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::{run, Link, NetError, LINK_PREFIX};
-
-/// Runs in the runtime's namespaces once the container's exist (`createRuntime`): makes the
-/// veth pair with its inner end born in the container's network namespace (moving a link
-/// between namespaces costs an RCU grace period, ~30 ms here; creating it there costs ~3 ms),
-/// addresses the host end with IPv6 off, then, inside, turns IPv6 off (the host end's
-/// link-local address is no business of the sandbox's), addresses eth0 and routes through the
-/// host end, and finally raises the host end. The container's pid comes from the state JSON on
-/// stdin, parsed with shell builtins: four processes in all (sh, ip, nsenter becoming sh
-/// becoming ip, ip). Arguments: host link, its alias, host address/30, sandbox address/30,
-/// gateway.
-const HOOK: &str = r#"IFS= read -r state
-pid=${state#*\"pid\":}
-pid=${pid# }
-pid=${pid%%[!0-9]*}
-[ -n "$pid" ] || { echo "airlock net hook: no pid in the container state" >&2; exit 1; }
-ip -batch - <<LINKS || exit 1
-link add $1 type veth peer name eth0 netns $pid
-link set $1 alias $2
-addr add $3 dev $1
-LINKS
-echo 1 > /proc/sys/net/ipv6/conf/"$1"/disable_ipv6 || exit 1
-nsenter --net=/proc/"$pid"/ns/net /bin/sh -c '
-echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 || exit 1
-echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6 || exit 1
-exec ip -batch - <<INNER
-addr add $1 dev eth0
-link set eth0 up
-link set lo up
-route add default via $2
-INNER
-' airlock-net-inner "$4" "$5" || exit 1
-exec ip link set "$1" up
-"#;
 
 /// Deletes a host link (and so its peer); succeeds if it is gone.
 pub fn delete(host_if: &str) -> Result<(), NetError> {
@@ -58,20 +26,25 @@ pub fn delete(host_if: &str) -> Result<(), NetError> {
     }
 }
 
-/// The hook's argv (see `HOOK`). `alias` names the owner and sandbox, for `list`.
-pub fn hook_args(link: &Link, alias: &str) -> Vec<String> {
-    vec![
-        "sh".into(),
-        "-c".into(),
-        HOOK.into(),
-        "airlock-net".into(),
+/// The network hook's argv (`airlock-nethook`, which see). `alias` names the owner and sandbox,
+/// for `list`.
+pub fn hook_args(link: &Link, alias: &str) -> Result<Vec<String>, NetError> {
+    let program = crate::helper(NETHOOK).map_err(|e| NetError::Command {
+        what: "finding the network hook".into(),
+        detail: e.to_string(),
+    })?;
+    Ok(vec![
+        program.to_string_lossy().into_owned(),
         link.host_if.clone(),
         alias.into(),
         format!("{}/30", link.host_ip),
         format!("{}/30", link.sandbox_ip),
         link.host_ip.to_string(),
-    ]
+    ])
 }
+
+/// The network hook's file name.
+pub const NETHOOK: &str = "airlock-nethook";
 
 /// Host links of sandboxes: (link name, its alias, which holds the owner's tag and the sandbox id).
 pub fn list() -> Vec<(String, String)> {

@@ -736,7 +736,12 @@ impl ContainerBackend {
             jit_file: &jit,
             resolv_conf: &dir.join("resolv.conf"),
             hosts: &dir.join("hosts"),
-            net_hook: net::hook_args(&link, &self.link_key(id)),
+            net_hook: net::hook_args(&link, &self.link_key(id)).map_err(|e| {
+                SandboxError::Setup {
+                    id: id.into(),
+                    detail: e.to_string(),
+                }
+            })?,
             variant: runtime.variant(),
         })
         .map_err(|e| SandboxError::Setup {
@@ -959,7 +964,7 @@ async fn probe_runtime(rt: &Runtime, cfg: &ContainerConfig, limit: Duration) -> 
     if let Variant::Gvisor { unshare } = rt.variant() {
         spec["linux"]["seccomp"] =
             serde_json::to_value(ocispec::seccomp_for(&rt.variant())).map_err(|e| e.to_string())?;
-        let hook = vec!["sh".to_string(), "-c".into(), "cat > /dev/null".into()];
+        let hook = vec!["/bin/sh".to_string(), "-c".into(), "cat > /dev/null".into()];
         spec["hooks"] = serde_json::json!({"createRuntime": [match &unshare {
             Some(u) => serde_json::json!({"path": u, "args": ocispec::unhide_hook(u, &hook), "timeout": 20}),
             None => serde_json::json!({"path": "/bin/sh", "args": hook, "timeout": 20}),

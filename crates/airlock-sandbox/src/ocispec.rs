@@ -43,7 +43,7 @@ pub struct ContainerSpec<'a> {
     pub jit_file: &'a Path,
     pub resolv_conf: &'a Path,
     pub hosts: &'a Path,
-    /// The hook that moves the veth peer into the container's network namespace.
+    /// The network hook's argv (`airlock_net::hook_args`: its program first).
     pub net_hook: Vec<String>,
     pub variant: Variant,
 }
@@ -225,9 +225,9 @@ fn bind_ro(dest: &str, source: &Path) -> Mount {
         .expect("static mount")
 }
 
-/// A hook's argv (`/bin/sh` with `hook[1..]`) run by `unshare` in a mount namespace of its own
-/// where `/proc/sys/net` is visible again: runsc's (hidden, see `container::HIDE_NET_SYSCTLS`)
-/// stays as it is.
+/// A hook's argv (`hook`, whose first element is the program) run by `unshare` in a mount
+/// namespace of its own where `/proc/sys/net` is visible again: runsc's (hidden, see
+/// `container::HIDE_NET_SYSCTLS`) stays as it is.
 pub fn unhide_hook(unshare: &Path, hook: &[String]) -> Vec<String> {
     let mut args = vec![
         unshare.to_string_lossy().into_owned(),
@@ -236,10 +236,10 @@ pub fn unhide_hook(unshare: &Path, hook: &[String]) -> Vec<String> {
         "private".to_string(),
         "/bin/sh".to_string(),
         "-c".to_string(),
-        "umount /proc/sys/net && exec /bin/sh \"$@\"".to_string(),
+        "umount /proc/sys/net && exec \"$@\"".to_string(),
         "airlock-unhide".to_string(),
     ];
-    args.extend(hook.iter().skip(1).cloned());
+    args.extend(hook.iter().cloned());
     args
 }
 
@@ -452,7 +452,7 @@ pub fn build(c: &ContainerSpec<'_>) -> Result<Spec, oci_spec::OciSpecError> {
             .path(unshare)
             .args(unhide_hook(unshare, &c.net_hook)),
         _ => HookBuilder::default()
-            .path("/bin/sh")
+            .path(c.net_hook.first().map_or("/bin/false", String::as_str))
             .args(c.net_hook.clone()),
     };
     let hooks = HooksBuilder::default()

@@ -13,7 +13,7 @@
 //! is the container's. An idle container sandbox costs the host its supervisor (a few hundred KiB)
 //! instead of a foreground runtime process.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The descriptor number under which the supervised command inherits the supervisor's stdin
 /// (a VM's tap for QEMU, its API socket for Cloud Hypervisor).
@@ -22,32 +22,10 @@ pub(crate) const HANDED_FD: u32 = 3;
 /// The supervisor's file name.
 pub const PROGRAM: &str = "airlock-supervise";
 
-/// Where `airlock-supervise` is: `$AIRLOCK_SUPERVISE` when set, else beside this program (or one
-/// directory up, for test and bench executables in `target/<profile>/deps`), else on `PATH`.
+/// Where `airlock-supervise` is (see `airlock_net::helper`: `$AIRLOCK_SUPERVISE`, beside this
+/// program, or on `PATH`).
 pub fn program() -> std::io::Result<&'static Path> {
-    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    FOUND
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("AIRLOCK_SUPERVISE") {
-                return Some(PathBuf::from(p));
-            }
-            let exe = std::env::current_exe().ok();
-            let dir = exe.as_deref().and_then(Path::parent);
-            dir.into_iter()
-                .flat_map(|d| [d.join(PROGRAM), d.join("..").join(PROGRAM)])
-                .find(|p| p.is_file())
-                .or_else(|| crate::container::find_in_path(PROGRAM))
-        })
-        .as_deref()
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!(
-                    "{PROGRAM} (the sandbox supervisor) is neither beside this program nor on PATH; \
-                     install it with airlock (cargo build --bins builds it) or set AIRLOCK_SUPERVISE"
-                ),
-            )
-        })
+    airlock_net::helper(PROGRAM)
 }
 
 /// A command that runs `argv` under the supervisor in `dir`, in a new process group, with a clean

@@ -134,6 +134,17 @@ async fn an_idle_sandbox_keeps_no_runtime_process_on(rt: Rt) {
         .unwrap();
     assert_eq!(pid_file, *init);
     assert_eq!(b.status("idle1").await.unwrap(), SandboxStatus::Running);
+    // While it runs, the host end of its link (made by the netlink hook) has IPv6 off.
+    let (host_if, _) = airlock_net::list()
+        .into_iter()
+        .find(|(_, alias)| alias.ends_with("/idle1"))
+        .expect("the running sandbox's host link");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6"))
+            .unwrap()
+            .trim(),
+        "1"
+    );
     let code = wait_exit(&b, "idle1", Duration::from_secs(30)).await;
     let log = std::fs::read_to_string(dir.join("runner.log")).unwrap();
     assert_eq!(
@@ -200,6 +211,7 @@ async fn lifecycle_secret_user_namespace_and_nothing_left_on(rt: Rt) {
         ip -4 -o addr show eth0\n\
         ip route\n\
         echo kernel=$(uname -r)\n\
+        echo v6addrs=$(ip -6 -o addr show | wc -l)\n\
         cat /proc/version\n\
         echo home > /home/runner/f && echo home-writable\n\
         echo tmp > /tmp/f && echo tmp-writable\n\
@@ -225,6 +237,7 @@ async fn lifecycle_secret_user_namespace_and_nothing_left_on(rt: Rt) {
     let host_kernel = host_kernel.trim();
     match rt {
         Rt::Default | Rt::Runc => {
+            assert!(log.contains("v6addrs=0\n"), "IPv6 is off inside: {log}");
             assert!(log.contains("0     100000      65536"), "uid map: {log}");
             assert!(log.contains("NoNewPrivs:\t1"), "{log}");
             assert!(
