@@ -73,6 +73,7 @@ pub struct Metrics {
     pub orphans_reaped: Family<OutcomeLabels, Counter>,
     pub jit_stock: Family<PoolLabels, Gauge>,
     pub jit_stock_used: Family<PoolLabels, Counter>,
+    pub github_rate_remaining: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -99,6 +100,7 @@ impl Default for Metrics {
             orphans_reaped: Family::default(),
             jit_stock: Family::default(),
             jit_stock_used: Family::default(),
+            github_rate_remaining: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -166,6 +168,11 @@ impl Default for Metrics {
             "jit_stock_used",
             "Runners started from a stocked JIT config, with no GitHub request on their path",
             m.jit_stock_used.clone(),
+        );
+        registry.register(
+            "github_rate_remaining",
+            "Requests left in GitHub's rate-limit window as its last answer said (reads pause when a tenth of the limit is left, kept for writes)",
+            m.github_rate_remaining.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -45,6 +45,9 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
                 outcome: outcome.into(),
             })
             .inc();
+        if let Some(b) = inner.github.rate_budget() {
+            inner.metrics.github_rate_remaining.set(b.remaining as i64);
+        }
         inner.wake.notify_one();
         tokio::select! {
             _ = crate::stopped(&mut stop) => return,

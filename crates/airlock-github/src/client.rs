@@ -39,6 +39,23 @@ impl Default for ClientOptions {
     }
 }
 
+/// GitHub's primary rate limit as its latest answer stated it (`x-ratelimit-*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateBudget {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Unix seconds at which the window resets.
+    pub reset: i64,
+}
+
+impl RateBudget {
+    /// Requests kept for writes: reads stop when no more than this remains, so that polling never
+    /// spends what creating and removing runners needs (a tenth of the limit).
+    pub fn reserve(&self) -> u64 {
+        (self.limit / 10).max(1)
+    }
+}
+
 /// A runner's one-time configuration, as GitHub returned it. `Debug` does not print the config.
 pub struct JitConfig {
     pub runner_id: u64,
@@ -77,6 +94,7 @@ pub struct Client {
     write_interval: Duration,
     /// No request is sent before this instant after GitHub said we are rate limited.
     blocked_until: Mutex<Option<Instant>>,
+    budget: Mutex<Option<RateBudget>>,
 }
 
 mod bytes_cache {
@@ -119,6 +137,7 @@ impl Client {
             writes: tokio::sync::Mutex::new(None),
             write_interval: opts.write_interval,
             blocked_until: Mutex::new(None),
+            budget: Mutex::new(None),
         })
     }
 
@@ -366,6 +385,9 @@ impl Client {
             Some(last)
         };
         self.check_blocked(what)?;
+        if method == Method::GET {
+            self.check_budget(what)?;
+        }
 
         let mut req = self
             .http
@@ -406,6 +428,7 @@ impl Client {
         let status = resp.status();
         self.observe(&method, status.as_u16());
         let headers = resp.headers().clone();
+        self.record_budget(&headers);
         let bytes = resp.bytes().await.map_err(|e| GitHubError::Transient {
             what: what.into(),
             detail: root_cause(&e),
@@ -468,6 +491,49 @@ impl Client {
                 message,
             },
         }
+    }
+
+    /// The rate limit as GitHub last stated it.
+    pub fn rate_budget(&self) -> Option<RateBudget> {
+        *self.budget.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record_budget(&self, headers: &HeaderMap) {
+        let num = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<i64>().ok())
+        };
+        if let (Some(limit), Some(remaining), Some(reset)) = (
+            num("x-ratelimit-limit"),
+            num("x-ratelimit-remaining"),
+            num("x-ratelimit-reset"),
+        ) {
+            *self.budget.lock().unwrap_or_else(|p| p.into_inner()) = Some(RateBudget {
+                limit: limit.max(0) as u64,
+                remaining: remaining.max(0) as u64,
+                reset,
+            });
+        }
+    }
+
+    /// Reads wait for the window's reset once only the writes' reserve is left; writes go on.
+    fn check_budget(&self, what: &str) -> Result<(), GitHubError> {
+        let Some(b) = self.rate_budget() else {
+            return Ok(());
+        };
+        let now = chrono::Utc::now().timestamp();
+        if b.remaining <= b.reserve() && b.reset > now {
+            return Err(GitHubError::RateLimited {
+                what: format!(
+                    "{what} (reads paused: {} of {} requests left this hour are kept for writes)",
+                    b.remaining, b.limit
+                ),
+                wait: Duration::from_secs((b.reset - now) as u64),
+            });
+        }
+        Ok(())
     }
 
     fn check_blocked(&self, what: &str) -> Result<(), GitHubError> {

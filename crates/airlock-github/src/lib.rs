@@ -10,7 +10,7 @@ mod model;
 pub mod webhook;
 
 pub use auth::{AppCredentials, Credentials};
-pub use client::{Client, ClientOptions, JitConfig, Registration, RequestObserver};
+pub use client::{Client, ClientOptions, JitConfig, RateBudget, Registration, RequestObserver};
 pub use error::{ErrorClass, GitHubError};
 
 /// Sent on every request, as GitHub asks.

@@ -660,6 +660,60 @@ async fn a_burst_runs_in_parallel_but_github_writes_never_overlap() {
     e.shutdown().await;
 }
 
+/// GitHub's rate limit is a budget: reads (polls) pause once a tenth of the window is left, so
+/// that creating and removing runners still have requests; a job queued then still gets its
+/// runner, and GitHub never has to refuse airlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_pause_before_writes_run_out_of_rate_limit() {
+    let pools = [pool("small", &["self-hosted", "small"])];
+    let e = env_with(
+        &pools,
+        "1s",
+        Faults::default(),
+        true,
+        &runner_bin(),
+        SimConfig {
+            rate_limit: 30,
+            ..Default::default()
+        },
+    )
+    .await;
+    let remaining = || metric(&e.metrics(), "airlock_github_rate_remaining");
+    assert!(
+        wait_until(T, || remaining() > 0.0 && remaining() <= 3.0).await,
+        "remaining {}",
+        remaining()
+    );
+    let reads = || e.sim().stats().api_requests - e.sim().stats().writes;
+    let before = reads();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        reads(),
+        before,
+        "polls read while only the writes' reserve was left"
+    );
+    e.submit("octo/hello", &[("late", &["small"], &["true"])]);
+    e.wait_all_done(T).await;
+    assert!(e
+        .sim()
+        .jobs()
+        .iter()
+        .all(|j| j.conclusion.as_deref() == Some("success")));
+    let m = e.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "airlock_github_requests_total{method=\"GET\",status=\"403\""
+        ) + metric_sum(
+            &m,
+            "airlock_github_requests_total{method=\"POST\",status=\"403\""
+        ),
+        0.0,
+        "GitHub refused a request: {m}"
+    );
+    e.shutdown().await;
+}
+
 /// With `jit_stock = 4` the pool keeps four registrations at GitHub, offline and taking no job,
 /// and no runner, sandbox or capacity: the reaper leaves them alone across polls. A burst of
 /// four jobs then starts runners from them (every job's runner was registered before the jobs

@@ -19,15 +19,33 @@ pub fn target_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
-/// ghsim's stand-in runner, built if a narrower `cargo test -p` did not build it.
+/// ghsim's stand-in runner, built (with the helpers every sandbox needs: the supervisor and the
+/// network hook) if a narrower `cargo test -p` or `cargo bench -p` did not build them, in the
+/// profile this program was built in.
 pub fn runner_bin() -> PathBuf {
-    let p = target_dir().join("airlock-runner");
-    if !p.is_file() {
-        let st = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "airlock-runner"])
-            .status()
-            .expect("cargo runs");
-        assert!(st.success(), "building airlock-runner failed");
+    let dir = target_dir();
+    let p = dir.join("airlock-runner");
+    let helpers = ["airlock-runner", "airlock-supervise", "airlock-nethook"];
+    if !helpers.iter().all(|h| dir.join(h).is_file()) {
+        let mut cmd = std::process::Command::new(env!("CARGO"));
+        cmd.args([
+            "build",
+            "-p",
+            "airlock-runner",
+            "-p",
+            "airlock-sandbox",
+            "-p",
+            "airlock-net",
+            "--bins",
+        ]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("cargo runs");
+        assert!(
+            st.success(),
+            "building airlock-runner and the sandbox helpers failed"
+        );
     }
     p
 }
