@@ -68,6 +68,18 @@ impl Walker<'_> {
         key: &str,
         default: Duration,
     ) -> Duration {
+        self.duration_from(t, section, key, default, false)
+    }
+
+    /// `duration`, with zero allowed when `zero_ok` (a pause that may be off).
+    pub(crate) fn duration_from(
+        &mut self,
+        t: &mut Table,
+        section: &str,
+        key: &str,
+        default: Duration,
+        zero_ok: bool,
+    ) -> Duration {
         let Some(s) = self.take::<String>(
             t,
             section,
@@ -77,7 +89,7 @@ impl Walker<'_> {
             return default;
         };
         match humantime::parse_duration(&s) {
-            Ok(d) if d.is_zero() => {
+            Ok(d) if d.is_zero() && !zero_ok => {
                 self.error(&format!("{section}.{key}"), "must be longer than zero");
                 default
             }
@@ -379,11 +391,13 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
     let webhook_secret_file = w.path(&mut t, "github", "webhook_secret_file");
     let poll_interval = w.duration(&mut t, "github", "poll_interval", Duration::from_secs(60));
     let request_timeout = w.duration(&mut t, "github", "request_timeout", Duration::from_secs(30));
-    let write_interval = w.duration(
+    // Zero: writes one after another with no pause (a GHES without rate limits).
+    let write_interval = w.duration_from(
         &mut t,
         "github",
         "write_interval",
         airlock_core::DEFAULT_WRITE_INTERVAL,
+        true,
     );
     if write_interval > Duration::from_secs(60) {
         w.error(
@@ -853,6 +867,70 @@ boot_timeout = "90s"
         assert_eq!(c.pools[1].boot_timeout, Duration::from_secs(90));
         assert_eq!(c.pools[1].max_runners, 8);
         assert!(matches!(c.github.auth, Auth::Token { .. }));
+    }
+
+    #[test]
+    fn write_pacing_and_the_jit_stock_are_checked() {
+        let d = dir_with_secrets();
+        let (c, _) = load_str(GOOD, d.path()).unwrap();
+        assert_eq!(
+            c.github.write_interval,
+            airlock_core::DEFAULT_WRITE_INTERVAL
+        );
+        assert_eq!(
+            (c.pools[0].jit_stock, c.pools[0].jit_stock_refresh),
+            (0, Duration::from_secs(12 * 3600))
+        );
+        let with = |github: &str, pool: &str| {
+            GOOD.replace(
+                "token_file = \"token\"",
+                &format!("token_file = \"token\"\n{github}"),
+            )
+            .replace("max_runners = 3", &format!("max_runners = 3\n{pool}"))
+        };
+        let (c, _) = load_str(
+            &with(
+                "write_interval = \"0s\"",
+                "jit_stock = 5\njit_stock_refresh = \"1h\"",
+            ),
+            d.path(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.github.write_interval,
+            Duration::ZERO,
+            "zero turns the pause off"
+        );
+        assert_eq!(
+            (c.pools[0].jit_stock, c.pools[0].jit_stock_refresh),
+            (5, Duration::from_secs(3600))
+        );
+        let mut failures = Vec::new();
+        for (github, pool, key) in [
+            ("write_interval = \"61s\"", "", "github.write_interval"),
+            ("write_interval = \"soon\"", "", "github.write_interval"),
+            ("", "jit_stock = 1001", "pool[0].jit_stock"),
+            ("", "jit_stock = -1", "pool[0].jit_stock"),
+            (
+                "",
+                "jit_stock_refresh = \"24h\"",
+                "pool[0].jit_stock_refresh",
+            ),
+            (
+                "",
+                "jit_stock_refresh = \"0s\"",
+                "pool[0].jit_stock_refresh",
+            ),
+        ] {
+            match load_str(&with(github, pool), d.path()) {
+                Ok(_) => failures.push(format!("{github}{pool}: accepted")),
+                Err(diags) if !diags.iter().any(|d| d.key == key) => {
+                    failures.push(format!("{github}{pool}: no error for {key}: {diags:?}"))
+                }
+                Err(_) => {}
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
     }
 
     #[test]

@@ -574,9 +574,16 @@ async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
                 pool.scope.to_string(),
                 pool.backend,
             );
+            let registered = stocked.as_ref().map(|s| s.github_id);
             inner
                 .store
-                .call(move |s| s.insert_runner(&n, &p, &scope, &n, backend, now))
+                .call(move |s| {
+                    s.insert_runner(&n, &p, &scope, &n, backend, now)?;
+                    match registered {
+                        Some(id) => s.set_runner_registration(&n, id),
+                        None => Ok(()),
+                    }
+                })
                 .await?;
             Ok(spec)
         }
@@ -592,21 +599,22 @@ async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
             }
         };
         let made: Result<(), OpError> = async {
-            let (id, encoded) = match stocked {
-                Some(s) => (s.github_id, s.encoded),
+            let encoded = match stocked {
+                // Recorded with the runner.
+                Some(s) => s.encoded,
                 None => {
                     let jit = inner
                         .github
                         .generate_jitconfig(&pool.scope, &name, gid, &pool.labels)
                         .await?;
-                    (jit.runner_id, Secret::new(jit.encoded))
+                    let (n, id) = (name.clone(), jit.runner_id);
+                    inner
+                        .store
+                        .call(move |s| s.set_runner_registration(&n, id))
+                        .await?;
+                    Secret::new(jit.encoded)
                 }
             };
-            let n = name.clone();
-            inner
-                .store
-                .call(move |s| s.set_runner_registration(&n, id))
-                .await?;
             inner.backend.registry.create(&spec).await?;
             inner.backend.registry.start(&spec, &encoded).await?;
             Ok(())
@@ -618,11 +626,7 @@ async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
                 let n = name.clone();
                 inner
                     .store
-                    .call(move |s| {
-                        s.sandbox_transition(&n, SandboxState::Running, None, now)?;
-                        s.runner_transition(&n, RunnerState::Starting, now, None)?;
-                        s.set_runner_started(&n, now)
-                    })
+                    .call(move |s| s.runner_started(&n, &n, now))
                     .await?;
                 inner
                     .metrics

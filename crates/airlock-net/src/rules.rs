@@ -32,12 +32,36 @@ table inet airlock {
 }
 "#;
 
-/// Turns on forwarding and (re)writes the `inet airlock` table.
+/// The host's IPv4 neighbour table must hold an entry per sandbox (its address on its host
+/// link), and the kernel's defaults (GC from 512 entries, none past 1,024) let only about 500
+/// sandboxes talk at once ("neighbor table overflow"): the thresholds are raised to these, never
+/// lowered. 16,384 is one per /30 of the default /16 sandbox subnet.
+const NEIGH_THRESHOLDS: [(&str, u64); 3] = [
+    ("gc_thresh1", 1024),
+    ("gc_thresh2", 16_384),
+    ("gc_thresh3", 32_768),
+];
+
+/// Turns on forwarding, sizes the neighbour table for many sandboxes and (re)writes the
+/// `inet airlock` table.
 pub fn setup_host() -> Result<(), NetError> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| NetError::Command {
         what: "enabling IPv4 forwarding".into(),
         detail: e.to_string(),
     })?;
+    for (knob, want) in NEIGH_THRESHOLDS {
+        let path = format!("/proc/sys/net/ipv4/neigh/default/{knob}");
+        let now: u64 = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if now < want {
+            std::fs::write(&path, want.to_string()).map_err(|e| NetError::Command {
+                what: format!("raising {path} from {now} to {want}"),
+                detail: e.to_string(),
+            })?;
+        }
+    }
     run(
         "loading the nftables table inet airlock",
         Command::new("nft").arg("-f").arg("-"),

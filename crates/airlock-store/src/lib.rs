@@ -463,45 +463,29 @@ impl Store {
     ) -> Result<Step, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let from: Option<String> = tx
-            .query_row("SELECT state FROM sandboxes WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let from = from.ok_or_else(|| StoreError::Missing {
-            entity: "sandbox",
-            id: id.into(),
-        })?;
-        let cur = SandboxState::parse(&from).ok_or_else(|| StoreError::Corrupt {
-            table: "sandboxes",
-            detail: format!("state {from:?}"),
-        })?;
-        let step = cur.check(to)?;
-        if step == Step::Apply {
-            let n = tx.execute(
-                "UPDATE sandboxes SET state = ?2, state_since = ?3, exit_code = COALESCE(?4, exit_code)
-                 WHERE id = ?1 AND state = ?5",
-                params![id, to.as_str(), now, exit_code, from],
-            )?;
-            if n != 1 {
-                return Err(StoreError::Conflict {
-                    entity: "sandbox",
-                    id: id.into(),
-                    expected: from,
-                });
-            }
-            event(
-                &tx,
-                now,
-                "sandbox",
-                id,
-                Some(&from),
-                to.as_str(),
-                exit_code.map(|c| format!("exit {c}")).as_deref(),
-            )?;
-        }
+        let step = sandbox_move(&tx, id, to, exit_code, now)?;
         tx.commit()?;
         Ok(step)
+    }
+
+    /// A create's end, in one transaction: its sandbox runs, the runner is starting (since
+    /// `now`, which is also its `started_at`).
+    pub fn runner_started(
+        &self,
+        name: &str,
+        sandbox_id: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        sandbox_move(&tx, sandbox_id, SandboxState::Running, None, now)?;
+        runner_move(&tx, name, RunnerState::Starting, now, None)?;
+        tx.execute(
+            "UPDATE runners SET started_at = ?2 WHERE name = ?1",
+            params![name, now],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn live_runners(&self) -> Result<Vec<RunnerRecord>, StoreError> {
@@ -682,6 +666,54 @@ fn event(
         params![at, entity, id, from, to, detail],
     )?;
     Ok(())
+}
+
+/// Moves sandbox `id` to `to` within `tx` (checked against its lifecycle), with an event.
+fn sandbox_move(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    to: SandboxState,
+    exit_code: Option<i32>,
+    now: Timestamp,
+) -> Result<Step, StoreError> {
+    let from: Option<String> = tx
+        .query_row("SELECT state FROM sandboxes WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let from = from.ok_or_else(|| StoreError::Missing {
+        entity: "sandbox",
+        id: id.into(),
+    })?;
+    let cur = SandboxState::parse(&from).ok_or_else(|| StoreError::Corrupt {
+        table: "sandboxes",
+        detail: format!("state {from:?}"),
+    })?;
+    let step = cur.check(to)?;
+    if step == Step::Apply {
+        let n = tx.execute(
+            "UPDATE sandboxes SET state = ?2, state_since = ?3, exit_code = COALESCE(?4, exit_code)
+             WHERE id = ?1 AND state = ?5",
+            params![id, to.as_str(), now, exit_code, from],
+        )?;
+        if n != 1 {
+            return Err(StoreError::Conflict {
+                entity: "sandbox",
+                id: id.into(),
+                expected: from,
+            });
+        }
+        event(
+            tx,
+            now,
+            "sandbox",
+            id,
+            Some(&from),
+            to.as_str(),
+            exit_code.map(|c| format!("exit {c}")).as_deref(),
+        )?;
+    }
+    Ok(step)
 }
 
 fn runner_move(

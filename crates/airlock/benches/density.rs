@@ -90,7 +90,7 @@ async fn main() {
     let pools = container_pool(
         "box",
         "box",
-        &format!("max_runners = {n}\nmin_idle = {n}\nmemory_mib = 64\npids_max = 64\ncpus = 0.5"),
+        &format!("max_runners = {n}\nmin_idle = {n}\npids_max = 64\ncpus = 0.5"),
     );
     let v = vm_env_unstarted(9, "", &pools).await;
     // Filling the pool is not what is measured: no write pacing for it; GitHub polled each minute.
@@ -114,6 +114,11 @@ async fn main() {
     std::io::BufReader::new(daemon.stdout.as_mut().unwrap())
         .read_line(&mut line)
         .unwrap();
+    assert!(
+        line.contains("listening"),
+        "airlock serve did not start: {:?}",
+        daemon.wait()
+    );
     let addr = line.trim().rsplit('/').next().unwrap().to_string();
     v.env
         .sim()
