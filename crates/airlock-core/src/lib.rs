@@ -8,13 +8,15 @@
 pub mod labels;
 pub mod planner;
 pub mod state;
+pub mod stock;
 
 pub use labels::Labels;
 pub use planner::{
-    choose_pool, next_due, next_stock_due, plan, plan_stock, JobView, Op, PlanInput, PoolSpec,
-    RegistrationView, RunnerView, StockOp, StockView, StopReason,
+    choose_pool, next_due, plan, JobView, Op, PlanInput, PoolSpec, RegistrationView, RunnerView,
+    StopReason,
 };
 pub use state::{JobStatus, RunnerState, SandboxState, Step, TransitionError};
+pub use stock::{next_stock_due, plan_stock, StockOp, StockView};
 
 /// Milliseconds since the Unix epoch. The core never reads the clock; callers pass `now`.
 pub type Timestamp = i64;

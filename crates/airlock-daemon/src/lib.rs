@@ -10,6 +10,7 @@ mod backends;
 mod backoff;
 mod http;
 pub mod metrics;
+mod ops;
 mod poll;
 mod reconcile;
 mod stock;
@@ -312,7 +313,7 @@ impl Handle {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let forced = reconcile::force_stop_all(&self.inner).await;
+        let forced = ops::force_stop_all(&self.inner).await;
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;

@@ -1,8 +1,6 @@
-//! The control loop and the executor of the planner's operations.
-//!
-//! Every operation is idempotent and safe to interrupt: a runner is stored in `creating` before
-//! anything exists outside, teardown moves it to `stopping` before touching the sandbox or the
-//! registration, and a runner found in `stopping` (after a crash) is simply torn down again.
+//! The control loop: passes (observe, plan, act), the executor that runs a pass's operations
+//! concurrently with one owner per object and their backoffs, and when the next pass is due. The
+//! operations themselves are in `ops.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -10,18 +8,15 @@ use std::time::{Duration, Instant};
 
 use airlock_core::{
     next_due, next_stock_due, plan, plan_stock, JobView, Op, PlanInput, RunnerState, RunnerView,
-    SandboxState, Scope, StockOp, StopReason,
+    SandboxState, StockOp,
 };
 use airlock_github::{ErrorClass, GitHubError};
-use airlock_sandbox::{BackendKind, SandboxStatus, Secret};
+use airlock_sandbox::{BackendKind, SandboxStatus};
 use airlock_store::{RunnerRecord, StoreError};
-use rand::Rng;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::metrics::{
-    OpLabels, OutcomeLabels, PoolInfoLabels, PoolLabels, PoolStateLabels, StopLabels,
-};
+use crate::metrics::{OpLabels, PoolInfoLabels, PoolLabels, PoolStateLabels};
 use futures_util::StreamExt;
 
 use crate::backoff::{Backoffs, Key};
@@ -127,7 +122,7 @@ pub(crate) enum Next {
     Idle,
 }
 
-fn pool_of<'a>(inner: &'a Inner, name: &str) -> Option<&'a airlock_config::PoolConfig> {
+pub(crate) fn pool_of<'a>(inner: &'a Inner, name: &str) -> Option<&'a airlock_config::PoolConfig> {
     inner.cfg.pools.iter().find(|p| p.name == name)
 }
 
@@ -285,7 +280,7 @@ pub(crate) async fn pass(inner: &Inner) -> Result<Next, OpError> {
 /// Holds back `pool`'s creates after one of them failed with an error of `class` (or its runner
 /// died before it came online): for `wait`, or for the next step of that class's wait, doubling
 /// per failure from 1 s to 60 s. The pool's first runner to come online resets it.
-fn back_off(inner: &Inner, pool: &str, class: &'static str, wait: Option<Duration>) {
+pub(crate) fn back_off(inner: &Inner, pool: &str, class: &'static str, wait: Option<Duration>) {
     let key = Key::Pool {
         pool: pool.to_string(),
         class,
@@ -406,7 +401,7 @@ async fn run_op(
             return false;
         }
     }
-    let Err(e) = execute(inner, live, kinds, op).await else {
+    let Err(e) = crate::ops::execute(inner, live, kinds, op).await else {
         if let Some(key) = &object {
             inner.shared().backoffs.clear(key);
         }
@@ -474,366 +469,4 @@ fn update_gauges(
                 .set(n as i64);
         }
     }
-}
-
-/// `kinds`: which backends listed each sandbox id this pass.
-async fn execute(
-    inner: &Inner,
-    live: &[RunnerRecord],
-    kinds: &HashMap<String, Vec<BackendKind>>,
-    op: Op,
-) -> Result<(), OpError> {
-    match op {
-        Op::Create { pool } => create(inner, &pool).await,
-        Op::Stop { runner, reason } => {
-            let Some(r) = live.iter().find(|r| r.name == runner) else {
-                return Ok(());
-            };
-            stop(inner, r, reason).await
-        }
-        Op::DeleteRegistration { scope, id, name } => {
-            tracing::info!(runner = %name, id, %scope, "deleting orphaned runner registration");
-            let r = inner.github.delete_runner(&scope, id).await;
-            inner.shared().registrations.retain(|x| x.id != id);
-            match r {
-                Ok(()) => {
-                    inner
-                        .metrics
-                        .orphans_reaped
-                        .get_or_create(&OutcomeLabels {
-                            outcome: "registration".into(),
-                        })
-                        .inc();
-                    Ok(())
-                }
-                // Busy after all: it is running a job; leave it.
-                Err(GitHubError::Unprocessable { .. }) => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        }
-        Op::DestroySandbox { id } => {
-            for kind in kinds.get(&id).into_iter().flatten() {
-                tracing::info!(sandbox = %id, backend = %kind, "destroying orphaned sandbox");
-                inner.backend.registry.destroy(*kind, &id).await?;
-            }
-            inner
-                .metrics
-                .orphans_reaped
-                .get_or_create(&OutcomeLabels {
-                    outcome: "sandbox".into(),
-                })
-                .inc();
-            Ok(())
-        }
-    }
-}
-
-pub(crate) async fn group_id(
-    inner: &Inner,
-    pool: &airlock_config::PoolConfig,
-) -> Result<u64, GitHubError> {
-    if let Some(id) = inner.shared().group_ids.get(&pool.name) {
-        return Ok(*id);
-    }
-    let id = inner
-        .github
-        .runner_group_id(&pool.scope, &pool.runner_group)
-        .await?;
-    inner.shared().group_ids.insert(pool.name.clone(), id);
-    Ok(id)
-}
-
-async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
-    let started = Instant::now();
-    let pool = pool_of(inner, pool_name).ok_or_else(|| OpError::NoPool(pool_name.into()))?;
-    // A stocked config, when the pool has one: no GitHub request on this runner's path.
-    let stocked = crate::stock::take(inner, &pool.name, pool.jit_stock_refresh.as_millis() as i64);
-    let name = stocked
-        .as_ref()
-        .map_or_else(|| new_runner_name(pool), |s| s.name.clone());
-    let span = tracing::info_span!("runner", runner = %name, pool = %pool.name);
-    async {
-        let gid = match &stocked {
-            Some(_) => 0,
-            None => group_id(inner, pool).await?,
-        };
-        // Before anything is recorded: a pool whose image is missing creates nothing.
-        let recorded: Result<_, OpError> = async {
-            let spec = inner
-                .backend
-                .spec_for(pool, &name)
-                .await
-                .map_err(|source| OpError::Spec {
-                    pool: pool.name.clone(),
-                    source,
-                })?;
-            let now = now_ms();
-            let (n, p, scope, backend) = (
-                name.clone(),
-                pool.name.clone(),
-                pool.scope.to_string(),
-                pool.backend,
-            );
-            let registered = stocked.as_ref().map(|s| s.github_id);
-            inner
-                .store
-                .call(move |s| {
-                    s.insert_runner(&n, &p, &scope, &n, backend, now)?;
-                    match registered {
-                        Some(id) => s.set_runner_registration(&n, id),
-                        None => Ok(()),
-                    }
-                })
-                .await?;
-            Ok(spec)
-        }
-        .await;
-        let spec = match recorded {
-            Ok(spec) => spec,
-            Err(e) => {
-                // Nothing was made for it: a stocked config goes back to its stock.
-                if let Some(s) = stocked {
-                    crate::stock::put_back(inner, &pool.name, s);
-                }
-                return Err(e);
-            }
-        };
-        let made: Result<(), OpError> = async {
-            let encoded = match stocked {
-                // Recorded with the runner.
-                Some(s) => s.encoded,
-                None => {
-                    let jit = inner
-                        .github
-                        .generate_jitconfig(&pool.scope, &name, gid, &pool.labels)
-                        .await?;
-                    let (n, id) = (name.clone(), jit.runner_id);
-                    inner
-                        .store
-                        .call(move |s| s.set_runner_registration(&n, id))
-                        .await?;
-                    Secret::new(jit.encoded)
-                }
-            };
-            inner.backend.registry.create(&spec).await?;
-            inner.backend.registry.start(&spec, &encoded).await?;
-            Ok(())
-        }
-        .await;
-        let now = now_ms();
-        match made {
-            Ok(()) => {
-                let n = name.clone();
-                inner
-                    .store
-                    .call(move |s| s.runner_started(&n, &n, now))
-                    .await?;
-                inner
-                    .metrics
-                    .runners_created
-                    .get_or_create(&PoolLabels {
-                        pool: pool.name.clone(),
-                    })
-                    .inc();
-                inner
-                    .metrics
-                    .runner_start_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                tracing::info!("runner started");
-                Ok(())
-            }
-            Err(e) => {
-                // Nothing half-made survives: tear down whatever exists (registration, sandbox).
-                let reason = format!("create failed: {e}");
-                let n = name.clone();
-                let r = inner
-                    .store
-                    .call(move |s| {
-                        s.runner_transition(&n, RunnerState::Stopping, now, Some(&reason))?;
-                        s.runner(&n)
-                    })
-                    .await?;
-                if let Some(r) = r {
-                    let _ = teardown(inner, &r, true).await;
-                }
-                Err(e)
-            }
-        }
-    }
-    .instrument(span)
-    .await
-}
-
-/// A fresh runner name for `pool`.
-pub(crate) fn new_runner_name(pool: &airlock_config::PoolConfig) -> String {
-    airlock_core::runner_name(&pool.name, &hex_id())
-}
-
-fn hex_id() -> String {
-    let b: [u8; 5] = rand::thread_rng().gen();
-    hex::encode(b)
-}
-
-mod hex {
-    pub fn encode(b: [u8; 5]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
-}
-
-fn scope_of(r: &RunnerRecord) -> Option<Scope> {
-    Scope::parse(&r.scope).ok()
-}
-
-async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(), OpError> {
-    let span = tracing::info_span!("runner", runner = %r.name, pool = %r.pool);
-    async {
-        let now = now_ms();
-        let mut deregistered = false;
-        if reason.deregister_first() && r.state != RunnerState::Stopping {
-            if let (Some(id), Some(scope)) = (r.github_id, scope_of(r)) {
-                match inner.github.delete_runner(&scope, id).await {
-                    Ok(()) => deregistered = true,
-                    Err(GitHubError::Unprocessable { .. }) => {
-                        // GitHub says it is running a job: it is busy, not idle. Keep it.
-                        tracing::info!(
-                            reason = reason.as_str(),
-                            "runner is busy with a job; not stopping it"
-                        );
-                        let n = r.name.clone();
-                        inner
-                            .store
-                            .call(move |s| {
-                                s.runner_transition(
-                                    &n,
-                                    RunnerState::Busy,
-                                    now,
-                                    Some("busy at deregistration"),
-                                )
-                            })
-                            .await?;
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        let mut took_unknown_job = false;
-        if reason == StopReason::Exited {
-            let code = match inner
-                .backend
-                .registry
-                .status(r.backend, &r.sandbox_id)
-                .await?
-            {
-                SandboxStatus::Exited(c) => c,
-                _ => None,
-            };
-            took_unknown_job = code == Some(0) && r.job_id.is_none();
-            let n = r.name.clone();
-            inner
-                .store
-                .call(move |s| s.set_runner_exit(&n, code, took_unknown_job, now))
-                .await?;
-            tracing::info!(exit = ?code, "runner exited");
-            if r.state == RunnerState::Starting && code != Some(0) {
-                // Its sandbox died before the runner came online (a guest that cannot mount its
-                // root, a runner that cannot start): replacing it at once would only repeat that.
-                tracing::warn!(
-                    exit = ?code,
-                    "runner exited before it came online; backing off the pool (its log is kept in state_dir/logs)"
-                );
-                back_off(inner, &r.pool, "runner_exit", None);
-            }
-            if took_unknown_job {
-                // It ran a job airlock has not heard of: learn which one now rather than at the
-                // next scheduled poll, so the job it was started for does not wait on a guess.
-                inner.poll_now.notify_one();
-            }
-        }
-        let n = r.name.clone();
-        inner
-            .store
-            .call(move |s| s.runner_transition(&n, RunnerState::Stopping, now, Some(reason.as_str())))
-            .await?;
-        inner
-            .metrics
-            .runners_stopped
-            .get_or_create(&StopLabels {
-                pool: r.pool.clone(),
-                reason: reason.as_str().into(),
-            })
-            .inc();
-        // A runner that ran a job was removed by GitHub with it: don't spend a request on it.
-        let ran_job = reason == StopReason::Exited
-            && (r.job_id.is_some() || r.state == RunnerState::Busy || took_unknown_job);
-        teardown(inner, r, !deregistered && !ran_job).await
-    }
-    .instrument(span)
-    .await
-}
-
-/// The finalizer: destroy the sandbox, remove the registration, mark the runner gone. Each step
-/// is idempotent; a failure leaves the runner in `stopping` and the next pass resumes.
-async fn teardown(inner: &Inner, r: &RunnerRecord, deregister: bool) -> Result<(), OpError> {
-    inner
-        .backend
-        .registry
-        .destroy(r.backend, &r.sandbox_id)
-        .await?;
-    let now = now_ms();
-    let id = r.sandbox_id.clone();
-    match inner
-        .store
-        .call(move |s| s.sandbox_transition(&id, SandboxState::Destroyed, None, now))
-        .await
-    {
-        Ok(_) | Err(StoreError::Missing { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
-    if deregister {
-        if let (Some(id), Some(scope)) = (r.github_id, scope_of(r)) {
-            match inner.github.delete_runner(&scope, id).await {
-                Ok(()) => {}
-                // Still running a job at GitHub though its sandbox is gone: GitHub will fail the
-                // job and drop the registration itself; the orphan reaper removes it otherwise.
-                Err(GitHubError::Unprocessable { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    let n = r.name.clone();
-    inner
-        .store
-        .call(move |s| s.runner_transition(&n, RunnerState::Gone, now_ms(), None))
-        .await?;
-    // The last poll's list may still show its registration; it is not an orphan until a poll
-    // made after this moment lists it again.
-    if let Some(id) = r.github_id {
-        inner.shared().registrations.retain(|x| x.id != id);
-    }
-    tracing::info!("runner gone");
-    Ok(())
-}
-
-/// End of a drain: whatever is still alive is destroyed (busy runners past the grace period).
-pub(crate) async fn force_stop_all(inner: &Inner) -> usize {
-    let mut forced = 0;
-    let live = inner.store.call(|s| s.live_runners()).await;
-    for r in live.unwrap_or_default() {
-        if r.state == RunnerState::Busy {
-            forced += 1;
-            tracing::warn!(runner = %r.name, "grace period over; destroying a busy runner");
-        }
-        let now = now_ms();
-        let n = r.name.clone();
-        let _ = inner
-            .store
-            .call(move |s| s.runner_transition(&n, RunnerState::Stopping, now, Some("drain")))
-            .await;
-        if let Err(e) = teardown(inner, &r, true).await {
-            tracing::error!(runner = %r.name, error = %e, "teardown failed during drain; it will be reaped at next start");
-        }
-    }
-    crate::stock::drop_all(inner).await;
-    forced
 }

@@ -116,7 +116,7 @@ fn set_gauge(inner: &Inner, pool: &str, n: usize) {
 
 /// Asks GitHub for one more config for `pool`'s stock.
 pub(crate) async fn fill(inner: &Inner, pool: &airlock_config::PoolConfig) -> Result<(), OpError> {
-    let name = crate::reconcile::new_runner_name(pool);
+    let name = crate::ops::new_runner_name(pool);
     inner
         .shared()
         .stock
@@ -125,7 +125,7 @@ pub(crate) async fn fill(inner: &Inner, pool: &airlock_config::PoolConfig) -> Re
         .pending
         .insert(name.clone());
     let made = async {
-        let gid = crate::reconcile::group_id(inner, pool).await?;
+        let gid = crate::ops::group_id(inner, pool).await?;
         inner
             .github
             .generate_jitconfig(&pool.scope, &name, gid, &pool.labels)
