@@ -246,6 +246,40 @@ pub(crate) fn host_remnants(root: &Path, tag: &str) -> Vec<String> {
     out
 }
 
+/// The end of every image backend's destroy, blocking (call it on the blocking pool): the
+/// sandbox's cgroup `cgroup` removed, retried every 20 ms up to `tries` times while its processes
+/// finish dying (and killed before each try when `kill`), then its directory `dir`, the log kept
+/// first.
+pub(crate) fn remove_cgroup_and_dir(
+    cgroup: &str,
+    tries: u32,
+    kill: bool,
+    dir: &Path,
+    logs: Option<&LogKeep>,
+    id: &str,
+) -> Result<(), String> {
+    let mut last = Ok(());
+    for _ in 0..tries.max(1) {
+        if kill {
+            crate::cgroup::kill_all(cgroup);
+        }
+        last = crate::cgroup::remove(cgroup);
+        if last.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    last?;
+    if let Some(l) = logs {
+        l.keep(dir, id);
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("removing {}: {e}", dir.display())),
+    }
+}
+
 /// Kills the supervisor's process group if it is still the one we started.
 pub(crate) fn kill_group(dir: &Path) {
     if let Some((pid, start)) = read_pid(dir) {

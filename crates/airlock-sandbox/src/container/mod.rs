@@ -790,25 +790,16 @@ impl ContainerBackend {
             .net
             .release(&key)
             .map_err(|e| fail(e.to_string()))?;
-        // 4. cgroups (empty once the processes are gone; retried while they finish dying).
-        let mut last = Ok(());
-        for _ in 0..50 {
-            last = cgroup::remove(&self.cgroup_name(id));
-            if last.is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        last.map_err(fail)?;
-        // 5. Files, the log kept first.
-        if let Some(l) = &self.cfg.logs {
-            l.keep(&dir, id);
-        }
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(fail(format!("removing {}: {e}", dir.display()))),
-        }
+        // 4. cgroups (empty once the processes are gone), then 5. files.
+        supervise::remove_cgroup_and_dir(
+            &self.cgroup_name(id),
+            50,
+            false,
+            &dir,
+            self.cfg.logs.as_ref(),
+            id,
+        )
+        .map_err(fail)
     }
 }
 

@@ -613,26 +613,18 @@ impl Backend for MicrovmBackend {
             .net
             .release(&key)
             .map_err(|e| fail(e.to_string()))?;
-        // 3. The cgroup (empty once the VMM is gone; retried while it finishes dying).
-        let mut last = Ok(());
-        for _ in 0..100 {
-            cgroup::kill_all(&name);
-            last = cgroup::remove(&name);
-            if last.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        last.map_err(fail)?;
-        // 4. Files, the log kept first.
-        if let Some(l) = &self.cfg.logs {
-            l.keep(&dir, id);
-        }
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(fail(format!("removing {}: {e}", dir.display()))),
-        }
+        // 3. The cgroup (its processes killed while the VMM finishes dying), then 4. files: on
+        // the blocking pool.
+        let (logs, id2) = (self.cfg.logs.clone(), id.to_string());
+        crate::blocking(id, move || {
+            supervise::remove_cgroup_and_dir(&name, 100, true, &dir, logs.as_ref(), &id2).map_err(
+                |detail| SandboxError::Destroy {
+                    id: id2.clone(),
+                    detail,
+                },
+            )
+        })
+        .await
     }
 }
 
