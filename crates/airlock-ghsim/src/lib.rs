@@ -64,6 +64,10 @@ pub struct SimConfig {
     pub unused_jit_ttl: Duration,
     /// Registrations per scope past which `generate-jitconfig` is refused (GitHub: 10,000).
     pub max_registrations: usize,
+    /// Webhook deliveries in flight at once. GitHub delivers from many workers (its deliveries
+    /// "can arrive out of order"); 1 (the default) delivers one after another, the conservative
+    /// model the tests use.
+    pub webhook_concurrency: usize,
 }
 
 impl Default for SimConfig {
@@ -80,6 +84,7 @@ impl Default for SimConfig {
             record: None,
             unused_jit_ttl: Duration::from_secs(24 * 3600),
             max_registrations: 10_000,
+            webhook_concurrency: 1,
         }
     }
 }

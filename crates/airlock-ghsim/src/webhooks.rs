@@ -39,6 +39,9 @@ pub(crate) async fn deliver(
         .expect("HTTP client builds");
     let mut held: Option<HookEvent> = None;
     let mut n: u64 = 0;
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        sim.cfg.webhook_concurrency.max(1),
+    ));
     loop {
         // A held event (reordering) is released after a short wait if nothing else comes.
         let next = if held.is_some() {
@@ -78,7 +81,17 @@ pub(crate) async fn deliver(
                 }
             }
         }
-        send_one(&sim, &http, Some(ev)).await;
+        if sim.cfg.webhook_concurrency > 1 {
+            // Up to `webhook_concurrency` in flight; each delivery on a task of its own.
+            let permit = slots.clone().acquire_owned().await;
+            let (sim, http) = (sim.clone(), http.clone());
+            tokio::spawn(async move {
+                send_one(&sim, &http, Some(ev)).await;
+                drop(permit);
+            });
+        } else {
+            send_one(&sim, &http, Some(ev)).await;
+        }
     }
 }
 

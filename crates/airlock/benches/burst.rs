@@ -11,7 +11,8 @@
 //!
 //! Sizes: AIRLOCK_BENCH_BURST (default 500 jobs), AIRLOCK_BENCH_LATENCY_MS (100),
 //! AIRLOCK_BENCH_WRITE_INTERVAL (default: airlock's, 340ms), AIRLOCK_BENCH_PACED=0 to skip 1,
-//! AIRLOCK_BENCH_STOCK=0 to skip 2.
+//! AIRLOCK_BENCH_STOCK=0 to skip 2, AIRLOCK_BENCH_WEBHOOK_CONCURRENCY (default 1: ghsim delivers
+//! webhooks one after another; GitHub delivers many at once).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -114,6 +115,10 @@ async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f6
         &runner_bin(),
         SimConfig {
             long_poll: Duration::from_secs(20),
+            webhook_concurrency: env_n("AIRLOCK_BENCH_WEBHOOK_CONCURRENCY", 1) as usize,
+            // A burst this size with its stock spends over a thousand writes; an App installation
+            // on GitHub Enterprise Cloud gets 15,000 requests an hour.
+            rate_limit: 15_000,
             ..Default::default()
         },
     )
