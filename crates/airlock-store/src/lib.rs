@@ -469,7 +469,8 @@ impl Store {
     }
 
     /// A create's end, in one transaction: its sandbox runs, the runner is starting (since
-    /// `now`, which is also its `started_at`).
+    /// `now`, which is also its `started_at`). A runner already seen online or on a job (its
+    /// `in_progress` webhook, or a poll, came before its create finished) stays where it is.
     pub fn runner_started(
         &self,
         name: &str,
@@ -479,7 +480,18 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         sandbox_move(&tx, sandbox_id, SandboxState::Running, None, now)?;
-        runner_move(&tx, name, RunnerState::Starting, now, None)?;
+        let state: Option<String> = tx
+            .query_row("SELECT state FROM runners WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let ahead = state
+            .as_deref()
+            .and_then(RunnerState::parse)
+            .is_some_and(|s| matches!(s, RunnerState::Idle | RunnerState::Busy));
+        if !ahead {
+            runner_move(&tx, name, RunnerState::Starting, now, None)?;
+        }
         tx.execute(
             "UPDATE runners SET started_at = ?2 WHERE name = ?1",
             params![name, now],

@@ -346,3 +346,40 @@ fn every_pass_and_poll_statement_uses_an_index() {
         whole.join("\n")
     );
 }
+
+/// A runner that GitHub saw take a job before its create finished (the `in_progress` webhook
+/// overtook the create: GitHub delivers concurrently) stays busy when the create ends; it is never
+/// sent back to `starting`, and its create does not fail (which would tear a busy runner down).
+#[test]
+fn a_runner_busy_before_its_create_ends_stays_busy() {
+    let (_d, s) = open();
+    s.insert_runner(
+        "airlock-p-1",
+        "p",
+        "repo:octo/hello",
+        "airlock-p-1",
+        BackendKind::Process,
+        10,
+    )
+    .unwrap();
+    s.runner_transition("airlock-p-1", RunnerState::Busy, 20, Some("job seen"))
+        .unwrap();
+    s.runner_started("airlock-p-1", "airlock-p-1", 30).unwrap();
+    let r = s.runner("airlock-p-1").unwrap().unwrap();
+    assert_eq!((r.state, r.started_at), (RunnerState::Busy, Some(30)));
+    // The usual path: creating → starting.
+    s.insert_runner(
+        "airlock-p-2",
+        "p",
+        "repo:octo/hello",
+        "airlock-p-2",
+        BackendKind::Process,
+        10,
+    )
+    .unwrap();
+    s.runner_started("airlock-p-2", "airlock-p-2", 30).unwrap();
+    assert_eq!(
+        s.runner("airlock-p-2").unwrap().unwrap().state,
+        RunnerState::Starting
+    );
+}

@@ -190,6 +190,12 @@ async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f6
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
+    if std::env::var_os("AIRLOCK_BENCH_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let n = env_n("AIRLOCK_BENCH_BURST", 500) as usize;
     let latency = env_n("AIRLOCK_BENCH_LATENCY_MS", 100);
     let interval = std::env::var("AIRLOCK_BENCH_WRITE_INTERVAL")
