@@ -869,6 +869,59 @@ async fn the_jit_stock_is_refreshed_before_github_removes_it() {
     e.shutdown().await;
 }
 
+/// GitHub delivers webhooks from many workers at once, so a job's `in_progress` can overtake the
+/// create of the runner that took it (the store test `a_runner_busy_before_its_create_ends_stays_busy`
+/// pins that race down). A burst from a JIT stock with ghsim delivering 8 at a time: every job
+/// succeeds on a runner of its own and no create fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_with_concurrent_webhooks_loses_nothing() {
+    let mut p = pool("conc", &["self-hosted", "conc"]);
+    p.max = 12;
+    p.extra = "jit_stock = 12";
+    let runner = runner_bin();
+    let e = env_with(
+        &[p],
+        "2s",
+        Faults::default(),
+        true,
+        &runner,
+        SimConfig {
+            webhook_concurrency: 8,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        wait_until(T, || metric(
+            &e.metrics(),
+            "airlock_jit_stock{pool=\"conc\"}"
+        ) == 12.0)
+        .await
+    );
+    let names: Vec<String> = (0..12).map(|i| format!("w{i}")).collect();
+    let jobs: Vec<(&str, &[&str], &[&str])> = names
+        .iter()
+        .map(|n| (n.as_str(), &["conc"][..], &["true"][..]))
+        .collect();
+    e.submit("octo/hello", &jobs);
+    e.wait_all_done(T).await;
+    let jobs = e.sim().jobs();
+    assert!(
+        jobs.iter()
+            .all(|j| j.conclusion.as_deref() == Some("success")),
+        "{jobs:?}"
+    );
+    let runners: HashSet<String> = jobs.iter().filter_map(|j| j.runner_name.clone()).collect();
+    assert_eq!(runners.len(), 12, "each job on a runner of its own");
+    let m = e.metrics();
+    assert_eq!(
+        metric_sum(&m, "airlock_reconcile_errors_total{op=\"create\""),
+        0.0,
+        "a create failed: {m}"
+    );
+    e.shutdown().await;
+}
+
 /// A crash (every task of the daemon stops at once) in the middle of a burst, with a JIT stock:
 /// after the restart every job runs exactly once to success on a runner of its own, whatever the
 /// crash left at GitHub is reaped and a new stock made, and a drain leaves nothing at GitHub or
