@@ -627,12 +627,7 @@ async fn a_burst_runs_in_parallel_but_github_writes_never_overlap() {
         true,
     )
     .await;
-    let names: Vec<String> = (0..12).map(|i| format!("b{i}")).collect();
-    let jobs: Vec<(&str, &[&str], &[&str])> = names
-        .iter()
-        .map(|n| (n.as_str(), &["burst"][..], &["true"][..]))
-        .collect();
-    e.submit("octo/hello", &jobs);
+    e.submit_n("b", 12, "burst", "true");
     e.wait_all_done(T).await;
     assert!(e
         .sim()
@@ -898,12 +893,7 @@ async fn a_burst_with_concurrent_webhooks_loses_nothing() {
         ) == 12.0)
         .await
     );
-    let names: Vec<String> = (0..12).map(|i| format!("w{i}")).collect();
-    let jobs: Vec<(&str, &[&str], &[&str])> = names
-        .iter()
-        .map(|n| (n.as_str(), &["conc"][..], &["true"][..]))
-        .collect();
-    e.submit("octo/hello", &jobs);
+    e.submit_n("w", 12, "conc", "true");
     e.wait_all_done(T).await;
     let jobs = e.sim().jobs();
     assert!(
@@ -943,12 +933,7 @@ async fn a_crash_mid_burst_loses_and_leaks_nothing() {
     .await;
     let stock = |e: &Env| metric(&e.metrics(), "airlock_jit_stock{pool=\"burst\"}");
     assert!(wait_until(T, || stock(&e) == 3.0).await);
-    let names: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
-    let jobs: Vec<(&str, &[&str], &[&str])> = names
-        .iter()
-        .map(|n| (n.as_str(), &["burst"][..], &["sleep 1"][..]))
-        .collect();
-    e.submit("octo/hello", &jobs);
+    e.submit_n("c", 20, "burst", "sleep 1");
     // Mid-burst: some jobs running, others still queued.
     assert!(
         wait_until(T, || e

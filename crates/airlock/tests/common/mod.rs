@@ -152,6 +152,23 @@ impl Env {
         )
     }
 
+    /// `n` jobs named `{prefix}0`, `{prefix}1`, … needing `label`, each running `step`, in one run
+    /// of `octo/hello` (as `submit` would).
+    pub fn submit_n(&self, prefix: &str, n: usize, label: &str, step: &str) -> Vec<u64> {
+        let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+        let jobs: Vec<(&str, &[&str], &[&str])> = names
+            .iter()
+            .map(|name| {
+                (
+                    name.as_str(),
+                    std::slice::from_ref(&label),
+                    std::slice::from_ref(&step),
+                )
+            })
+            .collect();
+        self.submit("octo/hello", &jobs)
+    }
+
     pub fn submit_specs(&self, repo: &str, jobs: Vec<JobSpec>) -> Vec<u64> {
         self.sim()
             .submit(&Workflow {
