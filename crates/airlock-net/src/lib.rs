@@ -20,6 +20,21 @@ pub mod tap;
 pub use lease::{lease_dir, Leases};
 pub use links::{create_tap, delete, hook_args, list, NETHOOK};
 
+/// A program on `PATH` (or in `/usr/sbin`, `/sbin`, where root's tools live), or `name` itself
+/// when it is a path to a file.
+pub fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
 /// Where one of airlock's helper programs (`airlock-supervise`, `airlock-nethook`) is: at
 /// `$AIRLOCK_<NAME>` (`AIRLOCK_NETHOOK` for `airlock-nethook`) when set, else beside this program
 /// (or one directory up, for test and bench executables in `target/<profile>/deps`), else on
@@ -44,12 +59,7 @@ pub fn helper(name: &'static str) -> std::io::Result<&'static std::path::Path> {
             dir.into_iter()
                 .flat_map(|d| [d.join(name), d.join("..").join(name)])
                 .find(|p| p.is_file())
-                .or_else(|| {
-                    let path = std::env::var_os("PATH").unwrap_or_default();
-                    std::env::split_paths(&path)
-                        .map(|d| d.join(name))
-                        .find(|p| p.is_file())
-                })
+                .or_else(|| find_in_path(name))
         });
         // Canonical (a hook's path must be absolute), and leaked once per name.
         p.map(|p| &*Box::leak(p.canonicalize().unwrap_or(p).into_boxed_path()))

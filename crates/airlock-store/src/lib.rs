@@ -430,14 +430,6 @@ impl Store {
         Ok(())
     }
 
-    pub fn set_runner_started(&self, name: &str, now: Timestamp) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE runners SET started_at = ?2 WHERE name = ?1",
-            params![name, now],
-        )?;
-        Ok(())
-    }
-
     /// Records how a runner's process ended. `took_unknown_job`: it exited cleanly without airlock
     /// having seen it take a job, so it probably ran one whose webhook has not arrived yet.
     pub fn set_runner_exit(

@@ -158,17 +158,7 @@ fn probe_err(detail: String) -> SandboxError {
 }
 
 /// A program on `PATH` (or in `/usr/sbin`, `/sbin`), as the probe looks for a runtime.
-pub fn find_in_path(name: &str) -> Option<PathBuf> {
-    if name.contains('/') {
-        let p = PathBuf::from(name);
-        return p.is_file().then_some(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
+pub use airlock_net::find_in_path;
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
