@@ -73,10 +73,7 @@ impl Backends {
         exits: tokio::sync::mpsc::UnboundedSender<String>,
     ) -> Result<Backends, SandboxError> {
         let dir = &cfg.server.state_dir;
-        let logs = LogKeep {
-            dir: dir.join("logs"),
-            keep: cfg.server.job_logs_keep,
-        };
+        let logs = LogKeep::new(dir.join("logs"), cfg.server.job_logs_keep);
         let process = ProcessBackend::new(dir.join("sandboxes"), Some(exits.clone()))
             .with_log_cap(cfg.server.job_log_max_bytes)
             .with_logs(logs.clone());

@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     draining: bool,
     /// Unix ms at which the last complete poll started (see the planner's `unaccounted`).
     last_poll_start: i64,
+    /// The stock's requests in flight (a pass does not wait for them; a drain does).
+    stock_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 pub struct Inner {
@@ -119,7 +121,7 @@ impl Inner {
 /// The store, called on tokio's blocking pool: a SQLite call (a few ms, more on a slow disk)
 /// never holds a runtime thread, nor the other operations of a pass that share its task.
 #[derive(Debug, Clone)]
-pub(crate) struct Db(Arc<Store>);
+pub(crate) struct Db(Arc<Store>, Arc<Metrics>);
 
 impl Db {
     pub(crate) async fn call<T, F>(&self, f: F) -> Result<T, airlock_store::StoreError>
@@ -128,11 +130,16 @@ impl Db {
         T: Send + 'static,
     {
         let store = self.0.clone();
-        match tokio::task::spawn_blocking(move || f(&store)).await {
+        let t0 = std::time::Instant::now();
+        let r = match tokio::task::spawn_blocking(move || f(&store)).await {
             Ok(r) => r,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => Err(airlock_store::StoreError::Interrupted(e.to_string())),
-        }
+        };
+        self.1
+            .store_call_seconds
+            .observe(t0.elapsed().as_secs_f64());
+        r
     }
 
     /// The store itself, for callers off the runtime (tests, the CLI's reads).
@@ -244,7 +251,7 @@ pub async fn start(cfg: Config) -> Result<Handle, StartError> {
     let inner = Arc::new(Inner {
         specs: cfg.pools.iter().map(|p| p.spec()).collect(),
         cfg,
-        store: Db(Arc::new(store)),
+        store: Db(Arc::new(store), metrics.clone()),
         github,
         backend,
         metrics,
@@ -318,15 +325,23 @@ impl Handle {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
-        // A stock request that was in flight when the loop stopped has landed by now.
+        // Then the stock's requests still in flight, so that what they made is deleted below.
+        let stocking = std::mem::take(&mut self.inner.shared().stock_tasks);
+        for t in stocking {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
         stock::drop_all(&self.inner).await;
         DrainReport { forced }
     }
 
     /// Stops every task at once without any cleanup, as a crash would (sandboxes keep running).
     pub async fn crash(self) {
-        for t in &self.tasks {
+        let stocking = std::mem::take(&mut self.inner.shared().stock_tasks);
+        for t in self.tasks.iter().chain(&stocking) {
             t.abort();
+        }
+        for t in stocking {
+            let _ = t.await;
         }
         for t in self.tasks {
             let _ = t.await;

@@ -68,6 +68,7 @@ pub struct Metrics {
     pub runners_stopped: Family<StopLabels, Counter>,
     pub runner_start_seconds: Histogram,
     pub reconcile_seconds: Histogram,
+    pub store_call_seconds: Histogram,
     pub reconcile_errors: Family<OpLabels, Counter>,
     pub polls: Family<OutcomeLabels, Counter>,
     pub orphans_reaped: Family<OutcomeLabels, Counter>,
@@ -95,6 +96,7 @@ impl Default for Metrics {
             runners_stopped: Family::default(),
             runner_start_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            store_call_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
             reconcile_errors: Family::default(),
             polls: Family::default(),
             orphans_reaped: Family::default(),
@@ -143,6 +145,11 @@ impl Default for Metrics {
             "reconcile_seconds",
             "Duration of one reconcile pass",
             m.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "store_call_seconds",
+            "Duration of one call to the store, from the caller's view (waiting for the blocking pool and the connection included)",
+            m.store_call_seconds.clone(),
         );
         registry.register(
             "reconcile_errors",

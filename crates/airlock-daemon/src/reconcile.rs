@@ -127,7 +127,8 @@ pub(crate) fn pool_of<'a>(inner: &'a Inner, name: &str) -> Option<&'a airlock_co
 }
 
 /// One pass: observe, plan, act; says when the next one is due.
-pub(crate) async fn pass(inner: &Inner) -> Result<Next, OpError> {
+pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
+    let pass_started = Instant::now();
     let now = now_ms();
     let live = inner.store.call(|s| s.live_runners()).await?;
     let listed = inner.backend.registry.list().await?;
@@ -227,9 +228,6 @@ pub(crate) async fn pass(inner: &Inner) -> Result<Next, OpError> {
         .map(at);
 
     update_gauges(inner, pools, &jobs, &views);
-    if !ops.is_empty() {
-        tracing::debug!(ops = ops.len(), "executing plan");
-    }
     // The plan's operations run concurrently, at most `server.max_parallel_ops` at once, and
     // never two on one object (a runner, a registration, a sandbox): the plan names each object
     // once, and a pass ends only when all of its operations have, so no two passes overlap.
@@ -246,23 +244,35 @@ pub(crate) async fn pass(inner: &Inner) -> Result<Next, OpError> {
     // Stops and reaps take the first slots: a burst of creates never holds them back; the
     // stock's requests come last, after the pass's demand.
     ops.sort_by_key(|op| matches!(op, Op::Create { .. }));
-    let work = ops
-        .into_iter()
-        .map(Work::Op)
-        .chain(stock_ops.into_iter().map(Work::Stock));
+    let creates = ops
+        .iter()
+        .filter(|op| matches!(op, Op::Create { .. }))
+        .count();
+    let other_ops = ops.len() - creates;
+    let stock_count = stock_ops.len();
+    for op in stock_ops {
+        start_stock_op(inner, op);
+    }
     let limit = inner.cfg.server.max_parallel_ops.max(1);
+    let observed = Instant::now();
     let acted = std::sync::atomic::AtomicBool::new(false);
-    futures_util::stream::iter(work)
-        .for_each_concurrent(limit, |w| async {
-            let ran = match w {
-                Work::Op(op) => run_op(inner, &live, &kinds, op).await,
-                Work::Stock(op) => run_stock_op(inner, op).await,
-            };
-            if ran {
+    futures_util::stream::iter(ops)
+        .for_each_concurrent(limit, |op| async {
+            if run_op(inner, &live, &kinds, op).await {
                 acted.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         })
         .await;
+    tracing::debug!(
+        jobs = jobs.len(),
+        runners = views.len(),
+        creates,
+        other_ops,
+        stock_ops = stock_count,
+        observe_ms = (observed - pass_started).as_secs_f64() * 1e3,
+        act_ms = observed.elapsed().as_secs_f64() * 1e3,
+        "pass"
+    );
     if acted.into_inner() {
         return Ok(Next::Now);
     }
@@ -288,44 +298,59 @@ pub(crate) fn back_off(inner: &Inner, pool: &str, class: &'static str, wait: Opt
     inner.shared().backoffs.fail(key, wait, Instant::now());
 }
 
-/// A pass's unit of work: one of the plan's operations or of the stock's.
-enum Work {
-    Op(Op),
-    Stock(StockOp),
-}
-
-/// Runs one of the stock's operations; a failed fill holds back the pool's fills (its own
-/// backoff, apart from its creates'), a failed delete leaves the registration to the reaper.
-async fn run_stock_op(inner: &Inner, op: StockOp) -> bool {
-    match op {
+/// Starts one of the stock's operations as a task of its own: a pass never waits for the
+/// stock's GitHub requests (a fill is a paced write with GitHub's latency; a pass that waited for
+/// one would hold back the creates of the jobs queued meanwhile). What the next pass must see
+/// happens here, before the task: a fill's name is pending, a dropped config is out of the
+/// stock. A failed fill holds back the pool's fills (its own backoff, apart from its creates'),
+/// a failed delete leaves the registration to the reaper. Each task wakes the loop when it ends.
+fn start_stock_op(inner: &Arc<Inner>, op: StockOp) {
+    let task = match op {
         StockOp::Fill { pool } => {
             let key = Key::Object(format!("stock {pool}"));
             let now = Instant::now();
             {
                 let s = inner.shared();
                 if s.backoffs.holds(&key, now) || s.rate_limited_until.is_some_and(|t| t > now) {
-                    return false;
+                    return;
                 }
             }
             let Some(cfg) = pool_of(inner, &pool) else {
-                return false;
+                return;
             };
-            match crate::stock::fill(inner, cfg).await {
-                Ok(()) => inner.shared().backoffs.clear(&key),
-                Err(e) => {
-                    count_error(inner, "stock_fill", &e);
-                    let wait = github_wait(inner, &e);
-                    inner.shared().backoffs.fail(key, wait, Instant::now());
+            let name = crate::stock::reserve(inner, cfg);
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                let Some(cfg) = pool_of(&inner, &pool) else {
+                    return;
+                };
+                match crate::stock::fill(&inner, cfg, name).await {
+                    Ok(()) => inner.shared().backoffs.clear(&key),
+                    Err(e) => {
+                        count_error(&inner, "stock_fill", &e);
+                        let wait = github_wait(&inner, &e);
+                        inner.shared().backoffs.fail(key, wait, Instant::now());
+                    }
                 }
-            }
+                inner.wake.notify_one();
+            })
         }
         StockOp::Drop { pool, name } => {
-            if let Err(e) = crate::stock::drop_one(inner, &pool, &name, "stock").await {
-                count_error(inner, "stock_drop", &e);
-            }
+            let Some(st) = crate::stock::unstock(inner, &pool, &name) else {
+                return;
+            };
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::stock::delete(&inner, &st, "stock").await {
+                    count_error(&inner, "stock_drop", &e);
+                }
+                inner.wake.notify_one();
+            })
         }
-    }
-    true
+    };
+    let mut s = inner.shared();
+    s.stock_tasks.retain(|t| !t.is_finished());
+    s.stock_tasks.push(task);
 }
 
 fn count_error(inner: &Inner, op: &str, e: &OpError) {

@@ -114,8 +114,10 @@ fn set_gauge(inner: &Inner, pool: &str, n: usize) {
         .set(n as i64);
 }
 
-/// Asks GitHub for one more config for `pool`'s stock.
-pub(crate) async fn fill(inner: &Inner, pool: &airlock_config::PoolConfig) -> Result<(), OpError> {
+/// Reserves a name for one more config of `pool`'s stock, before its request is sent (so the
+/// next pass already counts it as pending, and a poll that lists the new registration first never
+/// takes it for an orphan).
+pub(crate) fn reserve(inner: &Inner, pool: &airlock_config::PoolConfig) -> String {
     let name = crate::ops::new_runner_name(pool);
     inner
         .shared()
@@ -124,6 +126,15 @@ pub(crate) async fn fill(inner: &Inner, pool: &airlock_config::PoolConfig) -> Re
         .or_default()
         .pending
         .insert(name.clone());
+    name
+}
+
+/// Asks GitHub for the config reserved as `name` for `pool`'s stock.
+pub(crate) async fn fill(
+    inner: &Inner,
+    pool: &airlock_config::PoolConfig,
+    name: String,
+) -> Result<(), OpError> {
     let made = async {
         let gid = crate::ops::group_id(inner, pool).await?;
         inner
@@ -150,23 +161,14 @@ pub(crate) async fn fill(inner: &Inner, pool: &airlock_config::PoolConfig) -> Re
     Ok(())
 }
 
-/// Deletes a stocked registration (`why`: too old, beyond the target, draining, pool gone). It
-/// leaves the stock first: should the delete fail, the registration is an orphan the reaper
-/// deletes after the next poll.
-pub(crate) async fn drop_one(
-    inner: &Inner,
-    pool: &str,
-    name: &str,
-    why: &str,
-) -> Result<(), OpError> {
-    let taken = {
+/// Takes `name` out of `pool`'s stock, to delete its registration: from then on it is not in
+/// the stock, so should the delete fail, the registration is an orphan the reaper deletes after
+/// the next poll.
+pub(crate) fn unstock(inner: &Inner, pool: &str, name: &str) -> Option<Stocked> {
+    let (taken, n) = {
         let mut s = inner.shared();
-        let Some(st) = s.stock.get_mut(pool) else {
-            return Ok(());
-        };
-        let Some(i) = st.ready.iter().position(|x| x.name == name) else {
-            return Ok(());
-        };
+        let st = s.stock.get_mut(pool)?;
+        let i = st.ready.iter().position(|x| x.name == name)?;
         let taken = st.ready.swap_remove(i);
         let n = st.ready.len();
         if st.ready.is_empty() && st.pending.is_empty() {
@@ -174,9 +176,14 @@ pub(crate) async fn drop_one(
         }
         (taken, n)
     };
-    let (st, n) = taken;
     set_gauge(inner, pool, n);
-    tracing::debug!(runner = %name, pool, why, "deleting a stocked JIT registration");
+    Some(taken)
+}
+
+/// Deletes the registration of a config `unstock` took (`why`: too old, beyond the target,
+/// draining, pool gone).
+pub(crate) async fn delete(inner: &Inner, st: &Stocked, why: &str) -> Result<(), OpError> {
+    tracing::debug!(runner = %st.name, why, "deleting a stocked JIT registration");
     match inner.github.delete_runner(&st.scope, st.github_id).await {
         Ok(()) | Err(GitHubError::NotFound { .. }) => Ok(()),
         Err(e) => Err(e.into()),
@@ -193,7 +200,10 @@ pub(crate) async fn drop_all(inner: &Inner) {
             .collect()
     };
     for (pool, name) in all {
-        if let Err(e) = drop_one(inner, &pool, &name, "shutdown").await {
+        let Some(st) = unstock(inner, &pool, &name) else {
+            continue;
+        };
+        if let Err(e) = delete(inner, &st, "shutdown").await {
             tracing::warn!(runner = %name, error = %e, "cannot delete a stocked JIT registration; it is reaped at the next start");
         }
     }

@@ -6,11 +6,13 @@
 //! development and the demo; every start logs a warning saying so. Use the container or microVM
 //! backends for anything else.
 //!
-//! The runner is started through a small `/bin/sh` supervisor in a new process group, which
-//! records the runner's exit status in the sandbox directory. Because the status lives on disk, a
+//! The runner is started through `airlock-supervise` (see `supervise.rs`) in a new process group;
+//! it is a child subreaper and records the exit status in the sandbox directory once every
+//! process below it has ended. Because the status lives on disk, a
 //! job survives a crash of airlock: the restarted daemon reads how the runner ended. Every process
 //! of the sandbox carries `AIRLOCK_SANDBOX=<id>` in its environment, so destroy finds and kills
-//! those that left the process group too.
+//! those that left the process group too (unless the supervisor recorded its end: then none is
+//! left).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -120,15 +122,17 @@ impl Backend for ProcessBackend {
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
         check_id(&spec.id)?;
-        let dir = self.dir(&spec.id);
-        let err = |source| SandboxError::Create {
-            id: spec.id.clone(),
-            path: dir.clone(),
-            source,
-        };
-        std::fs::create_dir_all(dir.join("work/tmp")).map_err(err)?;
-        set_private(&dir).map_err(err)?;
-        Ok(())
+        let (id, dir) = (spec.id.clone(), self.dir(&spec.id));
+        crate::blocking(&spec.id, move || {
+            let err = |source| SandboxError::Create {
+                id: id.clone(),
+                path: dir.clone(),
+                source,
+            };
+            std::fs::create_dir_all(dir.join("work/tmp")).map_err(err)?;
+            set_private(&dir).map_err(err)
+        })
+        .await
     }
 
     async fn start(&self, spec: &SandboxSpec, jit: &Secret) -> Result<(), SandboxError> {
@@ -193,34 +197,47 @@ impl Backend for ProcessBackend {
     }
 
     async fn list(&self) -> Result<Vec<(String, SandboxStatus)>, SandboxError> {
-        let entries = match std::fs::read_dir(&self.root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(source) => {
-                return Err(SandboxError::List {
-                    path: self.root.clone(),
-                    source,
-                })
-            }
-        };
-        let mut out = Vec::new();
-        for e in entries.flatten() {
-            if let Some(id) = e.file_name().to_str() {
-                if check_id(id).is_ok() && e.file_type().is_ok_and(|t| t.is_dir()) {
-                    let st = supervise::reported(&self.watched, id, &e.path(), status_of, || false);
-                    out.push((id.to_string(), st));
+        let (root, watched) = (self.root.clone(), self.watched.clone());
+        crate::blocking("", move || {
+            let entries = match std::fs::read_dir(&root) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+                Err(source) => return Err(SandboxError::List { path: root, source }),
+            };
+            let mut out = Vec::new();
+            for e in entries.flatten() {
+                if let Some(id) = e.file_name().to_str() {
+                    if check_id(id).is_ok() && e.file_type().is_ok_and(|t| t.is_dir()) {
+                        let st = supervise::reported(&watched, id, &e.path(), status_of, || false);
+                        out.push((id.to_string(), st));
+                    }
                 }
             }
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(out)
+        })
+        .await
     }
 
     async fn destroy(&self, id: &str) -> Result<(), SandboxError> {
         check_id(id)?;
         let dir = self.dir(id);
         self.watched.remove(id);
-        supervise::kill_group(&dir);
+        let (id, logs) = (id.to_string(), self.logs.clone());
+        crate::blocking(&id.clone(), move || destroy_sync(&id, &dir, logs.as_ref())).await
+    }
+}
+
+/// Kills what is left of sandbox `id` and removes its directory, on the blocking pool: the scan
+/// of /proc for escaped processes reads every process's environment.
+fn destroy_sync(id: &str, dir: &Path, logs: Option<&LogKeep>) -> Result<(), SandboxError> {
+    // A recorded exit status means every process below the supervisor (a subreaper) has ended:
+    // there is nothing to kill and no need to read every process's environment, which is the
+    // common case (a runner that ran its one job) and, with a thousand processes on the host,
+    // what a burst's teardowns would otherwise spend most of their time on.
+    let ended = dir.join("exit_status").exists();
+    if !ended {
+        supervise::kill_group(dir);
         // Processes that left the group (setsid, daemonised) still carry the marker.
         for attempt in 0..50 {
             let left = marked_processes(id);
@@ -236,19 +253,19 @@ impl Backend for ProcessBackend {
                     detail: format!("processes {left:?} survive SIGKILL"),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if let Some(l) = &self.logs {
-            l.keep(&dir, id);
-        }
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SandboxError::Destroy {
-                id: id.into(),
-                detail: format!("removing {}: {e}", dir.display()),
-            }),
-        }
+    }
+    if let Some(l) = logs {
+        l.keep(dir, id);
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(SandboxError::Destroy {
+            id: id.into(),
+            detail: format!("removing {}: {e}", dir.display()),
+        }),
     }
 }
 

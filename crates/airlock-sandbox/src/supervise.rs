@@ -379,12 +379,30 @@ impl Watch {
 /// Where finished sandboxes' logs are kept, and how many.
 #[derive(Debug, Clone)]
 pub struct LogKeep {
-    pub dir: std::path::PathBuf,
+    dir: std::path::PathBuf,
     /// The newest this many logs are kept; older ones are deleted.
-    pub keep: usize,
+    keep: usize,
+    /// Logs kept since the last prune, shared by the clones: the directory is read (every log's
+    /// age) only once a tenth more than `keep` may be there, not at every teardown, which with
+    /// a thousand logs kept would cost a burst's teardowns a thousand `stat`s each.
+    since_prune: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl LogKeep {
+    /// Keeps the newest `keep` logs in `dir` (up to a tenth more between two prunes).
+    pub fn new(dir: std::path::PathBuf, keep: usize) -> LogKeep {
+        LogKeep {
+            dir,
+            keep,
+            // The first log kept prunes what an earlier run left.
+            since_prune: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX / 2)),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Moves a sandbox's `runner.log` to `dir/<id>.log` (mode 0600) before the sandbox directory
     /// goes, then deletes the oldest logs beyond `keep`. Best effort: a log that cannot be kept is
     /// reported and dropped, never a reason for a sandbox to stay.
@@ -404,7 +422,15 @@ impl LogKeep {
                 return;
             }
         }
-        self.prune();
+        let slack = (self.keep / 10).max(1);
+        let since = self
+            .since_prune
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if since + 1 >= slack {
+            self.since_prune
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            self.prune();
+        }
     }
 
     fn prune(&self) {
@@ -434,10 +460,7 @@ mod tests {
     #[test]
     fn logs_are_kept_and_the_oldest_pruned() {
         let t = tempfile::tempdir().unwrap();
-        let keep = LogKeep {
-            dir: t.path().join("logs"),
-            keep: 2,
-        };
+        let keep = LogKeep::new(t.path().join("logs"), 2);
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
             let sb = t.path().join(id);
             std::fs::create_dir(&sb).unwrap();
@@ -467,5 +490,28 @@ mod tests {
         // A sandbox without a log is fine.
         std::fs::create_dir(t.path().join("d")).unwrap();
         keep.keep(&t.path().join("d"), "d");
+
+        // Keeping 20: the directory is read every second log, never holding more than 22.
+        let keep = LogKeep::new(t.path().join("logs20"), 20);
+        let mut most = 0;
+        for i in 0..45 {
+            let sb = t.path().join(format!("s{i}"));
+            std::fs::create_dir(&sb).unwrap();
+            std::fs::write(sb.join("runner.log"), "x").unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(sb.join("runner.log"))
+                .unwrap()
+                .set_modified(
+                    std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(2000 + i),
+                )
+                .unwrap();
+            keep.keep(&sb, &format!("s{i}"));
+            most = most.max(std::fs::read_dir(&keep.dir).unwrap().count());
+        }
+        let left = std::fs::read_dir(&keep.dir).unwrap().count();
+        assert!((20..=21).contains(&left), "{left} logs left");
+        assert!(most <= 22, "{most} logs at once");
+        assert!(keep.dir.join("s44.log").exists(), "the newest is kept");
     }
 }

@@ -11,7 +11,8 @@
 //!
 //! Sizes: AIRLOCK_BENCH_BURST (default 500 jobs), AIRLOCK_BENCH_LATENCY_MS (100),
 //! AIRLOCK_BENCH_WRITE_INTERVAL (default: airlock's, 340ms), AIRLOCK_BENCH_PACED=0 to skip 1,
-//! AIRLOCK_BENCH_STOCK=0 to skip 2, AIRLOCK_BENCH_WEBHOOK_CONCURRENCY (default 1: ghsim delivers
+//! AIRLOCK_BENCH_STOCK=0 to skip 2, AIRLOCK_BENCH_LOG=1 (or debug) for the daemon's log,
+//! AIRLOCK_BENCH_WEBHOOK_CONCURRENCY (default 1: ghsim delivers
 //! webhooks one after another; GitHub delivers many at once).
 
 #[path = "../tests/common/mod.rs"]
@@ -144,6 +145,11 @@ async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f6
     }
     // Polls and passes settle.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let m0 = e.metrics();
+    let passes0 = metric(&m0, "airlock_reconcile_seconds_count");
+    let pass_s0 = metric(&m0, "airlock_reconcile_seconds_sum");
+    let calls0 = metric(&m0, "airlock_store_call_seconds_count");
+    let calls_s0 = metric(&m0, "airlock_store_call_seconds_sum");
     let submitted = airlock_daemon::now_ms();
     e.submit_specs(
         "octo/hello",
@@ -180,6 +186,42 @@ async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f6
         .filter_map(|j| j.started_ms)
         .max()
         .unwrap();
+    // Where the time went: the last job airlock heard of, the last create begun, and the passes.
+    let s = |t: i64| (t - submitted) as f64 / 1e3;
+    let heard = e
+        .store()
+        .all_jobs()
+        .unwrap()
+        .iter()
+        .map(|j| j.first_seen_at)
+        .filter(|t| *t >= submitted)
+        .max()
+        .unwrap_or(submitted);
+    let begun = e
+        .store()
+        .all_runners()
+        .unwrap()
+        .iter()
+        .map(|r| r.created_at)
+        .filter(|t| *t >= submitted)
+        .max()
+        .unwrap_or(submitted);
+    let m = e.metrics();
+    let passes = metric(&m, "airlock_reconcile_seconds_count") - passes0;
+    let pass_s = metric(&m, "airlock_reconcile_seconds_sum") - pass_s0;
+    let calls = metric(&m, "airlock_store_call_seconds_count") - calls0;
+    let calls_s = metric(&m, "airlock_store_call_seconds_sum") - calls_s0;
+    println!(
+        "   last job heard of {:.2} s, last create begun {:.2} s, last runner started {:.2} s; {passes} passes meanwhile, {:.1} ms mean",
+        s(heard),
+        s(begun),
+        s(started),
+        pass_s * 1e3 / passes.max(1.0)
+    );
+    println!(
+        "   {calls} store calls meanwhile, {:.2} ms mean (queueing included)",
+        calls_s * 1e3 / calls.max(1.0)
+    );
     e.wait_all_done(Duration::from_secs(600)).await;
     e.shutdown().await;
     (
@@ -190,9 +232,13 @@ async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f6
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
-    if std::env::var_os("AIRLOCK_BENCH_LOG").is_some() {
+    if let Some(level) = std::env::var_os("AIRLOCK_BENCH_LOG") {
         tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
+            .with_max_level(if level == "debug" {
+                tracing::Level::DEBUG
+            } else {
+                tracing::Level::INFO
+            })
             .with_writer(std::io::stderr)
             .init();
     }

@@ -145,10 +145,10 @@ pub async fn vm_backend_with(
         cfg.jailer = vmm_binary("jailer");
         cfg.cloud_hypervisor = vmm_binary("cloud-hypervisor");
     }
-    cfg.logs = Some(airlock_sandbox::LogKeep {
-        dir: root.parent().unwrap().join("logs"),
-        keep: 100,
-    });
+    cfg.logs = Some(airlock_sandbox::LogKeep::new(
+        root.parent().unwrap().join("logs"),
+        100,
+    ));
     MicrovmBackend::probe(cfg, None)
         .await
         .expect("microvm probe")
@@ -222,10 +222,10 @@ pub async fn backend(root: &Path, slot: u8) -> ContainerBackend {
     let mut cfg = ContainerConfig::new(root.to_path_buf());
     cfg.net = Leases::new(cfg.net.dir().to_path_buf(), subnet_for(slot));
     cfg.log_cap = 64 * 1024;
-    cfg.logs = Some(airlock_sandbox::LogKeep {
-        dir: root.parent().unwrap().join("logs"),
-        keep: 100,
-    });
+    cfg.logs = Some(airlock_sandbox::LogKeep::new(
+        root.parent().unwrap().join("logs"),
+        100,
+    ));
     ContainerBackend::probe(cfg, None).await.expect("probe")
 }
 
@@ -296,10 +296,10 @@ pub async fn backend_with(root: &Path, slot: u8, rt: Rt, kvm_probe: Duration) ->
     let mut cfg = ContainerConfig::new(root.to_path_buf());
     cfg.net = Leases::new(cfg.net.dir().to_path_buf(), subnet_for(slot));
     cfg.log_cap = 64 * 1024;
-    cfg.logs = Some(airlock_sandbox::LogKeep {
-        dir: root.parent().unwrap().join("logs"),
-        keep: 100,
-    });
+    cfg.logs = Some(airlock_sandbox::LogKeep::new(
+        root.parent().unwrap().join("logs"),
+        100,
+    ));
     cfg.runtimes = rt.name().into_iter().map(str::to_string).collect();
     cfg.kvm_probe = kvm_probe;
     ContainerBackend::probe(cfg, None).await.expect("probe")
