@@ -79,18 +79,6 @@ pub(crate) fn recover(inner: &Inner) -> Result<(), StoreError> {
 /// event source this loop does not hear from), never the reason anything happens on time.
 pub(crate) const RESYNC: Duration = Duration::from_secs(30);
 
-/// How long a runner that exited cleanly without airlock knowing its job keeps counting as the
-/// runner of one of the jobs that still look queued, even after a poll: a poll settles the jobs it
-/// lists, but the job that runner took may be one airlock has not heard of at all yet (its
-/// `queued` webhook still on the way behind a burst's, its run already finished so no poll lists
-/// it); when that webhook lands, the job looks queued and, without this, gets a spare runner.
-const UNACCOUNTED_GRACE_MS: i64 = 15_000;
-
-/// Exits after this moment count against the queued jobs (see `UNACCOUNTED_GRACE_MS`).
-fn unaccounted_since(last_poll_start: i64, now: i64) -> i64 {
-    last_poll_start.min(now - UNACCOUNTED_GRACE_MS)
-}
-
 /// The shortest gap between two passes, so that even a pass that keeps finding work cannot spin.
 const MIN_GAP: Duration = Duration::from_millis(20);
 
@@ -184,11 +172,7 @@ pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
     }
     let (registrations, draining, since) = {
         let s = inner.shared();
-        (
-            s.registrations.clone(),
-            s.draining,
-            unaccounted_since(s.last_poll_start, now),
-        )
+        (s.registrations.clone(), s.draining, s.last_poll_start)
     };
     // One blocking call for the rest of what the pass reads and records.
     let (open, unaccounted) = inner
@@ -237,17 +221,11 @@ pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
         .collect();
     let stock_ops = plan_stock(now, pools, &stock_views, &creating, draining);
     let at = |t: i64| Instant::now() + Duration::from_millis((t - now).max(0) as u64);
-    // While exits are counted against queued jobs, look again once the grace may have ended.
-    let grace_end = (!unaccounted.is_empty()).then_some(now + UNACCOUNTED_GRACE_MS);
-    let due = [
-        next_due(&input),
-        next_stock_due(pools, &stock_views),
-        grace_end,
-    ]
-    .into_iter()
-    .flatten()
-    .min()
-    .map(at);
+    let due = [next_due(&input), next_stock_due(pools, &stock_views)]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(at);
 
     update_gauges(inner, pools, &jobs, &views);
     // The plan's operations run concurrently, at most `server.max_parallel_ops` at once, and
@@ -515,24 +493,5 @@ fn update_gauges(
                 })
                 .set(n as i64);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_exit_with_an_unknown_job_counts_for_its_grace_even_after_a_poll() {
-        let now = 1_700_000_000_000;
-        // No poll since long ago: every exit since then counts.
-        assert_eq!(unaccounted_since(now - 600_000, now), now - 600_000);
-        // A poll that started just now does not end the grace of an exit a second ago.
-        let since = unaccounted_since(now, now);
-        assert!(now - 1_000 > since, "an exit 1 s ago still counts");
-        assert!(
-            now - UNACCOUNTED_GRACE_MS - 1 < since,
-            "an exit older than the grace, before the last poll, no longer counts"
-        );
     }
 }

@@ -330,7 +330,28 @@ async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f6
         "   {calls} store calls meanwhile, {:.2} ms mean (queueing included)",
         calls_s * 1e3 / calls.max(1.0)
     );
-    e.wait_all_done(Duration::from_secs(600)).await;
+    // Every job completes; a runner made beyond the jobs (see below) idles until the drain.
+    assert!(
+        wait_until(Duration::from_secs(600), || e
+            .sim()
+            .jobs()
+            .iter()
+            .all(|j| j.status == Status::Completed))
+        .await
+    );
+    let made = e
+        .store()
+        .all_runners()
+        .unwrap()
+        .iter()
+        .filter(|r| r.created_at >= submitted)
+        .count();
+    if made > n {
+        println!(
+            "   {made} runners made for {n} jobs: {} beyond them (idle until idle_timeout)",
+            made - n
+        );
+    }
     e.shutdown().await;
     (
         (started - submitted) as f64 / 1e3,

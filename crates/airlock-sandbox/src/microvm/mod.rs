@@ -271,78 +271,39 @@ impl MicrovmBackend {
         vm: &crate::VmImage,
     ) -> Result<(), SandboxError> {
         let id = spec.id.as_str();
-        let dir = self.dir(id);
-        for (what, p) in [
-            ("disk", &vm.disk),
-            ("kernel", &vm.kernel),
-            ("initramfs", &vm.initramfs),
-        ] {
-            if !p.is_file() {
-                return Err(setup(id, what, format!("{} is missing", p.display())));
-            }
-        }
         self.program(vm.driver)
             .map_err(|e| setup(id, "driver", e))?;
-        if vm.driver == VmDriver::Firecracker && !probe::is_elf(&vm.kernel) {
-            return Err(setup(
-                id,
-                "kernel",
-                format!(
-                    "{} is not an ELF vmlinux, and Firecracker loads no bzImage",
-                    vm.kernel.display()
-                ),
-            ));
-        }
-        std::fs::create_dir(&dir).map_err(|source| SandboxError::Create {
-            id: id.into(),
-            path: dir.clone(),
-            source,
-        })?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| setup(id, "chmod", e))?;
-        std::fs::write(dir.join("image"), format!("{}\n", vm.image))
-            .map_err(|e| setup(id, "image", e))?;
-        let key = self.key(id);
-        let index = self
-            .cfg
-            .net
-            .acquire(&key)
-            .map_err(|e| setup(id, "address", e))?;
-        if index >= 65535 {
-            return Err(setup(id, "uid", "more than 65535 VMs on one host"));
-        }
-        let uid = self.cfg.uid_base + index;
-        let link = self.cfg.net.subnet().link(&key, index);
-        // The VMM enters its directory by group; nobody else can.
-        chown(&dir, 0, uid).map_err(|e| setup(id, "chown", e))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710))
-            .map_err(|e| setup(id, "chmod", e))?;
-        let config = dir.join("config.img");
-        write_config_disk(&config, &vec![0; CONFIG_DISK_SIZE], uid)
-            .map_err(|e| setup(id, "config disk", e))?;
-        net::create_tap(&link, &key, uid).map_err(|e| setup(id, "tap", e))?;
-        let limits = VmmLimits {
-            memory_bytes: (vm.memory_mib + VMM_OVERHEAD_MIB) << 20,
-            cpus: vm.cpus as f64,
-            pids: 512,
-        };
-        let cgroups =
-            cgroup::create(&self.cgroup_name(id), limits).map_err(|e| setup(id, "cgroup", e))?;
+        // The host side (files, the address, the tap, the cgroups), on the blocking pool.
+        let (cfg, vm2, id2) = (self.cfg.clone(), vm.clone(), id.to_string());
+        let (dir, key, cgroup) = (self.dir(id), self.key(id), self.cgroup_name(id));
+        let (uid, link, cgroups, config) = crate::blocking(id, move || {
+            prepare_host(&cfg, &vm2, &id2, &dir, &key, &cgroup)
+        })
+        .await?;
         let argv = match vm.driver {
             VmDriver::Qemu => self.qemu_argv(id, vm, uid, &config).await?,
             VmDriver::Firecracker => {
                 let fc = self.fc_spec(id, vm, uid)?;
-                let jail = firecracker::prepare(&fc).map_err(|e| setup(id, "jail", e))?;
-                same_file(&config, &jail.root.join("config.img"))
-                    .map_err(|e| setup(id, "jail", e))?;
-                firecracker::jailer_argv(&fc)
+                let id2 = id.to_string();
+                // Copies into the jail and the scratch disk's mkfs: blocking.
+                crate::blocking(id, move || {
+                    let jail = firecracker::prepare(&fc).map_err(|e| setup(&id2, "jail", e))?;
+                    same_file(&config, &jail.root.join("config.img"))
+                        .map_err(|e| setup(&id2, "jail", e))?;
+                    Ok(firecracker::jailer_argv(&fc))
+                })
+                .await?
             }
             VmDriver::CloudHypervisor => {
                 let ch = self.chv_spec(id, vm, uid)?;
-                chv::prepare(&ch).map_err(|e| setup(id, "VMM directory", e))?;
-                same_file(&config, &ch.dir.join("config.img"))
-                    .map_err(|e| setup(id, "VMM directory", e))?;
-                chv::argv(&ch)
+                let id2 = id.to_string();
+                crate::blocking(id, move || {
+                    chv::prepare(&ch).map_err(|e| setup(&id2, "VMM directory", e))?;
+                    same_file(&config, &ch.dir.join("config.img"))
+                        .map_err(|e| setup(&id2, "VMM directory", e))?;
+                    Ok(chv::argv(&ch))
+                })
+                .await?
             }
         };
         if let Some(a) = argv.iter().find(|a| a.to_string_lossy().contains('\n')) {
@@ -353,13 +314,79 @@ impl MicrovmBackend {
                 format!("a VMM argument holds a line break: {a:?}"),
             ));
         }
-        std::fs::write(
-            dir.join("launch"),
-            launch_record(vm.driver, &cgroups, uid, &link, &argv),
-        )
-        .map_err(|e| setup(id, "launch", e))?;
-        Ok(())
+        let record = launch_record(vm.driver, &cgroups, uid, &link, &argv);
+        let (dir, id2) = (self.dir(id), id.to_string());
+        crate::blocking(id, move || {
+            std::fs::write(dir.join("launch"), record).map_err(|e| setup(&id2, "launch", e))
+        })
+        .await
     }
+}
+
+/// A VM's host side before its VMM is prepared: its directory (with the image's name and the
+/// config disk), its address and uid, its tap and its cgroups. Blocking (files, the lease, the
+/// tap's `ip`, cgroupfs). Returns (uid, link, cgroups, the config disk's path).
+fn prepare_host(
+    cfg: &MicrovmConfig,
+    vm: &crate::VmImage,
+    id: &str,
+    dir: &Path,
+    key: &str,
+    cgroup_name: &str,
+) -> Result<(u32, airlock_net::Link, Vec<PathBuf>, PathBuf), SandboxError> {
+        for (what, p) in [
+            ("disk", &vm.disk),
+            ("kernel", &vm.kernel),
+            ("initramfs", &vm.initramfs),
+        ] {
+            if !p.is_file() {
+                return Err(setup(id, what, format!("{} is missing", p.display())));
+            }
+        }
+        if vm.driver == VmDriver::Firecracker && !probe::is_elf(&vm.kernel) {
+            return Err(setup(
+                id,
+                "kernel",
+                format!(
+                    "{} is not an ELF vmlinux, and Firecracker loads no bzImage",
+                    vm.kernel.display()
+                ),
+            ));
+        }
+        std::fs::create_dir(dir).map_err(|source| SandboxError::Create {
+            id: id.into(),
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| setup(id, "chmod", e))?;
+        std::fs::write(dir.join("image"), format!("{}\n", vm.image))
+            .map_err(|e| setup(id, "image", e))?;
+        let index = cfg
+            .net
+            .acquire(key)
+            .map_err(|e| setup(id, "address", e))?;
+        if index >= 65535 {
+            return Err(setup(id, "uid", "more than 65535 VMs on one host"));
+        }
+        let uid = cfg.uid_base + index;
+        let link = cfg.net.subnet().link(key, index);
+        // The VMM enters its directory by group; nobody else can.
+        chown(dir, 0, uid).map_err(|e| setup(id, "chown", e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
+            .map_err(|e| setup(id, "chmod", e))?;
+        let config = dir.join("config.img");
+        write_config_disk(&config, &vec![0; CONFIG_DISK_SIZE], uid)
+            .map_err(|e| setup(id, "config disk", e))?;
+        net::create_tap(&link, key, uid).map_err(|e| setup(id, "tap", e))?;
+        let limits = VmmLimits {
+            memory_bytes: (vm.memory_mib + VMM_OVERHEAD_MIB) << 20,
+            cpus: vm.cpus as f64,
+            pids: 512,
+        };
+        let cgroups =
+            cgroup::create(cgroup_name, limits).map_err(|e| setup(id, "cgroup", e))?;
+    Ok((uid, link, cgroups, config))
 }
 
 fn chown(p: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
@@ -584,45 +611,49 @@ impl Backend for MicrovmBackend {
     }
 
     async fn list(&self) -> Result<Vec<(String, SandboxStatus)>, SandboxError> {
-        Ok(self
-            .list_ids()
-            .into_iter()
-            .map(|id| {
-                let st =
-                    supervise::reported(&self.watched, &id, &self.dir(&id), vm_status, || true);
-                (id, st)
-            })
-            .collect())
+        // Directories, taps, leases, cgroups and each sandbox's files: on the blocking pool.
+        let (cfg, tag, watched) = (self.cfg.clone(), self.tag.clone(), self.watched.clone());
+        crate::blocking("", move || {
+            Ok(supervise::ids_on_host(&cfg.root, &tag, &cfg.net)
+                .into_iter()
+                .map(|id| {
+                    let st =
+                        supervise::reported(&watched, &id, &cfg.root.join(&id), vm_status, || true);
+                    (id, st)
+                })
+                .collect())
+        })
+        .await
     }
 
     async fn destroy(&self, id: &str) -> Result<(), SandboxError> {
         check_id(id)?;
         let dir = self.dir(id);
         self.watched.remove(id);
-        let fail = |detail: String| SandboxError::Destroy {
-            id: id.into(),
-            detail,
+        let fail = {
+            let id = id.to_string();
+            move |detail: String| SandboxError::Destroy {
+                id: id.clone(),
+                detail,
+            }
         };
-        // 1. The VMM and its supervisor (one process group), then any process left in its cgroup.
-        supervise::kill_group(&dir);
-        let name = self.cgroup_name(id);
-        // 2. The tap, then its lease.
-        let key = self.key(id);
-        net::delete(&net::link_name(&key)).map_err(|e| fail(e.to_string()))?;
-        self.cfg
-            .net
-            .release(&key)
-            .map_err(|e| fail(e.to_string()))?;
-        // 3. The cgroup (its processes killed while the VMM finishes dying), then 4. files: on
-        // the blocking pool.
-        let (logs, id2) = (self.cfg.logs.clone(), id.to_string());
+        // All of it on the blocking pool: signals, `ip`, the lease file, cgroupfs, files.
+        let (cfg, name, key, id2) = (
+            self.cfg.clone(),
+            self.cgroup_name(id),
+            self.key(id),
+            id.to_string(),
+        );
         crate::blocking(id, move || {
-            supervise::remove_cgroup_and_dir(&name, 100, true, &dir, logs.as_ref(), &id2).map_err(
-                |detail| SandboxError::Destroy {
-                    id: id2.clone(),
-                    detail,
-                },
-            )
+            // 1. The VMM and its supervisor (one process group), then any process left in its
+            // cgroup.
+            supervise::kill_group(&dir);
+            // 2. The tap, then its lease.
+            net::delete(&net::link_name(&key)).map_err(|e| fail(e.to_string()))?;
+            cfg.net.release(&key).map_err(|e| fail(e.to_string()))?;
+            // 3. The cgroup (its processes killed while the VMM finishes dying), then 4. files.
+            supervise::remove_cgroup_and_dir(&name, 100, true, &dir, cfg.logs.as_ref(), &id2)
+                .map_err(fail)
         })
         .await
     }
