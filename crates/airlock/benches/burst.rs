@@ -15,6 +15,7 @@
 //! Sizes: AIRLOCK_BENCH_BURST (default 500 jobs), AIRLOCK_BENCH_LATENCY_MS (100),
 //! AIRLOCK_BENCH_WRITE_INTERVAL (default: airlock's, 340ms), AIRLOCK_BENCH_PACED=0 to skip 1,
 //! AIRLOCK_BENCH_STOCK=0 to skip 2, AIRLOCK_BENCH_LOG=1 (or debug) for the daemon's log,
+//! AIRLOCK_BENCH_CONTAINER=1 (as root) runs (1) on the container backend too,
 //! AIRLOCK_BENCH_WEBHOOK_CONCURRENCY (default 1: ghsim delivers
 //! webhooks one after another; GitHub delivers many at once).
 
@@ -190,6 +191,83 @@ async fn runner_floor(n: usize, parallel: usize, latency: u64) -> (f64, f64) {
     }
     sim.shutdown().await;
     (started, taken)
+}
+
+/// The burst of (1) on the container backend (as root, with the e2e image): `n` container
+/// sandboxes as the host holds them (`max_runners = n`; a pool smaller than the burst queues the
+/// rest), each job's runner in its own container, GitHub's writes paced as configured. Returns
+/// (seconds to the last runner started, seconds to the last job taken).
+async fn container_burst(n: usize, latency: u64, interval: &str) -> (f64, f64) {
+    let pools = common::vm::container_pool(
+        "box",
+        "box",
+        &format!("max_runners = {n}\npids_max = 64\ncpus = 0.5"),
+    );
+    let mut v = common::vm::vm_env_unstarted(8, "", &pools).await;
+    v.env.config = v.env.config.replace(
+        "poll_interval = \"5s\"",
+        &format!("poll_interval = \"30s\"\nwrite_interval = \"{interval}\""),
+    );
+    v.env.start_daemon().await;
+    let port = v.env.daemon().addr.port();
+    v.env
+        .sim()
+        .set_webhook_url(Some(format!("http://127.0.0.1:{port}/webhook")));
+    v.env.sim().set_faults(Faults {
+        latency_ms: latency,
+        ..Default::default()
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let submitted = airlock_daemon::now_ms();
+    v.env.submit_specs(
+        "octo/hello",
+        (0..n)
+            .map(|i| common::vm::job(&format!("c{i}"), "box", &["true"]))
+            .collect(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(3600), || v
+            .env
+            .sim()
+            .jobs()
+            .iter()
+            .all(|j| j.status != Status::Queued))
+        .await
+    );
+    let started = v
+        .env
+        .store()
+        .all_runners()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.started_at)
+        .filter(|t| *t >= submitted)
+        .max()
+        .unwrap();
+    let taken = v
+        .env
+        .sim()
+        .jobs()
+        .iter()
+        .filter_map(|j| j.started_ms)
+        .max()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(600), || v
+            .env
+            .sim()
+            .jobs()
+            .iter()
+            .all(|j| j.status == Status::Completed))
+        .await
+    );
+    v.drain().await;
+    let left = v.remnants();
+    assert!(left.is_empty(), "{left:?}");
+    (
+        (started - submitted) as f64 / 1e3,
+        (taken - submitted) as f64 / 1e3,
+    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -398,6 +476,31 @@ async fn main() {
         let (started, taken) = burst(n, latency, &interval, 0).await;
         println!(
             "airlock, no stock: every runner started {started:.1} s after the burst ({:.2}x the floor); every job taken {taken:.1} s ({:.2}x)",
+            started / floor,
+            taken / floor
+        );
+    }
+
+    if env_n("AIRLOCK_BENCH_CONTAINER", 0) == 1 {
+        let sim = airlock_ghsim::Sim::start(
+            SimConfig {
+                tokens: vec![TOKEN.into()],
+                ..Default::default()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        sim.sim.set_faults(Faults {
+            latency_ms: latency,
+            ..Default::default()
+        });
+        let floor = jit_floor(&sim.url, n, interval_d).await;
+        sim.shutdown().await;
+        println!("floor: {n} JIT requests one after another: {floor:.1} s");
+        let (started, taken) = container_burst(n, latency, &interval).await;
+        println!(
+            "airlock, container backend, no stock: every runner started {started:.1} s after the burst ({:.2}x the floor); every job taken {taken:.1} s ({:.2}x)",
             started / floor,
             taken / floor
         );

@@ -334,58 +334,54 @@ fn prepare_host(
     key: &str,
     cgroup_name: &str,
 ) -> Result<(u32, airlock_net::Link, Vec<PathBuf>, PathBuf), SandboxError> {
-        for (what, p) in [
-            ("disk", &vm.disk),
-            ("kernel", &vm.kernel),
-            ("initramfs", &vm.initramfs),
-        ] {
-            if !p.is_file() {
-                return Err(setup(id, what, format!("{} is missing", p.display())));
-            }
+    for (what, p) in [
+        ("disk", &vm.disk),
+        ("kernel", &vm.kernel),
+        ("initramfs", &vm.initramfs),
+    ] {
+        if !p.is_file() {
+            return Err(setup(id, what, format!("{} is missing", p.display())));
         }
-        if vm.driver == VmDriver::Firecracker && !probe::is_elf(&vm.kernel) {
-            return Err(setup(
-                id,
-                "kernel",
-                format!(
-                    "{} is not an ELF vmlinux, and Firecracker loads no bzImage",
-                    vm.kernel.display()
-                ),
-            ));
-        }
-        std::fs::create_dir(dir).map_err(|source| SandboxError::Create {
-            id: id.into(),
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| setup(id, "chmod", e))?;
-        std::fs::write(dir.join("image"), format!("{}\n", vm.image))
-            .map_err(|e| setup(id, "image", e))?;
-        let index = cfg
-            .net
-            .acquire(key)
-            .map_err(|e| setup(id, "address", e))?;
-        if index >= 65535 {
-            return Err(setup(id, "uid", "more than 65535 VMs on one host"));
-        }
-        let uid = cfg.uid_base + index;
-        let link = cfg.net.subnet().link(key, index);
-        // The VMM enters its directory by group; nobody else can.
-        chown(dir, 0, uid).map_err(|e| setup(id, "chown", e))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
-            .map_err(|e| setup(id, "chmod", e))?;
-        let config = dir.join("config.img");
-        write_config_disk(&config, &vec![0; CONFIG_DISK_SIZE], uid)
-            .map_err(|e| setup(id, "config disk", e))?;
-        net::create_tap(&link, key, uid).map_err(|e| setup(id, "tap", e))?;
-        let limits = VmmLimits {
-            memory_bytes: (vm.memory_mib + VMM_OVERHEAD_MIB) << 20,
-            cpus: vm.cpus as f64,
-            pids: 512,
-        };
-        let cgroups =
-            cgroup::create(cgroup_name, limits).map_err(|e| setup(id, "cgroup", e))?;
+    }
+    if vm.driver == VmDriver::Firecracker && !probe::is_elf(&vm.kernel) {
+        return Err(setup(
+            id,
+            "kernel",
+            format!(
+                "{} is not an ELF vmlinux, and Firecracker loads no bzImage",
+                vm.kernel.display()
+            ),
+        ));
+    }
+    std::fs::create_dir(dir).map_err(|source| SandboxError::Create {
+        id: id.into(),
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| setup(id, "chmod", e))?;
+    std::fs::write(dir.join("image"), format!("{}\n", vm.image))
+        .map_err(|e| setup(id, "image", e))?;
+    let index = cfg.net.acquire(key).map_err(|e| setup(id, "address", e))?;
+    if index >= 65535 {
+        return Err(setup(id, "uid", "more than 65535 VMs on one host"));
+    }
+    let uid = cfg.uid_base + index;
+    let link = cfg.net.subnet().link(key, index);
+    // The VMM enters its directory by group; nobody else can.
+    chown(dir, 0, uid).map_err(|e| setup(id, "chown", e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
+        .map_err(|e| setup(id, "chmod", e))?;
+    let config = dir.join("config.img");
+    write_config_disk(&config, &vec![0; CONFIG_DISK_SIZE], uid)
+        .map_err(|e| setup(id, "config disk", e))?;
+    net::create_tap(&link, key, uid).map_err(|e| setup(id, "tap", e))?;
+    let limits = VmmLimits {
+        memory_bytes: (vm.memory_mib + VMM_OVERHEAD_MIB) << 20,
+        cpus: vm.cpus as f64,
+        pids: 512,
+    };
+    let cgroups = cgroup::create(cgroup_name, limits).map_err(|e| setup(id, "cgroup", e))?;
     Ok((uid, link, cgroups, config))
 }
 
