@@ -4,7 +4,8 @@
 //! - `lease`: which /30 each sandbox holds, as files under one directory for every backend;
 //! - `links`: the veth pairs of containers and the taps of VMs, named and aliased by owner;
 //! - `rules`: the one nftables table;
-//! - `tap`: a descriptor of a VM's tap for its unprivileged VMM;
+//! - `tap`: making a VM's tap, and a descriptor of it for its unprivileged VMM;
+//! - `netlink`: link changes over rtnetlink from synchronous code;
 //! - `outside`: a namespace standing in for the internet (demo and tests only).
 //!
 //! This crate must never know what a sandbox is beyond its owner key and its link: no backend,
@@ -12,6 +13,7 @@
 
 pub mod lease;
 pub mod links;
+mod netlink;
 pub mod outside;
 pub mod rules;
 pub mod subnet;

@@ -6,24 +6,15 @@
 //!
 //! Nothing here decides addresses (see `lease`) or filters packets (see `rules`).
 
+use crate::{Link, NetError, LINK_PREFIX};
 use std::path::Path;
-use std::process::Command;
 
-use crate::{run, Link, NetError, LINK_PREFIX};
-
-/// Deletes a host link (and so its peer); succeeds if it is gone.
+/// Deletes a host link (and so its peer); succeeds if it is gone. Over netlink: no process.
 pub fn delete(host_if: &str) -> Result<(), NetError> {
     if !Path::new("/sys/class/net").join(host_if).exists() {
         return Ok(());
     }
-    match run(
-        &format!("deleting link {host_if}"),
-        Command::new("ip").args(["link", "del", host_if]),
-        None,
-    ) {
-        Err(_) if !Path::new("/sys/class/net").join(host_if).exists() => Ok(()),
-        r => r,
-    }
+    crate::netlink::delete_link(host_if)
 }
 
 /// The network hook's argv (`airlock-nethook`, which see). `alias` names the owner and sandbox,
@@ -67,38 +58,13 @@ pub fn list() -> Vec<(String, String)> {
 }
 
 /// Makes a VM's tap on the host: owned by `uid` (the unprivileged VMM opens it), aliased with its
-/// owner key, the host end addressed with IPv6 off, and up. A tap left by an earlier sandbox of
-/// the same key (a crash) is replaced. The guest configures its own end (`link.sandbox_ip`).
+/// owner key, the host end addressed with IPv6 off, and up, with `ioctl`s and netlink (no
+/// process). A tap left by an earlier sandbox of the same key (a crash) is replaced. The guest
+/// configures its own end (`link.sandbox_ip`).
 pub fn create_tap(link: &Link, alias: &str, uid: u32) -> Result<(), NetError> {
     delete(&link.host_if)?;
-    let batch = format!(
-        "tuntap add dev {h} mode tap user {uid} group {uid}\nlink set {h} alias {alias}\n",
-        h = link.host_if
-    );
-    run(
-        &format!("creating tap {}", link.host_if),
-        Command::new("ip").args(["-batch", "-"]),
-        Some(&batch),
-    )?;
-    let made = std::fs::write(
-        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", link.host_if),
-        "1",
-    )
-    .map_err(|e| NetError::Command {
-        what: format!("turning IPv6 off on {}", link.host_if),
-        detail: e.to_string(),
-    })
-    .and_then(|_| {
-        run(
-            &format!("addressing tap {}", link.host_if),
-            Command::new("ip").args(["-batch", "-"]),
-            Some(&format!(
-                "addr add {}/30 dev {h}\nlink set {h} up\n",
-                link.host_ip,
-                h = link.host_if
-            )),
-        )
-    });
+    crate::tap::make_persistent_tap(&link.host_if, uid)?;
+    let made = crate::netlink::alias_address_up(&link.host_if, alias, link.host_ip, 30);
     if made.is_err() {
         let _ = delete(&link.host_if);
     }
