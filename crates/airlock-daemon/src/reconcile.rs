@@ -229,21 +229,11 @@ pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
 
     update_gauges(inner, pools, &jobs, &views);
     // The plan's operations run concurrently, at most `server.max_parallel_ops` at once, and
-    // never two on one object (a runner, a registration, a sandbox): the plan names each object
-    // once, and a pass ends only when all of its operations have, so no two passes overlap.
+    // never two on one object (a runner, a registration, a sandbox): `schedule` keeps one per
+    // object, and a pass ends only when all of its operations have, so no two passes overlap.
     // GitHub's writes stay serialized in the client; a JIT request overlaps other runners'
-    // sandbox work.
-    let mut seen = std::collections::HashSet::new();
-    let mut ops: Vec<Op> = ops
-        .into_iter()
-        .filter(|op| match op_object(op) {
-            Some(key) => seen.insert(key),
-            None => true,
-        })
-        .collect();
-    // Stops and reaps take the first slots: a burst of creates never holds them back; the
-    // stock's requests come last, after the pass's demand.
-    ops.sort_by_key(|op| matches!(op, Op::Create { .. }));
+    // sandbox work. The stock's requests run beside, on names no runner has (its reserved ones).
+    let ops = schedule(ops);
     let creates = ops
         .iter()
         .filter(|op| matches!(op, Op::Create { .. }))
@@ -341,7 +331,7 @@ fn start_stock_op(inner: &Arc<Inner>, op: StockOp) {
             };
             let inner = inner.clone();
             tokio::spawn(async move {
-                if let Err(e) = crate::stock::delete(&inner, &st, "stock").await {
+                if let Err(e) = crate::stock::delete(&inner, &pool, &st, "stock").await {
                     count_error(&inner, "stock_drop", &e);
                 }
                 inner.wake.notify_one();
@@ -379,6 +369,21 @@ fn github_wait(inner: &Inner, e: &OpError) -> Option<Duration> {
         },
         _ => None,
     }
+}
+
+/// The order a pass runs its plan in: one operation per object (the first the plan names), and
+/// stops and reaps before creates, so that a burst of creates never holds them back.
+fn schedule(ops: Vec<Op>) -> Vec<Op> {
+    let mut seen = HashSet::new();
+    let mut ops: Vec<Op> = ops
+        .into_iter()
+        .filter(|op| match op_object(op) {
+            Some(key) => seen.insert(key),
+            None => true,
+        })
+        .collect();
+    ops.sort_by_key(|op| matches!(op, Op::Create { .. }));
+    ops
 }
 
 /// The object an operation acts on, for the one-operation-per-object rule (`None`: a create,
@@ -493,5 +498,43 @@ fn update_gauges(
                 })
                 .set(n as i64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_core::StopReason;
+
+    #[test]
+    fn a_pass_runs_one_operation_per_object_and_stops_before_creates() {
+        let create = || Op::Create { pool: "p".into() };
+        let stop = |r: &str, reason| Op::Stop {
+            runner: r.into(),
+            reason,
+        };
+        let reap = |id: &str| Op::DestroySandbox { id: id.into() };
+        let got = schedule(vec![
+            create(),
+            stop("a", StopReason::Exited),
+            create(),
+            stop("a", StopReason::IdleTimeout),
+            reap("s1"),
+            stop("b", StopReason::JobTimeout),
+            reap("s1"),
+            create(),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                stop("a", StopReason::Exited),
+                reap("s1"),
+                stop("b", StopReason::JobTimeout),
+                create(),
+                create(),
+                create(),
+            ],
+            "each object once (its first operation), in the plan's order, creates last and all kept"
+        );
     }
 }

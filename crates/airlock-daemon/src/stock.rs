@@ -39,6 +39,9 @@ pub(crate) struct PoolStock {
     /// Names whose JIT request is in flight (reserved before it is sent, so a poll that lists the
     /// new registration first never takes it for an orphan).
     pub pending: HashSet<String>,
+    /// Names whose registration is being deleted (out of the stock, but still reserved until the
+    /// delete ends, so the orphan reaper never deletes it at the same time).
+    pub deleting: HashSet<String>,
 }
 
 /// What the planner needs to see of the stock.
@@ -66,6 +69,7 @@ pub(crate) fn reserved(s: &Shared) -> HashSet<String> {
                 .iter()
                 .map(|x| x.name.clone())
                 .chain(st.pending.iter().cloned())
+                .chain(st.deleting.iter().cloned())
         })
         .collect()
 }
@@ -170,21 +174,36 @@ pub(crate) fn unstock(inner: &Inner, pool: &str, name: &str) -> Option<Stocked> 
         let st = s.stock.get_mut(pool)?;
         let i = st.ready.iter().position(|x| x.name == name)?;
         let taken = st.ready.swap_remove(i);
-        let n = st.ready.len();
-        if st.ready.is_empty() && st.pending.is_empty() {
-            s.stock.remove(pool);
-        }
-        (taken, n)
+        st.deleting.insert(taken.name.clone());
+        (taken, st.ready.len())
     };
     set_gauge(inner, pool, n);
     Some(taken)
 }
 
-/// Deletes the registration of a config `unstock` took (`why`: too old, beyond the target,
-/// draining, pool gone).
-pub(crate) async fn delete(inner: &Inner, st: &Stocked, why: &str) -> Result<(), OpError> {
+/// The end of a delete `unstock` began: the name is no longer reserved.
+fn deleted(inner: &Inner, pool: &str, name: &str) {
+    let mut s = inner.shared();
+    if let Some(st) = s.stock.get_mut(pool) {
+        st.deleting.remove(name);
+        if st.ready.is_empty() && st.pending.is_empty() && st.deleting.is_empty() {
+            s.stock.remove(pool);
+        }
+    }
+}
+
+/// Deletes the registration of a config `unstock` took from `pool` (`why`: too old, beyond the
+/// target, draining, pool gone).
+pub(crate) async fn delete(
+    inner: &Inner,
+    pool: &str,
+    st: &Stocked,
+    why: &str,
+) -> Result<(), OpError> {
     tracing::debug!(runner = %st.name, why, "deleting a stocked JIT registration");
-    match inner.github.delete_runner(&st.scope, st.github_id).await {
+    let r = inner.github.delete_runner(&st.scope, st.github_id).await;
+    deleted(inner, pool, &st.name);
+    match r {
         Ok(()) | Err(GitHubError::NotFound { .. }) => Ok(()),
         Err(e) => Err(e.into()),
     }
@@ -203,8 +222,34 @@ pub(crate) async fn drop_all(inner: &Inner) {
         let Some(st) = unstock(inner, &pool, &name) else {
             continue;
         };
-        if let Err(e) = delete(inner, &st, "shutdown").await {
+        if let Err(e) = delete(inner, &pool, &st, "shutdown").await {
             tracing::warn!(runner = %name, error = %e, "cannot delete a stocked JIT registration; it is reaped at the next start");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_stays_reserved_while_its_request_or_delete_is_in_flight() {
+        let mut s = Shared::default();
+        let st = s.stock.entry("p".into()).or_default();
+        st.ready.push(Stocked {
+            name: "ready".into(),
+            scope: airlock_core::Scope::parse("repo:o/r").unwrap(),
+            github_id: 1,
+            encoded: Secret::new("x".into()),
+            made: 0,
+        });
+        st.pending.insert("asking".into());
+        st.deleting.insert("deleting".into());
+        let mut r: Vec<String> = reserved(&s).into_iter().collect();
+        r.sort();
+        assert_eq!(r, ["asking", "deleting", "ready"]);
+        // Only what is ready or asked for is stock the planner counts.
+        let v = &views(&s)["p"];
+        assert_eq!((v.ready.len(), v.pending), (1, 1));
     }
 }
