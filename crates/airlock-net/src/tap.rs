@@ -28,8 +28,17 @@ struct IfReq {
 /// A descriptor attached to the existing tap `name` (see `links::create_tap`), as a VMM wants it:
 /// no packet information header, with virtio-net headers.
 pub fn open_tap(name: &str) -> Result<OwnedFd, NetError> {
+    attach(
+        name,
+        IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+        &format!("attaching to tap {name}"),
+    )
+}
+
+/// `/dev/net/tun` attached (TUNSETIFF) to the tap `name` with `flags`, made if it does not exist.
+fn attach(name: &str, flags: i16, what: &str) -> Result<OwnedFd, NetError> {
     let err = |detail: String| NetError::Command {
-        what: format!("attaching to tap {name}"),
+        what: what.to_string(),
         detail,
     };
     if name.is_empty() || name.len() > 15 || name.contains('\0') {
@@ -42,7 +51,7 @@ pub fn open_tap(name: &str) -> Result<OwnedFd, NetError> {
         .map_err(|e| err(format!("opening /dev/net/tun: {e}")))?;
     let mut req = IfReq {
         name: [0; 16],
-        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+        flags,
         _pad: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -62,42 +71,20 @@ pub fn open_tap(name: &str) -> Result<OwnedFd, NetError> {
 /// the process): no packet information header, owned by `uid` and group `uid`, persistent, so it
 /// outlives this descriptor until it is deleted.
 pub fn make_persistent_tap(name: &str, uid: u32) -> Result<(), NetError> {
-    let err = |detail: String| NetError::Command {
-        what: format!("creating tap {name}"),
-        detail,
-    };
-    if name.is_empty() || name.len() > 15 || name.contains('\0') {
-        return Err(err("not an interface name".into()));
-    }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .map_err(|e| err(format!("opening /dev/net/tun: {e}")))?;
-    let mut req = IfReq {
-        name: [0; 16],
-        flags: IFF_TAP | IFF_NO_PI,
-        _pad: [0; 22],
-    };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
-    let fd = f.as_raw_fd();
-    // SAFETY: as in `open_tap`: TUNSETIFF reads and writes one `struct ifreq`; the descriptor is
-    // open and ours.
-    if unsafe { nix::libc::ioctl(fd, TUNSETIFF as _, &mut req as *mut IfReq) } < 0 {
-        return Err(err(format!(
-            "TUNSETIFF: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    for (what, request, arg) in [
+    let what = format!("creating tap {name}");
+    let fd = attach(name, IFF_TAP | IFF_NO_PI, &what)?;
+    for (call, request, arg) in [
         ("TUNSETOWNER", TUNSETOWNER, uid as nix::libc::c_ulong),
         ("TUNSETGROUP", TUNSETGROUP, uid as nix::libc::c_ulong),
         ("TUNSETPERSIST", TUNSETPERSIST, 1),
     ] {
         // SAFETY: these take an integer argument, not a pointer; the descriptor is attached to
-        // the tap by TUNSETIFF above.
-        if unsafe { nix::libc::ioctl(fd, request as _, arg) } < 0 {
-            return Err(err(format!("{what}: {}", std::io::Error::last_os_error())));
+        // the tap by TUNSETIFF.
+        if unsafe { nix::libc::ioctl(fd.as_raw_fd(), request as _, arg) } < 0 {
+            return Err(NetError::Command {
+                what,
+                detail: format!("{call}: {}", std::io::Error::last_os_error()),
+            });
         }
     }
     Ok(())

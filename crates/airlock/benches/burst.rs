@@ -36,10 +36,24 @@ fn env_n(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The floor of (1): `n` JIT requests in a row through airlock's own client, paced as configured.
-async fn jit_floor(url: &str, n: usize, interval: Duration) -> f64 {
+/// The floor of (1): `n` JIT requests in a row through airlock's own client, paced as configured,
+/// against a ghsim of its own with `latency` added to every response.
+async fn jit_floor(n: usize, latency: u64, interval: Duration) -> f64 {
+    let sim = airlock_ghsim::Sim::start(
+        SimConfig {
+            tokens: vec![TOKEN.into()],
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    sim.sim.set_faults(Faults {
+        latency_ms: latency,
+        ..Default::default()
+    });
     let c = airlock_github::Client::new(
-        url,
+        &sim.url,
         airlock_github::Credentials::Token(TOKEN.into()),
         airlock_github::ClientOptions {
             write_interval: interval,
@@ -64,6 +78,7 @@ async fn jit_floor(url: &str, n: usize, interval: Duration) -> f64 {
     {
         let _ = c.delete_runner(&scope, id).await;
     }
+    sim.shutdown().await;
     took
 }
 
@@ -457,21 +472,7 @@ async fn main() {
     println!("== burst of {n} jobs, {latency} ms added to every GitHub response, writes {interval} apart");
 
     if env_n("AIRLOCK_BENCH_PACED", 1) == 1 {
-        let sim = airlock_ghsim::Sim::start(
-            SimConfig {
-                tokens: vec![TOKEN.into()],
-                ..Default::default()
-            },
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .unwrap();
-        sim.sim.set_faults(Faults {
-            latency_ms: latency,
-            ..Default::default()
-        });
-        let floor = jit_floor(&sim.url, n, interval_d).await;
-        sim.shutdown().await;
+        let floor = jit_floor(n, latency, interval_d).await;
         println!("floor: {n} JIT requests one after another: {floor:.1} s");
         let (started, taken) = burst(n, latency, &interval, 0).await;
         println!(
@@ -482,21 +483,7 @@ async fn main() {
     }
 
     if env_n("AIRLOCK_BENCH_CONTAINER", 0) == 1 {
-        let sim = airlock_ghsim::Sim::start(
-            SimConfig {
-                tokens: vec![TOKEN.into()],
-                ..Default::default()
-            },
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .unwrap();
-        sim.sim.set_faults(Faults {
-            latency_ms: latency,
-            ..Default::default()
-        });
-        let floor = jit_floor(&sim.url, n, interval_d).await;
-        sim.shutdown().await;
+        let floor = jit_floor(n, latency, interval_d).await;
         println!("floor: {n} JIT requests one after another: {floor:.1} s");
         let (started, taken) = container_burst(n, latency, &interval).await;
         println!(
