@@ -212,6 +212,25 @@ pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
         draining,
     };
     let ops = plan(&input);
+    if tracing::enabled!(tracing::Level::DEBUG)
+        && ops.iter().any(|o| matches!(o, Op::Create { .. }))
+    {
+        // What the creates were planned from (a create beyond demand is found from this).
+        let demand = airlock_core::planner::demand(&jobs, pools);
+        let mut seen: std::collections::BTreeMap<String, u32> = Default::default();
+        for r in &views {
+            *seen
+                .entry(format!(
+                    "{}/{}/{}/{}",
+                    r.state,
+                    if r.exited { "exited" } else { "up" },
+                    r.exit_code.map_or("-".into(), |c| c.to_string()),
+                    if r.job_known { "job" } else { "nojob" }
+                ))
+                .or_default() += 1;
+        }
+        tracing::debug!(?demand, ?unaccounted, runners = ?seen, "planning creates");
+    }
     let creating: HashSet<&str> = ops
         .iter()
         .filter_map(|op| match op {

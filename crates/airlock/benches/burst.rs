@@ -14,7 +14,8 @@
 //!
 //! Sizes: AIRLOCK_BENCH_BURST (default 500 jobs), AIRLOCK_BENCH_LATENCY_MS (100),
 //! AIRLOCK_BENCH_WRITE_INTERVAL (default: airlock's, 340ms), AIRLOCK_BENCH_PACED=0 to skip 1,
-//! AIRLOCK_BENCH_STOCK=0 to skip 2, AIRLOCK_BENCH_LOG=1 (or debug) for the daemon's log,
+//! AIRLOCK_BENCH_STOCK=0 to skip 2, AIRLOCK_BENCH_LOG=1 (or a filter such as
+//! `airlock_daemon::reconcile=debug`) for the daemon's log,
 //! AIRLOCK_BENCH_CONTAINER=1 (as root) runs (1) on the container backend too,
 //! AIRLOCK_BENCH_WEBHOOK_CONCURRENCY (default 1: ghsim delivers
 //! webhooks one after another; GitHub delivers many at once).
@@ -454,13 +455,11 @@ async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f6
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
-    if let Some(level) = std::env::var_os("AIRLOCK_BENCH_LOG") {
+    if let Ok(filter) = std::env::var("AIRLOCK_BENCH_LOG") {
+        // "1": the daemon's log at info; anything else is a filter (`airlock_daemon=debug`).
+        let filter = if filter == "1" { "info".into() } else { filter };
         tracing_subscriber::fmt()
-            .with_max_level(if level == "debug" {
-                tracing::Level::DEBUG
-            } else {
-                tracing::Level::INFO
-            })
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_writer(std::io::stderr)
             .init();
     }

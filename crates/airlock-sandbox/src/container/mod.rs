@@ -207,12 +207,11 @@ impl ContainerBackend {
                 }
             }
         }
-        for tool in ["ip", "nft", "nsenter"] {
-            if find_in_path(tool).is_none() {
-                return Err(probe_err(format!(
-                    "{tool} is not installed (apt-get install iproute2 nftables util-linux)"
-                )));
-            }
+        // Links are made and deleted over netlink; the host's rules are loaded with `nft`.
+        if find_in_path("nft").is_none() {
+            return Err(probe_err(
+                "nft is not installed (apt-get install nftables)".into(),
+            ));
         }
         let candidates: Vec<String> = match &cfg.runtime {
             Some(r) => vec![r.clone()],
