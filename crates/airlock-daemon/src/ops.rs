@@ -260,6 +260,7 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
             }
         }
         let mut took_unknown_job = false;
+        let mut exit = None;
         if reason == StopReason::Exited {
             let code = match inner
                 .backend
@@ -271,11 +272,7 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
                 _ => None,
             };
             took_unknown_job = code == Some(0) && r.job_id.is_none();
-            let n = r.name.clone();
-            inner
-                .store
-                .call(move |s| s.set_runner_exit(&n, code, took_unknown_job, now))
-                .await?;
+            exit = Some(code);
             tracing::info!(exit = ?code, "runner exited");
             if r.state == RunnerState::Starting && code != Some(0) {
                 // Its sandbox died before the runner came online (a guest that cannot mount its
@@ -292,10 +289,16 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
                 inner.poll_now.notify_one();
             }
         }
+        // How it ended (if it did) and the move to stopping: one call to the store.
         let n = r.name.clone();
         inner
             .store
-            .call(move |s| s.runner_transition(&n, RunnerState::Stopping, now, Some(reason.as_str())))
+            .call(move |s| {
+                if let Some(code) = exit {
+                    s.set_runner_exit(&n, code, took_unknown_job, now)?;
+                }
+                s.runner_transition(&n, RunnerState::Stopping, now, Some(reason.as_str()))
+            })
             .await?;
         inner
             .metrics
@@ -324,30 +327,39 @@ async fn teardown(inner: &Inner, r: &RunnerRecord, deregister: bool) -> Result<(
         .await?;
     let now = now_ms();
     let id = r.sandbox_id.clone();
-    match inner
-        .store
-        .call(move |s| s.sandbox_transition(&id, SandboxState::Destroyed, None, now))
-        .await
-    {
-        Ok(_) | Err(StoreError::Missing { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
-    if deregister {
-        if let (Some(id), Some(scope)) = (r.github_id, scope_of(r)) {
-            match inner.github.delete_runner(&scope, id).await {
-                Ok(()) => {}
-                // Still running a job at GitHub though its sandbox is gone: GitHub will fail the
-                // job and drop the registration itself; the orphan reaper removes it otherwise.
-                Err(GitHubError::Unprocessable { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    let n = r.name.clone();
+    let registered = deregister.then(|| r.github_id.zip(scope_of(r))).flatten();
+    // Without a registration to delete in between, the sandbox's end and the runner's are one
+    // call to the store.
+    let gone_too = registered.is_none().then(|| r.name.clone());
     inner
         .store
-        .call(move |s| s.runner_transition(&n, RunnerState::Gone, now_ms(), None))
+        .call(move |s| {
+            match s.sandbox_transition(&id, SandboxState::Destroyed, None, now) {
+                Ok(_) | Err(StoreError::Missing { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            match gone_too {
+                Some(n) => s
+                    .runner_transition(&n, RunnerState::Gone, now, None)
+                    .map(|_| ()),
+                None => Ok(()),
+            }
+        })
         .await?;
+    if let Some((id, scope)) = registered {
+        match inner.github.delete_runner(&scope, id).await {
+            Ok(()) => {}
+            // Still running a job at GitHub though its sandbox is gone: GitHub will fail the
+            // job and drop the registration itself; the orphan reaper removes it otherwise.
+            Err(GitHubError::Unprocessable { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let n = r.name.clone();
+        inner
+            .store
+            .call(move |s| s.runner_transition(&n, RunnerState::Gone, now_ms(), None))
+            .await?;
+    }
     // The last poll's list may still show its registration; it is not an orphan until a poll
     // made after this moment lists it again.
     if let Some(id) = r.github_id {
