@@ -363,16 +363,17 @@ async fn kvm_only_drivers_are_refused_with_the_reason_while_other_pools_run() {
             "{reason}"
         );
         assert!(reason.contains("use driver = \"qemu\""), "{reason}");
-        let m = v.env.metrics();
-        assert_eq!(
-            metric(
-                &m,
-                &format!(
-                    "airlock_pool_info{{pool=\"{pool}\",backend=\"microvm\",accel=\"refused\"}}"
-                )
-            ),
-            1.0,
-            "{m}"
+        // The gauge follows at the pass the probe's end wakes.
+        let series =
+            format!("airlock_pool_info{{pool=\"{pool}\",backend=\"microvm\",accel=\"refused\"}}");
+        assert!(
+            wait_until(Duration::from_secs(10), || metric(
+                &v.env.metrics(),
+                &series
+            ) == 1.0)
+            .await,
+            "{}",
+            v.env.metrics()
         );
     }
     // The container job runs; the Firecracker job waits for a pool that can serve it.
