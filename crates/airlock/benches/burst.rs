@@ -241,33 +241,7 @@ async fn container_burst(n: usize, latency: u64, interval: &str) -> (f64, f64) {
             .map(|i| common::vm::job(&format!("c{i}"), "box", &["true"]))
             .collect(),
     );
-    assert!(
-        wait_until(Duration::from_secs(3600), || v
-            .env
-            .sim()
-            .jobs()
-            .iter()
-            .all(|j| j.status != Status::Queued))
-        .await
-    );
-    let started = v
-        .env
-        .store()
-        .all_runners()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r.started_at)
-        .filter(|t| *t >= submitted)
-        .max()
-        .unwrap();
-    let taken = v
-        .env
-        .sim()
-        .jobs()
-        .iter()
-        .filter_map(|j| j.started_ms)
-        .max()
-        .unwrap();
+    let (started, taken) = wait_taken(&v.env, submitted).await;
     assert!(
         wait_until(Duration::from_secs(600), || v
             .env
@@ -284,6 +258,36 @@ async fn container_burst(n: usize, latency: u64, interval: &str) -> (f64, f64) {
         (started - submitted) as f64 / 1e3,
         (taken - submitted) as f64 / 1e3,
     )
+}
+
+/// Waits until ghsim has no queued job, then returns (Unix ms) when the last runner made since
+/// `submitted` started, as the store records it, and when the last job was taken, as ghsim does.
+async fn wait_taken(e: &Env, submitted: i64) -> (i64, i64) {
+    assert!(
+        wait_until(Duration::from_secs(3600), || e
+            .sim()
+            .jobs()
+            .iter()
+            .all(|j| j.status != Status::Queued))
+        .await
+    );
+    let started = e
+        .store()
+        .all_runners()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.started_at)
+        .filter(|t| *t >= submitted)
+        .max()
+        .unwrap();
+    let taken = e
+        .sim()
+        .jobs()
+        .iter()
+        .filter_map(|j| j.started_ms)
+        .max()
+        .unwrap();
+    (started, taken)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -364,30 +368,7 @@ async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f6
             })
             .collect(),
     );
-    assert!(
-        wait_until(Duration::from_secs(3600), || e
-            .sim()
-            .jobs()
-            .iter()
-            .all(|j| j.status != Status::Queued))
-        .await
-    );
-    let started = e
-        .store()
-        .all_runners()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r.started_at)
-        .filter(|t| *t >= submitted)
-        .max()
-        .unwrap();
-    let taken = e
-        .sim()
-        .jobs()
-        .iter()
-        .filter_map(|j| j.started_ms)
-        .max()
-        .unwrap();
+    let (started, taken) = wait_taken(&e, submitted).await;
     // Where the time went: the last job airlock heard of, the last create begun, and the passes.
     let s = |t: i64| (t - submitted) as f64 / 1e3;
     let heard = e
