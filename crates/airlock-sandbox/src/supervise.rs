@@ -399,10 +399,6 @@ impl LogKeep {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Moves a sandbox's `runner.log` to `dir/<id>.log` (mode 0600) before the sandbox directory
     /// goes, then deletes the oldest logs beyond `keep`. Best effort: a log that cannot be kept is
     /// reported and dropped, never a reason for a sandbox to stay.

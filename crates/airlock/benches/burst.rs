@@ -242,15 +242,7 @@ async fn container_burst(n: usize, latency: u64, interval: &str) -> (f64, f64) {
             .collect(),
     );
     let (started, taken) = wait_taken(&v.env, submitted).await;
-    assert!(
-        wait_until(Duration::from_secs(600), || v
-            .env
-            .sim()
-            .jobs()
-            .iter()
-            .all(|j| j.status == Status::Completed))
-        .await
-    );
+    assert!(v.env.wait_jobs_completed(Duration::from_secs(600)).await);
     v.drain().await;
     let left = v.remnants();
     assert!(left.is_empty(), "{left:?}");
@@ -406,14 +398,7 @@ async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f6
         calls_s * 1e3 / calls.max(1.0)
     );
     // Every job completes; a runner made beyond the jobs (see below) idles until the drain.
-    assert!(
-        wait_until(Duration::from_secs(600), || e
-            .sim()
-            .jobs()
-            .iter()
-            .all(|j| j.status == Status::Completed))
-        .await
-    );
+    assert!(e.wait_jobs_completed(Duration::from_secs(600)).await);
     let made = e
         .store()
         .all_runners()

@@ -180,6 +180,17 @@ impl Env {
             .job_ids
     }
 
+    /// Waits until every job ghsim knows is completed (runners may still be alive).
+    pub async fn wait_jobs_completed(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.sim()
+                .jobs()
+                .iter()
+                .all(|j| j.status == Status::Completed)
+        })
+        .await
+    }
+
     /// Waits until every job ghsim knows is completed and airlock has no live runner left.
     pub async fn wait_all_done(&self, timeout: Duration) {
         let ok = wait_until(timeout, || {
