@@ -167,6 +167,9 @@ pub struct PlanInput<'a> {
     pub sandboxes: &'a [String],
     /// Registration names held for the JIT stock (ready or being requested): not orphans.
     pub reserved: &'a HashSet<String>,
+    /// Per pool: creates in flight whose runner is not in `runners` yet (the executor runs
+    /// operations while the next pass plans). Each counts as a runner being created.
+    pub creating: &'a HashMap<String, u32>,
     pub draining: bool,
 }
 
@@ -262,7 +265,8 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Op> {
             }
         }
 
-        let have = available.len() as u32;
+        let in_flight = input.creating.get(&pool.name).copied().unwrap_or(0);
+        let have = available.len() as u32 + in_flight;
         if have > wanted {
             // Stop the runners idle the longest first; never one that is starting (it will be
             // idle soon and is cheaper to keep than to remake) and never a busy one.
@@ -284,7 +288,7 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Op> {
                 });
             }
         } else if wanted > have {
-            let live = runners.len() as u32;
+            let live = runners.len() as u32 + in_flight;
             let room = pool.max_runners.saturating_sub(live);
             for _ in 0..(wanted - have).min(room) {
                 ops.push(Op::Create {
@@ -402,6 +406,8 @@ mod tests {
         registrations: Vec<RegistrationView>,
         sandboxes: Vec<&'static str>,
         reserved: Vec<&'static str>,
+        /// Creates in flight, per pool, not yet among `runners`.
+        creating: Vec<(&'static str, u32)>,
         draining: bool,
         want: Vec<Op>,
     }
@@ -417,6 +423,7 @@ mod tests {
                 registrations: vec![],
                 sandboxes: vec![],
                 reserved: vec![],
+                creating: vec![],
                 draining: false,
                 want: vec![],
             }
@@ -441,6 +448,11 @@ mod tests {
             .collect();
         let sandboxes: Vec<String> = c.sandboxes.iter().map(|s| s.to_string()).collect();
         let reserved: HashSet<String> = c.reserved.iter().map(|s| s.to_string()).collect();
+        let creating: HashMap<String, u32> = c
+            .creating
+            .iter()
+            .map(|(p, n)| (p.to_string(), *n))
+            .collect();
         let input = PlanInput {
             now: NOW,
             pools: &c.pools,
@@ -450,6 +462,7 @@ mod tests {
             registrations: &c.registrations,
             sandboxes: &sandboxes,
             reserved: &reserved,
+            creating: &creating,
             draining: c.draining,
         };
         let got = plan(&input);
@@ -479,6 +492,23 @@ mod tests {
                 jobs: vec![job(1, &["small"]), job(2, &["small"]), job(3, &["small"])],
                 runners: vec![runner("b1", "small", Busy, 10)],
                 want: vec![create("small"), create("small")],
+                ..Default::default()
+            },
+            Case {
+                name: "creates in flight (not stored yet) count as runners being created",
+                jobs: vec![job(1, &["small"]), job(2, &["small"]), job(3, &["small"])],
+                runners: vec![runner("s1", "small", Starting, 5)],
+                creating: vec![("small", 1), ("other", 5)],
+                want: vec![create("small")],
+                ..Default::default()
+            },
+            Case {
+                name: "creates in flight count toward max_runners",
+                pools: vec![PoolSpec::test("small").max(3)],
+                jobs: (1..=5).map(|i| job(i, &["small"])).collect(),
+                runners: vec![runner("b1", "small", Busy, 10)],
+                creating: vec![("small", 1)],
+                want: vec![create("small")],
                 ..Default::default()
             },
             Case {
@@ -746,6 +776,7 @@ mod tests {
             registrations: &[],
             sandboxes: &[],
             reserved: &HashSet::new(),
+            creating: &Default::default(),
             draining: false,
         });
         assert_eq!(ops.len(), 10_000);
@@ -782,6 +813,7 @@ mod tests {
             let r = runner("r1", "small", state, 10);
             let pools = [pool.clone()];
             let runners = [r.clone()];
+            let creating = HashMap::new();
             let input = |now| PlanInput {
                 now,
                 pools: &pools,
@@ -791,6 +823,7 @@ mod tests {
                 registrations: &[],
                 sandboxes: &[],
                 reserved: &reserved,
+                creating: &creating,
                 draining: false,
             };
             let due = next_due(&input(NOW));
@@ -840,6 +873,7 @@ mod tests {
             registrations: &[],
             sandboxes: &[],
             reserved: &HashSet::new(),
+            creating: &Default::default(),
             draining: false,
         });
         if due != Some(NOW - 2000 + pool.boot_timeout + 1) {

@@ -8,6 +8,7 @@
 
 mod backends;
 mod backoff;
+mod executor;
 mod http;
 pub mod metrics;
 mod ops;
@@ -77,6 +78,8 @@ pub(crate) struct Shared {
     last_poll_start: i64,
     /// The stock's requests in flight (a pass does not wait for them; a drain does).
     stock_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The plan's operations in flight and the objects they own.
+    inflight: executor::InFlight,
 }
 
 pub struct Inner {
@@ -90,6 +93,8 @@ pub struct Inner {
     wake: Notify,
     poll_now: Notify,
     shared: Mutex<Shared>,
+    /// Where the plan's operations run (`server.max_parallel_ops` creates, as many others).
+    slots: executor::Slots,
     webhook_secret: Option<Vec<u8>>,
 }
 
@@ -250,6 +255,7 @@ pub async fn start(cfg: Config) -> Result<Handle, StartError> {
 
     let inner = Arc::new(Inner {
         specs: cfg.pools.iter().map(|p| p.spec()).collect(),
+        slots: executor::Slots::new(cfg.server.max_parallel_ops),
         cfg,
         store: Db(Arc::new(store), metrics.clone()),
         github,
@@ -320,11 +326,17 @@ impl Handle {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let forced = ops::force_stop_all(&self.inner).await;
+        // The loop first (it starts nothing more), then the operations it started, so that
+        // nothing is being made while what is left is destroyed.
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
+        let running = self.inner.shared().inflight.take_tasks();
+        for t in running {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+        let forced = ops::force_stop_all(&self.inner).await;
         // Then the stock's requests still in flight, so that what they made is deleted below.
         let stocking = std::mem::take(&mut self.inner.shared().stock_tasks);
         for t in stocking {
@@ -336,11 +348,14 @@ impl Handle {
 
     /// Stops every task at once without any cleanup, as a crash would (sandboxes keep running).
     pub async fn crash(self) {
-        let stocking = std::mem::take(&mut self.inner.shared().stock_tasks);
-        for t in self.tasks.iter().chain(&stocking) {
+        let (stocking, running) = {
+            let mut s = self.inner.shared();
+            (std::mem::take(&mut s.stock_tasks), s.inflight.take_tasks())
+        };
+        for t in self.tasks.iter().chain(&stocking).chain(&running) {
             t.abort();
         }
-        for t in stocking {
+        for t in stocking.into_iter().chain(running) {
             let _ = t.await;
         }
         for t in self.tasks {

@@ -14,26 +14,103 @@ use airlock_store::{RunnerRecord, StoreError};
 use rand::Rng;
 use tracing::Instrument;
 
+use crate::executor::{registration_key, runner_key, sandbox_key, Kind, Ticket};
 use crate::metrics::{OutcomeLabels, PoolLabels, StopLabels};
 use crate::reconcile::{back_off, pool_of, OpError};
 use crate::{now_ms, Inner};
 
-/// `kinds`: which backends listed each sandbox id this pass.
-pub(crate) async fn execute(
-    inner: &Inner,
-    live: &[RunnerRecord],
-    kinds: &HashMap<String, Vec<BackendKind>>,
-    op: Op,
-) -> Result<(), OpError> {
-    match op {
-        Op::Create { pool } => create(inner, &pool).await,
-        Op::Stop { runner, reason } => {
-            let Some(r) = live.iter().find(|r| r.name == runner) else {
-                return Ok(());
-            };
-            stop(inner, r, reason).await
+/// One of the plan's operations with what it acts on, as the pass observed it: it runs as a task
+/// of its own (see `executor`), after the pass that planned it may have ended.
+#[derive(Debug)]
+pub(crate) enum Work {
+    Create {
+        pool: String,
+    },
+    Stop {
+        runner: RunnerRecord,
+        reason: StopReason,
+    },
+    DeleteRegistration {
+        scope: Scope,
+        id: u64,
+        name: String,
+    },
+    /// `kinds`: the backends that listed the sandbox this pass.
+    DestroySandbox {
+        id: String,
+        kinds: Vec<BackendKind>,
+    },
+}
+
+impl Work {
+    /// `None`: nothing to do (a stop of a runner no longer live).
+    pub(crate) fn new(
+        op: Op,
+        live: &[RunnerRecord],
+        kinds: &HashMap<String, Vec<BackendKind>>,
+    ) -> Option<Work> {
+        Some(match op {
+            Op::Create { pool } => Work::Create { pool },
+            Op::Stop { runner, reason } => Work::Stop {
+                runner: live.iter().find(|r| r.name == runner)?.clone(),
+                reason,
+            },
+            Op::DeleteRegistration { scope, id, name } => {
+                Work::DeleteRegistration { scope, id, name }
+            }
+            Op::DestroySandbox { id } => Work::DestroySandbox {
+                kinds: kinds.get(&id).cloned().unwrap_or_default(),
+                id,
+            },
+        })
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Work::Create { .. } => "create",
+            Work::Stop { .. } => "stop",
+            Work::DeleteRegistration { .. } => "delete_registration",
+            Work::DestroySandbox { .. } => "destroy_sandbox",
         }
-        Op::DeleteRegistration { scope, id, name } => {
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Work::Create { .. } => Kind::Create,
+            _ => Kind::Other,
+        }
+    }
+
+    /// The pool a create is for.
+    pub(crate) fn create_of(&self) -> Option<&str> {
+        match self {
+            Work::Create { pool } => Some(pool),
+            _ => None,
+        }
+    }
+
+    /// The objects it acts on (a create's are named once it has chosen its runner's name).
+    pub(crate) fn keys(&self) -> Vec<String> {
+        match self {
+            Work::Create { .. } => vec![],
+            Work::Stop { runner, .. } => {
+                let mut k = vec![runner_key(&runner.name), sandbox_key(&runner.sandbox_id)];
+                k.extend(runner.github_id.map(registration_key));
+                k
+            }
+            Work::DeleteRegistration { id, name, .. } => {
+                vec![registration_key(*id), runner_key(name)]
+            }
+            Work::DestroySandbox { id, .. } => vec![sandbox_key(id), runner_key(id)],
+        }
+    }
+}
+
+pub(crate) async fn execute(inner: &Inner, work: Work, ticket: &mut Ticket) -> Result<(), OpError> {
+    match work {
+        Work::Create { pool } => create(inner, &pool, ticket).await,
+        Work::Stop { runner, reason } => stop(inner, &runner, reason).await,
+        Work::DeleteRegistration { scope, id, name } => {
             tracing::info!(runner = %name, id, %scope, "deleting orphaned runner registration");
             let r = inner.github.delete_runner(&scope, id).await;
             inner.shared().registrations.retain(|x| x.id != id);
@@ -53,10 +130,10 @@ pub(crate) async fn execute(
                 Err(e) => Err(e.into()),
             }
         }
-        Op::DestroySandbox { id } => {
-            for kind in kinds.get(&id).into_iter().flatten() {
+        Work::DestroySandbox { id, kinds } => {
+            for kind in kinds {
                 tracing::info!(sandbox = %id, backend = %kind, "destroying orphaned sandbox");
-                inner.backend.registry.destroy(*kind, &id).await?;
+                inner.backend.registry.destroy(kind, &id).await?;
             }
             inner
                 .metrics
@@ -85,7 +162,7 @@ pub(crate) async fn group_id(
     Ok(id)
 }
 
-async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
+async fn create(inner: &Inner, pool_name: &str, ticket: &mut Ticket) -> Result<(), OpError> {
     let started = Instant::now();
     let pool = pool_of(inner, pool_name).ok_or_else(|| OpError::NoPool(pool_name.into()))?;
     // A stocked config, when the pool has one: no GitHub request on this runner's path.
@@ -93,6 +170,12 @@ async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
     let name = stocked
         .as_ref()
         .map_or_else(|| new_runner_name(pool), |s| s.name.clone());
+    // The sandbox's id is the runner's name.
+    ticket.own(
+        [runner_key(&name), sandbox_key(&name)]
+            .into_iter()
+            .chain(stocked.as_ref().map(|s| registration_key(s.github_id))),
+    );
     let span = tracing::info_span!("runner", runner = %name, pool = %pool.name);
     async {
         let gid = match &stocked {
@@ -130,6 +213,9 @@ async fn create(inner: &Inner, pool_name: &str) -> Result<(), OpError> {
             Ok(spec)
         }
         .await;
+        if recorded.is_ok() {
+            ticket.recorded();
+        }
         let spec = match recorded {
             Ok(spec) => spec,
             Err(e) => {

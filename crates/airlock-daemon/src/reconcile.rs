@@ -12,14 +12,14 @@ use airlock_core::{
 };
 use airlock_github::{ErrorClass, GitHubError};
 use airlock_sandbox::{BackendKind, SandboxStatus};
-use airlock_store::{RunnerRecord, StoreError};
+use airlock_store::StoreError;
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::metrics::{OpLabels, PoolInfoLabels, PoolLabels, PoolStateLabels};
-use futures_util::StreamExt;
 
 use crate::backoff::{Backoffs, Key};
+use crate::executor::Ticket;
 use crate::{now_ms, Inner};
 
 #[derive(Debug, thiserror::Error)]
@@ -94,13 +94,13 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
                 Next::At(Instant::now() + Backoffs::FIRST)
             }
         };
-        inner
-            .metrics
-            .reconcile_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        inner.metrics.reconcile_seconds.observe(took.as_secs_f64());
+        // However many events come (a burst's webhooks, its operations' ends), passes take at
+        // most about half of one thread: the events of the gap are seen together by one pass.
+        let not_before = started + MIN_GAP.max(took * 2);
         let until = match next {
-            Next::Now => started + MIN_GAP,
-            Next::At(t) => t.clamp(started + MIN_GAP, Instant::now() + RESYNC),
+            Next::At(t) => t.clamp(not_before, Instant::now() + RESYNC),
             Next::Idle => Instant::now() + RESYNC,
         };
         tokio::select! {
@@ -108,14 +108,17 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             _ = inner.wake.notified() => {}
             _ = tokio::time::sleep_until(until.into()) => {}
         }
+        tokio::select! {
+            _ = crate::stopped(&mut stop) => return,
+            _ = tokio::time::sleep_until(not_before.into()) => {}
+        }
     }
 }
 
-/// When the loop should look again, as a pass sees it.
+/// When the loop should look again, as a pass sees it (its operations' ends and every other
+/// event wake it earlier).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Next {
-    /// It acted: look again at once, at what its operations changed.
-    Now,
     /// Nothing to do before this moment (a timeout, a backoff's end) unless an event comes.
     At(Instant),
     /// Nothing is due: only events matter.
@@ -129,6 +132,8 @@ pub(crate) fn pool_of<'a>(inner: &'a Inner, name: &str) -> Option<&'a airlock_co
 /// One pass: observe, plan, act; says when the next one is due.
 pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
     let pass_started = Instant::now();
+    // Before the store is read: a create in flight is counted at least once (`executor`).
+    let unrecorded = inner.shared().inflight.begin_pass();
     let now = now_ms();
     let live = inner.store.call(|s| s.live_runners()).await?;
     let listed = inner.backend.registry.list().await?;
@@ -209,6 +214,7 @@ pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
         registrations: &registrations,
         sandboxes: &ids,
         reserved: &reserved,
+        creating: &unrecorded,
         draining,
     };
     let ops = plan(&input);
@@ -237,6 +243,7 @@ pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
             Op::Create { pool } => Some(pool.as_str()),
             _ => None,
         })
+        .chain(unrecorded.keys().map(String::as_str))
         .collect();
     let stock_ops = plan_stock(now, pools, &stock_views, &creating, draining);
     let at = |t: i64| Instant::now() + Duration::from_millis((t - now).max(0) as u64);
@@ -247,45 +254,55 @@ pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
         .map(at);
 
     update_gauges(inner, pools, &jobs, &views);
-    // The plan's operations run concurrently, at most `server.max_parallel_ops` at once, and
-    // never two on one object (a runner, a registration, a sandbox): `schedule` keeps one per
-    // object, and a pass ends only when all of its operations have, so no two passes overlap.
-    // GitHub's writes stay serialized in the client; a JIT request overlaps other runners'
-    // sandbox work. The stock's requests run beside, on names no runner has (its reserved ones).
+    // Each operation runs as a task of its own (`executor`): the pass does not wait for them,
+    // so the next pass plans while they run. `schedule` keeps one operation per object and puts
+    // stops and reaps first; the executor drops any on an object another operation owns (or
+    // released while this pass was observing). Creates and the others each have
+    // `server.max_parallel_ops` slots; GitHub's writes stay serialized in the client, so a JIT
+    // request overlaps other runners' sandbox work. The stock's requests run beside, on names no
+    // runner has (its reserved ones).
     let ops = schedule(ops);
-    let creates = ops
-        .iter()
-        .filter(|op| matches!(op, Op::Create { .. }))
-        .count();
-    let other_ops = ops.len() - creates;
+    let (mut started, mut owned, mut held) = (0usize, 0usize, 0usize);
     let stock_count = stock_ops.len();
     for op in stock_ops {
         start_stock_op(inner, op);
     }
-    let limit = inner.cfg.server.max_parallel_ops.max(1);
     let observed = Instant::now();
-    let acted = std::sync::atomic::AtomicBool::new(false);
-    futures_util::stream::iter(ops)
-        .for_each_concurrent(limit, |op| async {
-            if run_op(inner, &live, &kinds, op).await {
-                acted.store(true, std::sync::atomic::Ordering::Relaxed);
+    for op in ops {
+        let Some(work) = crate::ops::Work::new(op, &live, &kinds) else {
+            continue;
+        };
+        if is_held(inner, &work) {
+            held += 1;
+            continue;
+        }
+        let claim = match inner.shared().inflight.admit(work.keys(), work.create_of()) {
+            Ok(c) => c,
+            Err(key) => {
+                tracing::trace!(%key, op = work.name(), "left to the operation that owns it");
+                owned += 1;
+                continue;
             }
-        })
-        .await;
+        };
+        started += 1;
+        let ticket = Ticket::new(inner.clone(), claim);
+        let i = inner.clone();
+        let task = tokio::spawn(async move { run_op(&i, work, ticket).await });
+        inner.shared().inflight.push_task(task);
+    }
     tracing::debug!(
         jobs = jobs.len(),
         runners = views.len(),
-        creates,
-        other_ops,
+        started,
+        owned,
+        held,
+        in_flight = inner.shared().inflight.running(),
         stock_ops = stock_count,
         observe_ms = (observed - pass_started).as_secs_f64() * 1e3,
-        act_ms = observed.elapsed().as_secs_f64() * 1e3,
         "pass"
     );
-    if acted.into_inner() {
-        return Ok(Next::Now);
-    }
-    // Nothing acted: sleep until the first timeout or the first held-back operation may go.
+    // Each operation's end wakes the loop; otherwise sleep until the first timeout or the first
+    // held-back operation may go.
     let s = inner.shared();
     let now = Instant::now();
     let next = [due, s.backoffs.next_end(now), s.rate_limited_until]
@@ -416,45 +433,38 @@ fn op_object(op: &Op) -> Option<String> {
     }
 }
 
-/// Runs one operation of a pass unless it is held back: a create by its pool's backoff (or
-/// GitHub's rate limit), any other by its object's. A failure is counted, logged and backs off
-/// its pool (a create) or its object. Returns whether it ran.
-async fn run_op(
-    inner: &Inner,
-    live: &[RunnerRecord],
-    kinds: &HashMap<String, Vec<BackendKind>>,
-    op: Op,
-) -> bool {
-    let name = match &op {
-        Op::Create { .. } => "create",
-        Op::Stop { .. } => "stop",
-        Op::DeleteRegistration { .. } => "delete_registration",
-        Op::DestroySandbox { .. } => "destroy_sandbox",
-    };
-    let created_pool = match &op {
-        Op::Create { pool } => Some(pool.clone()),
-        _ => None,
-    };
-    let object = op_object(&op).map(Key::Object);
-    {
-        let s = inner.shared();
-        let now = Instant::now();
-        let held = match (&created_pool, &object) {
-            (Some(pool), _) => {
-                s.rate_limited_until.is_some_and(|t| t > now) || s.backoffs.holds_pool(pool, now)
-            }
-            (None, Some(key)) => s.backoffs.holds(key, now),
-            (None, None) => false,
-        };
-        if held {
-            return false;
+/// Whether `work` is held back: a create by its pool's backoff (or GitHub's rate limit), any
+/// other by its object's.
+fn is_held(inner: &Inner, work: &crate::ops::Work) -> bool {
+    let s = inner.shared();
+    let now = Instant::now();
+    match work.create_of() {
+        Some(pool) => {
+            s.rate_limited_until.is_some_and(|t| t > now) || s.backoffs.holds_pool(pool, now)
         }
+        None => work
+            .keys()
+            .first()
+            .is_some_and(|k| s.backoffs.holds(&Key::Object(k.clone()), now)),
     }
-    let Err(e) = crate::ops::execute(inner, live, kinds, op).await else {
+}
+
+/// Runs one operation in its slot, unless it became held back (or a drain began) while it
+/// waited for one. A failure is counted, logged and backs off its pool (a create) or its object.
+/// Dropping the ticket at the end releases its objects and wakes the loop.
+async fn run_op(inner: &Arc<Inner>, work: crate::ops::Work, mut ticket: Ticket) {
+    let _slot = inner.slots.acquire(work.kind()).await;
+    if is_held(inner, &work) || (work.create_of().is_some() && inner.shared().draining) {
+        return;
+    }
+    let name = work.name();
+    let created_pool = work.create_of().map(str::to_string);
+    let object = work.keys().into_iter().next().map(Key::Object);
+    let Err(e) = crate::ops::execute(inner, work, &mut ticket).await else {
         if let Some(key) = &object {
             inner.shared().backoffs.clear(key);
         }
-        return true;
+        return;
     };
     let class = e.class();
     count_error(inner, name, &e);
@@ -467,7 +477,6 @@ async fn run_op(
         }
         (None, None) => {}
     }
-    true
 }
 
 fn update_gauges(

@@ -10,7 +10,7 @@
 //!    as the daemon's `max_parallel_ops`, `sleep` as the runner), and the same starts of the real
 //!    runner with JIT configs made beforehand and the jobs already queued, so that the jobs run
 //!    while the later sandboxes start, as in the burst: what the host itself needs for this burst,
-//!    with no airlock in the path. AIRLOCK_BENCH_ROUNDS rounds (default 3), medians reported.
+//!    with no airlock in the path. AIRLOCK_BENCH_ROUNDS rounds (default 4; the order of floors and airlock alternates), medians reported.
 //!
 //! Sizes: AIRLOCK_BENCH_BURST (default 500 jobs), AIRLOCK_BENCH_LATENCY_MS (100),
 //! AIRLOCK_BENCH_WRITE_INTERVAL (default: airlock's, 340ms), AIRLOCK_BENCH_PACED=0 to skip 1,
@@ -463,14 +463,25 @@ async fn main() {
         // it after), never on the burst's path.
         let interval =
             std::env::var("AIRLOCK_BENCH_WRITE_INTERVAL").unwrap_or_else(|_| "0ms".into());
-        let rounds = env_n("AIRLOCK_BENCH_ROUNDS", 3).max(1);
+        let rounds = env_n("AIRLOCK_BENCH_ROUNDS", 4).max(1);
         let (mut bare, mut floors, mut bursts) = (vec![], vec![], vec![]);
         for round in 1..=rounds {
+            // Each phase leaves thousands of deleted directories in the same filesystem, and
+            // ext4 allocates inodes more slowly for minutes after (it skips recently deleted
+            // ones): the order alternates, floors first in odd rounds and last in even ones.
+            let airlock_first = round % 2 == 0;
+            let mut measured = None;
+            if airlock_first {
+                measured = Some(burst(n, latency, &interval, n).await);
+            }
             let floor = start_floor(n, 16).await;
             println!("round {round}: floor: {n} sandbox starts alone (process backend, 16 at once, `sleep` as the runner): {floor:.2} s");
             let (fs, ft) = runner_floor(n, 16, latency).await;
             println!("round {round}: floor: {n} sandboxes of the real runner started directly, jobs already queued: every sandbox started {fs:.2} s, every job taken {ft:.2} s");
-            let (started, taken) = burst(n, latency, &interval, n).await;
+            let (started, taken) = match measured {
+                Some(m) => m,
+                None => burst(n, latency, &interval, n).await,
+            };
             println!(
                 "round {round}: airlock, jit_stock = {n}: every runner started {started:.2} s after the burst ({:.2}x the bare floor, {:.2}x the runner floor); every job taken {taken:.2} s",
                 started / floor,

@@ -328,6 +328,7 @@ fn planner(reps: usize) -> String {
             registrations: &[],
             sandboxes: &[],
             reserved: &Default::default(),
+            creating: &Default::default(),
             draining: false,
         });
         passes.push(t.elapsed().as_secs_f64() * 1000.0);
