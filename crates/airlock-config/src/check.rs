@@ -180,6 +180,7 @@ const SERVER_KEYS: &[&str] = &[
     "job_logs_keep",
     "history_retention",
     "max_parallel_ops",
+    "sandbox_nice",
 ];
 const CONTAINER_KEYS: &[&str] = &["runtime", "subnet", "uid_base", "dns"];
 const GITHUB_KEYS: &[&str] = &[
@@ -301,6 +302,17 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
             format!("{max_parallel_ops} is out of range (1 to 1024)"),
         );
     }
+    let sandbox_nice = w
+        .take::<i64>(&mut t, "server", "sandbox_nice", "a niceness from 0 to 19")
+        .unwrap_or(DEFAULT_SANDBOX_NICE);
+    if !(0..=19).contains(&sandbox_nice) {
+        w.error(
+            "server.sandbox_nice",
+            format!(
+                "{sandbox_nice} is out of range (0 to 19; 0 runs jobs at the daemon's priority)"
+            ),
+        );
+    }
     w.unknown(t, "server", SERVER_KEYS);
     if state_dir.to_string_lossy().contains([',', ':']) {
         w.error(
@@ -316,6 +328,7 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
         job_logs_keep,
         history_retention,
         max_parallel_ops: max_parallel_ops.clamp(1, 1024),
+        sandbox_nice: sandbox_nice.clamp(0, 19) as i32,
     };
 
     // [container]
@@ -940,6 +953,8 @@ boot_timeout = "90s"
 [server]
 listen = "nonsense"
 colour = "blue"
+max_parallel_ops = 0
+sandbox_nice = -3
 
 [github]
 poll_interval = "soon"
@@ -967,15 +982,17 @@ boot_timeout = 7
         let want = [
             ("server.listen", 3),
             ("server.colour", 4),
-            ("github.poll_interval", 7),
-            ("github.token_file", 8),
-            ("github.webhook_secret_file", 9),
-            ("pool[0].labels", 14),
-            ("pool[1].scope", 19),
-            ("pool[1].min_idle", 21),
-            ("pool[1].runner_command", 23),
-            ("pool[1].backend", 24),
-            ("pool[1].boot_timeout", 25),
+            ("server.max_parallel_ops", 5),
+            ("server.sandbox_nice", 6),
+            ("github.poll_interval", 9),
+            ("github.token_file", 10),
+            ("github.webhook_secret_file", 11),
+            ("pool[0].labels", 16),
+            ("pool[1].scope", 21),
+            ("pool[1].min_idle", 23),
+            ("pool[1].runner_command", 25),
+            ("pool[1].backend", 26),
+            ("pool[1].boot_timeout", 27),
         ];
         for (key, line) in want {
             assert!(

@@ -100,8 +100,10 @@ pub struct ServerConfig {
     /// Completed jobs, gone runners, destroyed sandboxes and events older than this are deleted.
     #[serde(with = "humantime_serde_shim")]
     pub history_retention: Duration,
-    /// How many of a pass's operations (creates, stops, reaps) run at once.
+    /// How many creates run at once (and as many stops and reaps beside them).
     pub max_parallel_ops: usize,
+    /// Every sandbox's niceness: jobs that saturate the host's cores never starve the daemon.
+    pub sandbox_nice: i32,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -201,6 +203,9 @@ mod humantime_serde_shim {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/airlock";
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
+/// Sandboxes run at this niceness unless `server.sandbox_nice` says otherwise: under full load a
+/// nice-0 daemon thread gets about nine times the CPU of each job process.
+pub const DEFAULT_SANDBOX_NICE: i64 = 10;
 
 /// Loads and validates a config file. Warnings come back with the config; any error fails.
 pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), ConfigError> {

@@ -76,6 +76,7 @@ impl Backends {
         let logs = LogKeep::new(dir.join("logs"), cfg.server.job_logs_keep);
         let process = ProcessBackend::new(dir.join("sandboxes"), Some(exits.clone()))
             .with_log_cap(cfg.server.job_log_max_bytes)
+            .with_nice(cfg.server.sandbox_nice)
             .with_logs(logs.clone());
         process.probe().await?;
         let mut registry = Registry::new();
@@ -107,6 +108,7 @@ impl Backends {
                     c.net = leases.clone();
                     c.uid_base = cfg.container.uid_base;
                     c.log_cap = cfg.server.job_log_max_bytes;
+                    c.nice = cfg.server.sandbox_nice;
                     c.dns = cfg.container.dns.clone();
                     c.logs = Some(logs.clone());
                     registry.insert(Arc::new(
@@ -134,6 +136,7 @@ impl Backends {
                     c.drivers = drivers;
                     c.uid_base = cfg.microvm.uid_base;
                     c.log_cap = cfg.server.job_log_max_bytes;
+                    c.nice = cfg.server.sandbox_nice;
                     c.dns = cfg.container.dns.clone();
                     c.logs = Some(logs.clone());
                     let m = Arc::new(MicrovmBackend::probe(c, Some(exits.clone())).await?);

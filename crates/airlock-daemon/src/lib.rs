@@ -37,6 +37,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot start the store's thread")]
+    StoreThread(#[source] std::io::Error),
     #[error("cannot read {what} from {path}")]
     Secret {
         what: &'static str,
@@ -123,25 +125,68 @@ impl Inner {
     }
 }
 
-/// The store, called on tokio's blocking pool: a SQLite call (a few ms, more on a slow disk)
-/// never holds a runtime thread, nor the other operations of a pass that share its task.
+/// The store, called on a thread of its own: a SQLite call (a few ms, more on a slow disk) never
+/// holds a runtime thread. The one connection is used by one thread, one call after another, so
+/// a burst's calls queue in a channel instead of waking a blocking-pool thread each to wait on
+/// the connection's mutex (on a host whose cores the jobs keep busy, every such wake-up waits for
+/// a core).
 #[derive(Debug, Clone)]
-pub(crate) struct Db(Arc<Store>, Arc<Metrics>);
+pub(crate) struct Db {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    calls: std::sync::mpsc::Sender<StoreCall>,
+}
+
+type StoreCall = Box<dyn FnOnce(&Store) + Send>;
 
 impl Db {
+    fn new(store: Store, metrics: Arc<Metrics>) -> Result<Db, StartError> {
+        let store = Arc::new(store);
+        let (calls, rx) = std::sync::mpsc::channel::<StoreCall>();
+        let (s, m) = (store.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("airlock-store".into())
+            .spawn(move || {
+                // Ends when the last `Db` is dropped.
+                while let Ok(call) = rx.recv() {
+                    let t0 = std::time::Instant::now();
+                    call(&s);
+                    m.store_work_seconds.observe(t0.elapsed().as_secs_f64());
+                }
+            })
+            .map_err(StartError::StoreThread)?;
+        Ok(Db {
+            store,
+            metrics,
+            calls,
+        })
+    }
+
     pub(crate) async fn call<T, F>(&self, f: F) -> Result<T, airlock_store::StoreError>
     where
         F: FnOnce(&Store) -> Result<T, airlock_store::StoreError> + Send + 'static,
         T: Send + 'static,
     {
-        let store = self.0.clone();
         let t0 = std::time::Instant::now();
-        let r = match tokio::task::spawn_blocking(move || f(&store)).await {
-            Ok(r) => r,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(airlock_store::StoreError::Interrupted(e.to_string())),
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let call: StoreCall = Box::new(move |store| {
+            // A panic is the caller's, not the thread's: it is raised again in the caller.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(store)));
+            let _ = tx.send(r);
+        });
+        let r = match self.calls.send(call) {
+            Err(_) => Err(airlock_store::StoreError::Interrupted(
+                "the store's thread has ended".into(),
+            )),
+            Ok(()) => match rx.await {
+                Ok(Ok(r)) => r,
+                Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                Err(_) => Err(airlock_store::StoreError::Interrupted(
+                    "the store's thread dropped the call".into(),
+                )),
+            },
         };
-        self.1
+        self.metrics
             .store_call_seconds
             .observe(t0.elapsed().as_secs_f64());
         r
@@ -149,7 +194,7 @@ impl Db {
 
     /// The store itself, for callers off the runtime (tests, the CLI's reads).
     pub(crate) fn sync(&self) -> &Store {
-        &self.0
+        &self.store
     }
 }
 
@@ -257,7 +302,7 @@ pub async fn start(cfg: Config) -> Result<Handle, StartError> {
         specs: cfg.pools.iter().map(|p| p.spec()).collect(),
         slots: executor::Slots::new(cfg.server.max_parallel_ops),
         cfg,
-        store: Db(Arc::new(store), metrics.clone()),
+        store: Db::new(store, metrics.clone())?,
         github,
         backend,
         metrics,

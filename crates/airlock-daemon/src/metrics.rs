@@ -69,6 +69,7 @@ pub struct Metrics {
     pub runner_start_seconds: Histogram,
     pub reconcile_seconds: Histogram,
     pub store_call_seconds: Histogram,
+    pub store_work_seconds: Histogram,
     pub reconcile_errors: Family<OpLabels, Counter>,
     pub polls: Family<OutcomeLabels, Counter>,
     pub orphans_reaped: Family<OutcomeLabels, Counter>,
@@ -97,6 +98,7 @@ impl Default for Metrics {
             runner_start_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             store_call_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
+            store_work_seconds: Histogram::new(exponential_buckets(0.00001, 2.0, 18)),
             reconcile_errors: Family::default(),
             polls: Family::default(),
             orphans_reaped: Family::default(),
@@ -148,8 +150,13 @@ impl Default for Metrics {
         );
         registry.register(
             "store_call_seconds",
-            "Duration of one call to the store, from the caller's view (waiting for the blocking pool and the connection included)",
+            "Duration of one call to the store, from the caller's view (its wait for the store's thread and for its own wake-up included)",
             m.store_call_seconds.clone(),
+        );
+        registry.register(
+            "store_work_seconds",
+            "Time the store's thread spent on one call (SQLite alone)",
+            m.store_work_seconds.clone(),
         );
         registry.register(
             "reconcile_errors",

@@ -39,6 +39,7 @@ pub struct ProcessBackend {
     /// looking at the disk or /proc (which `list` would otherwise do for every sandbox, every pass).
     watched: Watch,
     log_cap: u64,
+    nice: i32,
     logs: Option<LogKeep>,
 }
 
@@ -53,8 +54,15 @@ impl ProcessBackend {
             root,
             watched: Watch::new(exits),
             log_cap: DEFAULT_LOG_CAP,
+            nice: 0,
             logs: None,
         }
+    }
+
+    /// Runs every sandbox at niceness `n` (0: the daemon's own; see `airlock-supervise`).
+    pub fn with_nice(mut self, n: i32) -> ProcessBackend {
+        self.nice = n;
+        self
     }
 
     /// Keeps finished sandboxes' logs (see `LogKeep`); without it they go with the sandbox.
@@ -160,6 +168,7 @@ impl Backend for ProcessBackend {
         let mut cmd = supervise::command(
             &dir,
             self.log_cap,
+            self.nice,
             None,
             &[
                 OsStr::new("/bin/sh"),
@@ -345,6 +354,33 @@ mod tests {
         assert_eq!(b.status("a1").await.unwrap(), SandboxStatus::Missing);
         assert!(b.list().await.unwrap().is_empty());
         assert!(format!("{:?}", Secret::new("s3cret".into())).contains("redacted"));
+    }
+
+    /// The runner (and what it starts) runs at the backend's niceness, so that jobs saturating
+    /// the host's cores leave the daemon its share; 0 leaves the daemon's own.
+    #[tokio::test]
+    async fn sandboxes_run_at_the_configured_niceness() {
+        let t = tempfile::tempdir().unwrap();
+        let cmd = script(
+            t.path(),
+            "runner",
+            "set -- $(cat /proc/$$/stat); echo \"nice=${19}\"",
+        );
+        for (nice, want) in [(0, "nice=0"), (7, "nice=7")] {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let b =
+                ProcessBackend::new(t.path().join(format!("sb{nice}")), Some(tx)).with_nice(nice);
+            let s = spec("n1", &cmd);
+            b.create(&s).await.unwrap();
+            b.start(&s, &Secret::new("x".into())).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap();
+            let log =
+                std::fs::read_to_string(t.path().join(format!("sb{nice}/n1/runner.log"))).unwrap();
+            assert!(log.contains(want), "nice {nice}: {log:?}");
+            b.destroy("n1").await.unwrap();
+        }
     }
 
     /// A backend started after a crash finds the sandbox a first one started still running,

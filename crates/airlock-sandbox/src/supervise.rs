@@ -34,6 +34,7 @@ pub fn program() -> std::io::Result<&'static Path> {
 pub(crate) fn command(
     dir: &Path,
     log_cap: u64,
+    nice: i32,
     container_pid_file: Option<&Path>,
     argv: &[&std::ffi::OsStr],
     env: &[(&str, &std::ffi::OsStr)],
@@ -52,6 +53,9 @@ pub(crate) fn command(
     }
     let mut cmd = tokio::process::Command::new(program);
     cmd.arg(log_cap.max(1).to_string());
+    if (1..=19).contains(&nice) {
+        cmd.arg("--nice").arg(nice.to_string());
+    }
     if let Some(f) = container_pid_file {
         cmd.arg("--container-pid-file").arg(f);
     }

@@ -210,6 +210,33 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Statements through the connection's cache: the store's few dozen statements are parsed and
+/// planned once per connection, not at every call (parsing was a third of a hot call's time).
+trait Cached {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, p: P) -> rusqlite::Result<usize>;
+    fn row<T, P: rusqlite::Params, F: FnOnce(&Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        p: P,
+        f: F,
+    ) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, p: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(p)
+    }
+
+    fn row<T, P: rusqlite::Params, F: FnOnce(&Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        p: P,
+        f: F,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(p, f)
+    }
+}
+
 fn opt_u64(v: Option<i64>) -> Option<u64> {
     v.map(|x| x as u64)
 }
@@ -221,6 +248,7 @@ impl Store {
             source,
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -272,7 +300,7 @@ impl Store {
     ) -> Result<Ingest, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let inserted = tx.execute(
+        let inserted = tx.exec(
             "INSERT OR IGNORE INTO deliveries (guid, event, action, received_at) VALUES (?1, ?2, ?3, ?4)",
             params![guid, event, action, now],
         )?;
@@ -319,7 +347,7 @@ impl Store {
 
     fn jobs_where(&self, cond: &str) -> Result<Vec<JobRecord>, StoreError> {
         let conn = self.conn();
-        let mut st = conn.prepare(&format!(
+        let mut st = conn.prepare_cached(&format!(
             "SELECT id, run_id, repo, enterprise, name, labels, status, conclusion, runner_name,
                     created_at, started_at, completed_at, first_seen_at FROM jobs WHERE {cond} ORDER BY id"
         ))?;
@@ -375,12 +403,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
+        tx.exec(
             "INSERT INTO runners (name, pool, scope, state, sandbox_id, created_at, state_since)
              VALUES (?1, ?2, ?3, 'creating', ?4, ?5, ?5)",
             params![name, pool, scope, sandbox_id, now],
         )?;
-        tx.execute(
+        tx.exec(
             "INSERT INTO sandboxes (id, runner_name, backend, state, created_at, state_since)
              VALUES (?1, ?2, ?3, 'creating', ?4, ?4)",
             params![sandbox_id, name, backend.as_str(), now],
@@ -412,7 +440,7 @@ impl Store {
         let step = runner_move(&tx, name, to, now, detail)?;
         if to == RunnerState::Stopping {
             if let Some(d) = detail {
-                tx.execute(
+                tx.exec(
                     "UPDATE runners SET stop_reason = ?2 WHERE name = ?1 AND stop_reason IS NULL",
                     params![name, d],
                 )?;
@@ -423,7 +451,7 @@ impl Store {
     }
 
     pub fn set_runner_registration(&self, name: &str, github_id: u64) -> Result<(), StoreError> {
-        self.conn().execute(
+        self.conn().exec(
             "UPDATE runners SET github_id = ?2 WHERE name = ?1",
             params![name, github_id as i64],
         )?;
@@ -439,7 +467,7 @@ impl Store {
         took_unknown_job: bool,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        self.conn().execute(
+        self.conn().exec(
             "UPDATE runners SET exit_code = ?2, took_unknown_job = ?3, stopped_at = COALESCE(stopped_at, ?4) WHERE name = ?1",
             params![name, code, took_unknown_job as i64, now],
         )?;
@@ -473,7 +501,7 @@ impl Store {
         let tx = conn.transaction()?;
         sandbox_move(&tx, sandbox_id, SandboxState::Running, None, now)?;
         let state: Option<String> = tx
-            .query_row("SELECT state FROM runners WHERE name = ?1", [name], |r| {
+            .row("SELECT state FROM runners WHERE name = ?1", [name], |r| {
                 r.get(0)
             })
             .optional()?;
@@ -484,7 +512,7 @@ impl Store {
         if !ahead {
             runner_move(&tx, name, RunnerState::Starting, now, None)?;
         }
-        tx.execute(
+        tx.exec(
             "UPDATE runners SET started_at = ?2 WHERE name = ?1",
             params![name, now],
         )?;
@@ -502,7 +530,7 @@ impl Store {
 
     pub fn runner(&self, name: &str) -> Result<Option<RunnerRecord>, StoreError> {
         let conn = self.conn();
-        let mut st = conn.prepare(&format!("{RUNNER_COLS} WHERE r.name = ?1"))?;
+        let mut st = conn.prepare_cached(&format!("{RUNNER_COLS} WHERE r.name = ?1"))?;
         let r = st.query_row([name], runner_row).optional()?;
         drop(st);
         drop(conn);
@@ -511,7 +539,7 @@ impl Store {
 
     fn runners_where(&self, cond: &str) -> Result<Vec<RunnerRecord>, StoreError> {
         let conn = self.conn();
-        let mut st = conn.prepare(&format!(
+        let mut st = conn.prepare_cached(&format!(
             "{RUNNER_COLS} WHERE {cond} ORDER BY r.created_at, r.name"
         ))?;
         let rows = st
@@ -524,7 +552,7 @@ impl Store {
     /// `since` (the start of the last complete poll: one that began later would have seen the job).
     pub fn unaccounted_exits(&self, since: Timestamp) -> Result<HashMap<String, u32>, StoreError> {
         let conn = self.conn();
-        let mut st = conn.prepare(sql::UNACCOUNTED)?;
+        let mut st = conn.prepare_cached(sql::UNACCOUNTED)?;
         let rows = st.query_map([since], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u32))
         })?;
@@ -534,7 +562,7 @@ impl Store {
     /// Registration ids of runners that became gone at or after `since`.
     pub fn gone_since(&self, since: Timestamp) -> Result<Vec<u64>, StoreError> {
         let conn = self.conn();
-        let mut st = conn.prepare(sql::GONE_SINCE)?;
+        let mut st = conn.prepare_cached(sql::GONE_SINCE)?;
         let rows = st.query_map([since], |r| r.get::<_, i64>(0))?;
         Ok(rows
             .map(|r| r.map(|x| x as u64))
@@ -544,12 +572,12 @@ impl Store {
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn()
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()?)
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn().execute(
+        self.conn().exec(
             "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             params![key, value],
         )?;
@@ -558,7 +586,7 @@ impl Store {
 
     pub fn events(&self, entity_id: Option<&str>) -> Result<Vec<EventRecord>, StoreError> {
         let conn = self.conn();
-        let mut st = conn.prepare(
+        let mut st = conn.prepare_cached(
             "SELECT seq, at, entity, id, from_state, to_state, detail FROM events
              WHERE ?1 IS NULL OR id = ?1 ORDER BY seq",
         )?;
@@ -578,7 +606,7 @@ impl Store {
 
     /// Deliveries older than GitHub's redelivery window are no longer needed for deduplication.
     pub fn prune_deliveries(&self, before: Timestamp) -> Result<usize, StoreError> {
-        Ok(self.conn().execute(sql::PRUNE_DELIVERIES, [before])?)
+        Ok(self.conn().exec(sql::PRUNE_DELIVERIES, [before])?)
     }
 
     /// Deletes history older than `before`: completed jobs, gone runners, destroyed sandboxes and
@@ -594,7 +622,7 @@ impl Store {
             sql::PRUNE_SANDBOXES,
             sql::PRUNE_EVENTS,
         ] {
-            n += tx.execute(q, [before])?;
+            n += tx.exec(q, [before])?;
         }
         tx.commit()?;
         Ok(n)
@@ -603,7 +631,7 @@ impl Store {
     pub fn delivery_count(&self) -> Result<u64, StoreError> {
         Ok(self
             .conn()
-            .query_row("SELECT COUNT(*) FROM deliveries", [], |r| {
+            .row("SELECT COUNT(*) FROM deliveries", [], |r| {
                 r.get::<_, i64>(0)
             })? as u64)
     }
@@ -665,7 +693,7 @@ fn event(
     to: &str,
     detail: Option<&str>,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    tx.exec(
         "INSERT INTO events (at, entity, id, from_state, to_state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![at, entity, id, from, to, detail],
     )?;
@@ -681,7 +709,7 @@ fn sandbox_move(
     now: Timestamp,
 ) -> Result<Step, StoreError> {
     let from: Option<String> = tx
-        .query_row("SELECT state FROM sandboxes WHERE id = ?1", [id], |r| {
+        .row("SELECT state FROM sandboxes WHERE id = ?1", [id], |r| {
             r.get(0)
         })
         .optional()?;
@@ -695,7 +723,7 @@ fn sandbox_move(
     })?;
     let step = cur.check(to)?;
     if step == Step::Apply {
-        let n = tx.execute(
+        let n = tx.exec(
             "UPDATE sandboxes SET state = ?2, state_since = ?3, exit_code = COALESCE(?4, exit_code)
              WHERE id = ?1 AND state = ?5",
             params![id, to.as_str(), now, exit_code, from],
@@ -728,7 +756,7 @@ fn runner_move(
     detail: Option<&str>,
 ) -> Result<Step, StoreError> {
     let from: Option<String> = tx
-        .query_row("SELECT state FROM runners WHERE name = ?1", [name], |r| {
+        .row("SELECT state FROM runners WHERE name = ?1", [name], |r| {
             r.get(0)
         })
         .optional()?;
@@ -742,7 +770,7 @@ fn runner_move(
     })?;
     let step = cur.check(to)?;
     if step == Step::Apply {
-        let n = tx.execute(
+        let n = tx.exec(
             "UPDATE runners SET state = ?2, state_since = ?3 WHERE name = ?1 AND state = ?4",
             params![name, to.as_str(), now, from],
         )?;
@@ -766,7 +794,7 @@ fn apply_job(
     now: Timestamp,
 ) -> Result<bool, StoreError> {
     let cur: Option<String> = tx
-        .query_row(
+        .row(
             "SELECT status FROM jobs WHERE id = ?1",
             [j.id as i64],
             |r| r.get(0),
@@ -776,7 +804,7 @@ fn apply_job(
     let mut changed = false;
     match cur {
         None => {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO jobs (id, run_id, repo, enterprise, name, labels, status, conclusion, runner_name,
                                    created_at, started_at, completed_at, first_seen_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
@@ -814,7 +842,7 @@ fn apply_job(
             })?;
             match cur.advance(j.status) {
                 Step::Apply => {
-                    tx.execute(
+                    tx.exec(
                         "UPDATE jobs SET status = ?2, conclusion = COALESCE(?3, conclusion),
                             runner_name = COALESCE(?4, runner_name), started_at = COALESCE(?5, started_at),
                             completed_at = COALESCE(?6, completed_at), updated_at = ?7 WHERE id = ?1",
@@ -833,7 +861,7 @@ fn apply_job(
                 }
                 Step::Unchanged | Step::Stale => {
                     // A stale status can still carry facts we lacked (e.g. the runner's name).
-                    tx.execute(
+                    tx.exec(
                         "UPDATE jobs SET runner_name = COALESCE(runner_name, ?2), started_at = COALESCE(started_at, ?3)
                          WHERE id = ?1",
                         params![j.id as i64, j.runner_name, j.started_at],
@@ -845,7 +873,7 @@ fn apply_job(
     if let (Some(runner), JobStatus::InProgress | JobStatus::Completed) = (&j.runner_name, j.status)
     {
         let row: Option<(String, Option<i64>)> = tx
-            .query_row(
+            .row(
                 "SELECT state, job_id FROM runners WHERE name = ?1",
                 [runner],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -853,7 +881,7 @@ fn apply_job(
             .optional()?;
         if let Some((state, job_id)) = row {
             if job_id.is_none() {
-                tx.execute(
+                tx.exec(
                     "UPDATE runners SET job_id = ?2 WHERE name = ?1",
                     params![runner, j.id as i64],
                 )?;

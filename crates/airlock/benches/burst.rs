@@ -17,6 +17,8 @@
 //! AIRLOCK_BENCH_STOCK=0 to skip 2, AIRLOCK_BENCH_LOG=1 (or a filter such as
 //! `airlock_daemon::reconcile=debug`) for the daemon's log,
 //! AIRLOCK_BENCH_CONTAINER=1 (as root) runs (1) on the container backend too,
+//! AIRLOCK_BENCH_PARALLEL (default 16: creates at once in the daemon and the floors),
+//! AIRLOCK_BENCH_NICE (default 10: the sandboxes' niceness, in the daemon and the floors),
 //! AIRLOCK_BENCH_WEBHOOK_CONCURRENCY (default 1: ghsim delivers
 //! webhooks one after another; GitHub delivers many at once).
 
@@ -86,7 +88,8 @@ async fn jit_floor(n: usize, latency: u64, interval: Duration) -> f64 {
 /// The floor of (2): `n` sandboxes created and started by the process backend, `parallel` at once.
 async fn start_floor(n: usize, parallel: usize) -> f64 {
     let t = tempfile::tempdir().unwrap();
-    let b = airlock_sandbox::process::ProcessBackend::new(t.path().join("sb"), None);
+    let b =
+        airlock_sandbox::process::ProcessBackend::new(t.path().join("sb"), None).with_nice(nice());
     let runner = t.path().join("runner");
     std::fs::write(&runner, "#!/bin/sh\nexec sleep 30\n").unwrap();
     {
@@ -173,7 +176,8 @@ async fn runner_floor(n: usize, parallel: usize, latency: u64) -> (f64, f64) {
         ..Default::default()
     });
     let t = tempfile::tempdir().unwrap();
-    let b = airlock_sandbox::process::ProcessBackend::new(t.path().join("sb"), None);
+    let b =
+        airlock_sandbox::process::ProcessBackend::new(t.path().join("sb"), None).with_nice(nice());
     let specs: Vec<SandboxSpec> = (0..n)
         .map(|i| SandboxSpec {
             id: format!("floor{i}"),
@@ -282,9 +286,27 @@ async fn wait_taken(e: &Env, submitted: i64) -> (i64, i64) {
     (started, taken)
 }
 
+/// Creates at once, in the daemon (`server.max_parallel_ops`) and the floors alike.
+fn parallel() -> usize {
+    env_n("AIRLOCK_BENCH_PARALLEL", 16) as usize
+}
+
+/// The sandboxes' niceness, in the daemon (`server.sandbox_nice`) and the floors alike.
+fn nice() -> i32 {
+    env_n(
+        "AIRLOCK_BENCH_NICE",
+        airlock_config::DEFAULT_SANDBOX_NICE as u64,
+    ) as i32
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    let m = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    }
 }
 
 /// One burst of `n` jobs on a fresh daemon; returns (seconds to the last runner started as the
@@ -317,6 +339,14 @@ async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f6
         "write_interval = \"20ms\"",
         &format!("write_interval = \"{interval}\""),
     );
+    e.config = e.config.replace(
+        "drain_grace = ",
+        &format!(
+            "max_parallel_ops = {}\nsandbox_nice = {}\ndrain_grace = ",
+            parallel(),
+            nice()
+        ),
+    );
     if stock > 0 {
         // The stock fills ahead of demand with GitHub's latency off (it is not on the burst's
         // path); the burst then meets the latency as every other run does.
@@ -348,6 +378,7 @@ async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f6
     let pass_s0 = metric(&m0, "airlock_reconcile_seconds_sum");
     let calls0 = metric(&m0, "airlock_store_call_seconds_count");
     let calls_s0 = metric(&m0, "airlock_store_call_seconds_sum");
+    let work_s0 = metric(&m0, "airlock_store_work_seconds_sum");
     let submitted = airlock_daemon::now_ms();
     e.submit_specs(
         "octo/hello",
@@ -386,6 +417,7 @@ async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f6
     let pass_s = metric(&m, "airlock_reconcile_seconds_sum") - pass_s0;
     let calls = metric(&m, "airlock_store_call_seconds_count") - calls0;
     let calls_s = metric(&m, "airlock_store_call_seconds_sum") - calls_s0;
+    let work_s = metric(&m, "airlock_store_work_seconds_sum") - work_s0;
     println!(
         "   last job heard of {:.2} s, last create begun {:.2} s, last runner started {:.2} s; {passes} passes meanwhile, {:.1} ms mean",
         s(heard),
@@ -394,8 +426,9 @@ async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f6
         pass_s * 1e3 / passes.max(1.0)
     );
     println!(
-        "   {calls} store calls meanwhile, {:.2} ms mean (queueing included)",
-        calls_s * 1e3 / calls.max(1.0)
+        "   {calls} store calls meanwhile, {:.2} ms mean as callers wait for them, {:.3} ms of SQLite each",
+        calls_s * 1e3 / calls.max(1.0),
+        work_s * 1e3 / calls.max(1.0)
     );
     // Every job completes; a runner made beyond the jobs (see below) idles until the drain.
     assert!(e.wait_jobs_completed(Duration::from_secs(600)).await);
@@ -474,9 +507,9 @@ async fn main() {
             if airlock_first {
                 measured = Some(burst(n, latency, &interval, n).await);
             }
-            let floor = start_floor(n, 16).await;
-            println!("round {round}: floor: {n} sandbox starts alone (process backend, 16 at once, `sleep` as the runner): {floor:.2} s");
-            let (fs, ft) = runner_floor(n, 16, latency).await;
+            let floor = start_floor(n, parallel()).await;
+            println!("round {round}: floor: {n} sandbox starts alone (process backend, {} at once, `sleep` as the runner): {floor:.2} s", parallel());
+            let (fs, ft) = runner_floor(n, parallel(), latency).await;
             println!("round {round}: floor: {n} sandboxes of the real runner started directly, jobs already queued: every sandbox started {fs:.2} s, every job taken {ft:.2} s");
             let (started, taken) = match measured {
                 Some(m) => m,
@@ -491,11 +524,12 @@ async fn main() {
             floors.push(fs);
             bursts.push(started);
         }
+        let ratio = |floor: &[f64]| median(bursts.iter().zip(floor).map(|(b, f)| b / f).collect());
+        let (rb, rf) = (ratio(&bare), ratio(&floors));
         let (bare, fs, b) = (median(bare), median(floors), median(bursts));
         println!(
-            "medians of {rounds}: airlock {b:.2} s; bare starts {bare:.2} s ({:.2}x); the same runners started directly {fs:.2} s ({:.2}x)",
-            b / bare,
-            b / fs
+            "medians of {rounds}: airlock {b:.2} s; bare starts {bare:.2} s; the same runners started directly {fs:.2} s; \
+             median of the rounds' ratios: {rb:.2}x the bare floor, {rf:.2}x the runner floor"
         );
     }
 }

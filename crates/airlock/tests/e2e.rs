@@ -867,7 +867,7 @@ async fn the_jit_stock_is_refreshed_before_github_removes_it() {
 /// GitHub delivers webhooks from many workers at once, so a job's `in_progress` can overtake the
 /// create of the runner that took it (the store test `a_runner_busy_before_its_create_ends_stays_busy`
 /// pins that race down). A burst from a JIT stock with ghsim delivering 8 at a time: every job
-/// succeeds on a runner of its own and no create fails.
+/// succeeds on a runner of its own and no operation fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_with_concurrent_webhooks_loses_nothing() {
     let mut p = pool("conc", &["self-hosted", "conc"]);
@@ -904,10 +904,13 @@ async fn a_burst_with_concurrent_webhooks_loses_nothing() {
     let runners: HashSet<String> = jobs.iter().filter_map(|j| j.runner_name.clone()).collect();
     assert_eq!(runners.len(), 12, "each job on a runner of its own");
     let m = e.metrics();
+    // Operations of one pass run while the next pass plans: an object operated on twice (a
+    // second stop of a runner, a reap of a sandbox a create is making) fails a transition or a
+    // backend call, and is counted here.
     assert_eq!(
-        metric_sum(&m, "airlock_reconcile_errors_total{op=\"create\""),
+        metric_sum(&m, "airlock_reconcile_errors_total"),
         0.0,
-        "a create failed: {m}"
+        "an operation failed: {m}"
     );
     e.shutdown().await;
 }

@@ -1,7 +1,7 @@
 //! `airlock-supervise`: the process every sandbox runs under (see `supervise.rs` in this crate).
 //!
 //! ```text
-//! airlock-supervise CAP_BYTES [--container-pid-file FILE] -- COMMAND [ARG...]
+//! airlock-supervise CAP_BYTES [--nice N] [--container-pid-file FILE] -- COMMAND [ARG...]
 //! ```
 //!
 //! Run in the sandbox's directory, it becomes a child subreaper, runs COMMAND with its stdin on
@@ -15,6 +15,11 @@
 //! here (the subreaper), and the status recorded is the container's, not the runtime's. So no
 //! runtime process stays alive beside an idle sandbox. Statuses follow the shell's convention
 //! (a signal is 128 + its number; a command that cannot be run is 127).
+//!
+//! With `--nice N` (1 to 19) it lowers its own CPU priority first, so that COMMAND and everything
+//! it starts run at that niceness: a host whose cores the jobs saturate still runs the daemon
+//! (webhooks answered, runners started, timeouts kept) promptly. An unprivileged job cannot raise
+//! it back.
 //!
 //! Small on purpose: std and nix only, no async runtime; one reader thread with a small stack.
 #![allow(unsafe_code)] // dup2 between fork and exec (pre_exec), which std cannot express.
@@ -36,6 +41,7 @@ const HANDED_FD: i32 = 3;
 
 struct Args {
     cap: u64,
+    nice: i32,
     pid_file: Option<String>,
     argv: Vec<String>,
 }
@@ -47,9 +53,18 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         .parse::<u64>()
         .map_err(|e| format!("CAP_BYTES: {e}"))?;
     let mut pid_file = None;
+    let mut nice = 0;
     loop {
         match it.next().as_deref() {
             Some("--") => break,
+            Some("--nice") => {
+                let n = it.next().ok_or("--nice needs N")?;
+                nice = n
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|n| (1..=19).contains(n))
+                    .ok_or_else(|| format!("--nice {n:?}: not a niceness from 1 to 19"))?;
+            }
             Some("--container-pid-file") => {
                 pid_file = Some(it.next().ok_or("--container-pid-file needs a FILE")?)
             }
@@ -63,6 +78,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     }
     Ok(Args {
         cap,
+        nice,
         pid_file,
         argv,
     })
@@ -117,7 +133,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("airlock-supervise: {e}");
             eprintln!(
-                "usage: airlock-supervise CAP_BYTES [--container-pid-file FILE] -- COMMAND [ARG...]"
+                "usage: airlock-supervise CAP_BYTES [--nice N] [--container-pid-file FILE] -- COMMAND [ARG...]"
             );
             return ExitCode::from(2);
         }
@@ -135,6 +151,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if args.nice > 0 {
+        // SAFETY: setpriority only reads its arguments; `who` 0 is this process.
+        if unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, args.nice) } != 0 {
+            let _ = writeln!(
+                &log,
+                "airlock-supervise: cannot set niceness {}: {}",
+                args.nice,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
     // Everything below (a detached container's init, a daemonizing VMM) is reparented here, so
     // its end is seen and its status read.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -242,9 +269,11 @@ mod tests {
         assert_eq!(a.argv, ["runc", "run"]);
         let a = args(&["5", "--", "true"]).unwrap();
         assert_eq!(
-            (a.cap, a.pid_file, a.argv),
-            (5, None, vec!["true".to_string()])
+            (a.cap, a.nice, a.pid_file, a.argv),
+            (5, 0, None, vec!["true".to_string()])
         );
+        let a = args(&["5", "--nice", "10", "--", "true"]).unwrap();
+        assert_eq!(a.nice, 10);
         for (bad, why) in [
             (&[][..], "missing CAP_BYTES"),
             (&["x", "--", "true"][..], "CAP_BYTES"),
@@ -252,6 +281,10 @@ mod tests {
             (&["5"][..], "missing `-- COMMAND`"),
             (&["5", "--"][..], "missing COMMAND"),
             (&["5", "--container-pid-file"][..], "needs a FILE"),
+            (&["5", "--nice"][..], "needs N"),
+            (&["5", "--nice", "0", "--", "true"][..], "from 1 to 19"),
+            (&["5", "--nice", "-5", "--", "true"][..], "from 1 to 19"),
+            (&["5", "--nice", "20", "--", "true"][..], "from 1 to 19"),
         ] {
             let e = args(bad).err().unwrap_or_default();
             assert!(e.contains(why), "{bad:?}: {e:?} lacks {why:?}");

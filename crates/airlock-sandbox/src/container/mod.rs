@@ -93,6 +93,8 @@ pub struct ContainerConfig {
     pub net: Leases,
     pub uid_base: u32,
     pub log_cap: u64,
+    /// Every sandbox's niceness (0: the daemon's own; see `airlock-supervise`).
+    pub nice: i32,
     /// Name servers written into each sandbox's resolv.conf; empty: the host's, minus loopback
     /// ones (which a sandbox cannot reach).
     pub dns: Vec<Ipv4Addr>,
@@ -113,6 +115,7 @@ impl ContainerConfig {
             kvm_probe: DEFAULT_KVM_PROBE,
             uid_base: DEFAULT_UID_BASE,
             log_cap: crate::process::DEFAULT_LOG_CAP,
+            nice: 0,
             dns: Vec::new(),
             logs: None,
         }
@@ -667,8 +670,15 @@ impl Backend for ContainerBackend {
         let pid_file = (!runtime.is_gvisor()).then(|| dir.join("container.pid"));
         let argv = runtime.run_argv(&dir.join("bundle"), &spec.id, pid_file.as_deref());
         let argv: Vec<&OsStr> = argv.iter().map(OsString::as_os_str).collect();
-        let mut cmd = supervise::command(&dir, self.cfg.log_cap, pid_file.as_deref(), &argv, &[])
-            .map_err(start_err)?;
+        let mut cmd = supervise::command(
+            &dir,
+            self.cfg.log_cap,
+            self.cfg.nice,
+            pid_file.as_deref(),
+            &argv,
+            &[],
+        )
+        .map_err(start_err)?;
         let child = cmd.spawn().map_err(start_err)?;
         let pid = child.id().unwrap_or(0) as i32;
         supervise::write_pid(&dir, pid).map_err(start_err)?;

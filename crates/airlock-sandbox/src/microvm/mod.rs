@@ -77,6 +77,8 @@ pub struct MicrovmConfig {
     /// VMMs run as `uid_base + n` (n < 65536), each its own.
     pub uid_base: u32,
     pub log_cap: u64,
+    /// Every sandbox's niceness (0: the daemon's own; see `airlock-supervise`).
+    pub nice: i32,
     /// Name servers for guests; empty: the host's non-loopback ones.
     pub dns: Vec<Ipv4Addr>,
     /// Keeps finished sandboxes' logs; `None`: they go with the sandbox.
@@ -100,6 +102,7 @@ impl MicrovmConfig {
             drivers: vec![VmDriver::Qemu],
             uid_base: DEFAULT_UID_BASE,
             log_cap: crate::process::DEFAULT_LOG_CAP,
+            nice: 0,
             dns: Vec::new(),
             logs: None,
             probe_timeouts: (Duration::from_secs(8), Duration::from_secs(30)),
@@ -461,6 +464,7 @@ impl Backend for MicrovmBackend {
         let mut cmd = supervise::command(
             &dir,
             self.cfg.log_cap,
+            self.cfg.nice,
             None,
             &refs,
             &[("AIRLOCK_CGROUP_PROCS", std::ffi::OsStr::new(&procs))],
