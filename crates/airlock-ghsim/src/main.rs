@@ -56,9 +56,13 @@ async fn main() -> anyhow::Result<()> {
         workflows.extend(f.workflow);
     }
     let running = airlock_ghsim::Sim::start(cfg, a.listen).await?;
+    // The workflows first: "listening" tells a caller the emulator is ready, runs included.
+    let submitted = workflows
+        .iter()
+        .map(|wf| running.sim.submit(wf))
+        .collect::<Result<Vec<_>, _>>()?;
     println!("ghsim listening on {}", running.url);
-    for wf in &workflows {
-        let s = running.sim.submit(wf)?;
+    for s in submitted {
         println!("submitted run {} with jobs {:?}", s.run_id, s.job_ids);
     }
     tokio::signal::ctrl_c().await?;
