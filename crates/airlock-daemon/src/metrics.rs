@@ -70,6 +70,7 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     pub store_call_seconds: Histogram,
     pub store_work_seconds: Histogram,
+    pub store_batch_calls: Histogram,
     pub reconcile_errors: Family<OpLabels, Counter>,
     pub polls: Family<OutcomeLabels, Counter>,
     pub orphans_reaped: Family<OutcomeLabels, Counter>,
@@ -99,6 +100,7 @@ impl Default for Metrics {
             reconcile_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             store_call_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
             store_work_seconds: Histogram::new(exponential_buckets(0.00001, 2.0, 18)),
+            store_batch_calls: Histogram::new(exponential_buckets(1.0, 2.0, 7)),
             reconcile_errors: Family::default(),
             polls: Family::default(),
             orphans_reaped: Family::default(),
@@ -155,8 +157,13 @@ impl Default for Metrics {
         );
         registry.register(
             "store_work_seconds",
-            "Time the store's thread spent on one call (SQLite alone)",
+            "Time the store's thread spent on one call (SQLite alone; a batch's time shared by its calls)",
             m.store_work_seconds.clone(),
+        );
+        registry.register(
+            "store_batch_calls",
+            "Calls committed together by the store's thread (group commit)",
+            m.store_batch_calls.clone(),
         );
         registry.register(
             "reconcile_errors",

@@ -98,7 +98,8 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
         inner.metrics.reconcile_seconds.observe(took.as_secs_f64());
         // However many events come (a burst's webhooks, its operations' ends), passes take at
         // most about half of one thread: the events of the gap are seen together by one pass.
-        let not_before = started + MIN_GAP.max(took * 2);
+        // A pathologically slow pass (a stalled disk) still waits at most a second more.
+        let not_before = started + MIN_GAP.max(took * 2).min(took + Duration::from_secs(1));
         let until = match next {
             Next::At(t) => t.clamp(not_before, Instant::now() + RESYNC),
             Next::Idle => Instant::now() + RESYNC,

@@ -46,6 +46,10 @@ pub enum StoreError {
     /// A call on the blocking pool that never finished (the runtime is shutting down).
     #[error("the store call was interrupted: {0}")]
     Interrupted(String),
+    /// The call's writes were part of a batch (`Store::batch`) whose commit failed: none of
+    /// them were kept.
+    #[error("the store's commit failed: {0}")]
+    Commit(String),
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -210,6 +214,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// One call of a `Store::batch`.
+pub type BatchCall<'a, T> = Box<dyn FnOnce(&Store) -> T + 'a>;
+
 /// Statements through the connection's cache: the store's few dozen statements are parsed and
 /// planned once per connection, not at every call (parsing was a third of a hot call's time).
 trait Cached {
@@ -278,6 +285,52 @@ impl Store {
         })
     }
 
+    /// Group commit: runs `calls` one after another in one transaction, each call's own
+    /// transaction a savepoint inside it (a failing call is rolled back alone), and commits once.
+    /// Returns each call's output with whether its writes were kept: `Err` for every call when
+    /// the commit failed. Should SQLite abandon the transaction midway (a full disk, an I/O
+    /// error), the calls until then are reported failed and the rest run on their own.
+    pub fn batch<T>(&self, calls: Vec<BatchCall<'_, T>>) -> Vec<(T, Result<(), StoreError>)> {
+        let mut out = Vec::with_capacity(calls.len());
+        if self.conn().execute_batch("BEGIN IMMEDIATE").is_err() {
+            // No batch (the database is busy elsewhere): each call commits alone.
+            return calls.into_iter().map(|c| (c(self), Ok(()))).collect();
+        }
+        let mut pending = Vec::new();
+        let mut calls = calls.into_iter();
+        for c in calls.by_ref() {
+            pending.push(c(self));
+            if self.conn().is_autocommit() {
+                // SQLite rolled the whole transaction back: nothing so far was kept.
+                let why = "SQLite abandoned the batch's transaction".to_string();
+                out.extend(
+                    pending
+                        .drain(..)
+                        .map(|t| (t, Err(StoreError::Commit(why.clone())))),
+                );
+                break;
+            }
+        }
+        if !pending.is_empty() {
+            match self.conn().execute_batch("COMMIT") {
+                Ok(()) => out.extend(pending.drain(..).map(|t| (t, Ok(())))),
+                Err(e) => {
+                    let _ = self.conn().execute_batch("ROLLBACK");
+                    let why = e.to_string();
+                    out.extend(
+                        pending
+                            .drain(..)
+                            .map(|t| (t, Err(StoreError::Commit(why.clone())))),
+                    );
+                }
+            }
+        } else if !self.conn().is_autocommit() {
+            let _ = self.conn().execute_batch("COMMIT");
+        }
+        out.extend(calls.map(|c| (c(self), Ok(()))));
+        out
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -299,7 +352,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<Ingest, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.savepoint()?;
         let inserted = tx.exec(
             "INSERT OR IGNORE INTO deliveries (guid, event, action, received_at) VALUES (?1, ?2, ?3, ?4)",
             params![guid, event, action, now],
@@ -322,7 +375,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<usize, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.savepoint()?;
         let mut n = 0;
         for j in jobs {
             if apply_job(&tx, j, now)? {
@@ -402,7 +455,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.savepoint()?;
         tx.exec(
             "INSERT INTO runners (name, pool, scope, state, sandbox_id, created_at, state_since)
              VALUES (?1, ?2, ?3, 'creating', ?4, ?5, ?5)",
@@ -436,7 +489,7 @@ impl Store {
         detail: Option<&str>,
     ) -> Result<Step, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.savepoint()?;
         let step = runner_move(&tx, name, to, now, detail)?;
         if to == RunnerState::Stopping {
             if let Some(d) = detail {
@@ -482,7 +535,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<Step, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.savepoint()?;
         let step = sandbox_move(&tx, id, to, exit_code, now)?;
         tx.commit()?;
         Ok(step)
@@ -498,7 +551,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.savepoint()?;
         sandbox_move(&tx, sandbox_id, SandboxState::Running, None, now)?;
         let state: Option<String> = tx
             .row("SELECT state FROM runners WHERE name = ?1", [name], |r| {
@@ -614,7 +667,7 @@ impl Store {
     /// age. Returns how many rows went.
     pub fn prune_history(&self, before: Timestamp) -> Result<usize, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.savepoint()?;
         let mut n = 0;
         for q in [
             sql::PRUNE_JOBS,
@@ -685,7 +738,7 @@ fn finish_runner(
 }
 
 fn event(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     at: Timestamp,
     entity: &str,
     id: &str,
@@ -702,7 +755,7 @@ fn event(
 
 /// Moves sandbox `id` to `to` within `tx` (checked against its lifecycle), with an event.
 fn sandbox_move(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     id: &str,
     to: SandboxState,
     exit_code: Option<i32>,
@@ -749,7 +802,7 @@ fn sandbox_move(
 }
 
 fn runner_move(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     name: &str,
     to: RunnerState,
     now: Timestamp,
@@ -788,11 +841,7 @@ fn runner_move(
 
 /// Applies one observation of a job: insert, move forward, or ignore as stale. When it names one
 /// of our runners, that runner is marked as having taken this job (and busy, if it was not yet).
-fn apply_job(
-    tx: &rusqlite::Transaction<'_>,
-    j: &JobObservation,
-    now: Timestamp,
-) -> Result<bool, StoreError> {
+fn apply_job(tx: &Connection, j: &JobObservation, now: Timestamp) -> Result<bool, StoreError> {
     let cur: Option<String> = tx
         .row(
             "SELECT status FROM jobs WHERE id = ?1",

@@ -383,3 +383,71 @@ fn a_runner_busy_before_its_create_ends_stays_busy() {
         RunnerState::Starting
     );
 }
+
+/// Group commit: the calls of a batch commit together, one that fails leaves the others
+/// committed (each store call is a savepoint of the batch's transaction), and the batch's
+/// writes are durable: a second connection sees every one of them.
+#[test]
+fn a_batch_commits_its_calls_together_and_a_failing_one_does_not_undo_the_others() {
+    let (d, s) = open();
+    type Call<'a> = Box<dyn FnOnce(&Store) -> Result<(), StoreError> + 'a>;
+    let insert = |name: &'static str| -> Call<'static> {
+        Box::new(move |s: &Store| {
+            s.insert_runner(
+                name,
+                "small",
+                "repo:octo/hello",
+                name,
+                BackendKind::Process,
+                1,
+            )
+        })
+    };
+    let calls: Vec<Call<'_>> = vec![
+        insert("airlock-small-a"),
+        // Illegal (creating to gone): refused, with nothing written.
+        Box::new(|s: &Store| {
+            s.runner_transition("airlock-small-a", RunnerState::Gone, 2, None)
+                .map(|_| ())
+        }),
+        Box::new(|s: &Store| {
+            s.ingest_delivery(
+                "g1",
+                "workflow_job",
+                Some("queued"),
+                Some(&obs(9, JobStatus::Queued, None)),
+                3,
+            )
+            .map(|_| ())
+        }),
+        insert("airlock-small-c"),
+    ];
+    let out = s.batch(calls);
+    assert_eq!(out.len(), 4);
+    assert!(
+        matches!(out[1].0, Err(StoreError::Transition(_))),
+        "positive control: {:?}",
+        out[1]
+    );
+    for i in [0, 2, 3] {
+        assert!(out[i].0.is_ok(), "call {i}: {:?}", out[i]);
+    }
+    assert!(out.iter().all(|(_, kept)| kept.is_ok()), "{out:?}");
+    // Nothing is left open: the next call commits on its own.
+    s.runner_transition("airlock-small-a", RunnerState::Starting, 4, None)
+        .unwrap();
+    let other = Store::open(&d.path().join("airlock.db")).unwrap();
+    let mut names: Vec<String> = other
+        .live_runners()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["airlock-small-a", "airlock-small-c"]);
+    assert_eq!(
+        other.runner("airlock-small-a").unwrap().unwrap().state,
+        RunnerState::Starting
+    );
+    assert!(other.job(9).unwrap().is_some());
+}

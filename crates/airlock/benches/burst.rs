@@ -10,7 +10,8 @@
 //!    as the daemon's `max_parallel_ops`, `sleep` as the runner), and the same starts of the real
 //!    runner with JIT configs made beforehand and the jobs already queued, so that the jobs run
 //!    while the later sandboxes start, as in the burst: what the host itself needs for this burst,
-//!    with no airlock in the path. AIRLOCK_BENCH_ROUNDS rounds (default 4; the order of floors and airlock alternates), medians reported.
+//!    with no airlock in the path. And the same burst once more with the bare floor's `sleep` as
+//!    the pool's runner (no job is taken): airlock's own cost beside the bare floor, like for like. AIRLOCK_BENCH_ROUNDS rounds (default 4; the order of floors and airlock alternates), medians reported.
 //!
 //! Sizes: AIRLOCK_BENCH_BURST (default 500 jobs), AIRLOCK_BENCH_LATENCY_MS (100),
 //! AIRLOCK_BENCH_WRITE_INTERVAL (default: airlock's, 340ms), AIRLOCK_BENCH_PACED=0 to skip 1,
@@ -310,8 +311,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// One burst of `n` jobs on a fresh daemon; returns (seconds to the last runner started as the
-/// store records it, seconds to the last job taken as ghsim records it).
-async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f64) {
+/// store records it, seconds to the last job taken as ghsim records it). With `sleeper`, the
+/// pool's runner is the bare floor's `sleep` instead of the real one: no job is taken, and the
+/// figure is airlock's own cost of starting the same sandboxes the bare floor starts.
+async fn burst(
+    n: usize,
+    latency: u64,
+    interval: &str,
+    stock: usize,
+    sleeper: Option<&std::path::Path>,
+) -> (f64, f64) {
     let mut p = pool("burst", &["self-hosted", "burst"]);
     p.max = n as u32;
     let extra = format!("jit_stock = {stock}\njit_stock_refresh = \"23h\"");
@@ -324,7 +333,7 @@ async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f6
             ..Default::default()
         },
         false,
-        &runner_bin(),
+        sleeper.unwrap_or(&runner_bin()),
         SimConfig {
             long_poll: Duration::from_secs(20),
             webhook_concurrency: env_n("AIRLOCK_BENCH_WEBHOOK_CONCURRENCY", 1) as usize,
@@ -391,7 +400,23 @@ async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f6
             })
             .collect(),
     );
-    let (started, taken) = wait_taken(&e, submitted).await;
+    let (started, taken) = match sleeper {
+        None => wait_taken(&e, submitted).await,
+        Some(_) => {
+            let started = || {
+                e.store()
+                    .all_runners()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|r| r.started_at)
+                    .filter(|t| *t >= submitted)
+                    .collect::<Vec<_>>()
+            };
+            assert!(wait_until(Duration::from_secs(600), || started().len() >= n).await);
+            let last = started().into_iter().max().unwrap();
+            (last, last)
+        }
+    };
     // Where the time went: the last job airlock heard of, the last create begun, and the passes.
     let s = |t: i64| (t - submitted) as f64 / 1e3;
     let heard = e
@@ -430,6 +455,14 @@ async fn burst(n: usize, latency: u64, interval: &str, stock: usize) -> (f64, f6
         calls_s * 1e3 / calls.max(1.0),
         work_s * 1e3 / calls.max(1.0)
     );
+    if sleeper.is_some() {
+        // Its runners never came online: the drain deletes their registrations, without the
+        // burst's latency.
+        e.sim().set_faults(Faults::default());
+        e.shutdown().await;
+        let t = (started - submitted) as f64 / 1e3;
+        return (t, t);
+    }
     // Every job completes; a runner made beyond the jobs (see below) idles until the drain.
     assert!(e.wait_jobs_completed(Duration::from_secs(600)).await);
     let made = e
@@ -472,7 +505,7 @@ async fn main() {
     if env_n("AIRLOCK_BENCH_PACED", 1) == 1 {
         let floor = jit_floor(n, latency, interval_d).await;
         println!("floor: {n} JIT requests one after another: {floor:.1} s");
-        let (started, taken) = burst(n, latency, &interval, 0).await;
+        let (started, taken) = burst(n, latency, &interval, 0, None).await;
         println!(
             "airlock, no stock: every runner started {started:.1} s after the burst ({:.2}x the floor); every job taken {taken:.1} s ({:.2}x)",
             started / floor,
@@ -497,39 +530,65 @@ async fn main() {
         let interval =
             std::env::var("AIRLOCK_BENCH_WRITE_INTERVAL").unwrap_or_else(|_| "0ms".into());
         let rounds = env_n("AIRLOCK_BENCH_ROUNDS", 4).max(1);
-        let (mut bare, mut floors, mut bursts) = (vec![], vec![], vec![]);
+        let (mut bare, mut floors, mut bursts, mut sleeps) = (vec![], vec![], vec![], vec![]);
+        let sleeper_dir = tempfile::tempdir().unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let r = sleeper_dir.path().join("runner");
+            std::fs::write(&r, "#!/bin/sh\nexec sleep 30\n").unwrap();
+            std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(sleeper_dir.path(), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
         for round in 1..=rounds {
             // Each phase leaves thousands of deleted directories in the same filesystem, and
             // ext4 allocates inodes more slowly for minutes after (it skips recently deleted
             // ones): the order alternates, floors first in odd rounds and last in even ones.
             let airlock_first = round % 2 == 0;
+            let sleeper = sleeper_dir.path().join("runner");
             let mut measured = None;
             if airlock_first {
-                measured = Some(burst(n, latency, &interval, n).await);
+                measured = Some((
+                    burst(n, latency, &interval, n, None).await,
+                    burst(n, latency, &interval, n, Some(&sleeper)).await.0,
+                ));
             }
             let floor = start_floor(n, parallel()).await;
             println!("round {round}: floor: {n} sandbox starts alone (process backend, {} at once, `sleep` as the runner): {floor:.2} s", parallel());
             let (fs, ft) = runner_floor(n, parallel(), latency).await;
             println!("round {round}: floor: {n} sandboxes of the real runner started directly, jobs already queued: every sandbox started {fs:.2} s, every job taken {ft:.2} s");
-            let (started, taken) = match measured {
+            let ((started, taken), slept) = match measured {
                 Some(m) => m,
-                None => burst(n, latency, &interval, n).await,
+                None => (
+                    burst(n, latency, &interval, n, None).await,
+                    burst(n, latency, &interval, n, Some(&sleeper)).await.0,
+                ),
             };
             println!(
                 "round {round}: airlock, jit_stock = {n}: every runner started {started:.2} s after the burst ({:.2}x the bare floor, {:.2}x the runner floor); every job taken {taken:.2} s",
                 started / floor,
                 started / fs,
             );
+            println!(
+                "round {round}: airlock, jit_stock = {n}, the bare floor's `sleep` as the runner: every sandbox started {slept:.2} s after the burst ({:.2}x the bare floor)",
+                slept / floor,
+            );
             bare.push(floor);
             floors.push(fs);
             bursts.push(started);
+            sleeps.push(slept);
         }
-        let ratio = |floor: &[f64]| median(bursts.iter().zip(floor).map(|(b, f)| b / f).collect());
-        let (rb, rf) = (ratio(&bare), ratio(&floors));
-        let (bare, fs, b) = (median(bare), median(floors), median(bursts));
+        let ratio =
+            |b: &[f64], floor: &[f64]| median(b.iter().zip(floor).map(|(b, f)| b / f).collect());
+        let (rb, rf, rs) = (
+            ratio(&bursts, &bare),
+            ratio(&bursts, &floors),
+            ratio(&sleeps, &bare),
+        );
+        let (bare, fs, b, sl) = (median(bare), median(floors), median(bursts), median(sleeps));
         println!(
-            "medians of {rounds}: airlock {b:.2} s; bare starts {bare:.2} s; the same runners started directly {fs:.2} s; \
-             median of the rounds' ratios: {rb:.2}x the bare floor, {rf:.2}x the runner floor"
+            "medians of {rounds}: airlock {b:.2} s; bare starts {bare:.2} s; the same runners started directly {fs:.2} s; airlock starting `sleep` {sl:.2} s; \
+             median of the rounds' ratios: {rb:.2}x the bare floor, {rf:.2}x the runner floor; airlock starting `sleep`: {rs:.2}x the bare floor"
         );
     }
 }
