@@ -1,0 +1,79 @@
+//! The schema, as forward-only migrations: `PRAGMA user_version` counts those applied, and a
+//! database newer than this build is refused (`StoreError::TooNew`). Never edit a migration that
+//! has shipped; add one.
+
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL,
+        repo TEXT NOT NULL,
+        enterprise TEXT,
+        name TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        status TEXT NOT NULL,
+        conclusion TEXT,
+        runner_name TEXT,
+        created_at INTEGER,
+        started_at INTEGER,
+        completed_at INTEGER,
+        first_seen_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX jobs_open ON jobs(status) WHERE status != 'completed';
+    CREATE TABLE runners (
+        name TEXT PRIMARY KEY,
+        pool TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        state TEXT NOT NULL,
+        github_id INTEGER,
+        sandbox_id TEXT NOT NULL,
+        job_id INTEGER,
+        created_at INTEGER NOT NULL,
+        state_since INTEGER NOT NULL,
+        started_at INTEGER,
+        stopped_at INTEGER,
+        exit_code INTEGER,
+        stop_reason TEXT,
+        took_unknown_job INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX runners_live ON runners(state) WHERE state != 'gone';
+    CREATE TABLE sandboxes (
+        id TEXT PRIMARY KEY,
+        runner_name TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        state_since INTEGER NOT NULL,
+        exit_code INTEGER
+    );
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        entity TEXT NOT NULL,
+        id TEXT NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE TABLE deliveries (
+        guid TEXT PRIMARY KEY,
+        event TEXT NOT NULL,
+        action TEXT,
+        received_at INTEGER NOT NULL
+    );
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    "#,
+    // 2: every statement a pass or a poll runs finds its rows through an index, so neither
+    // grows with history (see `sql` and the test `every_pass_and_poll_statement_uses_an_index`).
+    r#"
+    CREATE INDEX runners_unaccounted ON runners(stopped_at)
+        WHERE took_unknown_job = 1 AND job_id IS NULL;
+    CREATE INDEX runners_gone ON runners(state_since) WHERE state = 'gone';
+    CREATE INDEX jobs_done ON jobs(updated_at) WHERE status = 'completed';
+    CREATE INDEX sandboxes_destroyed ON sandboxes(state_since) WHERE state = 'destroyed';
+    CREATE INDEX events_at ON events(at);
+    CREATE INDEX deliveries_received ON deliveries(received_at);
+    "#,
+];
