@@ -259,6 +259,17 @@ async fn container_burst(n: usize, latency: u64, interval: &str) -> (f64, f64) {
 
 /// Waits until ghsim has no queued job, then returns (Unix ms) when the last runner made since
 /// `submitted` started, as the store records it, and when the last job was taken, as ghsim does.
+/// When each runner created since `submitted` started, as the store records it.
+fn started_since(e: &Env, submitted: i64) -> Vec<i64> {
+    e.store()
+        .all_runners()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.started_at)
+        .filter(|t| *t >= submitted)
+        .collect()
+}
+
 async fn wait_taken(e: &Env, submitted: i64) -> (i64, i64) {
     assert!(
         wait_until(Duration::from_secs(3600), || e
@@ -268,15 +279,7 @@ async fn wait_taken(e: &Env, submitted: i64) -> (i64, i64) {
             .all(|j| j.status != Status::Queued))
         .await
     );
-    let started = e
-        .store()
-        .all_runners()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r.started_at)
-        .filter(|t| *t >= submitted)
-        .max()
-        .unwrap();
+    let started = started_since(e, submitted).into_iter().max().unwrap();
     let taken = e
         .sim()
         .jobs()
@@ -403,17 +406,13 @@ async fn burst(
     let (started, taken) = match sleeper {
         None => wait_taken(&e, submitted).await,
         Some(_) => {
-            let started = || {
-                e.store()
-                    .all_runners()
-                    .unwrap()
-                    .iter()
-                    .filter_map(|r| r.started_at)
-                    .filter(|t| *t >= submitted)
-                    .collect::<Vec<_>>()
-            };
-            assert!(wait_until(Duration::from_secs(600), || started().len() >= n).await);
-            let last = started().into_iter().max().unwrap();
+            assert!(
+                wait_until(Duration::from_secs(600), || started_since(&e, submitted)
+                    .len()
+                    >= n)
+                .await
+            );
+            let last = started_since(&e, submitted).into_iter().max().unwrap();
             (last, last)
         }
     };
