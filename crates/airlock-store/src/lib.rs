@@ -52,7 +52,7 @@ pub enum StoreError {
     },
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
-    /// A call on the blocking pool that never finished (the runtime is shutting down).
+    /// A call its caller could not get an answer for (the daemon's store thread has ended).
     #[error("the store call was interrupted: {0}")]
     Interrupted(String),
     /// The call's writes were part of a batch (`Store::batch`) whose commit failed: none of
