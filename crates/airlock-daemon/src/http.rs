@@ -153,9 +153,11 @@ async fn dispatch(inner: &Inner, cmd: Command) -> Response {
                         .is_some_and(|r| r.starts_with(airlock_core::RUNNER_PREFIX))
             });
             let (g, e) = (guid.clone(), event.clone());
+            // Ahead of the daemon's own calls: GitHub's sender waits for this answer, and a
+            // burst's jobs are heard of one delivery at a time.
             let stored = inner
                 .store
-                .call(move |s| {
+                .call_first(move |s| {
                     s.ingest_delivery(&g, &e, action.as_deref(), job.as_deref(), now_ms())
                 })
                 .await;

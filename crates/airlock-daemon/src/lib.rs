@@ -16,7 +16,7 @@ mod poll;
 mod reconcile;
 mod stock;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -130,12 +130,14 @@ impl Inner {
 /// a channel; the calls waiting there when it looks are run together in one transaction (group
 /// commit, `Store::batch`: each call still a savepoint of its own) and answered once it is
 /// committed. So a burst's calls cost one commit per batch instead of one each, and no caller is
-/// told of a write that was not kept.
+/// told of a write that was not kept. Webhook deliveries (`call_first`) are batched ahead of the
+/// daemon's own calls: their sender waits on the answer.
 #[derive(Debug, Clone)]
 pub(crate) struct Db {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    calls: std::sync::mpsc::Sender<StoreCall>,
+    /// (first: ahead of the others, the call).
+    calls: std::sync::mpsc::Sender<(bool, StoreCall)>,
 }
 
 /// A call runs on the store's thread and returns how to answer its caller once its batch is
@@ -149,20 +151,42 @@ const BATCH_MAX: usize = 64;
 impl Db {
     fn new(store: Store, metrics: Arc<Metrics>) -> Result<Db, StartError> {
         let store = Arc::new(store);
-        let (calls, rx) = std::sync::mpsc::channel::<StoreCall>();
+        let (calls, rx) = std::sync::mpsc::channel::<(bool, StoreCall)>();
         let (s, m) = (store.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("airlock-store".into())
             .spawn(move || {
-                // Ends when the last `Db` is dropped.
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < BATCH_MAX {
-                        match rx.try_recv() {
-                            Ok(c) => batch.push(c),
-                            Err(_) => break,
+                // Ends when the last `Db` is dropped. Calls marked first (a webhook delivery,
+                // whose sender waits on the answer) go in batches of their own ahead of the
+                // rest, so a delivery never waits behind a pass's reads queued before it.
+                let (mut first, mut rest) = (VecDeque::new(), VecDeque::new());
+                loop {
+                    if first.is_empty() && rest.is_empty() {
+                        match rx.recv() {
+                            Ok((urgent, c)) => {
+                                if urgent {
+                                    first.push_back(c)
+                                } else {
+                                    rest.push_back(c)
+                                }
+                            }
+                            Err(_) => return,
                         }
                     }
+                    while let Ok((urgent, c)) = rx.try_recv() {
+                        if urgent {
+                            first.push_back(c)
+                        } else {
+                            rest.push_back(c)
+                        }
+                    }
+                    let queue = if first.is_empty() {
+                        &mut rest
+                    } else {
+                        &mut first
+                    };
+                    let mut batch: Vec<StoreCall> =
+                        queue.drain(..queue.len().min(BATCH_MAX)).collect();
                     let (t0, n) = (std::time::Instant::now(), batch.len());
                     let answers: Vec<(Answer, _)> = if n == 1 {
                         let call = batch.pop().expect("one call");
@@ -196,6 +220,24 @@ impl Db {
         F: FnOnce(&Store) -> Result<T, airlock_store::StoreError> + Send + 'static,
         T: Send + 'static,
     {
+        self.call_as(false, f).await
+    }
+
+    /// A call ahead of the others queued: for a caller someone outside waits on (a webhook's
+    /// sender), never for the daemon's own bookkeeping.
+    pub(crate) async fn call_first<T, F>(&self, f: F) -> Result<T, airlock_store::StoreError>
+    where
+        F: FnOnce(&Store) -> Result<T, airlock_store::StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.call_as(true, f).await
+    }
+
+    async fn call_as<T, F>(&self, first: bool, f: F) -> Result<T, airlock_store::StoreError>
+    where
+        F: FnOnce(&Store) -> Result<T, airlock_store::StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
         let t0 = std::time::Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let call: StoreCall = Box::new(move |store| {
@@ -209,7 +251,7 @@ impl Db {
                 let _ = tx.send(r);
             })
         });
-        let r = match self.calls.send(call) {
+        let r = match self.calls.send((first, call)) {
             Err(_) => Err(airlock_store::StoreError::Interrupted(
                 "the store's thread has ended".into(),
             )),
