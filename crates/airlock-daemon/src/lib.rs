@@ -155,58 +155,7 @@ impl Db {
         let (s, m) = (store.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("airlock-store".into())
-            .spawn(move || {
-                // Ends when the last `Db` is dropped. Calls marked first (a webhook delivery,
-                // whose sender waits on the answer) go in batches of their own ahead of the
-                // rest, so a delivery never waits behind a pass's reads queued before it.
-                let (mut first, mut rest) = (VecDeque::new(), VecDeque::new());
-                loop {
-                    if first.is_empty() && rest.is_empty() {
-                        match rx.recv() {
-                            Ok((urgent, c)) => {
-                                if urgent {
-                                    first.push_back(c)
-                                } else {
-                                    rest.push_back(c)
-                                }
-                            }
-                            Err(_) => return,
-                        }
-                    }
-                    while let Ok((urgent, c)) = rx.try_recv() {
-                        if urgent {
-                            first.push_back(c)
-                        } else {
-                            rest.push_back(c)
-                        }
-                    }
-                    let queue = if first.is_empty() {
-                        &mut rest
-                    } else {
-                        &mut first
-                    };
-                    let mut batch: Vec<StoreCall> =
-                        queue.drain(..queue.len().min(BATCH_MAX)).collect();
-                    let (t0, n) = (std::time::Instant::now(), batch.len());
-                    let answers: Vec<(Answer, _)> = if n == 1 {
-                        let call = batch.pop().expect("one call");
-                        vec![(call(&s), Ok(()))]
-                    } else {
-                        s.batch(
-                            batch
-                                .into_iter()
-                                .map(|c| c as Box<dyn FnOnce(&Store) -> Answer>)
-                                .collect(),
-                        )
-                    };
-                    let each = t0.elapsed().as_secs_f64() / n as f64;
-                    m.store_batch_calls.observe(n as f64);
-                    for (answer, kept) in answers {
-                        m.store_work_seconds.observe(each);
-                        answer(kept);
-                    }
-                }
-            })
+            .spawn(move || serve_store(&s, &m, rx))
             .map_err(StartError::StoreThread)?;
         Ok(Db {
             store,
@@ -272,6 +221,50 @@ impl Db {
     /// The store itself, for callers off the runtime (tests, the CLI's reads).
     pub(crate) fn sync(&self) -> &Store {
         &self.store
+    }
+}
+
+/// The store's thread: ends when the last `Db` is dropped. Calls marked first (a webhook
+/// delivery, whose sender waits on the answer) go in batches of their own ahead of the rest, so a
+/// delivery never waits behind calls queued before it, only behind the batch already running.
+fn serve_store(s: &Store, m: &Metrics, rx: std::sync::mpsc::Receiver<(bool, StoreCall)>) {
+    let (mut first, mut rest) = (VecDeque::new(), VecDeque::new());
+    loop {
+        let mut arrived = Vec::new();
+        if first.is_empty() && rest.is_empty() {
+            match rx.recv() {
+                Ok(call) => arrived.push(call),
+                Err(_) => return,
+            }
+        }
+        arrived.extend(rx.try_iter());
+        for (urgent, c) in arrived {
+            if urgent { &mut first } else { &mut rest }.push_back(c);
+        }
+        let queue = if first.is_empty() {
+            &mut rest
+        } else {
+            &mut first
+        };
+        let mut batch: Vec<StoreCall> = queue.drain(..queue.len().min(BATCH_MAX)).collect();
+        let (t0, n) = (std::time::Instant::now(), batch.len());
+        let answers: Vec<(Answer, _)> = if n == 1 {
+            let call = batch.pop().expect("one call");
+            vec![(call(s), Ok(()))]
+        } else {
+            s.batch(
+                batch
+                    .into_iter()
+                    .map(|c| c as Box<dyn FnOnce(&Store) -> Answer>)
+                    .collect(),
+            )
+        };
+        let each = t0.elapsed().as_secs_f64() / n as f64;
+        m.store_batch_calls.observe(n as f64);
+        for (answer, kept) in answers {
+            m.store_work_seconds.observe(each);
+            answer(kept);
+        }
     }
 }
 
