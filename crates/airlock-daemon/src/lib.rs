@@ -296,6 +296,29 @@ fn read_secret(what: &'static str, path: &Path) -> Result<String, StartError> {
 /// Starts the daemon: opens the store, probes the backend, recovers from an interrupted run,
 /// binds the HTTP listener and starts the loop and the poller.
 pub async fn start(cfg: Config) -> Result<Handle, StartError> {
+    start_inner(cfg, Vec::new()).await
+}
+
+/// What a test puts in place of the daemon's side effects (feature `test-util`, never in the
+/// production binary).
+#[cfg(feature = "test-util")]
+#[derive(Debug, Default)]
+pub struct Seams {
+    /// Each replaces the daemon's own backend of its kind once the probes have run: the control
+    /// loop, the store and GitHub are real, the sandboxes are whatever the test scripts.
+    pub backends: Vec<Arc<dyn airlock_sandbox::Backend>>,
+}
+
+/// `start`, with some of what it drives replaced (see `Seams`).
+#[cfg(feature = "test-util")]
+pub async fn start_with(cfg: Config, seams: Seams) -> Result<Handle, StartError> {
+    start_inner(cfg, seams.backends).await
+}
+
+async fn start_inner(
+    cfg: Config,
+    replace: Vec<Arc<dyn airlock_sandbox::Backend>>,
+) -> Result<Handle, StartError> {
     let dir = cfg.server.state_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|source| StartError::StateDir {
         path: dir.display().to_string(),
@@ -355,7 +378,10 @@ pub async fn start(cfg: Config) -> Result<Handle, StartError> {
     };
 
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let backend = backends::Backends::start(&cfg, exit_tx).await?;
+    let mut backend = backends::Backends::start(&cfg, exit_tx).await?;
+    for b in replace {
+        backend.registry.insert(b);
+    }
 
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await

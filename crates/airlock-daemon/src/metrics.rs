@@ -57,6 +57,11 @@ pub struct OpLabels {
     pub class: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpNameLabels {
+    pub op: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub webhook_deliveries: Family<DeliveryLabels, Counter>,
@@ -72,6 +77,7 @@ pub struct Metrics {
     pub store_work_seconds: Histogram,
     pub store_batch_calls: Histogram,
     pub reconcile_errors: Family<OpLabels, Counter>,
+    pub ops_deferred: Family<OpNameLabels, Counter>,
     pub polls: Family<OutcomeLabels, Counter>,
     pub orphans_reaped: Family<OutcomeLabels, Counter>,
     pub jit_stock: Family<PoolLabels, Gauge>,
@@ -102,6 +108,7 @@ impl Default for Metrics {
             store_work_seconds: Histogram::new(exponential_buckets(0.00001, 2.0, 18)),
             store_batch_calls: Histogram::new(exponential_buckets(1.0, 2.0, 7)),
             reconcile_errors: Family::default(),
+            ops_deferred: Family::default(),
             polls: Family::default(),
             orphans_reaped: Family::default(),
             jit_stock: Family::default(),
@@ -169,6 +176,11 @@ impl Default for Metrics {
             "reconcile_errors",
             "Failed operations, by operation and error class",
             m.reconcile_errors.clone(),
+        );
+        registry.register(
+            "ops_deferred",
+            "Operations a pass left to the operation that owns their object (it plans them again once that one ends)",
+            m.ops_deferred.clone(),
         );
         registry.register(
             "polls",

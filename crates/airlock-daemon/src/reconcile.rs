@@ -281,6 +281,13 @@ pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
             Ok(c) => c,
             Err(key) => {
                 tracing::trace!(%key, op = work.name(), "left to the operation that owns it");
+                inner
+                    .metrics
+                    .ops_deferred
+                    .get_or_create(&crate::metrics::OpNameLabels {
+                        op: work.name().into(),
+                    })
+                    .inc();
                 owned += 1;
                 continue;
             }

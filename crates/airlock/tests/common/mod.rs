@@ -130,9 +130,17 @@ impl Env {
     }
 
     pub async fn start_daemon(&mut self) {
+        self.start_daemon_with(airlock_daemon::Seams::default())
+            .await
+    }
+
+    /// The daemon with some of its side effects replaced (see `airlock_daemon::Seams`).
+    pub async fn start_daemon_with(&mut self, seams: airlock_daemon::Seams) {
         let (cfg, _) =
             airlock_config::load_str(&self.config, self.dir.path()).expect("test config is valid");
-        let h = airlock_daemon::start(cfg).await.expect("daemon starts");
+        let h = airlock_daemon::start_with(cfg, seams)
+            .await
+            .expect("daemon starts");
         self.sim()
             .set_webhook_url(Some(format!("http://{}/webhook", h.addr)));
         self.daemon = Some(h);
