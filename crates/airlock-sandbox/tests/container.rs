@@ -822,6 +822,106 @@ async fn a_new_backend_finds_and_reaps_what_a_killed_one_left_on(rt: Rt) {
     );
 }
 
+/// The nice values of a host process's threads, from `/proc/PID/task/*/stat` (field 19).
+fn nice_of(pid: i32) -> Vec<i64> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        out.push(
+            stat[stat.rfind(')').unwrap() + 2..]
+                .split(' ')
+                .nth(16)
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// Jobs run below the daemon's CPU priority (`server.sandbox_nice`) and cannot climb back: raising
+/// one's priority needs `CAP_SYS_NICE` in the host's user namespace, which no sandbox has (root in
+/// the container's namespace does not count). Positive control: lowering it further works, so
+/// the refusal is the kernel's rule, not a broken call. Under gVisor the job's nice value is the
+/// Sentry's own bookkeeping (a raise "succeeds" inside); what the host schedules, the Sentry's
+/// threads, stays at the sandbox's niceness, which is what is checked there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_at_the_sandbox_niceness_and_cannot_raise_it() {
+    a_job_runs_at_the_sandbox_niceness_and_cannot_raise_it_on(Rt::Default).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_at_the_sandbox_niceness_and_cannot_raise_it_runsc() {
+    a_job_runs_at_the_sandbox_niceness_and_cannot_raise_it_on(Rt::Runsc).await
+}
+
+async fn a_job_runs_at_the_sandbox_niceness_and_cannot_raise_it_on(rt: Rt) {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let _reaper = Reaper(root.clone());
+    let b = backend_configured(&root, rt.slot(13), rt, Duration::ZERO, |c| c.nice = 7).await;
+    let raise =
+        r#"perl -e 'use POSIX; print "raise ", (setpriority(0, 0, 0) ? "ok" : "-1 $!"), "\n"'"#;
+
+    // On the host, after the job tried to raise it: every thread of what runs the job (crun: the
+    // job itself; gVisor: its Sentry) at the configured niceness.
+    let m = shell_image();
+    let s = spec_on("nice1", &m, Limits::default(), rt);
+    b.create(&s).await.unwrap();
+    b.start(&s, &Secret::new(format!("{raise}; exec sleep 300")))
+        .await
+        .unwrap();
+    let log = root.join("nice1").join("runner.log");
+    let tried = (0..100).any(|_| {
+        let done = std::fs::read_to_string(&log).is_ok_and(|l| l.contains("raise "));
+        if !done {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        done
+    });
+    assert!(tried, "the job ran: {:?}", std::fs::read_to_string(&log));
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = match rt {
+        Rt::Runsc => find_sandbox_process("nice1"),
+        _ => find_process("sleep\u{0}300"),
+    }
+    .expect("the sandbox's process is found");
+    let nice = nice_of(pid);
+    assert!(
+        !nice.is_empty() && nice.iter().all(|n| *n == 7),
+        "pid {pid}'s threads at the sandbox's niceness: {nice:?} ({})",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    b.destroy("nice1").await.unwrap();
+
+    // Inside: the job's own view, and the control (lowering it works).
+    let script = format!(
+        r#"set -- $(cat /proc/$$/stat); echo "start=${{19}}"
+{raise}
+perl -e 'use POSIX; print "lower ", (setpriority(0, 0, 12) ? "ok" : "-1 $!"), "\n"; print "now ", getpriority(0, 0), "\n"'
+echo done"#
+    );
+    let (code, log) = run_on(&b, &root, "nice2", Limits::default(), &script, rt).await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("lower ok") && log.contains("now 12"),
+        "lowering works: {log}"
+    );
+    if rt.native() {
+        assert!(log.contains("start=7"), "{log}");
+        assert!(
+            log.contains("raise -1 Permission denied"),
+            "raising is refused: {log}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_failed_create_leaves_nothing() {
     require_root();

@@ -288,6 +288,17 @@ pub async fn backend_on(root: &Path, slot: u8, rt: Rt) -> ContainerBackend {
 
 /// `backend_on`, giving gVisor's KVM platform `kvm_probe` in the probe.
 pub async fn backend_with(root: &Path, slot: u8, rt: Rt, kvm_probe: Duration) -> ContainerBackend {
+    backend_configured(root, slot, rt, kvm_probe, |_| {}).await
+}
+
+/// `backend_with`, with `adjust` applied to its config last.
+pub async fn backend_configured(
+    root: &Path,
+    slot: u8,
+    rt: Rt,
+    kvm_probe: Duration,
+    adjust: impl FnOnce(&mut ContainerConfig),
+) -> ContainerBackend {
     std::fs::set_permissions(
         root.parent().unwrap(),
         std::fs::Permissions::from_mode(0o711),
@@ -302,6 +313,7 @@ pub async fn backend_with(root: &Path, slot: u8, rt: Rt, kvm_probe: Duration) ->
     ));
     cfg.runtimes = rt.name().into_iter().map(str::to_string).collect();
     cfg.kvm_probe = kvm_probe;
+    adjust(&mut cfg);
     ContainerBackend::probe(cfg, None).await.expect("probe")
 }
 
