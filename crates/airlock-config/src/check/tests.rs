@@ -1,0 +1,511 @@
+//! End-to-end tests of `load_str`: whole config texts in, a `Config` or the full diagnostic list
+//! out, with the key and line of each problem.
+//!
+//! They live here, not beside each section, because most cases cross sections (one bad file
+//! with problems everywhere, a pool's image under `server.state_dir`) and all share the same
+//! fixtures. They must never depend on the host beyond their temporary directory and `/bin/sh`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::load_str;
+use crate::{Accel, Auth, BackendKind, MicrovmPool, Severity, VmDriver};
+
+fn dir_with_secrets() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for (f, mode) in [("token", 0o600), ("secret", 0o600), ("open", 0o644)] {
+        let p = d.path().join(f);
+        std::fs::write(&p, "x").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    d
+}
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:9090"
+state_dir = "state"
+
+[github]
+api_url = "http://127.0.0.1:1234/"
+webhook_secret_file = "secret"
+poll_interval = "3s"
+token_file = "token"
+
+[[pool]]
+name = "small"
+scope = "repo:octo/hello"
+labels = ["self-hosted", "linux"]
+runner_command = "/bin/sh"
+max_runners = 3
+
+[[pool]]
+name = "org-big"
+scope = "org:octo"
+labels = ["self-hosted", "big"]
+runner_command = "/bin/sh"
+boot_timeout = "90s"
+"#;
+
+#[test]
+fn a_good_config_loads_with_defaults() {
+    let d = dir_with_secrets();
+    let (c, diags) = load_str(GOOD, d.path()).unwrap();
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.server.state_dir, d.path().join("state"));
+    assert_eq!(c.github.api_url, "http://127.0.0.1:1234");
+    assert_eq!(c.github.poll_interval, Duration::from_secs(3));
+    assert_eq!(c.pools.len(), 2);
+    assert_eq!(c.pools[0].runner_group, "Default");
+    assert_eq!(c.pools[0].idle_timeout, Duration::from_secs(600));
+    assert_eq!(c.pools[1].boot_timeout, Duration::from_secs(90));
+    assert_eq!(c.pools[1].max_runners, 8);
+    assert!(matches!(c.github.auth, Auth::Token { .. }));
+}
+
+#[test]
+fn write_pacing_and_the_jit_stock_are_checked() {
+    let d = dir_with_secrets();
+    let (c, _) = load_str(GOOD, d.path()).unwrap();
+    assert_eq!(
+        c.github.write_interval,
+        airlock_core::DEFAULT_WRITE_INTERVAL
+    );
+    assert_eq!(
+        (c.pools[0].jit_stock, c.pools[0].jit_stock_refresh),
+        (0, Duration::from_secs(12 * 3600))
+    );
+    let with = |github: &str, pool: &str| {
+        GOOD.replace(
+            "token_file = \"token\"",
+            &format!("token_file = \"token\"\n{github}"),
+        )
+        .replace("max_runners = 3", &format!("max_runners = 3\n{pool}"))
+    };
+    let (c, _) = load_str(
+        &with(
+            "write_interval = \"0s\"",
+            "jit_stock = 5\njit_stock_refresh = \"1h\"",
+        ),
+        d.path(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.github.write_interval,
+        Duration::ZERO,
+        "zero turns the pause off"
+    );
+    assert_eq!(
+        (c.pools[0].jit_stock, c.pools[0].jit_stock_refresh),
+        (5, Duration::from_secs(3600))
+    );
+    let mut failures = Vec::new();
+    for (github, pool, key) in [
+        ("write_interval = \"61s\"", "", "github.write_interval"),
+        ("write_interval = \"soon\"", "", "github.write_interval"),
+        ("", "jit_stock = 1001", "pool[0].jit_stock"),
+        ("", "jit_stock = -1", "pool[0].jit_stock"),
+        (
+            "",
+            "jit_stock_refresh = \"24h\"",
+            "pool[0].jit_stock_refresh",
+        ),
+        (
+            "",
+            "jit_stock_refresh = \"0s\"",
+            "pool[0].jit_stock_refresh",
+        ),
+    ] {
+        match load_str(&with(github, pool), d.path()) {
+            Ok(_) => failures.push(format!("{github}{pool}: accepted")),
+            Err(diags) if !diags.iter().any(|d| d.key == key) => {
+                failures.push(format!("{github}{pool}: no error for {key}: {diags:?}"))
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_key_and_line() {
+    let d = dir_with_secrets();
+    let bad = r#"
+[server]
+listen = "nonsense"
+colour = "blue"
+max_parallel_ops = 0
+sandbox_nice = -3
+
+[github]
+poll_interval = "soon"
+token_file = "open"
+webhook_secret_file = "missing"
+
+[[pool]]
+name = "a"
+scope = "repo:octo/hello"
+labels = []
+runner_command = "/bin/sh"
+
+[[pool]]
+name = "b"
+scope = "team:x"
+labels = ["x"]
+min_idle = 5
+max_runners = 2
+runner_command = "/nonexistent/runner"
+backend = "kvm"
+boot_timeout = 7
+"#;
+    let diags = load_str(bad, d.path()).unwrap_err();
+    let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    let want = [
+        ("server.listen", 3),
+        ("server.colour", 4),
+        ("server.max_parallel_ops", 5),
+        ("server.sandbox_nice", 6),
+        ("github.poll_interval", 9),
+        ("github.token_file", 10),
+        ("github.webhook_secret_file", 11),
+        ("pool[0].labels", 16),
+        ("pool[1].scope", 21),
+        ("pool[1].min_idle", 23),
+        ("pool[1].runner_command", 25),
+        ("pool[1].backend", 26),
+        ("pool[1].boot_timeout", 27),
+    ];
+    for (key, line) in want {
+        assert!(
+            diags
+                .iter()
+                .any(|d| d.key == key && d.line == Some(line) && d.severity == Severity::Error),
+            "no error for {key} at line {line} in:\n{}",
+            text.join("\n")
+        );
+    }
+    assert!(
+        text.iter()
+            .any(|t| t.contains("readable by other users (mode 0644)")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|t| t.contains("can never match")),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn microvm_pools_and_the_microvm_section() {
+    let d = dir_with_secrets();
+    std::fs::create_dir_all(d.path().join("state/images/vm")).unwrap();
+    std::fs::write(d.path().join("bzImage"), b"kernel").unwrap();
+    let good = format!(
+        "{GOOD}\n[microvm]\nqemu = \"/opt/qemu/bin/qemu-system-x86_64\"\nuid_base = 300000\n\n\
+         [[pool]]\nname = \"vm\"\nscope = \"org:octo\"\nlabels = [\"vm\"]\nbackend = \"microvm\"\n\
+         image = \"vm\"\ncpus = 2\n\n[pool.microvm]\naccel = \"tcg\"\ndisk_gib = 4\n\n\
+         [[pool]]\nname = \"fc\"\nscope = \"org:octo\"\nlabels = [\"fc\"]\nbackend = \"microvm\"\n\
+         image = \"vm\"\nmemory_mib = 512\n\n[pool.microvm]\ndriver = \"firecracker\"\nkernel = \"./bzImage\"\n"
+    );
+    let (c, diags) = load_str(&good, d.path()).unwrap();
+    assert!(diags.is_empty(), "{diags:?}");
+    let vm = &c.pools[2];
+    assert_eq!(vm.backend, BackendKind::Microvm);
+    assert_eq!(
+        vm.microvm,
+        Some(MicrovmPool {
+            driver: VmDriver::Qemu,
+            accel: Accel::Tcg,
+            kernel: None,
+            disk_gib: 4
+        })
+    );
+    assert_eq!(
+        (vm.cpus, vm.memory_mib),
+        (Some(2.0), Some(2048)),
+        "default guest RAM"
+    );
+    let fc = c.pools[3].microvm.as_ref().unwrap();
+    assert_eq!(
+        (fc.driver, fc.accel, fc.disk_gib),
+        (VmDriver::Firecracker, Accel::Auto, 10)
+    );
+    assert_eq!(
+        fc.kernel.as_deref(),
+        Some(d.path().join("./bzImage").to_str().unwrap())
+    );
+    assert_eq!(c.pools[3].memory_mib, Some(512));
+    assert_eq!(
+        c.microvm.qemu,
+        PathBuf::from("/opt/qemu/bin/qemu-system-x86_64")
+    );
+    assert_eq!(
+        c.microvm.firecracker,
+        PathBuf::from("firecracker"),
+        "looked up in PATH"
+    );
+    assert_eq!(c.microvm.uid_base, 300_000);
+    assert!(c.pools[0].microvm.is_none());
+
+    let bad = format!(
+        "{GOOD}\n[microvm]\nuid_base = 5\nbochs = \"yes\"\n\n\
+         [[pool]]\nname = \"vm\"\nscope = \"org:octo\"\nlabels = [\"vm\"]\nbackend = \"microvm\"\n\
+         image = \"vm\"\ncpus = 1.5\n\n[pool.microvm]\ndriver = \"bochs\"\naccel = \"warp\"\n\
+         kernel = \"/no/such/bzImage\"\ndisk_gib = 0\nballoon = true\n\n\
+         [[pool]]\nname = \"ct\"\nscope = \"org:octo\"\nlabels = [\"ct\"]\nbackend = \"container\"\n\
+         image = \"vm\"\n\n[pool.microvm]\ndriver = \"qemu\"\n\n\
+         [[pool]]\nname = \"fc\"\nscope = \"org:octo\"\nlabels = [\"fc\"]\nbackend = \"microvm\"\n\
+         image = \"vm\"\n\n[pool.microvm]\ndriver = \"firecracker\"\naccel = \"tcg\"\n"
+    );
+    let diags = load_str(&bad, d.path()).unwrap_err();
+    let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    let base = GOOD.lines().count();
+    for (key, line, says) in [
+        ("microvm.uid_base", base + 3, "at least 1000"),
+        ("microvm.bochs", base + 4, "unknown key"),
+        ("pool[2].cpus", base + 12, "whole number"),
+        ("pool[2].microvm.driver", base + 15, "not a driver"),
+        ("pool[2].microvm.accel", base + 16, "not an accelerator"),
+        ("pool[2].microvm.kernel", base + 17, "is not a file"),
+        ("pool[2].microvm.disk_gib", base + 18, "from 1 to 16384"),
+        ("pool[2].microvm.balloon", base + 19, "unknown key"),
+        (
+            "pool[3].microvm",
+            base + 28,
+            "only for backend = \"microvm\"",
+        ),
+        (
+            "pool[4].microvm.accel",
+            base + 40,
+            "only the qemu driver can emulate",
+        ),
+    ] {
+        assert!(
+            diags.iter().any(|d| d.key == key
+                && d.severity == Severity::Error
+                && d.line == Some(line)
+                && d.message.contains(says)),
+            "no error {says:?} for {key} (line {line}) in:\n{}",
+            text.join("\n")
+        );
+    }
+}
+
+#[test]
+fn container_pools_and_the_container_section() {
+    let d = dir_with_secrets();
+    std::fs::create_dir_all(d.path().join("state/images/runner")).unwrap();
+    let good = format!(
+        "{GOOD}\n[container]\nruntime = \"runc\"\nsubnet = \"10.9.0.0/16\"\ndns = [\"9.9.9.9\"]\n\n\
+         [[pool]]\nname = \"box\"\nscope = \"org:octo\"\nlabels = [\"box\"]\nbackend = \"container\"\n\
+         image = \"runner\"\ncpus = 1.5\nmemory_mib = 2048\npids_max = 512\n"
+    );
+    let (c, diags) = load_str(&good, d.path()).unwrap();
+    assert!(diags.is_empty(), "{diags:?}");
+    let p = &c.pools[2];
+    assert_eq!(p.backend, BackendKind::Container);
+    assert_eq!(p.image.as_deref(), Some("runner"));
+    assert_eq!(p.runner_command, None, "taken from the image's manifest");
+    assert_eq!(
+        (p.cpus, p.memory_mib, p.pids_max),
+        (Some(1.5), Some(2048), Some(512))
+    );
+    assert_eq!(c.container.runtime.as_deref(), Some("runc"));
+    assert_eq!(c.container.subnet, "10.9.0.0/16");
+    assert_eq!(c.container.uid_base, 100_000);
+    assert_eq!(c.server.job_log_max_bytes, 16 << 20);
+
+    let bad = r#"
+[server]
+state_dir = "state,x"
+job_log_max_mib = 0
+
+[github]
+token_file = "token"
+webhook_secret_file = "secret"
+
+[container]
+subnet = "10.9.0.1/16"
+uid_base = 0
+dns = ["127.0.0.53", "nine"]
+colour = "red"
+
+[[pool]]
+name = "box"
+scope = "org:octo"
+labels = ["box"]
+backend = "container"
+cpus = 0
+memory_mib = 1
+pids_max = 2
+io_weight = 5000
+runner_command = "relative/run.sh"
+
+[[pool]]
+name = "later"
+scope = "org:octo"
+labels = ["later"]
+backend = "container"
+image = "never-built"
+"#;
+    let diags = load_str(bad, d.path()).unwrap_err();
+    let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    for (key, line) in [
+        ("server.state_dir", 3),
+        ("server.job_log_max_mib", 4),
+        ("container.subnet", 11),
+        ("container.uid_base", 12),
+        ("container.dns", 13),
+        ("container.colour", 14),
+        ("pool[0].image", 16),
+        ("pool[0].cpus", 21),
+        ("pool[0].memory_mib", 22),
+        ("pool[0].pids_max", 23),
+        ("pool[0].io_weight", 24),
+        ("pool[0].runner_command", 25),
+    ] {
+        assert!(
+            diags.iter().any(|d| d.key == key
+                && d.severity == Severity::Error
+                && (d.line == Some(line) || key == "pool[0].image")),
+            "no error for {key} (line {line}) in:\n{}",
+            text.join("\n")
+        );
+    }
+    assert!(
+        diags.iter().any(|d| d.key == "pool[1].image"
+            && d.severity == Severity::Warning
+            && d.message.contains("airlock image build never-built")),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn a_container_pool_may_name_its_own_runtime() {
+    let d = dir_with_secrets();
+    std::fs::create_dir_all(d.path().join("state/images/runner")).unwrap();
+    let pool = |name: &str, backend: &str, runtime: &str| {
+        format!(
+            "\n[[pool]]\nname = \"{name}\"\nscope = \"org:octo\"\nlabels = [\"{name}\"]\n\
+             backend = \"{backend}\"\nimage = \"runner\"\n{runtime}"
+        )
+    };
+    let good = format!(
+        "{GOOD}{}{}{}",
+        pool("gv", "container", "runtime = \"runsc\"\n"),
+        pool("odd", "container", "runtime = \"/opt/no-such-runtime\"\n"),
+        pool("plain", "container", ""),
+    );
+    let (c, diags) = load_str(&good, d.path()).unwrap();
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(c.pools[2].runtime.as_deref(), Some("runsc"));
+    // Unknown names are the probe's to refuse, not the config's.
+    assert_eq!(c.pools[3].runtime.as_deref(), Some("/opt/no-such-runtime"));
+    assert_eq!(
+        c.pools[4].runtime, None,
+        "the host-wide [container] runtime"
+    );
+    assert_eq!(c.pools[0].runtime, None);
+
+    let bad = format!(
+        "{GOOD}{}{}{}",
+        pool("empty", "container", "runtime = \"\"\n"),
+        pool("vm", "microvm", "runtime = \"runsc\"\n"),
+        pool("num", "container", "runtime = 3\n"),
+    );
+    let diags = load_str(&bad, d.path()).unwrap_err();
+    let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    let line_of = |needle: &str, nth: usize| {
+        bad.lines()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with(needle))
+            .nth(nth)
+            .map(|(i, _)| i + 1)
+    };
+    for (key, line, what) in [
+        ("pool[2].runtime", line_of("runtime = \"\"", 0), "empty"),
+        (
+            "pool[3].runtime",
+            line_of("runtime = \"runsc\"", 0),
+            "only for backend = \"container\" (this pool's is \"microvm\")",
+        ),
+        (
+            "pool[4].runtime",
+            line_of("runtime = 3", 0),
+            "expected an OCI runtime name or path",
+        ),
+    ] {
+        assert!(
+            diags.iter().any(|d| d.key == key
+                && d.severity == Severity::Error
+                && d.line == line
+                && d.message.contains(what)),
+            "no error for {key} (line {line:?}, {what}) in:\n{}",
+            text.join("\n")
+        );
+    }
+}
+
+#[test]
+fn warnings_for_identical_label_sets_and_no_webhook_secret() {
+    let d = dir_with_secrets();
+    let text = r#"
+[github]
+token_file = "token"
+[[pool]]
+name = "a"
+scope = "repo:o/r"
+labels = ["Linux", "x64"]
+runner_command = "/bin/sh"
+[[pool]]
+name = "b"
+scope = "repo:o/r"
+labels = ["x64", "linux"]
+runner_command = "/bin/sh"
+"#;
+    let (_, diags) = load_str(text, d.path()).unwrap();
+    assert_eq!(diags.len(), 2, "{diags:?}");
+    assert!(diags.iter().all(|d| d.severity == Severity::Warning));
+    assert!(diags
+        .iter()
+        .any(|d| d.key == "pool[1].labels" && d.line == Some(12)));
+    assert!(diags.iter().any(|d| d.key == "github.webhook_secret_file"));
+}
+
+#[test]
+fn credentials_must_be_one_kind() {
+    let d = dir_with_secrets();
+    let pool =
+        "[[pool]]\nname=\"a\"\nscope=\"org:o\"\nlabels=[\"x\"]\nrunner_command=\"/bin/sh\"\n";
+    let cases = [
+        ("[github]\n", "no credentials"),
+        ("[github]\ntoken_file=\"token\"\napp_id=1\n", "not both"),
+        ("[github]\napp_id=1\n", "needs private_key_file"),
+        (
+            "[github]\napp_id=1\nclient_id=\"Iv1.x\"\nprivate_key_file=\"token\"\n",
+            "not both",
+        ),
+    ];
+    for (gh, want) in cases {
+        let diags = load_str(&format!("{gh}{pool}"), d.path()).unwrap_err();
+        assert!(
+            diags.iter().any(|x| x.message.contains(want)),
+            "{gh}: {diags:?}"
+        );
+    }
+    let (c, _) = load_str(
+        &format!("[github]\nclient_id=\"Iv1.x\"\nprivate_key_file=\"token\"\n{pool}"),
+        d.path(),
+    )
+    .unwrap();
+    assert!(matches!(c.github.auth, Auth::App { ref issuer, .. } if issuer == "Iv1.x"));
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let diags = load_str("[server]\nlisten = \n", Path::new(".")).unwrap_err();
+    assert_eq!(diags.len(), 1);
+    assert_eq!(diags[0].line, Some(2), "{diags:?}");
+}
