@@ -822,28 +822,6 @@ async fn a_new_backend_finds_and_reaps_what_a_killed_one_left_on(rt: Rt) {
     );
 }
 
-/// The nice values of a host process's threads, from `/proc/PID/task/*/stat` (field 19).
-fn nice_of(pid: i32) -> Vec<i64> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
-            continue;
-        };
-        out.push(
-            stat[stat.rfind(')').unwrap() + 2..]
-                .split(' ')
-                .nth(16)
-                .unwrap()
-                .parse()
-                .unwrap(),
-        );
-    }
-    out
-}
-
 /// Jobs run below the daemon's CPU priority (`server.sandbox_nice`) and cannot climb back: raising
 /// one's priority needs `CAP_SYS_NICE` in the host's user namespace, which no sandbox has (root in
 /// the container's namespace does not count). Positive control: lowering it further works, so

@@ -103,6 +103,13 @@ async fn vm_lifecycle_root_sudo_secret_unprivileged_vmm_and_nothing_left() {
     assert!(!argv.contains(secret), "secret in argv: {argv}");
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(cg.contains("/airlock/"), "VMM not in its cgroup: {cg}");
+    // Below the daemon's priority (`server.sandbox_nice`), every thread (the vCPUs too); root in
+    // the guest has no way to change a host thread's niceness.
+    let nice = nice_of(pid);
+    assert!(
+        !nice.is_empty() && nice.iter().all(|n| *n == i64::from(VM_NICE)),
+        "VMM threads at the sandbox's niceness: {nice:?}"
+    );
     let code = wait_exit(&b, "vm1", Duration::from_secs(120)).await;
     let log = std::fs::read_to_string(root.join("vm1/runner.log")).unwrap();
     assert_eq!(code, Some(7), "{log}");

@@ -120,6 +120,9 @@ pub fn vmm_binary(name: &str) -> PathBuf {
     std::fs::canonicalize(p).unwrap()
 }
 
+/// The niceness every test VMM runs at.
+pub const VM_NICE: i32 = 3;
+
 /// [`vm_backend`] with `drivers` made ready (Firecracker and Cloud Hypervisor from
 /// [`vmm_binary`]).
 pub async fn vm_backend_with(
@@ -140,6 +143,9 @@ pub async fn vm_backend_with(
     // A KVM that works boots the probe in about a second; one that hangs is given up on soon.
     cfg.probe_timeouts = (Duration::from_secs(5), Duration::from_secs(30));
     cfg.drivers = drivers.to_vec();
+    // Below the test's own priority, as `server.sandbox_nice` puts them (the lifecycle test
+    // checks every VMM thread's niceness).
+    cfg.nice = VM_NICE;
     if drivers.iter().any(|d| *d != airlock_core::VmDriver::Qemu) {
         cfg.firecracker = vmm_binary("firecracker");
         cfg.jailer = vmm_binary("jailer");
@@ -623,4 +629,26 @@ pub fn env_n(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
+}
+
+/// The nice values of a host process's threads, from `/proc/PID/task/*/stat` (field 19).
+pub fn nice_of(pid: i32) -> Vec<i64> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        out.push(
+            stat[stat.rfind(')').unwrap() + 2..]
+                .split(' ')
+                .nth(16)
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
+    }
+    out
 }
