@@ -548,7 +548,13 @@ async fn every_metric_is_updated() {
     }
     assert!(done(&e), "the run did not finish");
     assert!(families.len() >= 11, "{families:?}");
-    for f in &families {
+    // Moves only when a pass meets an object another operation owns, a race this run does not
+    // stage; `tests/executor.rs` stages it and reads the counter.
+    let staged_elsewhere = ["airlock_ops_deferred"];
+    for f in families
+        .iter()
+        .filter(|f| !staged_elsewhere.contains(&f.as_str()))
+    {
         assert!(
             ever_positive.contains(f),
             "metric {f} was never updated:\n{}",
