@@ -13,7 +13,9 @@
 //!   counts at least once (twice only briefly, which delays, never duplicates).
 //! - **Bounded, and creates never starve stops.** Creates and the other operations (stops,
 //!   reaps) each have `server.max_parallel_ops` slots of their own (`Slots`); an admitted
-//!   operation waits for its slot in its own task.
+//!   operation waits for its slot in its own task. The slots bound the host's and GitHub's work:
+//!   a create gives its slot up once its sandbox has started, so its runner's last store write
+//!   (queued behind everyone else's on a loaded host) does not hold the next create back.
 //!
 //! Nothing here touches the store, the backends or GitHub: the bookkeeping is plain data, tested
 //! below; `Ticket` ties one operation's claim to the daemon and releases it even if the task
@@ -183,6 +185,8 @@ impl Slots {
 pub(crate) struct Ticket {
     inner: Arc<Inner>,
     claim: Option<Claim>,
+    /// The operation's slot, once it has one (`run_op`).
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Ticket {
@@ -190,7 +194,19 @@ impl Ticket {
         Ticket {
             inner,
             claim: Some(claim),
+            slot: None,
         }
+    }
+
+    /// The operation holds a slot until `free_slot` or its end.
+    pub(crate) fn hold_slot(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.slot = Some(permit);
+    }
+
+    /// The host work the slots bound is done (a create's sandbox has started): what is left, a
+    /// store call, does not keep the next operation waiting. The objects stay owned until the end.
+    pub(crate) fn free_slot(&mut self) {
+        self.slot = None;
     }
 
     /// See `InFlight::own`.

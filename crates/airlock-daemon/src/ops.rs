@@ -248,6 +248,9 @@ async fn create(inner: &Inner, pool_name: &str, ticket: &mut Ticket) -> Result<(
             Ok(())
         }
         .await;
+        if made.is_ok() {
+            ticket.free_slot();
+        }
         let now = now_ms();
         match made {
             Ok(()) => {

@@ -461,7 +461,7 @@ fn is_held(inner: &Inner, work: &crate::ops::Work) -> bool {
 /// waited for one. A failure is counted, logged and backs off its pool (a create) or its object.
 /// Dropping the ticket at the end releases its objects and wakes the loop.
 async fn run_op(inner: &Arc<Inner>, work: crate::ops::Work, mut ticket: Ticket) {
-    let _slot = inner.slots.acquire(work.kind()).await;
+    ticket.hold_slot(inner.slots.acquire(work.kind()).await);
     if is_held(inner, &work) || (work.create_of().is_some() && inner.shared().draining) {
         return;
     }
