@@ -15,6 +15,7 @@ mod ops;
 mod poll;
 mod reconcile;
 mod stock;
+mod view;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -83,13 +83,15 @@ pub(crate) const RESYNC: Duration = Duration::from_secs(30);
 const MIN_GAP: Duration = Duration::from_millis(20);
 
 pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    let mut view = crate::view::View::default();
     loop {
         let started = Instant::now();
         let span = tracing::info_span!("reconcile");
-        let next = match pass(&inner).instrument(span).await {
+        let next = match pass(&inner, &mut view).instrument(span).await {
             Ok(next) => next,
             Err(e) => {
                 tracing::error!(error = %e, "reconcile pass failed");
+                view.reset();
                 // Whatever failed (the store, the backend's list) is retried soon, not in a loop.
                 Next::At(Instant::now() + Backoffs::FIRST)
             }
@@ -130,13 +132,23 @@ pub(crate) fn pool_of<'a>(inner: &'a Inner, name: &str) -> Option<&'a airlock_co
     inner.cfg.pools.iter().find(|p| p.name == name)
 }
 
-/// One pass: observe, plan, act; says when the next one is due.
-pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
+/// One pass: observe, plan, act; says when the next one is due. `view` holds what the last
+/// pass read of the store; this one reads what changed since.
+pub(crate) async fn pass(
+    inner: &Arc<Inner>,
+    view: &mut crate::view::View,
+) -> Result<Next, OpError> {
     let pass_started = Instant::now();
     // Before the store is read: a create in flight is counted at least once (`executor`).
     let unrecorded = inner.shared().inflight.begin_pass();
     let now = now_ms();
-    let live = inner.store.call(|s| s.live_runners()).await?;
+    let (jobs_since, runners_since) = view.since(pass_started);
+    let changed = inner
+        .store
+        .call(move |s| s.runners_since(runners_since))
+        .await?;
+    view.runners.apply_changed(changed);
+    let live = view.runners.rows();
     let listed = inner.backend.registry.list().await?;
     let mut sandboxes: HashMap<(BackendKind, &str), SandboxStatus> = HashMap::new();
     let mut kinds: HashMap<String, Vec<BackendKind>> = HashMap::new();
@@ -146,7 +158,7 @@ pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
     }
     let mut views = Vec::with_capacity(live.len());
     let mut ended = Vec::new();
-    for r in &live {
+    for r in live {
         // A runner's sandbox is looked for only in the backend the store recorded for it.
         let status = sandboxes
             .get(&(r.backend, r.sandbox_id.as_str()))
@@ -187,19 +199,11 @@ pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
             for (id, code) in ended {
                 let _ = s.sandbox_transition(&id, SandboxState::Exited, code, now);
             }
-            Ok((s.open_jobs()?, s.unaccounted_exits(since)?))
+            Ok((s.jobs_since(jobs_since)?, s.unaccounted_exits(since)?))
         })
         .await?;
-    let jobs: Vec<JobView> = open
-        .into_iter()
-        .map(|j| JobView {
-            id: j.id,
-            repo: j.repo,
-            enterprise: j.enterprise,
-            labels: j.labels,
-            status: j.status,
-        })
-        .collect();
+    view.jobs.apply_changed(open);
+    let jobs = view.jobs.rows();
     let pools = &inner.specs;
     let ids: Vec<String> = kinds.keys().cloned().collect();
     let (stock_views, reserved) = {
@@ -209,7 +213,7 @@ pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
     let input = PlanInput {
         now,
         pools,
-        jobs: &jobs,
+        jobs,
         runners: &views,
         unaccounted: &unaccounted,
         registrations: &registrations,
@@ -223,7 +227,7 @@ pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
         && ops.iter().any(|o| matches!(o, Op::Create { .. }))
     {
         // What the creates were planned from (a create beyond demand is found from this).
-        let demand = airlock_core::planner::demand(&jobs, pools);
+        let demand = airlock_core::planner::demand(jobs, pools);
         let mut seen: std::collections::BTreeMap<String, u32> = Default::default();
         for r in &views {
             *seen
@@ -254,7 +258,7 @@ pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
         .min()
         .map(at);
 
-    update_gauges(inner, pools, &jobs, &views);
+    update_gauges(inner, pools, jobs, &views);
     // Each operation runs as a task of its own (`executor`): the pass does not wait for them,
     // so the next pass plans while they run. `schedule` keeps one operation per object and puts
     // stops and reaps first; the executor drops any on an object another operation owns (or
@@ -270,7 +274,7 @@ pub(crate) async fn pass(inner: &Arc<Inner>) -> Result<Next, OpError> {
     }
     let observed = Instant::now();
     for op in ops {
-        let Some(work) = crate::ops::Work::new(op, &live, &kinds) else {
+        let Some(work) = crate::ops::Work::new(op, live, &kinds) else {
             continue;
         };
         if is_held(inner, &work) {

@@ -84,6 +84,42 @@ fn main() {
         store.live_runners().unwrap();
         store.open_jobs().unwrap();
     });
+    // What a pass reads once the daemon holds the open set: the rows written since the last
+    // pass (here 16 job updates and 16 runner moves between two passes, as in a busy burst).
+    let (mut jrev, mut rrev) = (
+        store.jobs_since(None).unwrap().rev,
+        store.runners_since(None).unwrap().rev,
+    );
+    let mut read = std::time::Duration::ZERO;
+    let passes = 50;
+    for p in 0..passes {
+        for k in 0..16 {
+            let i = (p * 16 + k) % n;
+            store
+                .ingest_delivery(
+                    &format!("again{p}-{k}"),
+                    "workflow_job",
+                    Some("in_progress"),
+                    Some(&job(i, JobStatus::InProgress)),
+                    now + 1 + p as i64,
+                )
+                .unwrap();
+            store
+                .set_runner_registration(&format!("airlock-burst-{i}"), (n + p * 16 + k) as u64)
+                .unwrap();
+        }
+        let t0 = Instant::now();
+        let j = store.jobs_since(Some(jrev)).unwrap();
+        let r = store.runners_since(Some(rrev)).unwrap();
+        read += t0.elapsed();
+        assert!(!r.rows.is_empty(), "the runners' moves are read");
+        (jrev, rrev) = (j.rev, r.rev);
+    }
+    println!(
+        "{:<44} {:>8.1} µs a call",
+        "pass: jobs_since + runners_since (16 + 16)",
+        read.as_secs_f64() * 1e6 / passes as f64
+    );
     per_call("stop: runner_transition to stopping", n, |i| {
         let r = format!("airlock-burst-{i}");
         store

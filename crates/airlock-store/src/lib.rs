@@ -66,6 +66,9 @@ pub enum StoreError {
 pub(crate) mod sql {
     pub const LIVE_RUNNERS: &str = "r.state != 'gone'";
     pub const OPEN_JOBS: &str = "status != 'completed'";
+    /// Ordered by revision: by id, SQLite would rather scan the table in id order than sort.
+    pub const JOBS_SINCE: &str = "rev > ?1 ORDER BY rev";
+    pub const RUNNERS_SINCE: &str = "r.rev > ?1 ORDER BY r.rev";
     pub const UNACCOUNTED: &str = "SELECT pool, COUNT(*) FROM runners
          WHERE took_unknown_job = 1 AND job_id IS NULL AND stopped_at > ?1 GROUP BY pool";
     pub const GONE_SINCE: &str = "SELECT github_id FROM runners
@@ -95,6 +98,16 @@ pub struct JobRecord {
     pub started_at: Option<Timestamp>,
     pub completed_at: Option<Timestamp>,
     pub first_seen_at: Timestamp,
+}
+
+/// Rows written since a reader's last read (`Store::jobs_since`, `Store::runners_since`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changed<T> {
+    pub rows: Vec<T>,
+    /// The revision the reader has now read up to.
+    pub rev: i64,
+    /// `rows` is the whole open (live) set, not what changed: the reader replaces what it held.
+    pub full: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -247,6 +260,56 @@ impl Store {
         self.jobs_where(sql::OPEN_JOBS)
     }
 
+    /// What a reader that last read up to revision `since` has missed: every job written after
+    /// it, whatever its status (a completed one leaves the reader's open set), or, with no
+    /// `since`, every open job. With the revision this brings the reader to.
+    pub fn jobs_since(&self, since: Option<i64>) -> Result<Changed<JobRecord>, StoreError> {
+        // The revision first: a write after this read is read again next time, never missed.
+        let rev = self.rev("jobs")?;
+        let rows = match since {
+            None => self.open_jobs()?,
+            Some(r) => self.jobs_where_rev(r)?,
+        };
+        Ok(Changed {
+            rows,
+            rev,
+            full: since.is_none(),
+        })
+    }
+
+    /// `jobs_since` for runners: every runner written after `since` (a gone one leaves the live
+    /// set), or every live runner.
+    pub fn runners_since(&self, since: Option<i64>) -> Result<Changed<RunnerRecord>, StoreError> {
+        let rev = self.rev("runners")?;
+        let rows = match since {
+            None => self.live_runners()?,
+            Some(r) => {
+                let conn = self.conn();
+                let mut st =
+                    conn.prepare_cached(&format!("{RUNNER_COLS} WHERE {}", sql::RUNNERS_SINCE))?;
+                let rows = st
+                    .query_map([r], runner_row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                drop(st);
+                drop(conn);
+                rows.into_iter()
+                    .map(|(r, s)| finish_runner(r, s))
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        Ok(Changed {
+            rows,
+            rev,
+            full: since.is_none(),
+        })
+    }
+
+    fn rev(&self, table: &str) -> Result<i64, StoreError> {
+        Ok(self
+            .conn()
+            .row("SELECT v FROM revs WHERE tbl = ?1", [table], |r| r.get(0))?)
+    }
+
     pub fn all_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         self.jobs_where("1")
     }
@@ -256,12 +319,24 @@ impl Store {
     }
 
     fn jobs_where(&self, cond: &str) -> Result<Vec<JobRecord>, StoreError> {
+        self.jobs_query(&format!("{cond} ORDER BY id"), [])
+    }
+
+    fn jobs_where_rev(&self, since: i64) -> Result<Vec<JobRecord>, StoreError> {
+        self.jobs_query(sql::JOBS_SINCE, [since])
+    }
+
+    fn jobs_query<P: rusqlite::Params>(
+        &self,
+        cond: &str,
+        params: P,
+    ) -> Result<Vec<JobRecord>, StoreError> {
         let conn = self.conn();
         let mut st = conn.prepare_cached(&format!(
             "SELECT id, run_id, repo, enterprise, name, labels, status, conclusion, runner_name,
-                    created_at, started_at, completed_at, first_seen_at FROM jobs WHERE {cond} ORDER BY id"
+                    created_at, started_at, completed_at, first_seen_at FROM jobs WHERE {cond}"
         ))?;
-        let rows = st.query_map([], |r| {
+        let rows = st.query_map(params, |r| {
             Ok((
                 JobRecord {
                     id: r.get::<_, i64>(0)? as u64,

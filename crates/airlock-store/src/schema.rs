@@ -76,4 +76,32 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_at ON events(at);
     CREATE INDEX deliveries_received ON deliveries(received_at);
     "#,
+    // 3: a revision per job and runner row, from a counter per table that every insert and
+    // update moves (triggers, so that no write path can forget it): a pass reads only the rows
+    // written since its last one (`Store::jobs_since`, `Store::runners_since`). Rows written
+    // before this migration have revision 0 and are read by the first, full read.
+    r#"
+    ALTER TABLE jobs ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runners ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_rev ON jobs(rev);
+    CREATE INDEX runners_rev ON runners(rev);
+    CREATE TABLE revs (tbl TEXT PRIMARY KEY, v INTEGER NOT NULL);
+    INSERT INTO revs (tbl, v) VALUES ('jobs', 0), ('runners', 0);
+    CREATE TRIGGER jobs_rev_insert AFTER INSERT ON jobs BEGIN
+        UPDATE revs SET v = v + 1 WHERE tbl = 'jobs';
+        UPDATE jobs SET rev = (SELECT v FROM revs WHERE tbl = 'jobs') WHERE id = NEW.id;
+    END;
+    CREATE TRIGGER jobs_rev_update AFTER UPDATE ON jobs WHEN NEW.rev = OLD.rev BEGIN
+        UPDATE revs SET v = v + 1 WHERE tbl = 'jobs';
+        UPDATE jobs SET rev = (SELECT v FROM revs WHERE tbl = 'jobs') WHERE id = NEW.id;
+    END;
+    CREATE TRIGGER runners_rev_insert AFTER INSERT ON runners BEGIN
+        UPDATE revs SET v = v + 1 WHERE tbl = 'runners';
+        UPDATE runners SET rev = (SELECT v FROM revs WHERE tbl = 'runners') WHERE name = NEW.name;
+    END;
+    CREATE TRIGGER runners_rev_update AFTER UPDATE ON runners WHEN NEW.rev = OLD.rev BEGIN
+        UPDATE revs SET v = v + 1 WHERE tbl = 'runners';
+        UPDATE runners SET rev = (SELECT v FROM revs WHERE tbl = 'runners') WHERE name = NEW.name;
+    END;
+    "#,
 ];

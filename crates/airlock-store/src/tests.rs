@@ -309,6 +309,8 @@ fn every_pass_and_poll_statement_uses_an_index() {
             sql::LIVE_RUNNERS
         ),
         format!("SELECT id FROM jobs WHERE {} ORDER BY id", sql::OPEN_JOBS),
+        format!("{RUNNER_COLS} WHERE {}", sql::RUNNERS_SINCE),
+        format!("SELECT id FROM jobs WHERE {}", sql::JOBS_SINCE),
         sql::UNACCOUNTED.to_string(),
         sql::GONE_SINCE.to_string(),
         sql::PRUNE_DELIVERIES.to_string(),
@@ -450,4 +452,143 @@ fn a_batch_commits_its_calls_together_and_a_failing_one_does_not_undo_the_others
         RunnerState::Starting
     );
     assert!(other.job(9).unwrap().is_some());
+}
+
+/// A reader that keeps the open jobs and live runners from `jobs_since`/`runners_since` holds
+/// exactly what full reads return, after every step of a long mix of writes (webhooks in and
+/// out of order, polls, runner moves, pruning), and a step that writes nothing brings no rows.
+#[test]
+fn a_revision_reader_holds_what_full_reads_return() {
+    use std::collections::BTreeMap;
+    let (_d, s) = open();
+    // Rows from before the reader's first read.
+    s.observe_jobs(&[obs(1, JobStatus::Queued, None)], 1)
+        .unwrap();
+    s.insert_runner("r0", "p", "repo:octo/hello", "r0", BackendKind::Process, 1)
+        .unwrap();
+    #[derive(Default)]
+    struct Reader {
+        jobs: BTreeMap<u64, JobRecord>,
+        runners: BTreeMap<String, RunnerRecord>,
+        jrev: Option<i64>,
+        rrev: Option<i64>,
+    }
+    impl Reader {
+        fn read(&mut self, s: &Store, step: &str) -> (usize, usize) {
+            let j = s.jobs_since(self.jrev).unwrap();
+            let r = s.runners_since(self.rrev).unwrap();
+            assert_eq!(j.full, self.jrev.is_none(), "{step}");
+            if j.full {
+                self.jobs.clear();
+            }
+            if r.full {
+                self.runners.clear();
+            }
+            let seen = (j.rows.len(), r.rows.len());
+            for row in j.rows {
+                if row.status == JobStatus::Completed {
+                    self.jobs.remove(&row.id);
+                } else {
+                    self.jobs.insert(row.id, row);
+                }
+            }
+            for row in r.rows {
+                if row.state == RunnerState::Gone {
+                    self.runners.remove(&row.name);
+                } else {
+                    self.runners.insert(row.name.clone(), row);
+                }
+            }
+            (self.jrev, self.rrev) = (Some(j.rev), Some(r.rev));
+            assert_eq!(
+                self.jobs.values().cloned().collect::<Vec<_>>(),
+                s.open_jobs().unwrap(),
+                "open jobs after {step}"
+            );
+            let mut live = s.live_runners().unwrap();
+            live.sort_by(|a, b| a.name.cmp(&b.name));
+            assert_eq!(
+                self.runners.values().cloned().collect::<Vec<_>>(),
+                live,
+                "live runners after {step}"
+            );
+            seen
+        }
+    }
+    let mut reader = Reader::default();
+    let mut read = |s: &Store, step: &str| reader.read(s, step);
+    assert_eq!(read(&s, "the first read"), (1, 1));
+    assert_eq!(read(&s, "nothing"), (0, 0), "nothing written, nothing read");
+    let mut t = 10;
+    for i in 0..40u64 {
+        t += 1;
+        let id = 100 + i;
+        let name = format!("r{}", i + 1);
+        s.ingest_delivery(
+            &format!("q{i}"),
+            "workflow_job",
+            Some("queued"),
+            Some(&obs(id, JobStatus::Queued, None)),
+            t,
+        )
+        .unwrap();
+        s.insert_runner(
+            &name,
+            "p",
+            "repo:octo/hello",
+            &name,
+            BackendKind::Process,
+            t,
+        )
+        .unwrap();
+        read(&s, &format!("job {id} queued, runner {name} created"));
+        s.runner_started(&name, &name, t).unwrap();
+        if i % 3 == 0 {
+            // Its in_progress webhook lost, completed first: the job goes straight out.
+            s.ingest_delivery(
+                &format!("c{i}"),
+                "workflow_job",
+                Some("completed"),
+                Some(&obs(id, JobStatus::Completed, Some(&name))),
+                t,
+            )
+            .unwrap();
+        } else {
+            s.observe_jobs(&[obs(id, JobStatus::InProgress, Some(&name))], t)
+                .unwrap();
+        }
+        read(&s, &format!("job {id} taken by {name}"));
+        if i % 2 == 0 {
+            s.runner_transition(&name, RunnerState::Stopping, t, Some("exited"))
+                .unwrap();
+            s.sandbox_transition(&name, SandboxState::Destroyed, None, t)
+                .unwrap();
+            s.runner_transition(&name, RunnerState::Gone, t, None)
+                .unwrap();
+            s.observe_jobs(&[obs(id, JobStatus::Completed, Some(&name))], t)
+                .unwrap();
+        }
+        // A duplicate delivery changes nothing and is read as nothing new for jobs.
+        let since = s.jobs_since(None).unwrap().rev;
+        s.ingest_delivery(
+            &format!("q{i}"),
+            "workflow_job",
+            Some("queued"),
+            Some(&obs(id, JobStatus::Queued, None)),
+            t,
+        )
+        .unwrap();
+        assert_eq!(
+            s.jobs_since(Some(since)).unwrap().rows.len(),
+            0,
+            "a duplicate is no write"
+        );
+        read(&s, &format!("round {i}"));
+    }
+    s.prune_history(t + 1).unwrap();
+    read(&s, "pruning");
+    assert!(
+        !reader.jobs.is_empty() && !reader.runners.is_empty(),
+        "the mix leaves open work to compare"
+    );
 }
