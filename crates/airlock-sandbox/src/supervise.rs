@@ -119,14 +119,8 @@ pub(crate) fn status_of(dir: &Path) -> crate::SandboxStatus {
     }
 }
 
-/// Every sandbox id under `root` with anything left on the host that its backend (marked by
-/// `tag`) tags: its directory, a host link or address lease whose owner key is `<tag>/<id>`, or
-/// a cgroup `<tag>-<id>`. How orphans of every image backend are found after a crash.
-pub(crate) fn ids_on_host(
-    root: &Path,
-    tag: &str,
-    leases: &airlock_net::Leases,
-) -> std::collections::BTreeSet<String> {
+/// The sandboxes that have a directory under `root`.
+pub(crate) fn dir_ids(root: &Path) -> std::collections::BTreeSet<String> {
     let mut ids = std::collections::BTreeSet::new();
     if let Ok(entries) = std::fs::read_dir(root) {
         for e in entries.flatten() {
@@ -137,6 +131,18 @@ pub(crate) fn ids_on_host(
             }
         }
     }
+    ids
+}
+
+/// Every sandbox id under `root` with anything left on the host that its backend (marked by
+/// `tag`) tags: its directory, a host link or address lease whose owner key is `<tag>/<id>`, or
+/// a cgroup `<tag>-<id>`. How orphans of every image backend are found after a crash.
+pub(crate) fn ids_on_host(
+    root: &Path,
+    tag: &str,
+    leases: &airlock_net::Leases,
+) -> std::collections::BTreeSet<String> {
+    let mut ids = dir_ids(root);
     let own = format!("{tag}/");
     let leased = leases.owners_with_prefix(&own).unwrap_or_default();
     for key in airlock_net::list()

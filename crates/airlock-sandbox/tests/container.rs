@@ -900,6 +900,49 @@ echo done"#
     }
 }
 
+/// A pass's list reads the sandboxes' directories; the host-wide look for what a sandbox whose
+/// directory is gone left behind (here an address lease) comes at the first list and then every
+/// `host_scan_every`, and finds it then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remnants_are_found_by_the_periodic_host_scan() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let _reaper = Reaper(root.clone());
+    let every = Duration::from_millis(600);
+    let b = backend_configured(&root, 14, Rt::Default, Duration::ZERO, |c| {
+        c.host_scan_every = every
+    })
+    .await;
+    assert!(
+        b.list().await.unwrap().is_empty(),
+        "the first list scans: nothing"
+    );
+    let leases = airlock_net::Leases::new(
+        airlock_net::lease_dir(root.parent().unwrap()),
+        subnet_for(14),
+    );
+    let owner = format!("{}/lost1", airlock_sandbox::container::tag_of(&root));
+    leases.acquire(&owner).unwrap();
+    assert!(
+        b.list().await.unwrap().is_empty(),
+        "within the interval a list reads directories only"
+    );
+    tokio::time::sleep(every).await;
+    assert_eq!(
+        b.list().await.unwrap(),
+        vec![("lost1".to_string(), SandboxStatus::Exited(None))],
+        "the next scan finds the remnant, reported as ended"
+    );
+    b.destroy("lost1").await.unwrap();
+    assert!(
+        leases.owners_with_prefix(&owner).unwrap().is_empty(),
+        "destroy swept it"
+    );
+    tokio::time::sleep(every).await;
+    assert!(b.list().await.unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_failed_create_leaves_nothing() {
     require_root();

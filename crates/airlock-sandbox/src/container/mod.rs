@@ -100,6 +100,8 @@ pub struct ContainerConfig {
     pub dns: Vec<Ipv4Addr>,
     /// Keeps finished sandboxes' logs; `None`: they go with the sandbox.
     pub logs: Option<LogKeep>,
+    /// How often `list` looks across the host for remnants (`HOST_SCAN_EVERY`).
+    pub host_scan_every: Duration,
 }
 
 impl ContainerConfig {
@@ -118,6 +120,7 @@ impl ContainerConfig {
             nice: 0,
             dns: Vec::new(),
             logs: None,
+            host_scan_every: HOST_SCAN_EVERY,
         }
     }
 }
@@ -151,7 +154,17 @@ pub struct Container {
     others: tokio::sync::Mutex<HashMap<String, Result<Arc<Runtime>, String>>>,
     tag: String,
     watched: Watch,
+    /// When `list` last looked beyond the sandboxes' directories (see `HOST_SCAN_EVERY`).
+    host_scanned: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often `list` looks beyond the sandboxes' directories and the runtimes' state for what a
+/// sandbox whose directory is gone left on the host (links, address leases, cgroups). Such
+/// remnants come only from a crash (a new backend's first list always looks) or a destroy that
+/// failed part-way (its runner or orphan is destroyed again, and destroy sweeps by id), so a
+/// pass need not pay for a host-wide scan each time: with 1,000 sandboxes alive it is most of
+/// what a list costs.
+pub const HOST_SCAN_EVERY: Duration = Duration::from_secs(10);
 
 fn probe_err(detail: String) -> SandboxError {
     SandboxError::Probe {
@@ -268,6 +281,7 @@ impl ContainerBackend {
             others: Default::default(),
             tag,
             watched: Watch::new(exits),
+            host_scanned: std::sync::Mutex::new(None),
         }));
         let mut refused = Vec::new();
         for name in extra {
@@ -805,7 +819,20 @@ impl ContainerBackend {
 impl ContainerBackend {
     /// Every sandbox id with anything left on the host: directory, runtime state, link, cgroup.
     fn list_ids(&self) -> Vec<String> {
-        let mut ids = supervise::ids_on_host(&self.cfg.root, &self.tag, &self.cfg.net);
+        let now = std::time::Instant::now();
+        let scan = {
+            let mut last = self.host_scanned.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.is_none_or(|t| now.duration_since(t) >= self.cfg.host_scan_every);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        let mut ids = if scan {
+            supervise::ids_on_host(&self.cfg.root, &self.tag, &self.cfg.net)
+        } else {
+            supervise::dir_ids(&self.cfg.root)
+        };
         ids.extend(self.runtime_ids());
         ids.into_iter().collect()
     }
