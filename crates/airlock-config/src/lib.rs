@@ -172,6 +172,8 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     #[serde(with = "humantime_serde_shim")]
     pub job_timeout: Duration,
+    /// `[pool.egress]`: what the pool's sandboxes may reach beyond the isolation all have.
+    pub egress: airlock_core::egress::EgressPolicy,
 }
 
 impl PoolConfig {

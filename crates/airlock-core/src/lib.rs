@@ -5,6 +5,7 @@
 //! argument, and every function is deterministic. That is what makes the planner testable with
 //! tables of cases, and what the rest of airlock relies on when it replays a pass after a crash.
 
+pub mod egress;
 pub mod labels;
 pub mod planner;
 pub mod state;

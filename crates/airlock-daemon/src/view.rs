@@ -107,17 +107,7 @@ impl Open<RunnerRecord> {
 impl Open<JobView> {
     pub(crate) fn apply_changed(&mut self, c: Changed<JobRecord>) {
         let c = Changed {
-            rows: c
-                .rows
-                .into_iter()
-                .map(|j| JobView {
-                    id: j.id,
-                    repo: j.repo,
-                    enterprise: j.enterprise,
-                    labels: j.labels,
-                    status: j.status,
-                })
-                .collect(),
+            rows: c.rows.into_iter().map(JobRecord::into_view).collect(),
             rev: c.rev,
             full: c.full,
         };

@@ -100,6 +100,19 @@ pub struct JobRecord {
     pub first_seen_at: Timestamp,
 }
 
+impl JobRecord {
+    /// What the planner needs of it.
+    pub fn into_view(self) -> airlock_core::JobView {
+        airlock_core::JobView {
+            id: self.id,
+            repo: self.repo,
+            enterprise: self.enterprise,
+            labels: self.labels,
+            status: self.status,
+        }
+    }
+}
+
 /// Rows written since a reader's last read (`Store::jobs_since`, `Store::runners_since`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Changed<T> {

@@ -308,13 +308,7 @@ fn planner(reps: usize) -> String {
             .open_jobs()
             .unwrap()
             .into_iter()
-            .map(|j| JobView {
-                id: j.id,
-                repo: j.repo,
-                enterprise: j.enterprise,
-                labels: j.labels,
-                status: j.status,
-            })
+            .map(airlock_store::JobRecord::into_view)
             .collect();
         read.push(t.elapsed().as_secs_f64() * 1000.0);
         let unaccounted = HashMap::new();

@@ -7,6 +7,7 @@
 //! error stands.
 
 mod container;
+mod egress;
 mod github;
 mod pools;
 mod server;

@@ -38,6 +38,7 @@ const POOL_KEYS: &[&str] = &[
     "boot_timeout",
     "idle_timeout",
     "job_timeout",
+    "egress",
 ];
 
 /// Every pool; `state_dir` is where built images are looked for.
@@ -112,6 +113,7 @@ fn pool(
     let boot_timeout = w.duration(&mut t, sec, "boot_timeout", Duration::from_secs(300));
     let idle_timeout = w.duration(&mut t, sec, "idle_timeout", Duration::from_secs(600));
     let job_timeout = w.duration(&mut t, sec, "job_timeout", Duration::from_secs(6 * 3600));
+    let egress = super::egress::read(w, &mut t, sec);
     w.unknown(t, sec, POOL_KEYS);
     Some(PoolConfig {
         name,
@@ -135,6 +137,7 @@ fn pool(
         boot_timeout,
         idle_timeout,
         job_timeout,
+        egress,
     })
 }
 

@@ -509,3 +509,109 @@ fn syntax_errors_name_the_line() {
     assert_eq!(diags.len(), 1);
     assert_eq!(diags[0].line, Some(2), "{diags:?}");
 }
+
+#[test]
+fn a_pools_egress_section_is_checked_entry_by_entry() {
+    let d = dir_with_secrets();
+    // Open with no list: the default, as when the section is absent.
+    let good = GOOD.replace(
+        "max_runners = 3\n",
+        "max_runners = 3\n\n[pool.egress]\nmode = \"open\"\n",
+    );
+    let (c, diags) = load_str(&good, d.path()).unwrap();
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(c.pools[0].egress, Default::default());
+    assert_eq!(c.pools[1].egress, Default::default());
+
+    // A list under open is kept (for audit later) and said to do nothing.
+    let listed = GOOD.replace(
+        "max_runners = 3\n",
+        "max_runners = 3\n\n[pool.egress]\nallow = [\"github.com\", \"*.githubusercontent.com\", \"pypi.org:443\", \"10.20.0.0/16\", \"github.com\"]\n",
+    );
+    let (c, diags) = load_str(&listed, d.path()).unwrap();
+    let allow: Vec<String> = c.pools[0]
+        .egress
+        .allow
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(
+        allow,
+        [
+            "github.com",
+            "*.githubusercontent.com",
+            "pypi.org:443",
+            "10.20.0.0/16"
+        ]
+    );
+    let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.key == "pool[0].egress.allow[4]" && d.message.contains("listed twice")),
+        "{text:?}"
+    );
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.key == "pool[0].egress.allow" && d.message.contains("no effect")),
+        "{text:?}"
+    );
+
+    // Every bad entry and key at once, with its index; audit and block refused until enforced.
+    let bad = GOOD.replace(
+        "max_runners = 3\n",
+        "max_runners = 3\n\n[pool.egress]\nmode = \"block\"\nallow = [\"*.com\", \"169.254.169.254\", \"ok.example\", \"10.0.0.1/8\", \"x.example:0\"]\ncolour = 1\n",
+    )
+    .replace(
+        "boot_timeout = \"90s\"\n",
+        "boot_timeout = \"90s\"\negress = { mode = \"deny\" }\n",
+    );
+    let diags = load_str(&bad, d.path()).unwrap_err();
+    let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    let want = [
+        ("pool[0].egress.mode", "not enforced by this build yet"),
+        ("pool[0].egress.allow[0]", "top-level domain"),
+        ("pool[0].egress.allow[1]", "cloud metadata"),
+        (
+            "pool[0].egress.allow[3]",
+            "host bits are set: the range is 10.0.0.0/8",
+        ),
+        ("pool[0].egress.allow[4]", "1 to 65535"),
+        (
+            "pool[0].egress.colour",
+            "unknown key; expected one of: mode, allow",
+        ),
+        ("pool[1].egress.mode", "\"deny\" is not a mode"),
+    ];
+    let mut missing = Vec::new();
+    for (key, msg) in want {
+        if !diags
+            .iter()
+            .any(|d| d.key == key && d.message.contains(msg) && d.severity == Severity::Error)
+        {
+            missing.push(format!("{key}: {msg}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "missing {missing:?} in:\n{}",
+        text.join("\n")
+    );
+    assert!(
+        !diags.iter().any(|d| d.key == "pool[0].egress.allow[2]"),
+        "a good entry beside bad ones is not blamed: {text:?}"
+    );
+    let audit = GOOD.replace(
+        "max_runners = 3\n",
+        "max_runners = 3\n\n[pool.egress]\nmode = \"audit\"\n",
+    );
+    let diags = load_str(&audit, d.path()).unwrap_err();
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.key == "pool[0].egress.mode"
+                && d.message.contains("\"audit\" is not enforced")),
+        "{diags:?}"
+    );
+}

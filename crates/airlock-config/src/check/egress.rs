@@ -1,0 +1,75 @@
+//! `[pool.egress]`: a pool's egress mode and allowlist, parsed into `airlock_core::egress`
+//! (every entry checked: names, `*.` wildcards, addresses, ranges, ports; what no policy may
+//! open refused with the reason).
+//!
+//! Only `mode = "open"` is accepted while the enforcement (the host's rules, the resolver and
+//! the proxy) is being built: a pool must never look filtered while nothing filters it.
+
+use std::collections::HashSet;
+
+use airlock_core::egress::{Allow, EgressMode, EgressPolicy};
+use toml::{Table, Value};
+
+use super::Walker;
+
+const KEYS: &[&str] = &["mode", "allow"];
+
+/// Pool section `sec`'s `egress` table; the default (open, nothing listed) when absent.
+pub(super) fn read(w: &mut Walker<'_>, t: &mut Table, sec: &str) -> EgressPolicy {
+    let Some(v) = t.remove("egress") else {
+        return EgressPolicy::default();
+    };
+    let key = format!("{sec}.egress");
+    let Value::Table(mut e) = v else {
+        w.error(&key, "expected a table: [pool.egress]");
+        return EgressPolicy::default();
+    };
+    let mode = match w.take::<String>(&mut e, &key, "mode", "a string") {
+        None => EgressMode::Open,
+        Some(s) => EgressMode::parse(&s).unwrap_or_else(|| {
+            w.error(
+                &format!("{key}.mode"),
+                format!("{s:?} is not a mode; expected \"open\", \"audit\" or \"block\""),
+            );
+            EgressMode::Open
+        }),
+    };
+    let entries = w
+        .take::<Vec<String>>(&mut e, &key, "allow", "a list of strings")
+        .unwrap_or_default();
+    let mut allow = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        match Allow::parse(entry) {
+            Ok(a) => {
+                if !seen.insert(a.to_string()) {
+                    w.warn(
+                        &format!("{key}.allow[{i}]"),
+                        format!("{entry:?} is listed twice"),
+                    );
+                    continue;
+                }
+                allow.push(a);
+            }
+            Err(err) => w.error(&format!("{key}.allow[{i}]"), err.to_string()),
+        }
+    }
+    match mode {
+        EgressMode::Open if !allow.is_empty() => w.warn(
+            &format!("{key}.allow"),
+            "has no effect with mode = \"open\" (audit records against it, block enforces it)",
+        ),
+        EgressMode::Open => {}
+        EgressMode::Audit | EgressMode::Block => w.error(
+            &format!("{key}.mode"),
+            format!(
+                "\"{}\" is not enforced by this build yet (the host rules, resolver and proxy that \
+                 apply it are being built); only \"open\" is accepted, so that no pool looks \
+                 filtered while nothing filters it",
+                mode.as_str()
+            ),
+        ),
+    }
+    w.unknown(e, &key, KEYS);
+    EgressPolicy { mode, allow }
+}
