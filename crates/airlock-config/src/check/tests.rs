@@ -615,3 +615,40 @@ fn a_pools_egress_section_is_checked_entry_by_entry() {
         "{diags:?}"
     );
 }
+
+/// What `airlock_core::egress::suggest` proposes pastes into a pool as it is: real TOML, every
+/// entry accepted (only the mode is refused while block is not enforced).
+#[test]
+fn a_suggested_allowlist_pastes_into_a_pool() {
+    use airlock_core::egress::{suggest, suggestions_toml, Seen};
+    let d = dir_with_secrets();
+    let seen: Vec<Seen> = ["deb", "security", "snapshot"]
+        .iter()
+        .map(|n| Seen {
+            name: Some(format!("{n}.debian.org")),
+            addr: None,
+            port: 443,
+            jobs: 1,
+        })
+        .chain([Seen {
+            name: None,
+            addr: Some("10.20.0.5".parse().unwrap()),
+            port: 5432,
+            jobs: 1,
+        }])
+        .collect();
+    let table = suggestions_toml(&suggest(&seen, 3));
+    let text = GOOD.replace("max_runners = 3\n", &format!("max_runners = 3\n\n{table}"));
+    let diags = load_str(&text, d.path()).unwrap_err();
+    let keys: Vec<&str> = diags.iter().map(|d| d.key.as_str()).collect();
+    assert_eq!(keys, ["pool[0].egress.mode"], "{diags:?}");
+    let open = text.replace("mode = \"block\"", "mode = \"open\"");
+    let (c, _) = load_str(&open, d.path()).unwrap();
+    let allow: Vec<String> = c.pools[0]
+        .egress
+        .allow
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(allow, ["*.debian.org:443", "10.20.0.5:5432"]);
+}

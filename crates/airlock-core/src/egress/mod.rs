@@ -8,6 +8,10 @@
 //! domain itself nor anything beside it, and a name's port limit holds for every address it
 //! resolves to.
 
+mod suggest;
+
+pub use suggest::{suggest, suggestions_toml, Seen, Suggestion};
+
 use std::fmt;
 use std::net::IpAddr;
 
@@ -210,7 +214,7 @@ impl Allow {
 }
 
 /// Lowercase, without the root's trailing dot.
-fn normalize(name: &str) -> String {
+pub(crate) fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
