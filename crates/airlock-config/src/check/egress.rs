@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use airlock_core::egress::{Allow, EgressMode, EgressPolicy};
+use airlock_core::egress::{self, Allow, EgressMode, EgressPolicy, NamePattern};
 use toml::{Table, Value};
 
 use super::Walker;
@@ -42,6 +42,21 @@ pub(super) fn read(w: &mut Walker<'_>, t: &mut Table, sec: &str) -> EgressPolicy
     for (i, entry) in entries.iter().enumerate() {
         match Allow::parse(entry) {
             Ok(a) => {
+                if let Allow::Name {
+                    pattern: NamePattern::Below(d),
+                    ..
+                } = &a
+                {
+                    if egress::public_suffix(d) {
+                        w.warn(
+                            &format!("{key}.allow[{i}]"),
+                            format!(
+                                "{d:?} is a public suffix (Public Suffix List): each name below it may have \
+                                 its own owner, and {entry:?} lets in all of them; name the hosts you need"
+                            ),
+                        );
+                    }
+                }
                 if !seen.insert(a.to_string()) {
                     w.warn(
                         &format!("{key}.allow[{i}]"),

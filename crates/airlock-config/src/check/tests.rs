@@ -557,6 +557,13 @@ fn a_pools_egress_section_is_checked_entry_by_entry() {
             .any(|d| d.key == "pool[0].egress.allow" && d.message.contains("no effect")),
         "{text:?}"
     );
+    assert!(
+        diags.iter().any(|d| d.key == "pool[0].egress.allow[1]"
+            && d.severity == Severity::Warning
+            && d.message
+                .contains("\"githubusercontent.com\" is a public suffix")),
+        "a wildcard over a public suffix is kept, with a warning: {text:?}"
+    );
 
     // Every bad entry and key at once, with its index; audit and block refused until enforced.
     let bad = GOOD.replace(

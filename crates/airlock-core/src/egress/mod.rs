@@ -132,6 +132,13 @@ pub fn forbidden(ip: IpAddr) -> bool {
         .any(|n| n.contains(&ip))
 }
 
+/// Whether `domain` is on the Public Suffix List (`com`, `co.uk`, but also `github.io` and
+/// `githubusercontent.com`): the names below it may each have their own owner.
+pub fn public_suffix(domain: &str) -> bool {
+    let d = normalize(domain);
+    psl::suffix_str(&d) == Some(d.as_str())
+}
+
 /// Private and shared ranges (RFC 1918, RFC 6598 carrier-grade NAT, IPv6 unique-local): a
 /// sandbox reaches none of them unless an entry allows it.
 pub const PRIVATE: &[&str] = &[
@@ -477,6 +484,27 @@ mod tests {
         assert!(!ok("10.21.1.1"));
         assert!(ok("2001:4860:4860::8888"));
         assert!(!ok("fd12::1"), "IPv6 unique-local");
+    }
+
+    #[test]
+    fn public_suffixes_are_known() {
+        for d in [
+            "com",
+            "co.uk",
+            "github.io",
+            "githubusercontent.com",
+            "S3.amazonaws.com.",
+        ] {
+            assert!(public_suffix(d), "{d}");
+        }
+        for d in [
+            "example.com",
+            "debian.org",
+            "objects.githubusercontent.com",
+            "pypi.org",
+        ] {
+            assert!(!public_suffix(d), "{d}");
+        }
     }
 
     #[test]

@@ -109,7 +109,7 @@ fn foldable(parent: &str) -> bool {
     let Some(registered) = psl::domain_str(parent) else {
         return false;
     };
-    psl::suffix_str(parent) != Some(parent)
+    !super::public_suffix(parent)
         && (parent == registered || parent.ends_with(&format!(".{registered}")))
 }
 
