@@ -1,8 +1,10 @@
 //! The nftables table `inet airlock`, the same for every airlock on the host and for every kind
 //! of sandbox, rewritten whole at start-up: packets from `airl*` links (container veths and VM
 //! taps alike) to the host itself are dropped (input), sandbox to sandbox and sandbox to
-//! link-local (cloud metadata) are dropped, nothing from outside may open a connection into a
-//! sandbox (forward), and what leaves for elsewhere is masqueraded.
+//! link-local (cloud metadata) are dropped, IPv6 from a sandbox is dropped whatever its address
+//! (every sandbox has IPv6 switched off; a microVM's root could switch it back on inside), nothing
+//! from outside may open a connection into a sandbox (forward), and what leaves for elsewhere is
+//! masqueraded.
 //!
 //! It must never name a sandbox: one rule set covers every link by its name prefix, so a sandbox
 //! is protected from the moment its link exists, with no per-sandbox rule to forget.
@@ -21,6 +23,7 @@ table inet airlock {
   chain forward {
     type filter hook forward priority filter - 5; policy accept;
     iifname "airl*" oifname "airl*" counter drop comment "no sandbox to sandbox"
+    iifname "airl*" meta nfproto ipv6 counter drop comment "IPv6 is off in every sandbox: whatever is sent anyway goes nowhere"
     iifname "airl*" ip daddr 169.254.0.0/16 counter drop comment "no cloud metadata"
     oifname "airl*" ct state established,related accept
     oifname "airl*" counter drop comment "nothing opens a connection into a sandbox"

@@ -498,6 +498,44 @@ echo done"#;
     }
 }
 
+/// IPv6 is off in every sandbox and a job cannot switch it back on: not through `/proc/sys`,
+/// not with `sysctl`, and it cannot give itself an IPv6 address. Positive control: it reads the
+/// setting (the file is there and says off), so the refusals are real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_switch_ipv6_back_on() {
+    escape_switch_ipv6_back_on_on(Rt::Default).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_switch_ipv6_back_on_runsc() {
+    escape_switch_ipv6_back_on_on(Rt::Runsc).await
+}
+
+async fn escape_switch_ipv6_back_on_on(rt: Rt) {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let _reaper = Reaper(root.clone());
+    let b = backend_on(&root, rt.slot(15), rt).await;
+    let script = r#"echo "v6=$(cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6 2>&1)"
+(echo 0 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6) 2>/dev/null && echo V6-ENABLED-PROC
+sysctl -qw net.ipv6.conf.all.disable_ipv6=0 2>/dev/null && echo V6-ENABLED-SYSCTL
+ip -6 addr add fd42::2/64 dev eth0 2>/dev/null && echo V6-ADDRESSED
+echo "after=$(cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6 2>&1)"
+ip -6 -o addr show dev eth0 | grep -q . && echo V6-ADDRESS-PRESENT
+echo done"#;
+    let (code, log) = run_on(&b, &root, "v6a", Limits::default(), script, rt).await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("done"), "{log}");
+    for bad in ["V6-ENABLED", "V6-ADDRESSED", "V6-ADDRESS-PRESENT"] {
+        assert!(!log.contains(bad), "{bad}: {log}");
+    }
+    if rt.native() {
+        // gVisor's netstack has no such file; on the host's kernel it is there and says off.
+        assert!(log.contains("v6=1") && log.contains("after=1"), "{log}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_limit_kills_the_hog_not_the_host() {
     memory_limit_kills_the_hog_not_the_host_on(Rt::Default).await
