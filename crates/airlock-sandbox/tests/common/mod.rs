@@ -652,3 +652,53 @@ pub fn nice_of(pid: i32) -> Vec<i64> {
     }
     out
 }
+
+/// The host pid of gVisor's sandbox process (the Sentry, `runsc-sandbox … boot … ID`) of `id`.
+pub fn find_sandbox_process(id: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd);
+        let cid = format!("\0{id}{}\0", airlock_sandbox::container::GVISOR_ID_SUFFIX);
+        (cmd.starts_with("runsc-sandbox\0") && cmd.ends_with(&cid)).then_some(pid)
+    })
+}
+
+/// The host pid of a process whose command line (NUL-separated) contains `needle`.
+pub fn find_process(needle: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        String::from_utf8_lossy(&cmd)
+            .contains(needle)
+            .then_some(pid)
+    })
+}
+
+pub fn ids(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Processes whose parent is `ppid`, with their command names.
+pub fn children_of(ppid: i32) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let comm = stat[stat.find('(').unwrap() + 1..stat.rfind(')').unwrap()].to_string();
+        let parent: i32 = stat[stat.rfind(')').unwrap() + 2..]
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        if parent == ppid {
+            out.push((pid, comm));
+        }
+    }
+    out
+}
