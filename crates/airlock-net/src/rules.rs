@@ -1,39 +1,284 @@
-//! The nftables table `inet airlock`, the same for every airlock on the host and for every kind
-//! of sandbox, rewritten whole at start-up: packets from `airl*` links (container veths and VM
-//! taps alike) to the host itself are dropped (input), sandbox to sandbox and sandbox to
-//! link-local (cloud metadata) are dropped, IPv6 from a sandbox is dropped whatever its address
-//! (every sandbox has IPv6 switched off; a microVM's root could switch it back on inside), nothing
-//! from outside may open a connection into a sandbox (forward), and what leaves for elsewhere is
-//! masqueraded.
+//! The nftables table `inet airlock`, shared by every airlock on the host and every kind of
+//! sandbox. Two parts:
 //!
-//! It must never name a sandbox: one rule set covers every link by its name prefix, so a sandbox
-//! is protected from the moment its link exists, with no per-sandbox rule to forget.
+//! - **The base rules**, the same for every link by its name prefix (`airl*`), so a sandbox is
+//!   protected from the moment its link exists: nothing from a sandbox reaches the host's own
+//!   services (input) except airlock's resolver and proxy through the redirect that leads there;
+//!   no sandbox to sandbox, no IPv6 (every sandbox has it off; a microVM's root could switch it
+//!   back on inside), no link-local or cloud metadata, no packet whose source is not its link's
+//!   (a spoofed address); nothing from outside opens a connection into a sandbox; what leaves
+//!   is masqueraded. A link no policy is attached to gets the `open` chain: today everything
+//!   the rules above allow. Closing private ranges there too waits for airlock's own resolver
+//!   (sandboxes' name servers are the host's, and those are usually private addresses).
+//! - **Policies**, one chain per distinct pool policy (`p_<hash>`, named by what it says, so
+//!   two daemons or two pools with the same policy share it, and a changed policy is a new chain
+//!   that leaves running sandboxes on the old one), and per link one element in each of the maps
+//!   `links` (link → its policy chain) and `dns` (link → the port of its daemon's resolver).
+//!   Attaching and detaching a sandbox is one nftables transaction each.
+//!
+//! Rewriting the base rules (every daemon does at start) flushes and refills the base chains
+//! only: the maps, their elements and the policy chains of running sandboxes stay.
 
+use std::fmt::Write as _;
 use std::process::Command;
+
+use airlock_core::egress::{Allow, EgressMode, EgressPolicy, FORBIDDEN, PRIVATE};
 
 use crate::{run, NetError};
 
-pub const RULES: &str = r#"table inet airlock {}
-flush table inet airlock
-table inet airlock {
-  chain input {
-    type filter hook input priority filter - 5; policy accept;
-    iifname "airl*" counter drop comment "sandboxes never reach the host's own services"
-  }
-  chain forward {
-    type filter hook forward priority filter - 5; policy accept;
-    iifname "airl*" oifname "airl*" counter drop comment "no sandbox to sandbox"
-    iifname "airl*" meta nfproto ipv6 counter drop comment "IPv6 is off in every sandbox: whatever is sent anyway goes nowhere"
-    iifname "airl*" ip daddr 169.254.0.0/16 counter drop comment "no cloud metadata"
-    oifname "airl*" ct state established,related accept
-    oifname "airl*" counter drop comment "nothing opens a connection into a sandbox"
-  }
-  chain postrouting {
-    type nat hook postrouting priority srcnat; policy accept;
-    iifname "airl*" oifname != "airl*" masquerade
-  }
+/// What names the table in every `nft` command.
+pub const TABLE: &str = "inet airlock";
+
+/// The chain of links no policy is attached to.
+pub const OPEN_CHAIN: &str = "open";
+
+/// The prefix of policy chains.
+pub const POLICY_PREFIX: &str = "p_";
+
+/// Bumped whenever the rules a policy chain holds change meaning, so a new airlock never
+/// shares a chain with an older one that wrote it differently.
+const POLICY_RULES_VERSION: u32 = 1;
+
+fn v4_list(nets: &[&str]) -> String {
+    nets.iter()
+        .filter(|n| !n.contains(':'))
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ")
 }
-"#;
+
+/// The base rules as one nftables script (idempotent: it may run again at any time).
+pub fn base_script() -> String {
+    let private = v4_list(PRIVATE);
+    let forbidden = v4_list(FORBIDDEN);
+    let t = TABLE;
+    format!(
+        r#"add table {t}
+add map {t} links {{ type ifname : verdict; }}
+add map {t} dns {{ type ifname : inet_service; }}
+add set {t} services {{ type inet_service; }}
+add set {t} private4 {{ type ipv4_addr; flags interval; }}
+add element {t} private4 {{ {private} }}
+add chain {t} {OPEN_CHAIN}
+flush chain {t} {OPEN_CHAIN}
+add rule {t} {OPEN_CHAIN} accept
+add chain {t} input {{ type filter hook input priority filter - 5; policy accept; }}
+flush chain {t} input
+add rule {t} input iifname "airl*" ct status dnat meta l4proto {{ tcp, udp }} th dport @services accept comment "airlock's resolver, reached only through the redirect"
+add rule {t} input iifname "airl*" counter drop comment "sandboxes never reach the host's own services"
+add chain {t} forward {{ type filter hook forward priority filter - 5; policy accept; }}
+flush chain {t} forward
+add rule {t} forward iifname "airl*" oifname "airl*" counter drop comment "no sandbox to sandbox"
+add rule {t} forward iifname "airl*" meta nfproto ipv6 counter drop comment "IPv6 is off in every sandbox: whatever is sent anyway goes nowhere"
+add rule {t} forward iifname "airl*" ip daddr {{ {forbidden} }} counter drop comment "no cloud metadata, no link-local"
+add rule {t} forward iifname "airl*" fib saddr . iif oif missing counter drop comment "no source address but the link's own"
+add rule {t} forward oifname "airl*" ct state established,related accept
+add rule {t} forward oifname "airl*" counter drop comment "nothing opens a connection into a sandbox"
+add rule {t} forward iifname "airl*" ct state established,related accept
+add rule {t} forward iifname "airl*" iifname vmap @links
+add rule {t} forward iifname "airl*" jump {OPEN_CHAIN}
+add chain {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
+flush chain {t} prerouting
+add rule {t} prerouting iifname "airl*" meta l4proto {{ tcp, udp }} th dport 53 fib daddr type local redirect to : iifname map @dns comment "DNS to the sandbox's gateway goes to its daemon's resolver"
+add chain {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+flush chain {t} postrouting
+add rule {t} postrouting iifname "airl*" oifname != "airl*" masquerade
+"#
+    )
+}
+
+/// A pool policy's chain: its name and the script that makes it (idempotent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyChain {
+    pub name: String,
+    pub script: String,
+}
+
+/// The chain that enforces `p`'s addresses and ranges (names are the resolver's and the proxy's):
+/// each IPv4 entry accepted (on its port, if it names one), then private ranges closed, then
+/// what the mode says of the rest. IPv6 entries have nothing to do here (IPv6 is off).
+pub fn policy_chain(p: &EgressPolicy) -> PolicyChain {
+    let mut rules = String::new();
+    for a in &p.allow {
+        let Allow::Net { net, port } = a else {
+            continue;
+        };
+        let ipnet::IpNet::V4(v4) = net else {
+            continue;
+        };
+        let _ = write!(rules, "ip daddr {v4}");
+        if let Some(port) = port {
+            let _ = write!(rules, " meta l4proto {{ tcp, udp }} th dport {port}");
+        }
+        let _ = writeln!(rules, " accept comment \"{a}\"");
+    }
+    rules.push_str(
+        "ip daddr @private4 counter drop comment \"private ranges are closed unless allowed\"\n",
+    );
+    match p.mode {
+        EgressMode::Open | EgressMode::Audit => rules.push_str("accept\n"),
+        EgressMode::Block => rules.push_str("counter drop comment \"block mode\"\n"),
+    }
+    let digest = {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(POLICY_RULES_VERSION.to_le_bytes());
+        h.update(rules.as_bytes());
+        hex::encode(h.finalize())
+    };
+    let name = format!("{POLICY_PREFIX}{}", &digest[..16]);
+    let t = TABLE;
+    let mut script = format!("add chain {t} {name}\nflush chain {t} {name}\n");
+    for r in rules.lines() {
+        let _ = writeln!(script, "add rule {t} {name} {r}");
+    }
+    PolicyChain { name, script }
+}
+
+/// One transaction: the policy's chain (made or refreshed), the link's elements, and the
+/// resolver's port among the services sandboxes may reach through the redirect.
+pub fn attach_script(link: &str, chain: &PolicyChain, dns_port: u16) -> String {
+    let t = TABLE;
+    format!(
+        "{}add element {t} services {{ {dns_port} }}\nadd element {t} links {{ \"{link}\" : jump {} }}\nadd element {t} dns {{ \"{link}\" : {dns_port} }}\n",
+        chain.script, chain.name
+    )
+}
+
+/// One transaction that removes a link's elements whatever their state: each is added (a no-op
+/// when present with the same value) and then deleted, so a half-attached link detaches too.
+pub fn detach_script(link: &str, chain: &str, dns_port: u16) -> String {
+    let t = TABLE;
+    format!(
+        "add element {t} links {{ \"{link}\" : jump {chain} }}\ndelete element {t} links {{ \"{link}\" }}\n\
+         add element {t} dns {{ \"{link}\" : {dns_port} }}\ndelete element {t} dns {{ \"{link}\" }}\n"
+    )
+}
+
+/// Runs one nftables script as one transaction.
+pub fn apply(what: &str, script: &str) -> Result<(), NetError> {
+    run(what, Command::new("nft").arg("-f").arg("-"), Some(script))
+}
+
+/// The table as it stands: each attached link with its chain and resolver port, and the policy
+/// chains that exist.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attached {
+    pub links: Vec<(String, String)>,
+    pub dns: Vec<(String, u16)>,
+    pub chains: Vec<String>,
+    pub services: Vec<u16>,
+}
+
+/// Reads the table (one `nft -j list table`); empty when there is none yet.
+pub fn attached() -> Result<Attached, NetError> {
+    let out = Command::new("nft")
+        .args(["-j", "list", "table", "inet", "airlock"])
+        .output()
+        .map_err(|e| NetError::Command {
+            what: "listing the nftables table inet airlock".into(),
+            detail: format!("cannot run nft: {e}"),
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such file or directory") {
+            return Ok(Attached::default());
+        }
+        return Err(NetError::Command {
+            what: "listing the nftables table inet airlock".into(),
+            detail: err.trim().to_string(),
+        });
+    }
+    parse_attached(&String::from_utf8_lossy(&out.stdout)).map_err(|detail| NetError::Command {
+        what: "reading nft's listing of inet airlock".into(),
+        detail,
+    })
+}
+
+fn parse_attached(json: &str) -> Result<Attached, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let items = v
+        .get("nftables")
+        .and_then(|n| n.as_array())
+        .ok_or("no \"nftables\" array")?;
+    let mut out = Attached::default();
+    for item in items {
+        if let Some(c) = item.get("chain") {
+            if let Some(name) = c.get("name").and_then(|n| n.as_str()) {
+                if name.starts_with(POLICY_PREFIX) {
+                    out.chains.push(name.to_string());
+                }
+            }
+        }
+        let elems = |o: &serde_json::Value| -> Vec<serde_json::Value> {
+            o.get("elem")
+                .and_then(|e| e.as_array())
+                .cloned()
+                .unwrap_or_default()
+        };
+        if let Some(m) = item.get("map") {
+            match m.get("name").and_then(|n| n.as_str()) {
+                Some("links") => {
+                    for e in elems(m) {
+                        let link = e.get(0).and_then(|l| l.as_str());
+                        let chain = e
+                            .get(1)
+                            .and_then(|v| v.get("jump"))
+                            .and_then(|j| j.get("target"))
+                            .and_then(|t| t.as_str());
+                        if let (Some(l), Some(c)) = (link, chain) {
+                            out.links.push((l.to_string(), c.to_string()));
+                        }
+                    }
+                }
+                Some("dns") => {
+                    for e in elems(m) {
+                        let link = e.get(0).and_then(|l| l.as_str());
+                        let port = e.get(1).and_then(|p| p.as_u64());
+                        if let (Some(l), Some(p)) = (link, port) {
+                            out.dns.push((l.to_string(), p as u16));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = item.get("set") {
+            if s.get("name").and_then(|n| n.as_str()) == Some("services") {
+                out.services
+                    .extend(elems(s).iter().filter_map(|p| p.as_u64()).map(|p| p as u16));
+            }
+        }
+    }
+    out.links.sort();
+    out.dns.sort();
+    out.chains.sort();
+    out.services.sort();
+    Ok(out)
+}
+
+/// Removes policy chains no link uses and resolver ports no link is sent to, each in a
+/// transaction of its own: another airlock may attach a link to a chain between the listing and
+/// the removal, and then the kernel refuses (busy) and the chain stays, as it should.
+pub fn sweep() -> Result<usize, NetError> {
+    let now = attached()?;
+    let mut removed = 0;
+    for c in &now.chains {
+        if !now.links.iter().any(|(_, used)| used == c)
+            && apply("", &format!("delete chain {TABLE} {c}\n")).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    for p in &now.services {
+        if !now.dns.iter().any(|(_, used)| used == p)
+            && apply("", &format!("delete element {TABLE} services {{ {p} }}\n")).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
 
 /// The host's IPv4 neighbour table must hold an entry per sandbox (its address on its host
 /// link), and the kernel's defaults (GC from 512 entries, none past 1,024) let only about 500
@@ -45,8 +290,8 @@ const NEIGH_THRESHOLDS: [(&str, u64); 3] = [
     ("gc_thresh3", 32_768),
 ];
 
-/// Turns on forwarding, sizes the neighbour table for many sandboxes and (re)writes the
-/// `inet airlock` table.
+/// Turns on forwarding, sizes the neighbour table for many sandboxes and (re)writes the base
+/// rules of the `inet airlock` table.
 pub fn setup_host() -> Result<(), NetError> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| NetError::Command {
         what: "enabling IPv4 forwarding".into(),
@@ -65,9 +310,92 @@ pub fn setup_host() -> Result<(), NetError> {
             })?;
         }
     }
-    run(
-        "loading the nftables table inet airlock",
-        Command::new("nft").arg("-f").arg("-"),
-        Some(RULES),
-    )
+    apply("loading the nftables table inet airlock", &base_script())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(mode: EgressMode, entries: &[&str]) -> EgressPolicy {
+        EgressPolicy {
+            mode,
+            allow: entries.iter().map(|e| Allow::parse(e).unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_policy_chain_holds_its_ranges_then_the_private_drop_then_the_mode() {
+        let p = policy(
+            EgressMode::Block,
+            &[
+                "github.com",
+                "10.20.0.0/16",
+                "192.168.1.7:5432",
+                "2001:db8::/32",
+            ],
+        );
+        let c = policy_chain(&p);
+        let rules: Vec<&str> = c
+            .script
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("add rule {TABLE} {} ", c.name)))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "ip daddr 10.20.0.0/16 accept comment \"10.20.0.0/16\"",
+                "ip daddr 192.168.1.7/32 meta l4proto { tcp, udp } th dport 5432 accept comment \"192.168.1.7:5432\"",
+                "ip daddr @private4 counter drop comment \"private ranges are closed unless allowed\"",
+                "counter drop comment \"block mode\"",
+            ]
+        );
+        assert!(c.name.starts_with(POLICY_PREFIX) && c.name.len() == 18);
+    }
+
+    #[test]
+    fn chains_are_named_by_what_they_enforce() {
+        let a = policy_chain(&policy(EgressMode::Open, &["10.20.0.0/16"]));
+        let b = policy_chain(&policy(EgressMode::Open, &["10.20.0.0/16", "example.com"]));
+        assert_eq!(a, b, "names do not change the chain");
+        let c = policy_chain(&policy(EgressMode::Block, &["10.20.0.0/16"]));
+        assert_ne!(a.name, c.name);
+        let d = policy_chain(&policy(EgressMode::Open, &["10.21.0.0/16"]));
+        assert_ne!(a.name, d.name);
+        assert_eq!(
+            policy_chain(&policy(EgressMode::Open, &[])).name,
+            policy_chain(&policy(EgressMode::Audit, &[])).name,
+            "audit lets through what open does: the proxy records it"
+        );
+    }
+
+    #[test]
+    fn the_base_rules_close_every_private_range_and_forbidden_address() {
+        let s = base_script();
+        for n in PRIVATE.iter().chain(FORBIDDEN).filter(|n| !n.contains(':')) {
+            assert!(s.contains(n), "{n} missing");
+        }
+        assert!(
+            !s.contains("flush table"),
+            "a rewrite must keep the maps' elements"
+        );
+    }
+
+    #[test]
+    fn a_listing_is_read_back() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+          {"map": {"family": "inet", "name": "links", "table": "airlock", "type": "ifname", "map": "verdict",
+                   "elem": [["airl0001", {"jump": {"target": "p_abc"}}]]}},
+          {"map": {"family": "inet", "name": "dns", "table": "airlock", "type": "ifname", "map": "inet_service",
+                   "elem": [["airl0001", 5354]]}},
+          {"set": {"family": "inet", "name": "services", "table": "airlock", "type": "inet_service", "elem": [5354, 6000]}},
+          {"chain": {"family": "inet", "table": "airlock", "name": "p_abc"}},
+          {"chain": {"family": "inet", "table": "airlock", "name": "forward"}}]}"#;
+        let a = parse_attached(json).unwrap();
+        assert_eq!(a.links, [("airl0001".to_string(), "p_abc".to_string())]);
+        assert_eq!(a.dns, [("airl0001".to_string(), 5354)]);
+        assert_eq!(a.chains, ["p_abc"]);
+        assert_eq!(a.services, [5354, 6000]);
+        assert!(parse_attached("[]").is_err());
+    }
 }
