@@ -519,7 +519,7 @@ async fn a_job_runs_at_the_sandbox_niceness_and_cannot_raise_it_on(rt: Rt) {
     let m = shell_image();
     let s = spec_on("nice1", &m, Limits::default(), rt);
     b.create(&s).await.unwrap();
-    b.start(&s, &Secret::new(format!("{raise}; exec sleep 300")))
+    b.start(&s, &Secret::new(format!("{raise}; exec sleep 317")))
         .await
         .unwrap();
     let log = root.join("nice1").join("runner.log");
@@ -532,9 +532,10 @@ async fn a_job_runs_at_the_sandbox_niceness_and_cannot_raise_it_on(rt: Rt) {
     });
     assert!(tried, "the job ran: {:?}", std::fs::read_to_string(&log));
     std::thread::sleep(Duration::from_millis(200));
+    // 317: a duration no other test sleeps for, so a concurrent test's process is never taken.
     let pid = match rt {
         Rt::Runsc => find_sandbox_process("nice1"),
-        _ => find_process("sleep\u{0}300"),
+        _ => find_process("sleep\u{0}317"),
     }
     .expect("the sandbox's process is found");
     let nice = nice_of(pid);

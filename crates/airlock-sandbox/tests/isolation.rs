@@ -304,7 +304,7 @@ async fn network_reaches_the_internet_but_not_the_host_or_other_sandboxes_on(rt:
     let mut script = String::from("ip -4 -o addr show eth0\n");
     script += &probe(&inet.addr.to_string(), inet.port, "INTERNET");
     script += &probe(&format!("10.{}.0.5", 100 + slot), hport, "GATEWAY"); // our own host end
-    script += &probe(&format!("10.250.{slot}.1"), hport, "HOSTADDR"); // another host address
+    script += &probe(&format!("198.18.{slot}.1"), hport, "HOSTADDR"); // another host address
     script += &probe("127.0.0.1", hport, "LOOPBACK"); // the sandbox's own loopback
     script += &probe(&other_ip, 8080, "SANDBOX");
     script += &probe("169.254.169.254", 80, "METADATA");

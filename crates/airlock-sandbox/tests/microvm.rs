@@ -243,7 +243,7 @@ async fn vm_network_reaches_the_internet_but_not_the_host_or_a_container() {
         inet.addr, inet.port
     );
     script += &probe("10.142.0.1", hport, "GATEWAY0"); // the container's host end
-    script += &probe("10.250.22.1", hport, "HOSTADDR"); // another host address
+    script += &probe("198.18.22.1", hport, "HOSTADDR"); // another host address
     script += &probe(&ct_ip, 8080, "SANDBOX");
     script += &probe("169.254.169.254", 80, "METADATA");
     script += "gw=$(ip route | awk '/default/ {print $3}')\n";

@@ -117,8 +117,8 @@ async fn container_env_with(slot: u8, max: u32, extra: &str, start: bool) -> CEn
     std::os::unix::fs::symlink(image_store().root(), state.join("images")).unwrap();
     let net = airlock_net::Outside::new(
         &format!("e2e-{}-{slot}", std::process::id()),
-        format!("10.251.{slot}.1").parse().unwrap(),
-        format!("10.251.{slot}.2").parse().unwrap(),
+        format!("198.18.{slot}.5").parse().unwrap(),
+        format!("198.18.{slot}.6").parse().unwrap(),
     )
     .unwrap();
     let listener = net.listen(0).unwrap();

@@ -494,8 +494,8 @@ impl Internet {
     pub fn start(slot: u8) -> Internet {
         let ns = format!("alt-inet-{}-{slot}", std::process::id());
         let host_if = format!("alti{}x{slot}", std::process::id() % 100000);
-        let host_ip = format!("10.250.{slot}.1");
-        let addr: std::net::Ipv4Addr = format!("10.250.{slot}.2").parse().unwrap();
+        let host_ip = format!("198.18.{slot}.1");
+        let addr: std::net::Ipv4Addr = format!("198.18.{slot}.2").parse().unwrap();
         let sh = |c: &str| {
             let st = std::process::Command::new("sh")
                 .arg("-c")

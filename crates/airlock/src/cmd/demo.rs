@@ -367,12 +367,14 @@ async fn container_mode(a: &Args, state: &Path, runner: &Path) -> Result<Mode, S
         m.short(),
         m.packages.len()
     );
-    // An address pair for ghsim's namespace that no sandbox subnet uses.
+    // An address pair for ghsim's namespace that no sandbox subnet uses, in 198.18.0.0/15
+    // (RFC 2544, for benchmarks): not a private range, so the demo sees it as sandboxes see the
+    // internet, and never a real host.
     let n = std::process::id() % 250;
     let outside = airlock_net::Outside::new(
         &format!("demo-{}", std::process::id()),
-        format!("10.252.{n}.1").parse().expect("an address"),
-        format!("10.252.{n}.2").parse().expect("an address"),
+        format!("198.19.{n}.1").parse().expect("an address"),
+        format!("198.19.{n}.2").parse().expect("an address"),
     )
     .map_err(|e| e.to_string())?;
     Ok(Mode::Container { outside })

@@ -161,7 +161,7 @@ impl Drop for VEnv {
 
 /// A daemon with `pools` (TOML `[[pool]]` tables, see `vm_pool` and `container_pool`), its
 /// sandboxes on subnet 10.(220+slot).0.0/16 and VMM uids from 400000 + 1000 × slot, ghsim in its
-/// own namespace at 10.252.`slot`.2.
+/// own namespace at 198.18.`slot`.10.
 pub async fn vm_env(slot: u8, pools: &str) -> VEnv {
     vm_env_with(slot, "", pools).await
 }
@@ -192,8 +192,8 @@ pub async fn vm_env_unstarted(slot: u8, microvm: &str, pools: &str) -> VEnv {
     std::os::unix::fs::symlink(image_store().root(), state.join("images")).unwrap();
     let net = airlock_net::Outside::new(
         &format!("vme2e-{}-{slot}", std::process::id()),
-        format!("10.252.{slot}.1").parse().unwrap(),
-        format!("10.252.{slot}.2").parse().unwrap(),
+        format!("198.18.{slot}.9").parse().unwrap(),
+        format!("198.18.{slot}.10").parse().unwrap(),
     )
     .unwrap();
     let listener = net.listen(0).unwrap();
