@@ -370,7 +370,7 @@ mod tests {
     }
 
     #[test]
-    fn the_base_rules_close_every_private_range_and_forbidden_address() {
+    fn the_base_rules_list_every_private_range_and_drop_every_forbidden_address() {
         let s = base_script();
         for n in PRIVATE.iter().chain(FORBIDDEN).filter(|n| !n.contains(':')) {
             assert!(s.contains(n), "{n} missing");
