@@ -254,3 +254,12 @@ pub struct JobObservation {
     pub started_at: Option<Timestamp>,
     pub completed_at: Option<Timestamp>,
 }
+
+/// Whether `id` is a safe sandbox id: it becomes directory and file names, so 1 to 64 ASCII
+/// letters, digits and `-`, not starting with `-`.
+pub fn safe_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !id.starts_with('-')
+}

@@ -86,6 +86,20 @@ impl Outside {
         .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
     }
 
+    /// A UDP socket on `inner_ip:port` inside the namespace (as `listen`).
+    pub fn udp(&self, port: u16) -> std::io::Result<std::net::UdpSocket> {
+        let path = format!("/run/netns/{}", self.ns);
+        let addr = std::net::SocketAddr::from((self.inner_ip, port));
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path)?;
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            std::net::UdpSocket::bind(addr)
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
+    }
+
     fn remove(&self) {
         let _ = delete(&self.host_if);
         let _ = Command::new("ip")

@@ -58,9 +58,12 @@ add map {t} links {{ type ifname : verdict; }}
 add map {t} dns {{ type ifname : inet_service; }}
 add set {t} services {{ type inet_service; }}
 add set {t} private4 {{ type ipv4_addr; flags interval; }}
+add set {t} named4 {{ type ifname . ipv4_addr . inet_service; flags timeout; }}
+add set {t} named4any {{ type ifname . ipv4_addr; flags timeout; }}
 add element {t} private4 {{ {private} }}
 add chain {t} {OPEN_CHAIN}
 flush chain {t} {OPEN_CHAIN}
+add rule {t} {OPEN_CHAIN} ip daddr @private4 counter drop comment "private ranges are closed unless a policy allows them"
 add rule {t} {OPEN_CHAIN} accept
 add chain {t} input {{ type filter hook input priority filter - 5; policy accept; }}
 flush chain {t} input
@@ -117,7 +120,16 @@ pub fn policy_chain(p: &EgressPolicy) -> PolicyChain {
     );
     match p.mode {
         EgressMode::Open | EgressMode::Audit => rules.push_str("accept\n"),
-        EgressMode::Block => rules.push_str("counter drop comment \"block mode\"\n"),
+        EgressMode::Block => {
+            // What the resolver answered for an allowed name, on the ports the name is allowed.
+            rules.push_str(
+                "meta l4proto { tcp, udp } iifname . ip daddr . th dport @named4 accept comment \"an allowed name's address, on its port\"\n",
+            );
+            rules.push_str(
+                "iifname . ip daddr @named4any accept comment \"an allowed name's address\"\n",
+            );
+            rules.push_str("counter drop comment \"block mode\"\n");
+        }
     }
     let digest = {
         use sha2::Digest as _;
@@ -153,6 +165,53 @@ pub fn detach_script(link: &str, chain: &str, dns_port: u16) -> String {
         "add element {t} links {{ \"{link}\" : jump {chain} }}\ndelete element {t} links {{ \"{link}\" }}\n\
          add element {t} dns {{ \"{link}\" : {dns_port} }}\ndelete element {t} dns {{ \"{link}\" }}\n"
     )
+}
+
+/// An address the resolver answered for an allowed name, opened for one link (block mode): on
+/// one port, or on every port when `port` is `None`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct Named {
+    pub addr: std::net::Ipv4Addr,
+    pub port: Option<u16>,
+}
+
+impl Named {
+    fn element(&self, link: &str) -> (&'static str, String) {
+        match self.port {
+            Some(p) => ("named4", format!("\"{link}\" . {} . {p}", self.addr)),
+            None => ("named4any", format!("\"{link}\" . {}", self.addr)),
+        }
+    }
+}
+
+/// One transaction that opens (or keeps open for another `timeout_s` seconds) each of `named`
+/// for `link`: each element is added, deleted and added again with its timeout, since adding an
+/// element that exists leaves its old timeout.
+pub fn open_named_script(link: &str, named: &[Named], timeout_s: u64) -> String {
+    let t = TABLE;
+    let mut s = String::new();
+    for n in named {
+        let (set, e) = n.element(link);
+        let _ = writeln!(s, "add element {t} {set} {{ {e} timeout {timeout_s}s }}");
+        let _ = writeln!(s, "delete element {t} {set} {{ {e} }}");
+        let _ = writeln!(s, "add element {t} {set} {{ {e} timeout {timeout_s}s }}");
+    }
+    s
+}
+
+/// One transaction that closes each of `named` for `link` whether or not it is still there
+/// (added, then deleted: an element that timed out is no error).
+pub fn close_named_script(link: &str, named: &[Named]) -> String {
+    let t = TABLE;
+    let mut s = String::new();
+    for n in named {
+        let (set, e) = n.element(link);
+        let _ = writeln!(s, "add element {t} {set} {{ {e} timeout 1s }}");
+        let _ = writeln!(s, "delete element {t} {set} {{ {e} }}");
+    }
+    s
 }
 
 /// Runs one nftables script as one transaction.
@@ -257,9 +316,9 @@ fn parse_attached(json: &str) -> Result<Attached, String> {
     Ok(out)
 }
 
-/// Removes policy chains no link uses and resolver ports no link is sent to, each in a
-/// transaction of its own: another airlock may attach a link to a chain between the listing and
-/// the removal, and then the kernel refuses (busy) and the chain stays, as it should.
+/// Removes policy chains no link uses, each in a transaction of its own: another airlock may
+/// attach a link to a chain between the listing and the removal, and then the kernel refuses
+/// (busy) and the chain stays, as it should.
 pub fn sweep() -> Result<usize, NetError> {
     let now = attached()?;
     let mut removed = 0;
@@ -270,14 +329,32 @@ pub fn sweep() -> Result<usize, NetError> {
             removed += 1;
         }
     }
-    for p in &now.services {
-        if !now.dns.iter().any(|(_, used)| used == p)
-            && apply("", &format!("delete element {TABLE} services {{ {p} }}\n")).is_ok()
-        {
-            removed += 1;
-        }
-    }
     Ok(removed)
+}
+
+/// One transaction that sends an attached link's DNS to another port (its daemon restarted on
+/// a new one). The link must have a `dns` element.
+pub fn move_dns_script(link: &str, port: u16) -> String {
+    let t = TABLE;
+    format!(
+        "add element {t} services {{ {port} }}\ndelete element {t} dns {{ \"{link}\" }}\nadd element {t} dns {{ \"{link}\" : {port} }}\n"
+    )
+}
+
+/// Removes `port` from the services sandboxes may reach, if no link is sent to it. Only the
+/// daemon that owned the port calls this (for the port it had before a restart): a port another
+/// daemon holds but has no sandbox on at the moment of the listing may be in use again a moment
+/// later.
+pub fn retire_port(port: u16) -> Result<bool, NetError> {
+    let now = attached()?;
+    if !now.services.contains(&port) || now.dns.iter().any(|(_, p)| *p == port) {
+        return Ok(false);
+    }
+    apply(
+        "removing an old resolver port from inet airlock's services",
+        &format!("delete element {TABLE} services {{ {port} }}\n"),
+    )?;
+    Ok(true)
 }
 
 /// The host's IPv4 neighbour table must hold an entry per sandbox (its address on its host
@@ -347,6 +424,8 @@ mod tests {
                 "ip daddr 10.20.0.0/16 accept comment \"10.20.0.0/16\"",
                 "ip daddr 192.168.1.7/32 meta l4proto { tcp, udp } th dport 5432 accept comment \"192.168.1.7:5432\"",
                 "ip daddr @private4 counter drop comment \"private ranges are closed unless allowed\"",
+                "meta l4proto { tcp, udp } iifname . ip daddr . th dport @named4 accept comment \"an allowed name's address, on its port\"",
+                "iifname . ip daddr @named4any accept comment \"an allowed name's address\"",
                 "counter drop comment \"block mode\"",
             ]
         );

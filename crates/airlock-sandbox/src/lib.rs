@@ -195,11 +195,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
 /// Sandbox ids become directory names: keep them to a safe alphabet.
 pub fn check_id(id: &str) -> Result<(), SandboxError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        && !id.starts_with('-');
-    if ok {
+    if airlock_core::safe_id(id) {
         Ok(())
     } else {
         Err(SandboxError::BadId { id: id.to_string() })

@@ -320,7 +320,54 @@ impl serde::Serialize for EgressPolicy {
     }
 }
 
+/// Read back as `Serialize` writes it (sessions persisted across a daemon restart), every entry
+/// checked again as the config checks it.
+impl<'de> serde::Deserialize<'de> for EgressPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            mode: String,
+            #[serde(default)]
+            allow: Vec<String>,
+        }
+        let raw = Raw::deserialize(d)?;
+        let mode = EgressMode::parse(&raw.mode)
+            .ok_or_else(|| D::Error::custom(format!("unknown egress mode {:?}", raw.mode)))?;
+        let allow = raw
+            .allow
+            .iter()
+            .map(|e| Allow::parse(e).map_err(D::Error::custom))
+            .collect::<Result<_, _>>()?;
+        Ok(EgressPolicy { mode, allow })
+    }
+}
+
 impl EgressPolicy {
+    /// Whether any entry names `name`, on whatever port: what the resolver asks before it
+    /// answers (it cannot know the port the answer will be used with).
+    pub fn names(&self, name: &str) -> bool {
+        self.allow.iter().any(|a| match a {
+            Allow::Name { pattern, .. } => pattern.matches(name),
+            Allow::Net { .. } => false,
+        })
+    }
+
+    /// The ports `name` is allowed on: `None` inside when an entry allows every port.
+    pub fn name_ports(&self, name: &str) -> Vec<Option<u16>> {
+        let mut out: Vec<Option<u16>> = self
+            .allow
+            .iter()
+            .filter_map(|a| match a {
+                Allow::Name { pattern, port } if pattern.matches(name) => Some(*port),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Whether the allowlist lets a connection to `name` on `port` through (before the name is
     /// resolved; every address it resolves to is still checked with `allows_resolved`).
     pub fn allows_name(&self, name: &str, port: u16) -> bool {
@@ -340,6 +387,17 @@ impl EgressPolicy {
             })
     }
 
+    /// Whether the resolver may hand a sandbox `ip` at all (on some port): never a forbidden
+    /// address, and a private one only inside a range an entry allows.
+    pub fn may_resolve_to(&self, ip: IpAddr) -> bool {
+        !forbidden(ip)
+            && (!private(ip)
+                || self
+                    .allow
+                    .iter()
+                    .any(|a| matches!(a, Allow::Net { net, .. } if net.contains(&ip))))
+    }
+
     /// Whether an address an allowed name resolved to may be reached: never a forbidden one, and
     /// a private one only when an entry allows that range (a public name pointing into the
     /// host's network stays out of it).
@@ -357,6 +415,38 @@ mod tests {
             mode: EgressMode::Block,
             allow: entries.iter().map(|e| Allow::parse(e).unwrap()).collect(),
         }
+    }
+
+    #[test]
+    fn a_policy_reads_back_what_it_writes_and_refuses_a_bad_entry() {
+        let pol = p(&["github.com", "*.example.com:443", "10.20.0.0/16"]);
+        let json = serde_json::to_string(&pol).unwrap();
+        let back: EgressPolicy = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, pol);
+        let bad =
+            serde_json::from_str::<EgressPolicy>(r#"{"mode":"block","allow":["169.254.169.254"]}"#);
+        assert!(bad.unwrap_err().to_string().contains("metadata"));
+        let bad = serde_json::from_str::<EgressPolicy>(r#"{"mode":"deny"}"#);
+        assert!(bad.unwrap_err().to_string().contains("deny"));
+    }
+
+    #[test]
+    fn a_name_may_resolve_to_public_addresses_and_to_allowed_private_ranges_only() {
+        let pol = p(&["example.com", "*.cdn.example:443", "10.20.0.0/16:5432"]);
+        assert!(pol.may_resolve_to("198.18.0.1".parse().unwrap()));
+        assert!(
+            pol.may_resolve_to("10.20.3.4".parse().unwrap()),
+            "the range is allowed (on a port)"
+        );
+        assert!(!pol.may_resolve_to("10.21.3.4".parse().unwrap()));
+        assert!(!pol.may_resolve_to("169.254.169.254".parse().unwrap()));
+        assert!(!pol.may_resolve_to("fd00:ec2::254".parse().unwrap()));
+        assert!(
+            pol.names("example.com") && pol.names("a.cdn.example") && !pol.names("cdn.example")
+        );
+        assert_eq!(pol.name_ports("a.cdn.example"), [Some(443)]);
+        assert_eq!(pol.name_ports("example.com"), [None]);
+        assert!(pol.name_ports("other.example").is_empty());
     }
 
     #[test]
