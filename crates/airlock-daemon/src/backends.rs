@@ -23,6 +23,9 @@ use airlock_sandbox::{
 #[derive(Debug)]
 pub struct Backends {
     pub registry: Registry,
+    /// The sandboxes' resolver and egress sessions, when a pool has a network of its own
+    /// (containers, microVMs).
+    pub egress: Option<airlock_egress::Egress>,
     microvm: Option<Arc<MicrovmBackend>>,
     images: ImageStore,
     uid_base: u32,
@@ -89,6 +92,11 @@ impl Backends {
         let leases = Leases::new(airlock_net::lease_dir(dir), subnet);
         let wanted: std::collections::BTreeSet<BackendKind> =
             cfg.pools.iter().map(|p| p.backend).collect();
+        let egress = if wanted.iter().any(|k| *k != BackendKind::Process) {
+            Some(start_egress(cfg).await?)
+        } else {
+            None
+        };
         for kind in wanted {
             match kind {
                 BackendKind::Process => {}
@@ -110,6 +118,7 @@ impl Backends {
                     c.log_cap = cfg.server.job_log_max_bytes;
                     c.nice = cfg.server.sandbox_nice;
                     c.dns = cfg.container.dns.clone();
+                    c.egress = egress.clone();
                     c.logs = Some(logs.clone());
                     registry.insert(Arc::new(
                         ContainerBackend::probe(c, Some(exits.clone())).await?,
@@ -138,6 +147,7 @@ impl Backends {
                     c.log_cap = cfg.server.job_log_max_bytes;
                     c.nice = cfg.server.sandbox_nice;
                     c.dns = cfg.container.dns.clone();
+                    c.egress = egress.clone();
                     c.logs = Some(logs.clone());
                     let m = Arc::new(MicrovmBackend::probe(c, Some(exits.clone())).await?);
                     registry.insert(m.clone());
@@ -147,6 +157,7 @@ impl Backends {
         }
         Ok(Backends {
             registry,
+            egress,
             microvm,
             images: ImageStore::new(dir.join("images")),
             uid_base: cfg.container.uid_base,
@@ -308,6 +319,8 @@ impl Backends {
             runner_name: name.to_string(),
             runner_command: pool.runner_command.clone().unwrap_or_default(),
             backend: BackendSpec::Process,
+            pool: pool.name.clone(),
+            egress: pool.egress.clone(),
         };
         if pool.backend == BackendKind::Microvm {
             let (vm, runner) = self.vm_image(pool).await?;
@@ -346,4 +359,33 @@ impl Backends {
         }
         Ok(spec)
     }
+}
+
+/// The host's table (base rules), then the resolver with the last run's sessions, then a sweep
+/// of policy chains no link uses any more.
+async fn start_egress(cfg: &Config) -> Result<airlock_egress::Egress, SandboxError> {
+    let fail = |detail: String| SandboxError::Probe {
+        backend: "egress",
+        detail,
+    };
+    tokio::task::spawn_blocking(airlock_net::setup_host)
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(e.to_string()))?;
+    let mut ec = airlock_egress::EgressConfig::new(cfg.server.state_dir.join("egress"));
+    ec.upstreams = cfg
+        .container
+        .dns
+        .iter()
+        .map(|a| std::net::SocketAddr::new((*a).into(), 53))
+        .collect();
+    let egress = airlock_egress::Egress::start(ec)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    match tokio::task::spawn_blocking(airlock_net::rules::sweep).await {
+        Ok(Ok(n)) if n > 0 => tracing::info!(chains = n, "removed policy chains no sandbox uses"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot sweep unused policy chains"),
+        _ => {}
+    }
+    Ok(egress)
 }

@@ -1,16 +1,19 @@
-//! The HTTP side: `POST /webhook`, `GET /metrics`, `GET /healthz`, `GET /api/v1/status`.
+//! The HTTP side: `POST /webhook`, `GET /metrics`, `GET /healthz`, `GET /api/v1/status`,
+//! `GET /api/v1/egress/jobs/{id}` (a job's egress reports), `GET /api/v1/egress/suggest?pool=
+//! NAME&since=7d` (an allowlist proposed from a pool's audit-mode reports).
 //! Handlers only check and parse a request into a `Command` and hand it to `dispatch`; they hold
 //! no logic of their own. A webhook is verified over the raw body before anything is parsed, and
 //! stored before it is answered, so a 2xx means it survives a crash.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use airlock_core::JobObservation;
 use airlock_github::webhook::{self, Event, MAX_BODY};
 use airlock_store::Ingest;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,6 +35,21 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
             "/api/v1/status",
             get(|State(i): State<Arc<Inner>>| async move { dispatch(&i, Command::Status).await }),
         )
+        .route(
+            "/api/v1/egress/jobs/{id}",
+            get(
+                |State(i): State<Arc<Inner>>, Path(id): Path<String>| async move {
+                    match id.parse::<u64>() {
+                        Ok(job) => dispatch(&i, Command::EgressJob { job }).await,
+                        Err(_) => refuse(
+                            StatusCode::BAD_REQUEST,
+                            &format!("{id:?} is not a job id (a number)"),
+                        ),
+                    }
+                },
+            ),
+        )
+        .route("/api/v1/egress/suggest", get(suggest_handler))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(inner)
 }
@@ -49,6 +67,13 @@ enum Command {
     },
     Status,
     Metrics,
+    EgressJob {
+        job: u64,
+    },
+    EgressSuggest {
+        pool: String,
+        since: i64,
+    },
 }
 
 fn count(inner: &Inner, event: &str, outcome: &str) {
@@ -124,6 +149,40 @@ async fn webhook_handler(
     dispatch(&inner, cmd).await
 }
 
+#[derive(serde::Deserialize)]
+struct SuggestQuery {
+    pool: Option<String>,
+    /// How far back: `7d`, `36h` (default 7 days).
+    since: Option<String>,
+}
+
+async fn suggest_handler(
+    State(inner): State<Arc<Inner>>,
+    Query(q): Query<SuggestQuery>,
+) -> Response {
+    let Some(pool) = q.pool.filter(|p| !p.is_empty()) else {
+        return refuse(StatusCode::BAD_REQUEST, "missing ?pool=NAME");
+    };
+    if !inner.cfg.pools.iter().any(|p| p.name == pool) {
+        return refuse(StatusCode::NOT_FOUND, &format!("no pool named {pool:?}"));
+    }
+    let back = match q.since.as_deref().map(humantime::parse_duration) {
+        None => Duration::from_secs(7 * 24 * 3600),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "since={:?}: {e} (write it as 7d, 36h)",
+                    q.since.unwrap_or_default()
+                ),
+            )
+        }
+    };
+    let since = now_ms() - back.as_millis().min(i64::MAX as u128) as i64;
+    dispatch(&inner, Command::EgressSuggest { pool, since }).await
+}
+
 async fn dispatch(inner: &Inner, cmd: Command) -> Response {
     match cmd {
         Command::Ping { guid } => {
@@ -192,6 +251,16 @@ async fn dispatch(inner: &Inner, cmd: Command) -> Response {
             inner.metrics.encode(),
         )
             .into_response(),
+        Command::EgressJob { job } => match crate::egress::for_job(inner, job).await {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        },
+        Command::EgressSuggest { pool, since } => {
+            match crate::egress::suggest(inner, pool, since).await {
+                Ok(v) => Json(v).into_response(),
+                Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
+        }
         Command::Status => match status(inner).await {
             Ok(v) => Json(v).into_response(),
             Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),

@@ -8,6 +8,7 @@
 
 mod backends;
 mod backoff;
+mod egress;
 mod executor;
 mod http;
 pub mod metrics;
@@ -436,6 +437,7 @@ async fn start_inner(
         i.wake.notify_one();
     }));
     tasks.push(tokio::spawn(reconcile::run(inner.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(egress::run(inner.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(poll::run(inner.clone(), stop_rx)));
     tracing::info!(%addr, state_dir = %inner.cfg.server.state_dir.display(), "airlock is running");
     Ok(Handle {

@@ -82,6 +82,8 @@ pub struct Metrics {
     pub orphans_reaped: Family<OutcomeLabels, Counter>,
     pub jit_stock: Family<PoolLabels, Gauge>,
     pub jit_stock_used: Family<PoolLabels, Counter>,
+    pub egress_blocked: Family<PoolLabels, Counter>,
+    pub egress_dns_answers: Counter,
     pub github_rate_remaining: Gauge,
 }
 
@@ -113,6 +115,8 @@ impl Default for Metrics {
             orphans_reaped: Family::default(),
             jit_stock: Family::default(),
             jit_stock_used: Family::default(),
+            egress_blocked: Family::default(),
+            egress_dns_answers: Counter::default(),
             github_rate_remaining: Gauge::default(),
             registry: Registry::default(),
         };
@@ -201,6 +205,16 @@ impl Default for Metrics {
             "jit_stock_used",
             "Runners started from a stocked JIT config, with no GitHub request on their path",
             m.jit_stock_used.clone(),
+        );
+        registry.register(
+            "egress_blocked",
+            "Destinations sandboxes were stopped from reaching (names the resolver refused, addresses no policy opens), by pool",
+            m.egress_blocked.clone(),
+        );
+        registry.register(
+            "egress_dns_answers",
+            "Questions the sandboxes' resolver answered",
+            m.egress_dns_answers.clone(),
         );
         registry.register(
             "github_rate_remaining",

@@ -98,6 +98,7 @@ async fn start(dir: &std::path::Path, upstream: SocketAddr, table: Arc<Recorder>
 fn session(id: &str, addr: Ipv4Addr, p: EgressPolicy) -> Session {
     Session {
         id: id.into(),
+        owner: format!("t/{id}"),
         link: format!("airl{id}"),
         addr,
         pool: Some("small".into()),

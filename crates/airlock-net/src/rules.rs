@@ -121,6 +121,11 @@ pub fn policy_chain(p: &EgressPolicy) -> PolicyChain {
     match p.mode {
         EgressMode::Open | EgressMode::Audit => rules.push_str("accept\n"),
         EgressMode::Block => {
+            // Name servers other than airlock's (DNS, DNS over TLS), even on an allowed name's
+            // address: a name must be asked where the policy is applied.
+            rules.push_str(
+                "meta l4proto { tcp, udp } th dport { 53, 853 } counter drop comment \"DNS to other resolvers\"\n",
+            );
             // What the resolver answered for an allowed name, on the ports the name is allowed.
             rules.push_str(
                 "meta l4proto { tcp, udp } iifname . ip daddr . th dport @named4 accept comment \"an allowed name's address, on its port\"\n",
@@ -424,6 +429,7 @@ mod tests {
                 "ip daddr 10.20.0.0/16 accept comment \"10.20.0.0/16\"",
                 "ip daddr 192.168.1.7/32 meta l4proto { tcp, udp } th dport 5432 accept comment \"192.168.1.7:5432\"",
                 "ip daddr @private4 counter drop comment \"private ranges are closed unless allowed\"",
+                "meta l4proto { tcp, udp } th dport { 53, 853 } counter drop comment \"DNS to other resolvers\"",
                 "meta l4proto { tcp, udp } iifname . ip daddr . th dport @named4 accept comment \"an allowed name's address, on its port\"",
                 "iifname . ip daddr @named4any accept comment \"an allowed name's address\"",
                 "counter drop comment \"block mode\"",

@@ -52,6 +52,11 @@ pub struct SandboxSpec {
     pub runner_command: PathBuf,
     /// What only one backend needs; its variant decides which backend makes the sandbox.
     pub backend: BackendSpec,
+    /// The pool it is for (egress reports and metrics).
+    pub pool: String,
+    /// Its pool's egress policy, enforced outside the sandbox (containers and microVMs: the
+    /// process backend has no network of its own).
+    pub egress: airlock_core::egress::EgressPolicy,
 }
 
 /// The per-backend part of a sandbox spec.

@@ -294,6 +294,8 @@ mod tests {
             runner_name: format!("airlock-t-{id}"),
             runner_command: cmd.to_path_buf(),
             backend: BackendSpec::Process,
+            pool: "test".into(),
+            egress: Default::default(),
         }
     }
 

@@ -142,6 +142,8 @@ mod tests {
             runner_name: id.into(),
             runner_command: "/bin/true".into(),
             backend,
+            pool: "test".into(),
+            egress: Default::default(),
         }
     }
 

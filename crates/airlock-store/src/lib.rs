@@ -17,11 +17,13 @@ use airlock_core::{
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 mod batch;
+mod egress;
 mod rows;
 mod schema;
 
 pub use batch::BatchCall;
 use batch::Cached;
+pub use egress::EgressRecord;
 use rows::{apply_job, event, finish_runner, runner_move, runner_row, sandbox_move, RUNNER_COLS};
 use schema::MIGRATIONS;
 
@@ -81,6 +83,7 @@ pub(crate) mod sql {
          WHERE state = 'destroyed' AND state_since < ?1
          AND NOT EXISTS (SELECT 1 FROM runners WHERE runners.name = sandboxes.runner_name)";
     pub const PRUNE_EVENTS: &str = "DELETE FROM events WHERE at < ?1";
+    pub const PRUNE_EGRESS: &str = "DELETE FROM egress WHERE stored_at < ?1";
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -607,8 +610,8 @@ impl Store {
         Ok(self.conn().exec(sql::PRUNE_DELIVERIES, [before])?)
     }
 
-    /// Deletes history older than `before`: completed jobs, gone runners, destroyed sandboxes and
-    /// events, in one transaction. Open jobs and live runners are never touched, whatever their
+    /// Deletes history older than `before`: completed jobs, gone runners, destroyed sandboxes,
+    /// egress reports and events, in one transaction. Open jobs and live runners are never touched, whatever their
     /// age. Returns how many rows went.
     pub fn prune_history(&self, before: Timestamp) -> Result<usize, StoreError> {
         let mut conn = self.conn();
@@ -619,6 +622,7 @@ impl Store {
             sql::PRUNE_RUNNERS,
             sql::PRUNE_SANDBOXES,
             sql::PRUNE_EVENTS,
+            sql::PRUNE_EGRESS,
         ] {
             n += tx.exec(q, [before])?;
         }

@@ -104,4 +104,20 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         UPDATE runners SET rev = (SELECT v FROM revs WHERE tbl = 'runners') WHERE name = NEW.name;
     END;
     "#,
+    // 4: egress reports, one per sandbox, kept with the job's history (`Store::put_egress`).
+    r#"
+    CREATE TABLE egress (
+        sandbox_id TEXT PRIMARY KEY,
+        pool TEXT NOT NULL,
+        runner_name TEXT,
+        job_id INTEGER,
+        mode TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        stored_at INTEGER NOT NULL,
+        report TEXT NOT NULL
+    );
+    CREATE INDEX egress_job ON egress(job_id) WHERE job_id IS NOT NULL;
+    CREATE INDEX egress_pool ON egress(pool, stored_at);
+    CREATE INDEX egress_stored ON egress(stored_at);
+    "#,
 ];

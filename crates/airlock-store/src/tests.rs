@@ -318,6 +318,7 @@ fn every_pass_and_poll_statement_uses_an_index() {
         sql::PRUNE_RUNNERS.to_string(),
         sql::PRUNE_SANDBOXES.to_string(),
         sql::PRUNE_EVENTS.to_string(),
+        sql::PRUNE_EGRESS.to_string(),
     ];
     let mut whole = Vec::new();
     for q in &statements {

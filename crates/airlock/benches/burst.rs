@@ -103,6 +103,8 @@ async fn start_floor(n: usize, parallel: usize) -> f64 {
             runner_name: format!("floor{i}"),
             runner_command: runner.clone(),
             backend: BackendSpec::Process,
+            pool: "bench".into(),
+            egress: Default::default(),
         })
         .collect();
     let t0 = Instant::now();
@@ -185,6 +187,8 @@ async fn runner_floor(n: usize, parallel: usize, latency: u64) -> (f64, f64) {
             runner_name: format!("floor-{i}"),
             runner_command: runner_bin(),
             backend: BackendSpec::Process,
+            pool: "bench".into(),
+            egress: Default::default(),
         })
         .collect();
     let t0 = Instant::now();

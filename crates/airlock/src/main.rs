@@ -48,6 +48,8 @@ enum Command {
     Status(cmd::status::Args),
     /// Build, list, inspect and remove runner images (container sandboxes start from them).
     Image(Box<cmd::image::Args>),
+    /// Where jobs went: a job's egress report, or an allowlist proposed from audit mode.
+    Egress(cmd::egress::Args),
 }
 
 pub const EXIT_FAILURE: u8 = 1;
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
             Command::Demo(a) => cmd::demo::run(a).await,
             Command::Status(a) => cmd::status::run(a).await,
             Command::Image(a) => cmd::image::run(*a).await,
+            Command::Egress(a) => cmd::egress::run(a).await,
         }
     });
     ExitCode::from(code)

@@ -2,8 +2,9 @@
 //! (every entry checked: names, `*.` wildcards, addresses, ranges, ports; what no policy may
 //! open refused with the reason).
 //!
-//! Only `mode = "open"` is accepted while the enforcement (the host's rules, the resolver and
-//! the proxy) is being built: a pool must never look filtered while nothing filters it.
+//! Every mode is enforced by the host's rules and airlock's resolver; until the egress proxy
+//! checks TLS SNI and HTTP `Host`, block mode says so where it is chosen (an allowed name's
+//! addresses are open to the sandbox, whatever else they serve).
 
 use std::collections::HashSet;
 
@@ -69,20 +70,20 @@ pub(super) fn read(w: &mut Walker<'_>, t: &mut Table, sec: &str) -> EgressPolicy
             Err(err) => w.error(&format!("{key}.allow[{i}]"), err.to_string()),
         }
     }
+    let names = allow.iter().any(|a| matches!(a, Allow::Name { .. }));
     match mode {
-        EgressMode::Open if !allow.is_empty() => w.warn(
+        EgressMode::Open if names => w.warn(
             &format!("{key}.allow"),
-            "has no effect with mode = \"open\" (audit records against it, block enforces it)",
+            "names have no effect with mode = \"open\" (audit records against them, block \
+             enforces them); addresses and ranges listed open private ranges in every mode",
         ),
-        EgressMode::Open => {}
-        EgressMode::Audit | EgressMode::Block => w.error(
+        EgressMode::Open | EgressMode::Audit => {}
+        EgressMode::Block => w.warn(
             &format!("{key}.mode"),
-            format!(
-                "\"{}\" is not enforced by this build yet (the host rules, resolver and proxy that \
-                 apply it are being built); only \"open\" is accepted, so that no pool looks \
-                 filtered while nothing filters it",
-                mode.as_str()
-            ),
+            "block mode lets a sandbox reach only the addresses airlock's resolver answered for \
+             allowed names (and the addresses and ranges listed); until the egress proxy checks \
+             TLS SNI and HTTP Host, a name sharing an address with an allowed one (a CDN) is \
+             reachable too",
         ),
     }
     w.unknown(e, &key, KEYS);

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::load_str;
 use crate::{Accel, Auth, BackendKind, MicrovmPool, Severity, VmDriver};
+use airlock_core::egress::EgressMode;
 
 fn dir_with_secrets() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
@@ -565,7 +566,7 @@ fn a_pools_egress_section_is_checked_entry_by_entry() {
         "a wildcard over a public suffix is kept, with a warning: {text:?}"
     );
 
-    // Every bad entry and key at once, with its index; audit and block refused until enforced.
+    // Every bad entry and key at once, with its index.
     let bad = GOOD.replace(
         "max_runners = 3\n",
         "max_runners = 3\n\n[pool.egress]\nmode = \"block\"\nallow = [\"*.com\", \"169.254.169.254\", \"ok.example\", \"10.0.0.1/8\", \"x.example:0\"]\ncolour = 1\n",
@@ -577,7 +578,6 @@ fn a_pools_egress_section_is_checked_entry_by_entry() {
     let diags = load_str(&bad, d.path()).unwrap_err();
     let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
     let want = [
-        ("pool[0].egress.mode", "not enforced by this build yet"),
         ("pool[0].egress.allow[0]", "top-level domain"),
         ("pool[0].egress.allow[1]", "cloud metadata"),
         (
@@ -609,22 +609,27 @@ fn a_pools_egress_section_is_checked_entry_by_entry() {
         !diags.iter().any(|d| d.key == "pool[0].egress.allow[2]"),
         "a good entry beside bad ones is not blamed: {text:?}"
     );
+    // Audit is accepted as it is; block with a warning of what is not checked yet.
     let audit = GOOD.replace(
         "max_runners = 3\n",
-        "max_runners = 3\n\n[pool.egress]\nmode = \"audit\"\n",
+        "max_runners = 3\n\n[pool.egress]\nmode = \"audit\"\nallow = [\"github.com\"]\n",
     );
-    let diags = load_str(&audit, d.path()).unwrap_err();
+    let (c, diags) = load_str(&audit, d.path()).unwrap();
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(c.pools[0].egress.mode, EgressMode::Audit);
+    let block = audit.replace("\"audit\"", "\"block\"");
+    let (c, diags) = load_str(&block, d.path()).unwrap();
+    assert_eq!(c.pools[0].egress.mode, EgressMode::Block);
     assert!(
-        diags
-            .iter()
-            .any(|d| d.key == "pool[0].egress.mode"
-                && d.message.contains("\"audit\" is not enforced")),
+        diags.iter().any(|d| d.key == "pool[0].egress.mode"
+            && d.severity == Severity::Warning
+            && d.message.contains("SNI")),
         "{diags:?}"
     );
 }
 
 /// What `airlock_core::egress::suggest` proposes pastes into a pool as it is: real TOML, every
-/// entry accepted (only the mode is refused while block is not enforced).
+/// entry accepted.
 #[test]
 fn a_suggested_allowlist_pastes_into_a_pool() {
     use airlock_core::egress::{suggest, suggestions_toml, Seen};
@@ -634,23 +639,25 @@ fn a_suggested_allowlist_pastes_into_a_pool() {
         .map(|n| Seen {
             name: Some(format!("{n}.debian.org")),
             addr: None,
-            port: 443,
+            port: Some(443),
             jobs: 1,
         })
         .chain([Seen {
             name: None,
             addr: Some("10.20.0.5".parse().unwrap()),
-            port: 5432,
+            port: Some(5432),
             jobs: 1,
         }])
         .collect();
     let table = suggestions_toml(&suggest(&seen, 3));
     let text = GOOD.replace("max_runners = 3\n", &format!("max_runners = 3\n\n{table}"));
-    let diags = load_str(&text, d.path()).unwrap_err();
+    let (c, diags) = load_str(&text, d.path()).unwrap();
     let keys: Vec<&str> = diags.iter().map(|d| d.key.as_str()).collect();
-    assert_eq!(keys, ["pool[0].egress.mode"], "{diags:?}");
-    let open = text.replace("mode = \"block\"", "mode = \"open\"");
-    let (c, _) = load_str(&open, d.path()).unwrap();
+    assert_eq!(
+        keys,
+        ["pool[0].egress.mode"],
+        "only block mode's warning: {diags:?}"
+    );
     let allow: Vec<String> = c.pools[0]
         .egress
         .allow

@@ -8,6 +8,7 @@
 //! domain itself nor anything beside it, and a name's port limit holds for every address it
 //! resolves to.
 
+pub mod report;
 mod suggest;
 
 pub use suggest::{suggest, suggestions_toml, Seen, Suggestion};

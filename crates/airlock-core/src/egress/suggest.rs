@@ -18,7 +18,9 @@ pub struct Seen {
     /// The name the job asked for (resolver, `CONNECT`, `Host`, SNI); `None`: a bare address.
     pub name: Option<String>,
     pub addr: Option<IpAddr>,
-    pub port: u16,
+    /// The port it was reached on; `None`: only its name was seen (a question to the
+    /// resolver), so no port can be proposed.
+    pub port: Option<u16>,
     /// Jobs that reached it.
     pub jobs: u32,
 }
@@ -36,8 +38,8 @@ pub struct Suggestion {
 /// addresses are left out (no policy could open them).
 pub fn suggest(seen: &[Seen], fold_at: usize) -> Vec<Suggestion> {
     // (name, port) -> jobs; (addr, port) -> jobs.
-    let mut names: BTreeMap<(String, u16), u32> = BTreeMap::new();
-    let mut addrs: BTreeMap<(IpAddr, u16), u32> = BTreeMap::new();
+    let mut names: BTreeMap<(String, Option<u16>), u32> = BTreeMap::new();
+    let mut addrs: BTreeMap<(IpAddr, Option<u16>), u32> = BTreeMap::new();
     for s in seen {
         match (&s.name, s.addr) {
             (Some(n), _) => *names.entry((normalize(n), s.port)).or_default() += s.jobs,
@@ -46,7 +48,7 @@ pub fn suggest(seen: &[Seen], fold_at: usize) -> Vec<Suggestion> {
         }
     }
     // Siblings: (parent, port) -> the names directly below it.
-    let mut siblings: BTreeMap<(String, u16), Vec<String>> = BTreeMap::new();
+    let mut siblings: BTreeMap<(String, Option<u16>), Vec<String>> = BTreeMap::new();
     for (name, port) in names.keys() {
         if let Some((_, parent)) = name.split_once('.') {
             if foldable(parent) {
@@ -70,7 +72,7 @@ pub fn suggest(seen: &[Seen], fold_at: usize) -> Vec<Suggestion> {
         out.push(Suggestion {
             allow: Allow::Name {
                 pattern: NamePattern::Below(parent),
-                port: Some(port),
+                port,
             },
             covers: group,
             jobs,
@@ -83,7 +85,7 @@ pub fn suggest(seen: &[Seen], fold_at: usize) -> Vec<Suggestion> {
         out.push(Suggestion {
             allow: Allow::Name {
                 pattern: NamePattern::Exact(name.clone()),
-                port: Some(*port),
+                port: *port,
             },
             covers: vec![name.clone()],
             jobs: *jobs,
@@ -93,7 +95,7 @@ pub fn suggest(seen: &[Seen], fold_at: usize) -> Vec<Suggestion> {
         out.push(Suggestion {
             allow: Allow::Net {
                 net: addr.into(),
-                port: Some(port),
+                port,
             },
             covers: vec![addr.to_string()],
             jobs,
@@ -155,7 +157,7 @@ mod tests {
         Seen {
             name: Some(n.into()),
             addr: None,
-            port,
+            port: Some(port),
             jobs,
         }
     }
@@ -178,7 +180,7 @@ mod tests {
             Seen {
                 name: None,
                 addr: Some("10.20.0.5".parse().unwrap()),
-                port: 5432,
+                port: Some(5432),
                 jobs: 2,
             },
         ];
@@ -208,8 +210,8 @@ mod tests {
         };
         for x in &seen {
             let ok = match (&x.name, x.addr) {
-                (Some(n), _) => policy.allows_name(n, x.port),
-                (None, Some(a)) => policy.allows_addr(a, x.port),
+                (Some(n), _) => policy.allows_name(n, x.port.unwrap_or(0)),
+                (None, Some(a)) => policy.allows_addr(a, x.port.unwrap_or(0)),
                 _ => false,
             };
             assert!(ok, "{x:?} not covered by {:?}", entries(&s));
@@ -248,7 +250,7 @@ mod tests {
             Seen {
                 name: None,
                 addr: Some("169.254.169.254".parse().unwrap()),
-                port: 80,
+                port: Some(80),
                 jobs: 4,
             },
         ];

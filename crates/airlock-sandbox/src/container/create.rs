@@ -23,9 +23,13 @@ impl ContainerBackend {
         Ok(self.cfg.net.subnet().link(&key, index))
     }
 
-    pub(super) fn resolv_conf(&self) -> String {
+    /// The sandbox's resolv.conf: its gateway (airlock's resolver, through the redirect) when
+    /// there is one, else the configured or the host's name servers.
+    pub(super) fn resolv_conf(&self, link: &net::Link) -> String {
         let mut servers = self.cfg.dns.clone();
-        if servers.is_empty() {
+        if self.cfg.egress.is_some() {
+            servers = vec![link.host_ip];
+        } else if servers.is_empty() {
             servers = host_name_servers();
         }
         let mut out = String::from("# written by airlock for this sandbox\n");
@@ -129,8 +133,6 @@ impl ContainerBackend {
             detail: format!("overlay mount on {}: {e}", merged.display()),
         })?;
         let hostname = format!("airlock-{}", &id[..id.len().min(20)]);
-        std::fs::write(dir.join("resolv.conf"), self.resolv_conf())
-            .map_err(|e| setup(id, "resolv.conf", e))?;
         std::fs::write(
             dir.join("hosts"),
             format!("127.0.0.1 localhost\n127.0.1.1 {hostname}\n"),
@@ -145,6 +147,25 @@ impl ContainerBackend {
             id: id.into(),
             detail: e.to_string(),
         })?;
+        std::fs::write(dir.join("resolv.conf"), self.resolv_conf(&link))
+            .map_err(|e| setup(id, "resolv.conf", e))?;
+        // The policy is in the host's table before the link exists (the runtime's hook makes
+        // it), so no packet of the sandbox ever goes out without it.
+        if let Some(e) = &self.cfg.egress {
+            e.attach(airlock_egress::Session {
+                id: id.to_string(),
+                owner: self.link_key(id),
+                link: link.host_if.clone(),
+                addr: link.sandbox_ip,
+                pool: Some(spec.pool.clone()),
+                policy: spec.egress.clone(),
+                since_ms: airlock_egress::now_ms(),
+            })
+            .map_err(|e| SandboxError::Setup {
+                id: id.into(),
+                detail: e.to_string(),
+            })?;
+        }
         let mut limits = c.limits.clone();
         if runtime.is_gvisor() && limits.io_weight.is_some() && !cgroup_v1_has("blkio/blkio.weight")
         {

@@ -95,9 +95,13 @@ pub struct ContainerConfig {
     pub log_cap: u64,
     /// Every sandbox's niceness (0: the daemon's own; see `airlock-supervise`).
     pub nice: i32,
-    /// Name servers written into each sandbox's resolv.conf; empty: the host's, minus loopback
-    /// ones (which a sandbox cannot reach).
+    /// Name servers written into each sandbox's resolv.conf when there is no `egress`; empty:
+    /// the host's, minus loopback ones (which a sandbox cannot reach).
     pub dns: Vec<Ipv4Addr>,
+    /// The resolver and egress sessions: each sandbox is attached with its pool's policy when its
+    /// link is made, and its resolv.conf names its gateway. `None` (tests of the backend alone):
+    /// links get the `open` chain (private ranges closed) and resolv.conf names `dns`.
+    pub egress: Option<airlock_egress::Egress>,
     /// Keeps finished sandboxes' logs; `None`: they go with the sandbox.
     pub logs: Option<LogKeep>,
     /// How often `list` looks across the host for remnants (`HOST_SCAN_EVERY`).
@@ -119,6 +123,7 @@ impl ContainerConfig {
             log_cap: crate::process::DEFAULT_LOG_CAP,
             nice: 0,
             dns: Vec::new(),
+            egress: None,
             logs: None,
             host_scan_every: HOST_SCAN_EVERY,
         }
@@ -565,6 +570,10 @@ impl ContainerBackend {
         // 3. The host link (the peer goes with it, or went with the namespace), then its lease.
         let key = self.link_key(id);
         net::delete(&net::link_name(&key)).map_err(|e| fail(e.to_string()))?;
+        // Its egress session (its nftables elements; the report stays for the daemon).
+        if let Some(e) = &self.cfg.egress {
+            e.detach(id).map_err(|e| fail(e.to_string()))?;
+        }
         self.cfg
             .net
             .release(&key)
@@ -600,6 +609,12 @@ impl ContainerBackend {
             supervise::dir_ids(&self.cfg.root)
         };
         ids.extend(self.runtime_ids());
+        if let Some(e) = &self.cfg.egress {
+            ids.extend(e.sessions().into_iter().filter_map(|s| {
+                let (tag, id) = s.owner.split_once('/')?;
+                (tag == self.tag).then(|| id.to_string())
+            }));
+        }
         ids.into_iter().collect()
     }
 

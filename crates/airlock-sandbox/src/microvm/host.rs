@@ -22,6 +22,7 @@ pub(super) fn prepare_host(
     dir: &Path,
     key: &str,
     cgroup_name: &str,
+    egress: (&str, &airlock_core::egress::EgressPolicy),
 ) -> Result<(u32, airlock_net::Link, Vec<PathBuf>, PathBuf), SandboxError> {
     for (what, p) in [
         ("disk", &vm.disk),
@@ -64,6 +65,19 @@ pub(super) fn prepare_host(
     let config = dir.join("config.img");
     write_config_disk(&config, &vec![0; CONFIG_DISK_SIZE], uid)
         .map_err(|e| setup(id, "config disk", e))?;
+    // The policy is in the host's table before the tap exists.
+    if let Some(e) = &cfg.egress {
+        e.attach(airlock_egress::Session {
+            id: id.to_string(),
+            owner: key.to_string(),
+            link: link.host_if.clone(),
+            addr: link.sandbox_ip,
+            pool: Some(egress.0.to_string()),
+            policy: egress.1.clone(),
+            since_ms: airlock_egress::now_ms(),
+        })
+        .map_err(|e| setup(id, "egress", e))?;
+    }
     net::create_tap(&link, key, uid).map_err(|e| setup(id, "tap", e))?;
     let limits = VmmLimits {
         memory_bytes: (vm.memory_mib + VMM_OVERHEAD_MIB) << 20,

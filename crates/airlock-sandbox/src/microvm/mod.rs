@@ -79,8 +79,12 @@ pub struct MicrovmConfig {
     pub log_cap: u64,
     /// Every sandbox's niceness (0: the daemon's own; see `airlock-supervise`).
     pub nice: i32,
-    /// Name servers for guests; empty: the host's non-loopback ones.
+    /// Name servers for guests when there is no `egress`; empty: the host's non-loopback ones.
     pub dns: Vec<Ipv4Addr>,
+    /// The resolver and egress sessions (as `ContainerConfig::egress`): with it, each VM is
+    /// attached with its pool's policy before its tap exists, and its name server is its
+    /// gateway.
+    pub egress: Option<airlock_egress::Egress>,
     /// Keeps finished sandboxes' logs; `None`: they go with the sandbox.
     pub logs: Option<LogKeep>,
     /// How long a probe boot may take: KVM's and TCG's.
@@ -104,6 +108,7 @@ impl MicrovmConfig {
             log_cap: crate::process::DEFAULT_LOG_CAP,
             nice: 0,
             dns: Vec::new(),
+            egress: None,
             logs: None,
             probe_timeouts: (Duration::from_secs(8), Duration::from_secs(30)),
         }
@@ -261,7 +266,10 @@ impl MicrovmBackend {
         format!("{}-{id}", self.tag)
     }
 
-    fn resolv(&self) -> Vec<Ipv4Addr> {
+    fn resolv(&self, gateway: Ipv4Addr) -> Vec<Ipv4Addr> {
+        if self.cfg.egress.is_some() {
+            return vec![gateway];
+        }
         if !self.cfg.dns.is_empty() {
             return self.cfg.dns.clone();
         }
@@ -279,8 +287,9 @@ impl MicrovmBackend {
         // The host side (files, the address, the tap, the cgroups), on the blocking pool.
         let (cfg, vm2, id2) = (self.cfg.clone(), vm.clone(), id.to_string());
         let (dir, key, cgroup) = (self.dir(id), self.key(id), self.cgroup_name(id));
+        let (pool, policy) = (spec.pool.clone(), spec.egress.clone());
         let (uid, link, cgroups, config) = crate::blocking(id, move || {
-            prepare_host(&cfg, &vm2, &id2, &dir, &key, &cgroup)
+            prepare_host(&cfg, &vm2, &id2, &dir, &key, &cgroup, (&pool, &policy))
         })
         .await?;
         let argv = match vm.driver {
@@ -427,7 +436,7 @@ impl Backend for MicrovmBackend {
                     address,
                     prefix: 30,
                     gateway,
-                    dns: self.resolv(),
+                    dns: self.resolv(gateway),
                 }),
                 _ => None,
             },
@@ -556,6 +565,9 @@ impl Backend for MicrovmBackend {
             supervise::kill_group(&dir);
             // 2. The tap, then its lease.
             net::delete(&net::link_name(&key)).map_err(|e| fail(e.to_string()))?;
+            if let Some(e) = &cfg.egress {
+                e.detach(&id2).map_err(|e| fail(e.to_string()))?;
+            }
             cfg.net.release(&key).map_err(|e| fail(e.to_string()))?;
             // 3. The cgroup (its processes killed while the VMM finishes dying), then 4. files.
             supervise::remove_cgroup_and_dir(&name, 100, true, &dir, cfg.logs.as_ref(), &id2)
@@ -568,9 +580,14 @@ impl Backend for MicrovmBackend {
 impl MicrovmBackend {
     /// Every sandbox id with anything left on the host: directory, tap, lease, cgroup.
     fn list_ids(&self) -> Vec<String> {
-        supervise::ids_on_host(&self.cfg.root, &self.tag, &self.cfg.net)
-            .into_iter()
-            .collect()
+        let mut ids = supervise::ids_on_host(&self.cfg.root, &self.tag, &self.cfg.net);
+        if let Some(e) = &self.cfg.egress {
+            ids.extend(e.sessions().into_iter().filter_map(|s| {
+                let (tag, id) = s.owner.split_once('/')?;
+                (tag == self.tag).then(|| id.to_string())
+            }));
+        }
+        ids.into_iter().collect()
     }
 
     /// Sandboxes' image references (`NAME@sha256:…`), for keeping images in use.

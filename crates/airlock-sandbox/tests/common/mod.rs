@@ -181,6 +181,8 @@ pub fn vm_spec(id: &str, m: &Manifest, disk_gib: u32) -> SandboxSpec {
             disk_gib,
             docker: false,
         }),
+        pool: "test".into(),
+        egress: Default::default(),
     }
 }
 
@@ -247,6 +249,8 @@ pub fn spec(id: &str, m: &Manifest, limits: Limits) -> SandboxSpec {
             limits,
             runtime: None,
         }),
+        pool: "test".into(),
+        egress: Default::default(),
     }
 }
 

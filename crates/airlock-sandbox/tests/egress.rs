@@ -1,0 +1,307 @@
+//! Egress policy with real traffic from inside a container sandbox: "the internet" is a network
+//! namespace with HTTP servers on several addresses and a name server for the test's names,
+//! reached through the same NAT as real traffic; airlock's resolver (`airlock-egress`) runs on
+//! the host with the real nftables table. In open, audit and block mode a job tries an allowed
+//! name, a denied name, an allowed name on a port it is not allowed, a bare address, a name that
+//! resolves to the metadata address, a private range, DNS straight to an outside resolver and the
+//! resolver's own port on the host; each outcome is asserted and found in the job's report.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use airlock_core::egress::{Allow, EgressMode, EgressPolicy};
+use airlock_egress::testdns::TestDns;
+use airlock_egress::{Egress, EgressConfig, Report, Verdict};
+use airlock_sandbox::{Backend, Limits, Secret};
+use common::*;
+
+const SLOT: u8 = 13;
+
+/// Makes a socket inside network namespace `ns` (a socket stays in the namespace it was made in).
+fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path)?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        f()
+    })
+    .join()
+    .unwrap()
+    .unwrap()
+}
+
+fn sh(c: &str) {
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(c)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{c}");
+}
+
+/// The internet's addresses: the server's own (`.2`, what `allowed.test` resolves to) and more
+/// routed to it: the wildcard's name's, a denied name's, and one only ever reached bare. Each
+/// name has an address of its own: block mode opens addresses, so names sharing one would
+/// share what is open (until the proxy checks SNI and Host).
+struct Net {
+    inet: Internet,
+    bare: Ipv4Addr,
+    _dns: TestDns,
+    dns: SocketAddr,
+}
+
+impl Net {
+    fn start() -> Net {
+        let inet = Internet::start(SLOT);
+        let [denied, bare, cdn]: [Ipv4Addr; 3] =
+            [129, 130, 131].map(|n| format!("198.18.{SLOT}.{n}").parse().unwrap());
+        let _ = std::process::Command::new("ip")
+            .args(["route", "del", &format!("198.18.{SLOT}.128/25")])
+            .stderr(std::process::Stdio::null())
+            .status();
+        sh(&format!(
+            "ip -n {ns} addr add {denied}/32 dev lo && ip -n {ns} addr add {bare}/32 dev lo && \
+             ip -n {ns} addr add {cdn}/32 dev lo && \
+             ip route add 198.18.{SLOT}.128/25 via {gw}",
+            ns = inet.ns,
+            gw = inet.addr
+        ));
+        // A listener on another port, answering and closing: "reached" there can only mean
+        // the firewall let it through.
+        let other = in_ns(&inet.ns, || std::net::TcpListener::bind("0.0.0.0:8001"));
+        std::thread::spawn(move || {
+            use std::io::{Read as _, Write as _};
+            for mut c in other.incoming().flatten() {
+                let mut buf = [0u8; 256];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nother-port");
+            }
+        });
+        let a = inet.addr;
+        let dns_addr = SocketAddr::from((a, 53));
+        let (udp, tcp) = in_ns(&inet.ns, move || {
+            Ok((
+                std::net::UdpSocket::bind(dns_addr)?,
+                std::net::TcpListener::bind(dns_addr)?,
+            ))
+        });
+        let dns = TestDns::serve(
+            udp,
+            tcp,
+            &[
+                ("allowed.test", a),
+                ("www.cdn.test", cdn),
+                ("denied.test", denied),
+                ("meta.test", Ipv4Addr::new(169, 254, 169, 254)),
+                ("lan.test", Ipv4Addr::new(10, 77, 0, 1)),
+            ],
+        )
+        .unwrap();
+        Net {
+            inet,
+            bare,
+            _dns: dns,
+            dns: dns_addr,
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["route", "del", &format!("198.18.{SLOT}.128/25")])
+            .status();
+    }
+}
+
+fn policy(mode: EgressMode) -> EgressPolicy {
+    EgressPolicy {
+        mode,
+        allow: ["allowed.test:8000", "*.cdn.test"]
+            .iter()
+            .map(|e| Allow::parse(e).unwrap())
+            .collect(),
+    }
+}
+
+/// The job: each attempt prints `NAME-REACHED` or `NAME-blocked <why>`.
+fn script(net: &Net, resolver_port: u16) -> String {
+    let a = net.inet.addr;
+    format!(
+        r#"exec python3 - <<'EOF'
+import socket, struct
+def http(label, host, port):
+    try:
+        ip = socket.gethostbyname(host)
+    except Exception as e:
+        print(label + "-blocked resolve", e, flush=True); return
+    s = socket.socket(); s.settimeout(2)
+    try:
+        s.connect((ip, port)); s.sendall(b"GET / HTTP/1.0\r\nHost: " + host.encode() + b"\r\n\r\n")
+        s.recv(100); print(label + "-REACHED", ip, flush=True)
+    except Exception as e:
+        print(label + "-blocked", e, flush=True)
+def dns(label, server, port, name):
+    q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+    try:
+        s.sendto(q, (server, port)); s.recv(512); print(label + "-REACHED", flush=True)
+    except Exception as e:
+        print(label + "-blocked", e, flush=True)
+gw = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
+print("NAMESERVER", gw, flush=True)
+http("ALLOWED", "allowed.test", 8000)
+http("WILDCARD", "www.cdn.test", 8000)
+http("DENIED", "denied.test", 8000)
+http("BADPORT", "allowed.test", 8001)
+http("BARE", "{bare}", 8000)
+http("METADATA", "meta.test", 80)
+http("PRIVATE", "lan.test", 80)
+dns("OUTSIDEDNS", "{a}", 53, "allowed.test")
+dns("RESOLVERPORT", gw, {resolver_port}, "allowed.test")
+EOF
+"#,
+        bare = net.bare,
+    )
+}
+
+fn outcome(log: &str, label: &str) -> &'static str {
+    if log.contains(&format!("{label}-REACHED")) {
+        "reached"
+    } else if log.contains(&format!("{label}-blocked")) {
+        "blocked"
+    } else {
+        "missing"
+    }
+}
+
+fn verdict(r: &Report, name: &str) -> Option<Verdict> {
+    r.destinations
+        .iter()
+        .find(|d| d.name.as_deref() == Some(name))
+        .map(|d| d.verdict)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_mode_lets_through_what_it_should_and_reports_it() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let _reaper = Reaper(root.clone());
+    let net = Net::start();
+    let mut ec = EgressConfig::new(t.path().join("egress"));
+    ec.upstreams = vec![net.dns];
+    let egress = Egress::start(ec).await.unwrap();
+    let e2 = egress.clone();
+    let b = backend_configured(&root, SLOT, Rt::Default, Duration::ZERO, move |c| {
+        c.egress = Some(e2)
+    })
+    .await;
+    let m = shell_image();
+    let mut failures = Vec::new();
+    let mut links = Vec::new();
+    // (label, open, audit, block)
+    let want: &[(&str, [&str; 3])] = &[
+        ("ALLOWED", ["reached", "reached", "reached"]),
+        ("WILDCARD", ["reached", "reached", "reached"]),
+        ("DENIED", ["reached", "reached", "blocked"]),
+        ("BADPORT", ["reached", "reached", "blocked"]),
+        ("BARE", ["reached", "reached", "blocked"]),
+        ("METADATA", ["blocked", "blocked", "blocked"]),
+        ("PRIVATE", ["blocked", "blocked", "blocked"]),
+        ("OUTSIDEDNS", ["reached", "reached", "blocked"]),
+        ("RESOLVERPORT", ["blocked", "blocked", "blocked"]),
+    ];
+    for (i, mode) in [EgressMode::Open, EgressMode::Audit, EgressMode::Block]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("eg-{}", mode.as_str());
+        let mut s = spec(&id, &m, Limits::default());
+        s.egress = policy(mode);
+        s.pool = "pool-a".into();
+        b.create(&s).await.unwrap();
+        b.start(&s, &Secret::new(script(&net, egress.port())))
+            .await
+            .unwrap();
+        let code = wait_exit(&b, &id, Duration::from_secs(90)).await;
+        let log = std::fs::read_to_string(root.join(&id).join("runner.log")).unwrap_or_default();
+        b.destroy(&id).await.unwrap();
+        assert_eq!(code, Some(0), "{mode:?}: {log}");
+        assert!(
+            log.contains("NAMESERVER 10."),
+            "resolv.conf names the gateway: {log}"
+        );
+        for (label, outcomes) in want {
+            let got = outcome(&log, label);
+            if got != outcomes[i] {
+                failures.push(format!("{mode:?} {label}: {got}, want {}", outcomes[i]));
+            }
+        }
+        let done = egress.finished();
+        let (session, report) = done
+            .iter()
+            .find(|(s, _)| s.id == id)
+            .unwrap_or_else(|| panic!("no finished report for {id}: {done:?}"));
+        assert_eq!(session.pool.as_deref(), Some("pool-a"));
+        links.push(session.link.clone());
+        let want_verdicts = [
+            ("allowed.test", [Verdict::Allowed; 3]),
+            ("www.cdn.test", [Verdict::Allowed; 3]),
+            (
+                "denied.test",
+                [Verdict::Allowed, Verdict::Audit, Verdict::Blocked],
+            ),
+            ("meta.test", [Verdict::Blocked; 3]),
+            ("lan.test", [Verdict::Blocked; 3]),
+        ];
+        for (name, v) in want_verdicts {
+            if verdict(report, name) != Some(v[i]) {
+                failures.push(format!(
+                    "{mode:?} report {name}: {:?}, want {:?}",
+                    verdict(report, name),
+                    v[i]
+                ));
+            }
+        }
+        egress.forget(&id).unwrap();
+        if !failures.is_empty() {
+            failures.push(format!("--- {mode:?} log:\n{log}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Nothing of the sandboxes is left in the table: no map element, no opened address.
+    assert!(egress.sessions().is_empty());
+    let now = airlock_net::rules::attached().unwrap();
+    let mut sets = String::new();
+    for set in ["named4", "named4any"] {
+        let out = std::process::Command::new("nft")
+            .args(["list", "set", "inet", "airlock", set])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{set}");
+        sets += &String::from_utf8_lossy(&out.stdout);
+    }
+    assert_eq!(links.len(), 3);
+    for link in &links {
+        assert!(
+            !now.links.iter().any(|(l, _)| l == link),
+            "{link} in links: {now:?}"
+        );
+        assert!(
+            !now.dns.iter().any(|(l, _)| l == link),
+            "{link} in dns: {now:?}"
+        );
+        assert!(
+            !sets.contains(link.as_str()),
+            "{link} in the named sets:\n{sets}"
+        );
+    }
+}
