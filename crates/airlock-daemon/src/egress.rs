@@ -92,6 +92,33 @@ pub(crate) async fn for_job(inner: &Inner, job: u64) -> Result<serde_json::Value
         .await?;
     let mut live = Vec::new();
     if let Some(e) = &inner.backend.egress {
+        // Finished but not yet collected (the collector runs every `COLLECT_EVERY`).
+        let all = inner.store.call(|s| s.all_runners()).await?;
+        let e2 = e.clone();
+        let done = tokio::task::spawn_blocking(move || e2.finished())
+            .await
+            .unwrap_or_default();
+        for (s, report) in done {
+            let Some(r) = all
+                .iter()
+                .find(|r| r.sandbox_id == s.id && r.job_id == Some(job))
+            else {
+                continue;
+            };
+            if stored.iter().any(|x| x.sandbox_id == s.id) {
+                continue;
+            }
+            stored.push(EgressRecord {
+                sandbox_id: s.id.clone(),
+                pool: r.pool.clone(),
+                runner_name: Some(r.name.clone()),
+                job_id: Some(job),
+                mode: s.policy.mode,
+                started_at: s.since_ms,
+                stored_at: now_ms(),
+                report,
+            });
+        }
         for r in runners.iter().filter(|r| r.job_id == Some(job)) {
             if stored.iter().any(|x| x.sandbox_id == r.sandbox_id) {
                 continue;

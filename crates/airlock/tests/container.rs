@@ -93,8 +93,71 @@ impl CEnv {
     fn containers(&self) -> PathBuf {
         self.env.state().join("containers")
     }
+    /// Everything of any sandbox left on the host: the backend's remnants, and the egress side
+    /// (session files, finished reports not yet stored, and every nftables element of a link of
+    /// any sandbox this daemon ever made, found by the link names of the store's runners).
     fn remnants(&self) -> Vec<String> {
-        airlock_sandbox::container::remnants(&self.containers())
+        let mut out = airlock_sandbox::container::remnants(&self.containers());
+        out.extend(self.egress_remnants());
+        out
+    }
+
+    fn egress_remnants(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let dir = self.env.state().join("egress");
+        for d in [dir.clone(), dir.join("done")] {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().extension().is_some_and(|x| x == "json") {
+                    out.push(format!("egress file {}", e.path().display()));
+                }
+            }
+        }
+        let Some(daemon) = &self.env.daemon else {
+            return out;
+        };
+        let tag = airlock_sandbox::container::tag_of(&self.containers());
+        let links: Vec<String> = daemon
+            .inner
+            .store()
+            .all_runners()
+            .unwrap()
+            .iter()
+            .map(|r| airlock_net::link_name(&format!("{tag}/{}", r.sandbox_id)))
+            .collect();
+        let table = airlock_net::rules::attached().unwrap();
+        let mut sets = String::new();
+        for set in ["named4", "named4any"] {
+            let o = std::process::Command::new("nft")
+                .args(["list", "set", "inet", "airlock", set])
+                .output()
+                .unwrap();
+            sets += &String::from_utf8_lossy(&o.stdout);
+        }
+        for l in &links {
+            if table.links.iter().any(|(x, _)| x == l) {
+                out.push(format!("nft links element {l}"));
+            }
+            if table.dns.iter().any(|(x, _)| x == l) {
+                out.push(format!("nft dns element {l}"));
+            }
+            if sets.contains(l.as_str()) {
+                out.push(format!("nft named element {l}"));
+            }
+        }
+        out
+    }
+
+    /// `remnants`, allowing the daemon a few seconds to store the last finished reports.
+    async fn remnants_settled(&self) -> Vec<String> {
+        let mut left = self.remnants();
+        for _ in 0..50 {
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            left = self.remnants();
+        }
+        left
     }
 }
 
@@ -248,7 +311,7 @@ async fn jobs_run_isolated_in_containers_and_nothing_is_left() {
     .collect();
     assert_eq!(got, want);
     c.env.assert_nothing_left();
-    let left = c.remnants();
+    let left = c.remnants_settled().await;
     assert!(left.is_empty(), "{left:?}");
     // The image was only ever read.
     image_store().verify(&image()).unwrap();
@@ -275,7 +338,7 @@ async fn a_hundred_jobs_and_a_crash_leave_nothing() {
         .jobs()
         .iter()
         .all(|j| j.conclusion.as_deref() == Some("success")));
-    let after = c.remnants();
+    let after = c.remnants_settled().await;
     assert!(after.is_empty(), "after 100 jobs: {after:?}");
 
     // Crash with jobs in flight.
@@ -310,7 +373,7 @@ async fn a_hundred_jobs_and_a_crash_leave_nothing() {
         .iter()
         .all(|j| j.status == Status::Completed));
     c.env.assert_nothing_left();
-    let left = c.remnants();
+    let left = c.remnants_settled().await;
     assert!(left.is_empty(), "after the crash: {left:?}");
     let CEnv { env, net, .. } = c;
     env.shutdown().await;
@@ -421,7 +484,8 @@ async fn a_pool_without_its_image_creates_nothing_until_it_is_built() {
     assert!(failed, "{}", c.env.metrics());
     assert!(c.env.sim().runners().is_empty());
     assert!(c.env.store().live_runners().unwrap().is_empty());
-    assert!(c.remnants().is_empty(), "{:?}", c.remnants());
+    let left = c.remnants_settled().await;
+    assert!(left.is_empty(), "{left:?}");
     assert_eq!(c.env.sim().jobs()[0].status, Status::Queued);
     // Building it (here: linking the test image under the new name) lets the job run.
     let store = image_store();
@@ -445,7 +509,8 @@ async fn a_pool_without_its_image_creates_nothing_until_it_is_built() {
     let guard = DirGuard(store.root().join("never-built"));
     c.env.wait_all_done(Duration::from_secs(90)).await;
     assert_eq!(c.env.sim().jobs()[0].conclusion.as_deref(), Some("success"));
-    assert!(c.remnants().is_empty(), "{:?}", c.remnants());
+    let left = c.remnants_settled().await;
+    assert!(left.is_empty(), "{left:?}");
     drop(guard);
     let CEnv { env, net, .. } = c;
     env.shutdown().await;
@@ -459,4 +524,226 @@ impl Drop for DirGuard {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Egress through the whole daemon: a block-mode pool and an audit-mode pool, names served by a
+/// name server in the internet's namespace (the resolver's upstream, `container.dns`). Jobs in
+/// block mode reach an allowed name and GitHub (listed by address) but neither a denied name
+/// nor a bare address; the same job in audit mode reaches everything. Then the job's report
+/// through the API and `airlock egress report`, the blocked count in metrics, and
+/// `airlock egress suggest` from the audit pool's history; and nothing left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn egress_is_enforced_reported_and_suggested_end_to_end() {
+    use std::net::{Ipv4Addr, SocketAddr};
+    const SLOT: u8 = 6;
+    let named: Ipv4Addr = format!("198.18.{SLOT}.200").parse().unwrap();
+    let bare: Ipv4Addr = format!("198.18.{SLOT}.201").parse().unwrap();
+    let gh: Ipv4Addr = format!("198.18.{SLOT}.6").parse().unwrap();
+    let extra = format!(
+        "\n[pool.egress]\nmode = \"block\"\nallow = [\"allowed.test\", \"{gh}\"]\n\n\
+         [[pool]]\nname = \"aud\"\nscope = \"repo:octo/hello\"\nlabels = [\"self-hosted\", \"linux\", \"aud\"]\n\
+         backend = \"container\"\nimage = \"test-standin\"\nmax_runners = 2\nmemory_mib = 256\n\n\
+         [pool.egress]\nmode = \"audit\"\nallow = [\"allowed.test\", \"{gh}\"]\n"
+    );
+    let mut c = container_env_with(SLOT, 2, &extra, false).await;
+    c.env.config = c
+        .env
+        .config
+        .replace("[container]\n", &format!("[container]\ndns = [\"{gh}\"]\n"));
+    // The internet: a name server, and a listener on two more addresses routed into it.
+    let ns = c.net.ns.clone();
+    let in_ns = |f: Box<
+        dyn FnOnce() -> std::io::Result<(
+                std::net::UdpSocket,
+                std::net::TcpListener,
+                std::net::TcpListener,
+            )> + Send,
+    >| {
+        let path = format!("/run/netns/{ns}");
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path)?;
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            f()
+        })
+        .join()
+        .unwrap()
+        .unwrap()
+    };
+    let run = |c: &str| {
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(c)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{c}");
+    };
+    run(&format!(
+        "ip -n {ns} addr add {named}/32 dev lo && ip -n {ns} addr add {bare}/32 dev lo && \
+         ip route replace {named}/32 via {gh} && ip route replace {bare}/32 via {gh}",
+        ns = c.net.ns
+    ));
+    let dns_at = SocketAddr::from((gh, 53));
+    let (udp, tcp, web) = in_ns(Box::new(move || {
+        Ok((
+            std::net::UdpSocket::bind(dns_at)?,
+            std::net::TcpListener::bind(dns_at)?,
+            std::net::TcpListener::bind("0.0.0.0:8000")?,
+        ))
+    }));
+    std::thread::spawn(move || {
+        for s in web.incoming().flatten() {
+            drop(s);
+        }
+    });
+    let _dns = airlock_egress::testdns::TestDns::serve(
+        udp,
+        tcp,
+        &[("allowed.test", named), ("denied.test", named)],
+    )
+    .unwrap();
+    c.env.start_daemon().await;
+    let port = c.env.daemon().addr.port();
+    c.env
+        .sim()
+        .set_webhook_url(Some(format!("http://127.0.0.1:{port}/webhook")));
+
+    let tcp_to = |host: &str| format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{host}/8000'");
+    let steps = |pool: &str| -> Vec<String> {
+        let blocked = pool == "box";
+        let not = |b: bool| if b { "! " } else { "" };
+        vec![
+            "getent hosts allowed.test".into(),
+            tcp_to("allowed.test"),
+            format!("{}getent hosts denied.test", not(blocked)),
+            format!("{}{}", not(blocked), tcp_to(&bare.to_string())),
+        ]
+    };
+    let spec = |name: &str, pool: &str| JobSpec {
+        name: name.into(),
+        labels: vec!["self-hosted".into(), "linux".into(), pool.into()],
+        steps: steps(pool),
+        drop_webhooks: false,
+    };
+    let ids = c.env.submit_specs(
+        "octo/hello",
+        vec![spec("in-block", "box"), spec("in-audit", "aud")],
+    );
+    c.env.wait_all_done(Duration::from_secs(120)).await;
+    assert_eq!(
+        conclusions(c.env.sim()),
+        [
+            ("in-audit".to_string(), Some("success".to_string())),
+            ("in-block".to_string(), Some("success".to_string()))
+        ],
+        "every step's expectation held (see the runner logs)"
+    );
+    // Reports reach the store within a collection period.
+    let api = |path: String| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        async move {
+            reqwest::get(&url)
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let mut report = serde_json::Value::Null;
+    for _ in 0..50 {
+        report = api(format!("/api/v1/egress/jobs/{}", ids[0])).await;
+        if report["reports"].as_array().is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dests = report["reports"][0]["report"]["destinations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let verdict = |name: &str| {
+        dests
+            .iter()
+            .find(|d| d["name"] == name)
+            .map(|d| d["verdict"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(
+        verdict("allowed.test").as_deref(),
+        Some("allowed"),
+        "{report:#}"
+    );
+    assert_eq!(
+        verdict("denied.test").as_deref(),
+        Some("blocked"),
+        "{report:#}"
+    );
+    assert_eq!(report["reports"][0]["mode"], "block");
+    assert_eq!(report["reports"][0]["pool"], "box");
+    assert!(
+        metric(
+            &c.env.metrics(),
+            "airlock_egress_blocked_total{pool=\"box\"}"
+        ) >= 1.0,
+        "{}",
+        c.env.metrics()
+    );
+    assert!(metric(&c.env.metrics(), "airlock_egress_dns_answers_total") >= 4.0);
+    // The CLI, against the running daemon.
+    let cfg_path = c.env.dir.path().join("airlock.toml");
+    let cfg_text = c.env.config.replace(
+        "listen = \"0.0.0.0:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(&cfg_path, cfg_text).unwrap();
+    let cli = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+            .args(args)
+            .arg("--config")
+            .arg(&cfg_path)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = cli(&["egress", "report", "--job", &ids[0].to_string()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.lines().any(|l| l.contains("blocked")
+            && l.contains("denied.test")
+            && l.contains("not in the allowlist")),
+        "{out}"
+    );
+    let (code, _, err) = cli(&["egress", "report", "--job", "999999"]);
+    assert_eq!(code, Some(1), "{err}");
+    // Suggest waits for the audit job's report too.
+    let mut out = String::new();
+    for _ in 0..50 {
+        let (code, o, _) = cli(&["egress", "suggest", "--pool", "aud"]);
+        if code == Some(0) {
+            out = o;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        out.contains("\"denied.test\"") && out.contains("\"allowed.test\""),
+        "{out}"
+    );
+    assert!(out.contains("mode = \"block\""), "{out}");
+    let (code, _, err) = cli(&["egress", "suggest", "--pool", "nope"]);
+    assert_eq!(code, Some(2), "{err}");
+    c.env.assert_nothing_left();
+    let left = c.remnants_settled().await;
+    assert!(left.is_empty(), "{left:?}");
+    let _ = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("ip route del {named}/32; ip route del {bare}/32"))
+        .status();
+    let CEnv { env, net, .. } = c;
+    env.shutdown().await;
+    drop(net);
 }
