@@ -42,6 +42,21 @@ fn question(id: u16, name: &str) -> Vec<u8> {
     m.to_vec().unwrap()
 }
 
+/// Asks once and checks the answer is an address (not a refusal the benchmark would count).
+async fn check(server: SocketAddr, from: Ipv4Addr, name: &str) {
+    let s = tokio::net::UdpSocket::bind((from, 0)).await.unwrap();
+    s.send_to(&question(1, name), server).await.unwrap();
+    let mut buf = [0u8; 1500];
+    let n = s.recv(&mut buf).await.unwrap();
+    let m = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(
+        m.answers.len(),
+        1,
+        "{name} from {from}: {:?}",
+        m.metadata.response_code
+    );
+}
+
 /// Answers per second from `clients` clients (each from its own loopback address, a sandbox's
 /// stand-in) asking `name` of `server` for `secs`.
 async fn rate(server: SocketAddr, clients: &[Ipv4Addr], name: &str, secs: f64) -> f64 {
@@ -113,11 +128,18 @@ async fn main() {
         .unwrap_or(32);
     let rounds = 5;
     let secs = 1.0;
-    let up = TestDns::on_loopback(
-        Ipv4Addr::LOCALHOST,
-        &[("*.bench.test", Ipv4Addr::new(198, 18, 200, 1))],
-    )
-    .unwrap();
+    // Each first-asked name has an address of its own, so each block-mode answer opens one.
+    let names: Vec<(String, Ipv4Addr)> = (0..200u8)
+        .flat_map(|i| {
+            [
+                (format!("o{i}.bench.test"), Ipv4Addr::new(198, 18, 201, i)),
+                (format!("b{i}.bench.test"), Ipv4Addr::new(198, 18, 202, i)),
+            ]
+        })
+        .collect();
+    let mut zone: Vec<(&str, Ipv4Addr)> = names.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    zone.push(("*.bench.test", Ipv4Addr::new(198, 18, 200, 1)));
+    let up = TestDns::on_loopback(Ipv4Addr::LOCALHOST, &zone).unwrap();
     let t = tempfile::tempdir().unwrap();
     let egress = start(&t.path().join("a"), up.addr, Arc::new(NoTable)).await;
     let clients: Vec<Ipv4Addr> = (0..n)
@@ -145,6 +167,9 @@ async fn main() {
             .unwrap();
     }
     let server = SocketAddr::from((Ipv4Addr::LOCALHOST, egress.port()));
+    check(up.addr, clients[0], "www.bench.test.").await;
+    check(server, clients[0], "www.bench.test.").await;
+    check(server, blockers[0], "www.bench.test.").await;
     // Warm the cache and the opened addresses.
     rate(server, &clients, "www.bench.test.", 0.2).await;
     rate(server, &blockers, "www.bench.test.", 0.2).await;
@@ -183,11 +208,14 @@ async fn main() {
             .await
             .unwrap();
         let mut buf = [0u8; 1500];
-        s.recv(&mut buf).await.unwrap();
-        t0.elapsed().as_secs_f64() * 1e3
+        let n = s.recv(&mut buf).await.unwrap();
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(m.answers.len(), 1, "{name}: {:?}", m.metadata.response_code);
+        ms
     };
     let (mut lo, mut lb) = (Vec::new(), Vec::new());
-    for i in 0..200 {
+    for i in 0..200u8 {
         lo.push(first(oc, format!("o{i}.bench.test.")).await);
         lb.push(first(bc, format!("b{i}.bench.test.")).await);
     }

@@ -529,14 +529,17 @@ impl Inner {
         if fresh.is_empty() {
             return Ok(());
         }
-        {
+        let (again, new): (Vec<Named>, Vec<Named>) = {
             // In the file before the table, as everything else.
             let mut f = lock(&live.file);
+            let split = fresh.iter().partition(|n| f.opened.contains(n));
             f.opened.extend(fresh.iter().copied());
             live.dirty.store(true, Ordering::Release);
-        }
+            split
+        };
         let table = self.table.clone();
-        let script = rules::open_named_script(&live.session.link, &fresh, NAMED_TIMEOUT.as_secs());
+        let script =
+            rules::open_named_script(&live.session.link, &new, &again, NAMED_TIMEOUT.as_secs());
         let what = format!("opening addresses for sandbox {}", live.session.id);
         tokio::task::spawn_blocking(move || table.apply(&what, &script))
             .await

@@ -1,0 +1,114 @@
+//! What an egress policy adds to a container sandbox's start: create, then start, until the job
+//! has resolved a name and connected (its first line of output), for sandboxes attached with a
+//! block-mode policy, interleaved with the same sandboxes under `mode = "open"` in the same run
+//! (both through airlock's resolver; block mode adds its chain and, at the job's first question,
+//! one nftables transaction opening the answer).
+//!
+//! `sudo cargo bench -p airlock-sandbox --bench egress` (AIRLOCK_BENCH_SANDBOXES, default 30).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use airlock_core::egress::{Allow, EgressMode, EgressPolicy};
+use airlock_egress::testdns::TestDns;
+use airlock_egress::{Egress, EgressConfig};
+use airlock_sandbox::{Backend, Limits, Secret};
+
+const SLOT: u8 = 14;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    common::require_root();
+    let n = common::env_n("AIRLOCK_BENCH_SANDBOXES", 30);
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let _reaper = common::Reaper(root.clone());
+    let inet = common::Internet::start(SLOT);
+    let dns_at = SocketAddr::from((inet.addr, 53));
+    let path = format!("/run/netns/{}", inet.ns);
+    let (udp, tcp) = std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        (
+            std::net::UdpSocket::bind(dns_at).unwrap(),
+            std::net::TcpListener::bind(dns_at).unwrap(),
+        )
+    })
+    .join()
+    .unwrap();
+    // A name per sandbox, each its own answer... all served by the one internet address.
+    let names: Vec<String> = (0..n).map(|i| format!("h{i}.bench.test")).collect();
+    let zone: Vec<(&str, Ipv4Addr)> = names.iter().map(|s| (s.as_str(), inet.addr)).collect();
+    let _dns = TestDns::serve(udp, tcp, &zone).unwrap();
+    let mut ec = EgressConfig::new(t.path().join("egress"));
+    ec.upstreams = vec![dns_at];
+    let egress = Egress::start(ec).await.unwrap();
+    let e2 = egress.clone();
+    let b =
+        common::backend_configured(&root, SLOT, common::Rt::Default, Duration::ZERO, move |c| {
+            c.egress = Some(e2)
+        })
+        .await;
+    let m = common::shell_image();
+    let policy = |mode| EgressPolicy {
+        mode,
+        allow: vec![Allow::parse("*.bench.test:8000").unwrap()],
+    };
+    let job = |name: &str| {
+        format!(
+            "exec python3 -c 'import socket; s=socket.create_connection((\"{name}\", {}), 5); print(\"connected\", flush=True)'",
+            inet.port
+        )
+    };
+    let (mut open, mut block) = (Vec::new(), Vec::new());
+    for i in 0..n + 2 {
+        for mode in [EgressMode::Open, EgressMode::Block] {
+            let id = format!("eb{}{i}", &mode.as_str()[..1]);
+            let mut s = common::spec(&id, &m, Limits::default());
+            s.egress = policy(mode);
+            // A name not asked before: block mode opens its answer.
+            let name = &names[i % n];
+            let t0 = Instant::now();
+            b.create(&s).await.unwrap();
+            b.start(&s, &Secret::new(job(name))).await.unwrap();
+            let log = root.join(&id).join("runner.log");
+            loop {
+                if std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("connected")
+                {
+                    break;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "{id}: {:?}",
+                    std::fs::read_to_string(&log)
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            b.destroy(&id).await.unwrap();
+            // The first two rounds warm the page cache and the runtime.
+            if i >= 2 {
+                match mode {
+                    EgressMode::Block => block.push(ms),
+                    _ => open.push(ms),
+                }
+            }
+        }
+    }
+    let (op50, op95) = (common::pct(&mut open, 0.5), common::pct(&mut open, 0.95));
+    let (bp50, bp95) = (common::pct(&mut block, 0.5), common::pct(&mut block, 0.95));
+    println!(
+        "container create -> start -> first connection by name, {n} sandboxes each, interleaved:"
+    );
+    println!("  mode = \"open\"  (baseline): p50 {op50:.1} ms  p95 {op95:.1} ms");
+    println!(
+        "  mode = \"block\":            p50 {bp50:.1} ms  p95 {bp95:.1} ms  ({:+.1}% at p50, {:+.1}% at p95)",
+        (bp50 / op50 - 1.0) * 100.0,
+        (bp95 / op95 - 1.0) * 100.0
+    );
+}
