@@ -71,33 +71,16 @@ impl Outside {
         }
     }
 
-    /// A TCP listener on `inner_ip:port` inside the namespace (a socket stays in the namespace it
-    /// was made in; it is made on a thread that joined it).
+    /// A TCP listener on `inner_ip:port` inside the namespace.
     pub fn listen(&self, port: u16) -> std::io::Result<std::net::TcpListener> {
-        let path = format!("/run/netns/{}", self.ns);
         let addr = std::net::SocketAddr::from((self.inner_ip, port));
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(&path)?;
-            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)?;
-            std::net::TcpListener::bind(addr)
-        })
-        .join()
-        .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
+        in_netns(&self.ns, move || std::net::TcpListener::bind(addr))
     }
 
-    /// A UDP socket on `inner_ip:port` inside the namespace (as `listen`).
+    /// A UDP socket on `inner_ip:port` inside the namespace.
     pub fn udp(&self, port: u16) -> std::io::Result<std::net::UdpSocket> {
-        let path = format!("/run/netns/{}", self.ns);
         let addr = std::net::SocketAddr::from((self.inner_ip, port));
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(&path)?;
-            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)?;
-            std::net::UdpSocket::bind(addr)
-        })
-        .join()
-        .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
+        in_netns(&self.ns, move || std::net::UdpSocket::bind(addr))
     }
 
     fn remove(&self) {
@@ -113,4 +96,21 @@ impl Drop for Outside {
     fn drop(&mut self) {
         self.remove();
     }
+}
+
+/// Runs `f` on a thread that joined network namespace `ns` (`/run/netns/NS`): a socket it makes
+/// stays in that namespace wherever it is used from.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path)?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        f()
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
 }

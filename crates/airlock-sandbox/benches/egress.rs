@@ -28,18 +28,14 @@ async fn main() {
     let _reaper = common::Reaper(root.clone());
     let inet = common::Internet::start(SLOT);
     let dns_at = SocketAddr::from((inet.addr, 53));
-    let path = format!("/run/netns/{}", inet.ns);
-    let (udp, tcp) = std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        (
-            std::net::UdpSocket::bind(dns_at).unwrap(),
-            std::net::TcpListener::bind(dns_at).unwrap(),
-        )
+    let (udp, tcp) = airlock_net::outside::in_netns(&inet.ns, move || {
+        Ok((
+            std::net::UdpSocket::bind(dns_at)?,
+            std::net::TcpListener::bind(dns_at)?,
+        ))
     })
-    .join()
     .unwrap();
-    // A name per sandbox, each its own answer... all served by the one internet address.
+    // A name per sandbox (block mode opens each at its first question), all on the one address.
     let names: Vec<String> = (0..n).map(|i| format!("h{i}.bench.test")).collect();
     let zone: Vec<(&str, Ipv4Addr)> = names.iter().map(|s| (s.as_str(), inet.addr)).collect();
     let _dns = TestDns::serve(udp, tcp, &zone).unwrap();

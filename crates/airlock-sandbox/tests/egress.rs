@@ -19,21 +19,12 @@ use common::*;
 
 const SLOT: u8 = 13;
 
-/// Makes a socket inside network namespace `ns` (a socket stays in the namespace it was made in).
+/// Makes a socket inside network namespace `ns`.
 fn in_ns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path)?;
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(std::io::Error::from)?;
-        f()
-    })
-    .join()
-    .unwrap()
-    .unwrap()
+    airlock_net::outside::in_netns(ns, f).unwrap()
 }
 
 fn sh(c: &str) {

@@ -552,24 +552,6 @@ async fn egress_is_enforced_reported_and_suggested_end_to_end() {
         .replace("[container]\n", &format!("[container]\ndns = [\"{gh}\"]\n"));
     // The internet: a name server, and a listener on two more addresses routed into it.
     let ns = c.net.ns.clone();
-    let in_ns = |f: Box<
-        dyn FnOnce() -> std::io::Result<(
-                std::net::UdpSocket,
-                std::net::TcpListener,
-                std::net::TcpListener,
-            )> + Send,
-    >| {
-        let path = format!("/run/netns/{ns}");
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path)?;
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)?;
-            f()
-        })
-        .join()
-        .unwrap()
-        .unwrap()
-    };
     let run = |c: &str| {
         let st = std::process::Command::new("sh")
             .arg("-c")
@@ -584,13 +566,14 @@ async fn egress_is_enforced_reported_and_suggested_end_to_end() {
         ns = c.net.ns
     ));
     let dns_at = SocketAddr::from((gh, 53));
-    let (udp, tcp, web) = in_ns(Box::new(move || {
+    let (udp, tcp, web) = airlock_net::outside::in_netns(&ns, move || {
         Ok((
             std::net::UdpSocket::bind(dns_at)?,
             std::net::TcpListener::bind(dns_at)?,
             std::net::TcpListener::bind("0.0.0.0:8000")?,
         ))
-    }));
+    })
+    .unwrap();
     std::thread::spawn(move || {
         for s in web.incoming().flatten() {
             drop(s);
