@@ -238,6 +238,8 @@ pub struct Attached {
     pub dns: Vec<(String, u16)>,
     pub chains: Vec<String>,
     pub services: Vec<u16>,
+    /// Links with addresses opened for them in `named4` or `named4any` (once per element).
+    pub named: Vec<String>,
 }
 
 /// Reads the table (one `nft -j list table`); empty when there is none yet.
@@ -314,9 +316,16 @@ fn parse_attached(json: &str) -> Result<Attached, String> {
             }
         }
         if let Some(s) = item.get("set") {
-            if s.get("name").and_then(|n| n.as_str()) == Some("services") {
-                out.services
-                    .extend(elems(s).iter().filter_map(|p| p.as_u64()).map(|p| p as u16));
+            match s.get("name").and_then(|n| n.as_str()) {
+                Some("services") => out
+                    .services
+                    .extend(elems(s).iter().filter_map(|p| p.as_u64()).map(|p| p as u16)),
+                // Timed elements are `{"elem": {"val": {"concat": [link, …]}, "timeout": …}}`.
+                Some("named4" | "named4any") => out.named.extend(elems(s).iter().filter_map(|e| {
+                    let v = e.get("elem").and_then(|x| x.get("val")).unwrap_or(e);
+                    Some(v.get("concat")?.get(0)?.as_str()?.to_string())
+                })),
+                _ => {}
             }
         }
     }
@@ -324,6 +333,7 @@ fn parse_attached(json: &str) -> Result<Attached, String> {
     out.dns.sort();
     out.chains.sort();
     out.services.sort();
+    out.named.sort();
     Ok(out)
 }
 
@@ -480,6 +490,8 @@ mod tests {
           {"map": {"family": "inet", "name": "dns", "table": "airlock", "type": "ifname", "map": "inet_service",
                    "elem": [["airl0001", 5354]]}},
           {"set": {"family": "inet", "name": "services", "table": "airlock", "type": "inet_service", "elem": [5354, 6000]}},
+          {"set": {"family": "inet", "name": "named4any", "table": "airlock", "flags": ["timeout"],
+                   "elem": [{"elem": {"val": {"concat": ["airl0001", "1.2.3.4"]}, "timeout": 30, "expires": 29}}]}},
           {"chain": {"family": "inet", "table": "airlock", "name": "p_abc"}},
           {"chain": {"family": "inet", "table": "airlock", "name": "forward"}}]}"#;
         let a = parse_attached(json).unwrap();
@@ -487,6 +499,7 @@ mod tests {
         assert_eq!(a.dns, [("airl0001".to_string(), 5354)]);
         assert_eq!(a.chains, ["p_abc"]);
         assert_eq!(a.services, [5354, 6000]);
+        assert_eq!(a.named, ["airl0001"]);
         assert!(parse_attached("[]").is_err());
     }
 }

@@ -125,14 +125,6 @@ impl CEnv {
             .map(|r| airlock_net::link_name(&format!("{tag}/{}", r.sandbox_id)))
             .collect();
         let table = airlock_net::rules::attached().unwrap();
-        let mut sets = String::new();
-        for set in ["named4", "named4any"] {
-            let o = std::process::Command::new("nft")
-                .args(["list", "set", "inet", "airlock", set])
-                .output()
-                .unwrap();
-            sets += &String::from_utf8_lossy(&o.stdout);
-        }
         for l in &links {
             if table.links.iter().any(|(x, _)| x == l) {
                 out.push(format!("nft links element {l}"));
@@ -140,7 +132,7 @@ impl CEnv {
             if table.dns.iter().any(|(x, _)| x == l) {
                 out.push(format!("nft dns element {l}"));
             }
-            if sets.contains(l.as_str()) {
+            if table.named.contains(l) {
                 out.push(format!("nft named element {l}"));
             }
         }
