@@ -4,7 +4,10 @@
 //!
 //! - `session`: sessions, reports and their files (one per sandbox, kept across `kill -9`);
 //! - `resolver`: DNS over UDP and TCP, answering only attached sandboxes, by their policy;
-//! - `testdns` (feature `test-util`): an authoritative server for tests' internets.
+//! - `proxy`: audit and block sandboxes' web traffic, by the name it is for (SNI, `Host`,
+//!   `CONNECT`), on the resolver's TCP port (told apart by where a connection was going);
+//! - `testdns`, `testweb` (feature `test-util`): an authoritative name server and HTTP/HTTPS
+//!   servers for tests' internets.
 //!
 //! A backend attaches a sandbox when it makes its link (before anything of the job runs) and
 //! detaches it when it destroys it; the daemon collects finished reports into its store. This
@@ -15,10 +18,13 @@
 //! whatever a crash leaves in the table, a session file names it, and the next start (which
 //! re-points every session's DNS at the new resolver port) or the next destroy removes it.
 
+pub mod proxy;
 pub mod resolver;
 pub mod session;
 #[cfg(feature = "test-util")]
 pub mod testdns;
+#[cfg(feature = "test-util")]
+pub mod testweb;
 
 pub use session::{Destination, Protocol, Report, Session, Verdict};
 
@@ -291,6 +297,7 @@ impl Egress {
                     &s.link,
                     &rules::policy_chain(&s.policy),
                     inner.port,
+                    rules::proxies(&s.policy),
                 )),
             };
             if let Some(script) = script {
@@ -362,7 +369,7 @@ impl Egress {
         let chain = rules::policy_chain(&s.policy);
         if let Err(e) = self.inner.table.apply(
             &format!("attaching sandbox {}'s link {}", s.id, s.link),
-            &rules::attach_script(&s.link, &chain, self.inner.port),
+            &rules::attach_script(&s.link, &chain, self.inner.port, rules::proxies(&s.policy)),
         ) {
             let _ = std::fs::remove_file(&p);
             return Err(e.into());

@@ -127,9 +127,19 @@ pub(crate) async fn serve_tcp(inner: Weak<Inner>, listener: TcpListener) {
             }
         };
         let Some(i) = inner.upgrade() else { return };
-        tokio::spawn(async move {
-            let _ = serve_conn(&i, conn, src).await;
-        });
+        // Redirected web traffic was going elsewhere than port 53; DNS was going to port 53
+        // (or straight here, untranslated).
+        let local = conn.local_addr().ok();
+        match crate::proxy::original_dst(&conn) {
+            Some(orig) if orig.port() != 53 && Some(SocketAddr::V4(orig)) != local => {
+                tokio::spawn(crate::proxy::serve(i, conn, src, orig));
+            }
+            _ => {
+                tokio::spawn(async move {
+                    let _ = serve_conn(&i, conn, src).await;
+                });
+            }
+        }
     }
 }
 

@@ -385,6 +385,7 @@ async fn a_restart_keeps_sessions_and_points_their_dns_at_the_new_port() {
         chains: vec!["p_x".into()],
         services: vec![old],
         named: vec![],
+        proxied: vec![],
     };
     table.take();
     // Hold the old port so the new run cannot have it (once the first run's tasks let go).

@@ -13,8 +13,11 @@
 //! - **Policies**, one chain per distinct pool policy (`p_<hash>`, named by what it says, so
 //!   two daemons or two pools with the same policy share it, and a changed policy is a new chain
 //!   that leaves running sandboxes on the old one), and per link one element in each of the maps
-//!   `links` (link → its policy chain) and `dns` (link → the port of its daemon's resolver).
-//!   Attaching and detaching a sandbox is one nftables transaction each.
+//!   `links` (link → its policy chain) and `dns` (link → the port of its daemon's resolver and
+//!   proxy, one port: the daemon tells DNS from web traffic by where it was going), and links in
+//!   audit or block mode in the set `proxied`, whose web traffic (TCP 80 and 443 to anywhere but
+//!   the host) is redirected to that port too. Attaching and detaching a sandbox is one
+//!   nftables transaction each.
 //!
 //! Rewriting the base rules (every daemon does at start) flushes and refills the base chains
 //! only: the maps, their elements and the policy chains of running sandboxes stay.
@@ -57,6 +60,7 @@ pub fn base_script() -> String {
 add map {t} links {{ type ifname : verdict; }}
 add map {t} dns {{ type ifname : inet_service; }}
 add set {t} services {{ type inet_service; }}
+add set {t} proxied {{ type ifname; }}
 add set {t} private4 {{ type ipv4_addr; flags interval; }}
 add set {t} named4 {{ type ifname . ipv4_addr . inet_service; flags timeout; }}
 add set {t} named4any {{ type ifname . ipv4_addr; flags timeout; }}
@@ -67,7 +71,7 @@ add rule {t} {OPEN_CHAIN} ip daddr @private4 counter drop comment "private range
 add rule {t} {OPEN_CHAIN} accept
 add chain {t} input {{ type filter hook input priority filter - 5; policy accept; }}
 flush chain {t} input
-add rule {t} input iifname "airl*" ct status dnat meta l4proto {{ tcp, udp }} th dport @services accept comment "airlock's resolver, reached only through the redirect"
+add rule {t} input iifname "airl*" ct status dnat meta l4proto {{ tcp, udp }} th dport @services accept comment "airlock's resolver and proxy, reached only through the redirect"
 add rule {t} input iifname "airl*" counter drop comment "sandboxes never reach the host's own services"
 add chain {t} forward {{ type filter hook forward priority filter - 5; policy accept; }}
 flush chain {t} forward
@@ -83,6 +87,7 @@ add rule {t} forward iifname "airl*" jump {OPEN_CHAIN}
 add chain {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
 flush chain {t} prerouting
 add rule {t} prerouting iifname "airl*" meta l4proto {{ tcp, udp }} th dport 53 fib daddr type local redirect to : iifname map @dns comment "DNS to the sandbox's gateway goes to its daemon's resolver"
+add rule {t} prerouting iifname @proxied tcp dport {{ 80, 443 }} fib daddr type != local redirect to : iifname map @dns comment "web traffic of audit and block sandboxes goes through its daemon's proxy"
 add chain {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
 flush chain {t} postrouting
 add rule {t} postrouting iifname "airl*" oifname != "airl*" masquerade
@@ -152,14 +157,25 @@ pub fn policy_chain(p: &EgressPolicy) -> PolicyChain {
     PolicyChain { name, script }
 }
 
-/// One transaction: the policy's chain (made or refreshed), the link's elements, and the
-/// resolver's port among the services sandboxes may reach through the redirect.
-pub fn attach_script(link: &str, chain: &PolicyChain, dns_port: u16) -> String {
+/// Whether a policy's web traffic goes through the proxy (audit and block: it reads the names
+/// connections are for).
+pub fn proxies(p: &EgressPolicy) -> bool {
+    p.mode != EgressMode::Open
+}
+
+/// One transaction: the policy's chain (made or refreshed), the link's elements (`proxied`
+/// too when `proxied`), and the resolver's port among the services sandboxes may reach
+/// through the redirect.
+pub fn attach_script(link: &str, chain: &PolicyChain, dns_port: u16, proxied: bool) -> String {
     let t = TABLE;
-    format!(
+    let mut s = format!(
         "{}add element {t} services {{ {dns_port} }}\nadd element {t} links {{ \"{link}\" : jump {} }}\nadd element {t} dns {{ \"{link}\" : {dns_port} }}\n",
         chain.script, chain.name
-    )
+    );
+    if proxied {
+        let _ = writeln!(s, "add element {t} proxied {{ \"{link}\" }}");
+    }
+    s
 }
 
 /// One transaction that removes a link's elements whatever their state: each is added (a no-op
@@ -168,7 +184,8 @@ pub fn detach_script(link: &str, chain: &str, dns_port: u16) -> String {
     let t = TABLE;
     format!(
         "add element {t} links {{ \"{link}\" : jump {chain} }}\ndelete element {t} links {{ \"{link}\" }}\n\
-         add element {t} dns {{ \"{link}\" : {dns_port} }}\ndelete element {t} dns {{ \"{link}\" }}\n"
+         add element {t} dns {{ \"{link}\" : {dns_port} }}\ndelete element {t} dns {{ \"{link}\" }}\n\
+         add element {t} proxied {{ \"{link}\" }}\ndelete element {t} proxied {{ \"{link}\" }}\n"
     )
 }
 
@@ -240,6 +257,8 @@ pub struct Attached {
     pub services: Vec<u16>,
     /// Links with addresses opened for them in `named4` or `named4any` (once per element).
     pub named: Vec<String>,
+    /// Links whose web traffic goes through the proxy.
+    pub proxied: Vec<String>,
 }
 
 /// Reads the table (one `nft -j list table`); empty when there is none yet.
@@ -317,6 +336,11 @@ fn parse_attached(json: &str) -> Result<Attached, String> {
         }
         if let Some(s) = item.get("set") {
             match s.get("name").and_then(|n| n.as_str()) {
+                Some("proxied") => out.proxied.extend(
+                    elems(s)
+                        .iter()
+                        .filter_map(|l| l.as_str().map(str::to_string)),
+                ),
                 Some("services") => out
                     .services
                     .extend(elems(s).iter().filter_map(|p| p.as_u64()).map(|p| p as u16)),
@@ -334,6 +358,7 @@ fn parse_attached(json: &str) -> Result<Attached, String> {
     out.chains.sort();
     out.services.sort();
     out.named.sort();
+    out.proxied.sort();
     Ok(out)
 }
 

@@ -80,12 +80,12 @@ fn attach_detach_and_rewrite_against_real_nftables() {
         &["10.20.0.0/16", "192.168.1.7:5432", "example.com"],
     ));
     let open = rules::policy_chain(&policy(EgressMode::Open, &[]));
-    ns.nft(&rules::attach_script("airl000000001", &block, 5354))
+    ns.nft(&rules::attach_script("airl000000001", &block, 5354, true))
         .expect("attach");
-    ns.nft(&rules::attach_script("airl000000002", &open, 5354))
+    ns.nft(&rules::attach_script("airl000000002", &open, 5354, false))
         .expect("a second link, another policy");
     // Attaching the same link again (a retry) is a no-op, not an error.
-    ns.nft(&rules::attach_script("airl000000001", &block, 5354))
+    ns.nft(&rules::attach_script("airl000000001", &block, 5354, true))
         .expect("re-attach");
     let t = ns.list();
     assert!(
@@ -94,6 +94,21 @@ fn attach_detach_and_rewrite_against_real_nftables() {
     );
     assert!(
         t.contains("192.168.1.7 meta l4proto { tcp, udp } th dport 5432 accept"),
+        "{t}"
+    );
+    // Only the block-mode link's web traffic goes to the proxy.
+    let proxied = t
+        .lines()
+        .skip_while(|l| !l.contains("set proxied"))
+        .take(5)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        proxied.contains("\"airl000000001\"") && !proxied.contains("airl000000002"),
+        "{proxied}"
+    );
+    assert!(
+        t.contains("iifname @proxied tcp dport { 80, 443 } fib daddr type != local redirect to :"),
         "{t}"
     );
     // The daemon's start rewrites the base rules: attached links stay attached.

@@ -1,10 +1,14 @@
 //! Egress policy with real traffic from inside a container sandbox: "the internet" is a network
 //! namespace with HTTP servers on several addresses and a name server for the test's names,
 //! reached through the same NAT as real traffic; airlock's resolver (`airlock-egress`) runs on
-//! the host with the real nftables table. In open, audit and block mode a job tries an allowed
-//! name, a denied name, an allowed name on a port it is not allowed, a bare address, a name that
-//! resolves to the metadata address, a private range, DNS straight to an outside resolver and the
-//! resolver's own port on the host; each outcome is asserted and found in the job's report.
+//! the host with the real nftables table, its proxy taking the web traffic of audit and block
+//! sandboxes. In open, audit and block mode a job tries an allowed name (on a port of its own,
+//! over HTTP and over HTTPS), a denied name, an allowed name on a port it is not allowed, a
+//! bare address, a name that resolves to the metadata address, a private range, DNS straight to
+//! an outside resolver, the resolver's own port and a web port on the host, and what only the
+//! proxy can tell apart: a denied name in the SNI or `Host` on an allowed name's address, an
+//! allowed name in a forged SNI or `Host` on an address of the job's choosing, TLS without SNI;
+//! each outcome is asserted (and where a connection really went) and found in the job's report.
 
 mod common;
 
@@ -13,7 +17,8 @@ use std::time::Duration;
 
 use airlock_core::egress::{Allow, EgressMode, EgressPolicy};
 use airlock_egress::testdns::TestDns;
-use airlock_egress::{Egress, EgressConfig, Report, Verdict};
+use airlock_egress::testweb::TestWeb;
+use airlock_egress::{Egress, EgressConfig, Protocol, Report, Verdict};
 use airlock_sandbox::{Backend, Limits, Secret};
 use common::*;
 
@@ -43,6 +48,7 @@ fn sh(c: &str) {
 struct Net {
     inet: Internet,
     bare: Ipv4Addr,
+    denied: Ipv4Addr,
     _dns: TestDns,
     dns: SocketAddr,
 }
@@ -74,6 +80,14 @@ impl Net {
                 let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nother-port");
             }
         });
+        // HTTP and HTTPS on every address of the internet.
+        let (http, https) = in_ns(&inet.ns, || {
+            Ok((
+                std::net::TcpListener::bind("0.0.0.0:80")?,
+                std::net::TcpListener::bind("0.0.0.0:443")?,
+            ))
+        });
+        TestWeb::serve(http, https).unwrap();
         let a = inet.addr;
         let dns_addr = SocketAddr::from((a, 53));
         let (udp, tcp) = in_ns(&inet.ns, move || {
@@ -97,6 +111,7 @@ impl Net {
         Net {
             inet,
             bare,
+            denied,
             _dns: dns,
             dns: dns_addr,
         }
@@ -114,28 +129,63 @@ impl Drop for Net {
 fn policy(mode: EgressMode) -> EgressPolicy {
     EgressPolicy {
         mode,
-        allow: ["allowed.test:8000", "*.cdn.test"]
-            .iter()
-            .map(|e| Allow::parse(e).unwrap())
-            .collect(),
+        allow: [
+            "allowed.test:8000",
+            "allowed.test:80",
+            "allowed.test:443",
+            "*.cdn.test",
+        ]
+        .iter()
+        .map(|e| Allow::parse(e).unwrap())
+        .collect(),
     }
 }
 
-/// The job: each attempt prints `NAME-REACHED` or `NAME-blocked <why>`.
+/// The job: each attempt prints `NAME-REACHED <answer>` or `NAME-blocked <why>`. `http` and
+/// `https` connect to `host`'s address (or `ip`) and ask for `name` (`Host`, SNI; none: no SNI).
 fn script(net: &Net, resolver_port: u16) -> String {
     let a = net.inet.addr;
     format!(
         r#"exec python3 - <<'EOF'
-import socket, struct
-def http(label, host, port):
+import socket, ssl, struct
+def connect(label, host, port, ip):
     try:
-        ip = socket.gethostbyname(host)
+        ip = ip or socket.gethostbyname(host)
     except Exception as e:
-        print(label + "-blocked resolve", e, flush=True); return
-    s = socket.socket(); s.settimeout(2)
+        print(label + "-blocked resolve", e, flush=True); return None
+    s = socket.socket(); s.settimeout(3)
     try:
-        s.connect((ip, port)); s.sendall(b"GET / HTTP/1.0\r\nHost: " + host.encode() + b"\r\n\r\n")
-        s.recv(100); print(label + "-REACHED", ip, flush=True)
+        s.connect((ip, port)); return s
+    except Exception as e:
+        print(label + "-blocked", e, flush=True); return None
+def http(label, host, port, ip=None, name=None):
+    s = connect(label, host, port, ip)
+    if s is None: return
+    try:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: " + (name or host).encode() + b"\r\n\r\n")
+        d = b""
+        while True:
+            k = s.recv(200)
+            if not k: break
+            d += k
+        if not d: raise Exception("closed")
+        print(label + "-REACHED", d.decode(errors="replace").split("\r\n\r\n")[-1], flush=True)
+    except Exception as e:
+        print(label + "-blocked", e, flush=True)
+def https(label, host, ip=None, name=""):
+    s = connect(label, host, 443, ip)
+    if s is None: return
+    try:
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE
+        t = c.wrap_socket(s, server_hostname=(host if name == "" else name))
+        t.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        d = b""
+        while True:
+            k = t.recv(200)
+            if not k: break
+            d += k
+        if not d: raise Exception("closed")
+        print(label + "-REACHED", d.decode(errors="replace").split("\r\n\r\n")[-1], flush=True)
     except Exception as e:
         print(label + "-blocked", e, flush=True)
 def dns(label, server, port, name):
@@ -157,9 +207,19 @@ http("METADATA", "meta.test", 80)
 http("PRIVATE", "lan.test", 80)
 dns("OUTSIDEDNS", "{a}", 53, "allowed.test")
 dns("RESOLVERPORT", gw, {resolver_port}, "allowed.test")
+http("HOSTWEB", gw, 80)
+http("WEB80", "allowed.test", 80)
+https("WEB443", "allowed.test")
+https("SNIDENIED", "-", ip="{denied}", name="denied.test")
+http("HOSTDENIED", "allowed.test", 80, name="denied.test")
+https("SNIFORGED", "-", ip="{bare}", name="allowed.test")
+http("HOSTFORGED", "-", 80, ip="{bare}", name="allowed.test")
+https("NOSNI", "-", ip="{bare}", name=None)
+http("METAWEB", "-", 80, ip="169.254.169.254", name="meta.test")
 EOF
 "#,
         bare = net.bare,
+        denied = net.denied,
     )
 }
 
@@ -173,11 +233,32 @@ fn outcome(log: &str, label: &str) -> &'static str {
     }
 }
 
+/// What the job printed after `LABEL-REACHED`.
+fn answer<'a>(log: &'a str, label: &str) -> &'a str {
+    let tag = format!("{label}-REACHED ");
+    log.lines().find_map(|l| l.strip_prefix(&tag)).unwrap_or("")
+}
+
 fn verdict(r: &Report, name: &str) -> Option<Verdict> {
     r.destinations
         .iter()
-        .find(|d| d.name.as_deref() == Some(name))
+        .find(|d| d.name.as_deref() == Some(name) && d.protocol == Protocol::Dns)
         .map(|d| d.verdict)
+}
+
+/// The worst verdict of the proxied connections for `name` (`None`: bare) on `port`, with the
+/// bytes each way summed.
+fn tcp(r: &Report, name: Option<&str>, port: u16) -> Option<(Verdict, u64, u64)> {
+    let ds: Vec<_> = r
+        .destinations
+        .iter()
+        .filter(|d| d.protocol == Protocol::Tcp && d.name.as_deref() == name && d.port == port)
+        .collect();
+    Some((
+        ds.iter().map(|d| d.verdict).max()?,
+        ds.iter().map(|d| d.bytes_out).sum(),
+        ds.iter().map(|d| d.bytes_in).sum(),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,6 +290,15 @@ async fn each_mode_lets_through_what_it_should_and_reports_it() {
         ("PRIVATE", ["blocked", "blocked", "blocked"]),
         ("OUTSIDEDNS", ["reached", "reached", "blocked"]),
         ("RESOLVERPORT", ["blocked", "blocked", "blocked"]),
+        ("HOSTWEB", ["blocked", "blocked", "blocked"]),
+        ("WEB80", ["reached", "reached", "reached"]),
+        ("WEB443", ["reached", "reached", "reached"]),
+        ("SNIDENIED", ["reached", "reached", "blocked"]),
+        ("HOSTDENIED", ["reached", "reached", "blocked"]),
+        ("SNIFORGED", ["reached", "reached", "reached"]),
+        ("HOSTFORGED", ["reached", "reached", "reached"]),
+        ("NOSNI", ["reached", "reached", "blocked"]),
+        ("METAWEB", ["blocked", "blocked", "blocked"]),
     ];
     for (i, mode) in [EgressMode::Open, EgressMode::Audit, EgressMode::Block]
         .into_iter()
@@ -234,6 +324,36 @@ async fn each_mode_lets_through_what_it_should_and_reports_it() {
             let got = outcome(&log, label);
             if got != outcomes[i] {
                 failures.push(format!("{mode:?} {label}: {got}, want {}", outcomes[i]));
+            }
+        }
+        // Where connections really went: HTTPS end to end (the proxy never terminates TLS),
+        // and in block mode a forged name reaches that name's address, never the job's choice.
+        let a = net.inet.addr;
+        let web = [
+            ("WEB443", format!("web-ok at={a} name=allowed.test tls=yes")),
+            ("WEB80", format!("web-ok at={a} name=allowed.test tls=no")),
+        ];
+        let forged_to = if mode == EgressMode::Block {
+            a
+        } else {
+            net.bare
+        };
+        let forged = [
+            (
+                "SNIFORGED",
+                format!("web-ok at={forged_to} name=allowed.test tls=yes"),
+            ),
+            (
+                "HOSTFORGED",
+                format!("web-ok at={forged_to} name=allowed.test tls=no"),
+            ),
+        ];
+        for (label, want) in web.iter().chain(forged.iter()) {
+            if outcome(&log, label) == "reached" && answer(&log, label) != want {
+                failures.push(format!(
+                    "{mode:?} {label}: answered {:?}, want {want:?}",
+                    answer(&log, label)
+                ));
             }
         }
         let done = egress.finished();
@@ -262,6 +382,39 @@ async fn each_mode_lets_through_what_it_should_and_reports_it() {
                 ));
             }
         }
+        // The proxy's connections (audit and block only: open mode's web traffic is not proxied).
+        let (allowed, denied, bare) = (
+            tcp(report, Some("allowed.test"), 443),
+            tcp(report, Some("denied.test"), 443),
+            tcp(report, None, 443),
+        );
+        let want_tcp = match mode {
+            EgressMode::Open => [None, None, None],
+            EgressMode::Audit => [
+                Some(Verdict::Allowed),
+                Some(Verdict::Audit),
+                Some(Verdict::Audit),
+            ],
+            EgressMode::Block => [
+                Some(Verdict::Allowed),
+                Some(Verdict::Blocked),
+                Some(Verdict::Blocked),
+            ],
+        };
+        let got_tcp = [allowed, denied, bare].map(|t| t.map(|t| t.0));
+        if got_tcp != want_tcp {
+            failures.push(format!(
+                "{mode:?} report tcp allowed/denied/bare: {got_tcp:?}, want {want_tcp:?}: {report:#?}"
+            ));
+        }
+        if let Some((_, out, inn)) = allowed {
+            // A ClientHello and a request out, a certificate and an answer back.
+            if out < 100 || inn < 500 {
+                failures.push(format!(
+                    "{mode:?} allowed.test:443 bytes {out} out, {inn} in"
+                ));
+            }
+        }
         egress.forget(&id).unwrap();
         if !failures.is_empty() {
             failures.push(format!("--- {mode:?} log:\n{log}"));
@@ -284,6 +437,10 @@ async fn each_mode_lets_through_what_it_should_and_reports_it() {
         assert!(
             !now.named.contains(link),
             "{link} in the named sets: {now:?}"
+        );
+        assert!(
+            !now.proxied.contains(link),
+            "{link} in the proxied set: {now:?}"
         );
     }
 }

@@ -2,9 +2,8 @@
 //! (every entry checked: names, `*.` wildcards, addresses, ranges, ports; what no policy may
 //! open refused with the reason).
 //!
-//! Every mode is enforced by the host's rules and airlock's resolver; until the egress proxy
-//! checks TLS SNI and HTTP `Host`, block mode says so where it is chosen (an allowed name's
-//! addresses are open to the sandbox, whatever else they serve).
+//! Every mode is enforced by the host's rules, airlock's resolver and its egress proxy; block
+//! mode with nothing allowed is a warning (the runner itself could not reach GitHub).
 
 use std::collections::HashSet;
 
@@ -78,13 +77,13 @@ pub(super) fn read(w: &mut Walker<'_>, t: &mut Table, sec: &str) -> EgressPolicy
              enforces them); addresses and ranges listed open private ranges in every mode",
         ),
         EgressMode::Open | EgressMode::Audit => {}
-        EgressMode::Block => w.warn(
+        EgressMode::Block if allow.is_empty() && entries.is_empty() => w.warn(
             &format!("{key}.mode"),
-            "block mode lets a sandbox reach only the addresses airlock's resolver answered for \
-             allowed names (and the addresses and ranges listed); until the egress proxy checks \
-             TLS SNI and HTTP Host, a name sharing an address with an allowed one (a CDN) is \
-             reachable too",
+            "block mode with nothing allowed: the job's runner cannot reach GitHub either; list \
+             at least github.com and *.actions.githubusercontent.com (or run the pool in audit \
+             mode and let `airlock egress suggest` propose the list)",
         ),
+        EgressMode::Block => {}
     }
     w.unknown(e, &key, KEYS);
     EgressPolicy { mode, allow }
