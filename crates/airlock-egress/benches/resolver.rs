@@ -105,6 +105,7 @@ fn session(id: &str, addr: Ipv4Addr, mode: EgressMode) -> Session {
         addr,
         pool: Some("bench".into()),
         policy: EgressPolicy {
+            proxy: None,
             mode,
             allow: vec![Allow::parse("*.bench.test").unwrap()],
         },

@@ -20,6 +20,7 @@
 //! Nothing of a request but the name goes into a report (no path, no header).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,16 +38,21 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const HEAD_MAX: usize = 64 * 1024;
 /// How long connecting to the destination may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Each direction's copy buffer.
-const BUF: usize = 64 * 1024;
+/// Each direction's pipe, and the most one `splice` moves.
+const BUF: usize = 1024 * 1024;
 
 /// What the first bytes of a connection say it is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sniffed {
     /// TLS, with the ClientHello's server name if it has one.
     Tls(Option<String>),
-    /// An HTTP request, with its `Host` (or its absolute URI's host).
-    Http(Option<String>),
+    /// An HTTP request, with its `Host` (or its absolute URI's host) and the port either
+    /// names; `absolute`: its target is an absolute URI (a request made to a proxy).
+    Http {
+        host: Option<String>,
+        port: Option<u16>,
+        absolute: bool,
+    },
     /// An HTTP `CONNECT host:port`, whose head is `head` bytes long (answered by the proxy,
     /// never forwarded).
     Connect {
@@ -106,23 +112,23 @@ fn sniff_http(buf: &[u8]) -> Option<Sniffed> {
                     _ => Sniffed::Other,
                 });
             }
-            let host = req
+            // The absolute form (`GET http://name/ HTTP/1.1`) a client sends a proxy.
+            let uri_host = target
+                .strip_prefix("http://")
+                .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""));
+            let header = req
                 .headers
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case("host"))
                 .and_then(|h| std::str::from_utf8(h.value).ok())
                 .map(str::trim)
-                .filter(|h| !h.is_empty())
-                .or_else(|| {
-                    // The absolute form (`GET http://name/ HTTP/1.1`) a client sends a proxy.
-                    let rest = target
-                        .strip_prefix("http://")
-                        .or_else(|| target.strip_prefix("https://"))?;
-                    Some(rest.split(['/', '?', '#']).next().unwrap_or(""))
-                });
-            Some(Sniffed::Http(
-                host.and_then(split_authority).map(|(h, _)| host_name(h)),
-            ))
+                .filter(|h| !h.is_empty());
+            let authority = uri_host.or(header).and_then(split_authority);
+            Some(Sniffed::Http {
+                host: authority.map(|(h, _)| host_name(h)),
+                port: authority.and_then(|(_, p)| p),
+                absolute: uri_host.is_some(),
+            })
         }
     }
 }
@@ -195,6 +201,10 @@ fn unreachable(
 /// The plan for a connection that was going to `chosen:port` (`None` for `CONNECT`, whose
 /// target is only a name or an address in its request) and is for `name`; `resolved` is what
 /// the proxy's resolver says of the name (`Err`: the lookup failed, in words).
+///
+/// With an upstream proxy (`policy.proxy`) a named connection has no address here: the upstream
+/// resolves the name (it may know names this host cannot resolve); one that resolves here only
+/// to addresses no sandbox may reach is still blocked.
 pub(crate) fn plan(
     policy: &EgressPolicy,
     reach: &dyn Reach,
@@ -204,6 +214,7 @@ pub(crate) fn plan(
     resolved: Result<Vec<Ipv4Addr>, String>,
 ) -> Plan {
     let block = policy.mode == EgressMode::Block;
+    let upstream = policy.proxy.is_some();
     let blocked = |name: Option<&str>, target: Option<Ipv4Addr>, why: String| Plan {
         name: name.map(str::to_string),
         target,
@@ -254,6 +265,27 @@ pub(crate) fn plan(
             Some(format!("not in the allowlist on port {port}")),
         )
     };
+    if upstream {
+        let addrs = resolved.unwrap_or_default();
+        if !addrs.is_empty()
+            && addrs
+                .iter()
+                .all(|a| unreachable(policy, reach, *a, port).is_some())
+        {
+            return blocked(
+                Some(name),
+                addrs.first().copied(),
+                "resolves only to addresses no sandbox may reach".into(),
+            );
+        }
+        return Plan {
+            name: Some(name.to_string()),
+            target: None,
+            port,
+            verdict,
+            reason,
+        };
+    }
     let target = match chosen.filter(|_| !block) {
         Some(ip) => {
             // Audit: where the sandbox was going, if a sandbox may go there at all.
@@ -375,8 +407,18 @@ pub(crate) async fn serve(
     if buf.is_empty() {
         return;
     }
+    let reach = HostReach::new(&inner);
+    // Sent to the gateway's proxy port (a job's `http_proxy`), not redirected on its way out.
+    let explicit = reach.host_local(*orig.ip());
     let (name, chosen, port, head) = match &sniffed {
-        Sniffed::Tls(n) | Sniffed::Http(n) => (n.clone(), Some(*orig.ip()), orig.port(), 0),
+        Sniffed::Http {
+            host,
+            port,
+            absolute,
+        } if explicit || *absolute => (host.clone(), None, port.unwrap_or(80), 0),
+        Sniffed::Tls(n) | Sniffed::Http { host: n, .. } => {
+            (n.clone(), Some(*orig.ip()), orig.port(), 0)
+        }
         Sniffed::Connect { host, port, head } => (Some(host.clone()), None, *port, *head),
         Sniffed::Other => (None, Some(*orig.ip()), orig.port(), 0),
     };
@@ -388,20 +430,20 @@ pub(crate) async fn serve(
     };
     let policy = &live.session.policy;
     let resolved = match &name {
-        Some(n) if policy.mode == EgressMode::Block || chosen.is_none() => resolve(&inner, n).await,
+        Some(n)
+            if policy.mode == EgressMode::Block || chosen.is_none() || policy.proxy.is_some() =>
+        {
+            resolve(&inner, n).await
+        }
         _ => Ok(Vec::new()),
     };
-    let plan = plan(
-        policy,
-        &HostReach::new(&inner),
-        name.as_deref(),
-        chosen,
-        port,
-        resolved,
-    );
+    let plan = plan(policy, &reach, name.as_deref(), chosen, port, resolved);
     let connect = matches!(sniffed, Sniffed::Connect { .. });
-    let Some(target) = plan.target.filter(|_| plan.verdict != Verdict::Blocked) else {
-        if connect {
+    // A request already in a proxy's form goes to the upstream as it is; anything else is
+    // tunnelled through it with a `CONNECT`.
+    let as_is = matches!(sniffed, Sniffed::Http { absolute: true, .. });
+    if plan.verdict == Verdict::Blocked {
+        if connect || as_is {
             let _ = conn
                 .write_all(
                     b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -410,26 +452,39 @@ pub(crate) async fn serve(
         }
         record(&inner, &live, plan, start, 0, 0);
         return;
+    }
+    let dest = match (&plan.name, plan.target) {
+        (Some(n), _) if policy.proxy.is_some() => n.clone(),
+        (_, Some(t)) => t.to_string(),
+        (Some(n), None) => n.clone(),
+        (None, None) => return,
     };
-    let up = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((target, port))).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(sandbox = %live.session.id, %target, port, error = %e, "a proxied connection failed");
-            if connect {
+    let up = match &policy.proxy {
+        Some(u) => via_upstream(u, &dest, port, !as_is).await,
+        None => match plan.target {
+            Some(t) => direct(t, port).await,
+            None => Err((
+                "no address".to_string(),
+                &b"HTTP/1.1 502 Bad Gateway\r\n"[..],
+            )),
+        },
+    };
+    let up = match up {
+        Ok(s) => s,
+        Err((why, status)) => {
+            tracing::debug!(sandbox = %live.session.id, %dest, port, error = %why, "a proxied connection failed");
+            if connect || as_is {
+                let _ = conn.write_all(status).await;
                 let _ = conn
-                    .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .write_all(b"Content-Length: 0\r\nConnection: close\r\n\r\n")
                     .await;
             }
-            record(&inner, &live, plan, start, 0, 0);
-            return;
-        }
-        Err(_) => {
-            if connect {
-                let _ = conn
-                    .write_all(b"HTTP/1.1 504 Gateway Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .await;
+            let mut p = plan;
+            if why.starts_with("the upstream proxy refused") {
+                p.verdict = Verdict::Blocked;
+                p.reason = Some(why);
             }
-            record(&inner, &live, plan, start, 0, 0);
+            record(&inner, &live, p, start, 0, 0);
             return;
         }
     };
@@ -445,10 +500,87 @@ pub(crate) async fn serve(
     // Seen now (a long download shows in the report while it runs); its bytes at the end.
     record(&inner, &live, plan.clone(), start, 0, 0);
     let (out, inn) = pump(conn, up, buf.split_off(head.min(buf.len()))).await;
-    let mut end = plan;
-    end.reason = None;
-    let d = destination(end, start, out, inn, 0);
-    inner.record(&live, d);
+    inner.record(&live, destination(plan, start, out, inn, 0));
+}
+
+type Failed = (String, &'static [u8]);
+
+/// A connection to `ip:port`.
+async fn direct(ip: Ipv4Addr, port: u16) -> Result<TcpStream, Failed> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((ip, port))).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err((e.to_string(), b"HTTP/1.1 502 Bad Gateway\r\n")),
+        Err(_) => Err(("timed out".into(), b"HTTP/1.1 504 Gateway Timeout\r\n")),
+    }
+}
+
+/// A connection to the upstream proxy, tunnelled to `dest:port` with a `CONNECT` when
+/// `tunnel` (else the request the sandbox sent, already in a proxy's form, follows as it is).
+async fn via_upstream(
+    up: &airlock_core::egress::UpstreamProxy,
+    dest: &str,
+    port: u16,
+    tunnel: bool,
+) -> Result<TcpStream, Failed> {
+    let work = async {
+        let mut s = TcpStream::connect(up.authority()).await.map_err(|e| {
+            (
+                format!("the upstream proxy {up}: {e}"),
+                &b"HTTP/1.1 502 Bad Gateway\r\n"[..],
+            )
+        })?;
+        if !tunnel {
+            return Ok(s);
+        }
+        let authority = if dest.contains(':') {
+            format!("[{dest}]:{port}")
+        } else {
+            format!("{dest}:{port}")
+        };
+        s.write_all(
+            format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .map_err(|e| {
+            (
+                format!("the upstream proxy {up}: {e}"),
+                &b"HTTP/1.1 502 Bad Gateway\r\n"[..],
+            )
+        })?;
+        // Its answer's head, a byte at a time: nothing of the tunnel may be read past it.
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if head.len() > 16 * 1024
+                || s.read(&mut b)
+                    .await
+                    .map_err(|e| (e.to_string(), &b"HTTP/1.1 502 Bad Gateway\r\n"[..]))?
+                    == 0
+            {
+                return Err((
+                    format!("the upstream proxy {up} closed the connection"),
+                    &b"HTTP/1.1 502 Bad Gateway\r\n"[..],
+                ));
+            }
+            head.push(b[0]);
+        }
+        let status = String::from_utf8_lossy(&head);
+        let line = status.lines().next().unwrap_or("").trim().to_string();
+        match line.split_whitespace().nth(1) {
+            Some("200") => Ok(s),
+            _ => Err((
+                format!("the upstream proxy refused: {line}"),
+                &b"HTTP/1.1 502 Bad Gateway\r\n"[..],
+            )),
+        }
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, work).await {
+        Ok(r) => r,
+        Err(_) => Err((
+            format!("the upstream proxy {up}: timed out"),
+            b"HTTP/1.1 504 Gateway Timeout\r\n",
+        )),
+    }
 }
 
 /// A connection that never said what it was for.
@@ -513,43 +645,68 @@ fn record(inner: &Inner, live: &Live, p: Plan, start: i64, out: u64, inn: u64) {
 
 /// Copies both ways until both are done, `first` (bytes already read from the client) ahead of
 /// the rest; the bytes each way (client to destination, back), counted even when a side fails.
-async fn pump(client: TcpStream, up: TcpStream, first: Vec<u8>) -> (u64, u64) {
-    let (mut cr, mut cw) = client.into_split();
-    let (mut ur, mut uw) = up.into_split();
-    let out = AtomicU64::new(0);
+/// The kernel moves the bytes (`splice` through a pipe per direction): they never enter the
+/// daemon's memory, and a download through the proxy costs little more CPU than one without.
+async fn pump(client: TcpStream, mut up: TcpStream, first: Vec<u8>) -> (u64, u64) {
+    if up.write_all(&first).await.is_err() {
+        return (0, 0);
+    }
+    let out = AtomicU64::new(first.len() as u64);
     let inn = AtomicU64::new(0);
     let up_dir = async {
-        if !first.is_empty() {
-            if uw.write_all(&first).await.is_err() {
-                return;
-            }
-            out.fetch_add(first.len() as u64, Ordering::Relaxed);
+        if let Err(e) = splice_all(&client, &up, &out).await {
+            tracing::debug!(error = %e, "a proxied connection, client to destination");
         }
-        copy(&mut cr, &mut uw, &out).await;
-        let _ = uw.shutdown().await;
+        let _ = nix::sys::socket::shutdown(up.as_raw_fd(), nix::sys::socket::Shutdown::Write);
     };
     let down_dir = async {
-        copy(&mut ur, &mut cw, &inn).await;
-        let _ = cw.shutdown().await;
+        if let Err(e) = splice_all(&up, &client, &inn).await {
+            tracing::debug!(error = %e, "a proxied connection, destination to client");
+        }
+        let _ = nix::sys::socket::shutdown(client.as_raw_fd(), nix::sys::socket::Shutdown::Write);
     };
     tokio::join!(up_dir, down_dir);
     (out.into_inner(), inn.into_inner())
 }
 
-async fn copy(
-    r: &mut tokio::net::tcp::OwnedReadHalf,
-    w: &mut tokio::net::tcp::OwnedWriteHalf,
-    n: &AtomicU64,
-) {
-    let mut buf = vec![0u8; BUF];
+/// Moves what `from` sends to `to` until `from` ends (or either fails), adding to `n`.
+async fn splice_all(from: &TcpStream, to: &TcpStream, n: &AtomicU64) -> std::io::Result<()> {
+    use nix::fcntl::{splice, OFlag, SpliceFFlags};
+    use tokio::io::Interest;
+    let (pr, pw) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+    // A bigger pipe moves more a call (1 MiB is the unprivileged maximum by default).
+    let _ = nix::fcntl::fcntl(
+        pw.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(BUF as i32),
+    );
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(k) => {
-                if w.write_all(&buf[..k]).await.is_err() {
-                    return;
+        let got = loop {
+            from.readable().await?;
+            match from.try_io(Interest::READABLE, || {
+                splice(from, None, &pw, None, BUF, flags).map_err(std::io::Error::from)
+            }) {
+                Ok(k) => break k,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if got == 0 {
+            return Ok(());
+        }
+        let mut left = got;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || {
+                splice(&pr, None, to, None, left, flags).map_err(std::io::Error::from)
+            }) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(k) => {
+                    left -= k;
+                    n.fetch_add(k as u64, Ordering::Relaxed);
                 }
-                n.fetch_add(k as u64, Ordering::Relaxed);
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
             }
         }
     }
@@ -562,6 +719,7 @@ mod tests {
 
     fn policy(mode: EgressMode, entries: &[&str]) -> EgressPolicy {
         EgressPolicy {
+            proxy: None,
             mode,
             allow: entries.iter().map(|e| Allow::parse(e).unwrap()).collect(),
         }
@@ -620,13 +778,37 @@ mod tests {
         let s = |b: &[u8]| sniff(b);
         assert_eq!(
             s(b"GET /x HTTP/1.1\r\nUser-Agent: t\r\nHOST: Deb.Debian.org:80\r\n\r\n"),
-            Some(Sniffed::Http(Some("deb.debian.org".into())))
+            Some(Sniffed::Http {
+                host: Some("deb.debian.org".into()),
+                port: Some(80),
+                absolute: false
+            })
         );
         assert_eq!(
             s(b"GET http://pypi.org/simple HTTP/1.1\r\n\r\n"),
-            Some(Sniffed::Http(Some("pypi.org".into())))
+            Some(Sniffed::Http {
+                host: Some("pypi.org".into()),
+                port: None,
+                absolute: true
+            })
         );
-        assert_eq!(s(b"GET / HTTP/1.0\r\n\r\n"), Some(Sniffed::Http(None)));
+        assert_eq!(
+            s(b"GET / HTTP/1.0\r\n\r\n"),
+            Some(Sniffed::Http {
+                host: None,
+                port: None,
+                absolute: false
+            })
+        );
+        assert_eq!(
+            s(b"GET http://Files.Example:8080/x HTTP/1.1\r\nHost: other\r\n\r\n"),
+            Some(Sniffed::Http {
+                host: Some("files.example".into()),
+                port: Some(8080),
+                absolute: true
+            }),
+            "a proxy request's URI wins over its Host"
+        );
         let c = b"CONNECT github.com:443 HTTP/1.1\r\nHost: github.com:443\r\n\r\n\x16\x03";
         assert_eq!(
             s(c),
@@ -725,6 +907,35 @@ mod tests {
         // CONNECT to a name: the name's address.
         let c = plan(&p, &Fake, Some("github.com"), None, 443, Ok(vec![GH]));
         assert_eq!((c.verdict, c.target), (Verdict::Allowed, Some(GH)));
+    }
+
+    #[test]
+    fn through_an_upstream_names_go_as_names_and_the_allowlist_still_applies() {
+        let mut p = policy(EgressMode::Block, &["github.com:443"]);
+        p.proxy = Some(airlock_core::egress::UpstreamProxy::parse("http://squid:3128").unwrap());
+        // Not resolvable here: the upstream resolves it.
+        let ok = plan(&p, &Fake, Some("github.com"), None, 443, Ok(vec![]));
+        assert_eq!((ok.verdict, ok.target), (Verdict::Allowed, None));
+        let err = plan(
+            &p,
+            &Fake,
+            Some("github.com"),
+            None,
+            443,
+            Err("no server".into()),
+        );
+        assert_eq!(err.verdict, Verdict::Allowed);
+        assert_eq!(
+            plan(&p, &Fake, Some("evil.test"), None, 443, Ok(vec![])).verdict,
+            Verdict::Blocked
+        );
+        let meta = Ipv4Addr::new(169, 254, 169, 254);
+        let m = plan(&p, &Fake, Some("github.com"), None, 443, Ok(vec![meta]));
+        assert_eq!(
+            m.verdict,
+            Verdict::Blocked,
+            "resolving here to metadata stays out"
+        );
     }
 
     #[test]

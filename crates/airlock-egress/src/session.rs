@@ -90,6 +90,7 @@ mod tests {
                 addr: "10.251.0.2".parse().unwrap(),
                 pool: Some("small".into()),
                 policy: EgressPolicy {
+                    proxy: None,
                     mode: airlock_core::egress::EgressMode::Block,
                     allow: vec![airlock_core::egress::Allow::parse("*.example.com:443").unwrap()],
                 },

@@ -9,7 +9,8 @@
 //!
 //! HTTPS uses a self-signed certificate made at start (clients in tests do not verify it; the
 //! proxy in between never sees inside). One thread per connection, HTTP/1.0 style: one request,
-//! then the connection closes. Its threads live as long as the test's process.
+//! then the connection closes. Its threads live as long as the test's process. `TestProxy`
+//! stands in for an operator's proxy.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -129,4 +130,110 @@ fn answer(
         body.len()
     )?;
     s.flush()
+}
+
+/// An operator's HTTP proxy for tests (a squid stand-in): `CONNECT host:port` tunnels and
+/// absolute-form requests (`GET http://host/…`), names resolved from its own zone, connecting
+/// from the test's process. It remembers each request line, so a test can tell what went
+/// through it.
+#[derive(Debug, Clone)]
+pub struct TestProxy {
+    pub addr: std::net::SocketAddr,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl TestProxy {
+    pub fn serve(
+        listener: TcpListener,
+        zone: &[(&str, std::net::Ipv4Addr)],
+    ) -> std::io::Result<TestProxy> {
+        let p = TestProxy {
+            addr: listener.local_addr()?,
+            seen: Arc::default(),
+        };
+        let zone: Arc<Vec<(String, std::net::Ipv4Addr)>> =
+            Arc::new(zone.iter().map(|(n, a)| (n.to_string(), *a)).collect());
+        let seen = p.seen.clone();
+        std::thread::spawn(move || {
+            for c in listener.incoming().flatten() {
+                let (zone, seen) = (zone.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    let _ = proxy_one(c, &zone, &seen);
+                });
+            }
+        });
+        Ok(p)
+    }
+
+    /// The request lines it got (`CONNECT a.test:443 HTTP/1.1`, `GET http://a.test/ HTTP/1.1`).
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn proxy_one(
+    mut c: std::net::TcpStream,
+    zone: &[(String, std::net::Ipv4Addr)],
+    seen: &std::sync::Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 64 * 1024 || c.read(&mut b)? == 0 {
+            return Ok(());
+        }
+        head.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_string();
+    let line = text.lines().next().unwrap_or("").to_string();
+    seen.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(line.clone());
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (authority, connect) = if method == "CONNECT" {
+        (target.to_string(), true)
+    } else if let Some(rest) = target.strip_prefix("http://") {
+        let a = rest.split('/').next().unwrap_or("");
+        let a = if a.contains(':') {
+            a.to_string()
+        } else {
+            format!("{a}:80")
+        };
+        (a, false)
+    } else {
+        c.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")?;
+        return Ok(());
+    };
+    let (host, port) = authority.rsplit_once(':').unwrap_or((&authority, "80"));
+    let addr = zone
+        .iter()
+        .find(|(n, _)| n == host)
+        .map(|(_, a)| *a)
+        .or_else(|| host.parse().ok());
+    let (Some(addr), Ok(port)) = (addr, port.parse::<u16>()) else {
+        c.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")?;
+        return Ok(());
+    };
+    let mut up = match std::net::TcpStream::connect((addr, port)) {
+        Ok(u) => u,
+        Err(_) => {
+            c.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")?;
+            return Ok(());
+        }
+    };
+    if connect {
+        c.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
+    } else {
+        up.write_all(&head)?;
+    }
+    let (mut c2, mut up2) = (c.try_clone()?, up.try_clone()?);
+    let t = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c2, &mut up2);
+        let _ = up2.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut up, &mut c);
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    let _ = t.join();
+    Ok(())
 }

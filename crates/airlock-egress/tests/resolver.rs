@@ -53,6 +53,7 @@ impl Recorder {
 
 fn policy(mode: EgressMode, allow: &[&str]) -> EgressPolicy {
     EgressPolicy {
+        proxy: None,
         mode,
         allow: allow.iter().map(|e| Allow::parse(e).unwrap()).collect(),
     }

@@ -25,7 +25,7 @@
 use std::fmt::Write as _;
 use std::process::Command;
 
-use airlock_core::egress::{Allow, EgressMode, EgressPolicy, FORBIDDEN, PRIVATE};
+use airlock_core::egress::{Allow, EgressMode, EgressPolicy, FORBIDDEN, PRIVATE, PROXY_PORT};
 
 use crate::{run, NetError};
 
@@ -88,6 +88,7 @@ add chain {t} prerouting {{ type nat hook prerouting priority dstnat; policy acc
 flush chain {t} prerouting
 add rule {t} prerouting iifname "airl*" meta l4proto {{ tcp, udp }} th dport 53 fib daddr type local redirect to : iifname map @dns comment "DNS to the sandbox's gateway goes to its daemon's resolver"
 add rule {t} prerouting iifname @proxied tcp dport {{ 80, 443 }} fib daddr type != local redirect to : iifname map @dns comment "web traffic of audit and block sandboxes goes through its daemon's proxy"
+add rule {t} prerouting iifname @proxied tcp dport {PROXY_PORT} fib daddr type local redirect to : iifname map @dns comment "explicit proxy requests (http_proxy) to the gateway go to its daemon's proxy"
 add chain {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
 flush chain {t} postrouting
 add rule {t} postrouting iifname "airl*" oifname != "airl*" masquerade
@@ -107,7 +108,14 @@ pub struct PolicyChain {
 /// what the mode says of the rest. IPv6 entries have nothing to do here (IPv6 is off).
 pub fn policy_chain(p: &EgressPolicy) -> PolicyChain {
     let mut rules = String::new();
-    for a in &p.allow {
+    if let Some(up) = &p.proxy {
+        // Everything goes through airlock's proxy to the upstream: no direct route out at all.
+        let _ = writeln!(
+            rules,
+            "counter drop comment \"no route but the upstream proxy {up}\""
+        );
+    }
+    for a in p.allow.iter().filter(|_| p.proxy.is_none()) {
         let Allow::Net { net, port } = a else {
             continue;
         };
@@ -120,10 +128,13 @@ pub fn policy_chain(p: &EgressPolicy) -> PolicyChain {
         }
         let _ = writeln!(rules, " accept comment \"{a}\"");
     }
-    rules.push_str(
-        "ip daddr @private4 counter drop comment \"private ranges are closed unless allowed\"\n",
-    );
+    if p.proxy.is_none() {
+        rules.push_str(
+            "ip daddr @private4 counter drop comment \"private ranges are closed unless allowed\"\n",
+        );
+    }
     match p.mode {
+        _ if p.proxy.is_some() => {}
         EgressMode::Open | EgressMode::Audit => rules.push_str("accept\n"),
         EgressMode::Block => {
             // Name servers other than airlock's (DNS, DNS over TLS), even on an allowed name's
@@ -442,6 +453,7 @@ mod tests {
 
     fn policy(mode: EgressMode, entries: &[&str]) -> EgressPolicy {
         EgressPolicy {
+            proxy: None,
             mode,
             allow: entries.iter().map(|e| Allow::parse(e).unwrap()).collect(),
         }
@@ -477,6 +489,24 @@ mod tests {
             ]
         );
         assert!(c.name.starts_with(POLICY_PREFIX) && c.name.len() == 18);
+    }
+
+    #[test]
+    fn an_upstream_proxy_pool_has_no_route_out_of_its_own() {
+        let mut p = policy(EgressMode::Block, &["github.com", "10.20.0.0/16"]);
+        p.proxy =
+            Some(airlock_core::egress::UpstreamProxy::parse("http://squid.corp:3128").unwrap());
+        let c = policy_chain(&p);
+        let rules: Vec<&str> = c
+            .script
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("add rule {TABLE} {} ", c.name)))
+            .collect();
+        assert_eq!(
+            rules,
+            ["counter drop comment \"no route but the upstream proxy http://squid.corp:3128\""]
+        );
+        assert_ne!(c.name, policy_chain(&policy(EgressMode::Block, &[])).name);
     }
 
     #[test]

@@ -65,6 +65,7 @@ impl Drop for Ns {
 
 fn policy(mode: EgressMode, entries: &[&str]) -> EgressPolicy {
     EgressPolicy {
+        proxy: None,
         mode,
         allow: entries.iter().map(|e| Allow::parse(e).unwrap()).collect(),
     }

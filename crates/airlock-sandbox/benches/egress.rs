@@ -4,6 +4,12 @@
 //! (both through airlock's resolver; block mode adds its chain and, at the job's first question,
 //! one nftables transaction opening the answer).
 //!
+//!
+//! Then the egress proxy's throughput: a download of AIRLOCK_BENCH_DOWNLOAD_MIB (default 1024)
+//! over HTTP from "the internet" by a job in a block-mode sandbox (through the proxy) against
+//! the same download by a job in an open one (straight through NAT), interleaved, three each;
+//! the job times its own download.
+//!
 //! `sudo cargo bench -p airlock-sandbox --bench egress` (AIRLOCK_BENCH_SANDBOXES, default 30).
 
 #[path = "../tests/common/mod.rs"]
@@ -14,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use airlock_core::egress::{Allow, EgressMode, EgressPolicy};
 use airlock_egress::testdns::TestDns;
+use airlock_egress::testweb::TestWeb;
 use airlock_egress::{Egress, EgressConfig};
 use airlock_sandbox::{Backend, Limits, Secret};
 
@@ -37,7 +44,16 @@ async fn main() {
     .unwrap();
     // A name per sandbox (block mode opens each at its first question), all on the one address.
     let names: Vec<String> = (0..n).map(|i| format!("h{i}.bench.test")).collect();
-    let zone: Vec<(&str, Ipv4Addr)> = names.iter().map(|s| (s.as_str(), inet.addr)).collect();
+    let mut zone: Vec<(&str, Ipv4Addr)> = names.iter().map(|s| (s.as_str(), inet.addr)).collect();
+    zone.push(("dl.bench.test", inet.addr));
+    let (http, https) = airlock_net::outside::in_netns(&inet.ns, || {
+        Ok((
+            std::net::TcpListener::bind("0.0.0.0:80")?,
+            std::net::TcpListener::bind("0.0.0.0:443")?,
+        ))
+    })
+    .unwrap();
+    TestWeb::serve(http, https).unwrap();
     let _dns = TestDns::serve(udp, tcp, &zone).unwrap();
     let mut ec = EgressConfig::new(t.path().join("egress"));
     ec.upstreams = vec![dns_at];
@@ -50,8 +66,12 @@ async fn main() {
         .await;
     let m = common::shell_image();
     let policy = |mode| EgressPolicy {
+        proxy: None,
         mode,
-        allow: vec![Allow::parse("*.bench.test:8000").unwrap()],
+        allow: vec![
+            Allow::parse("*.bench.test:8000").unwrap(),
+            Allow::parse("dl.bench.test:80").unwrap(),
+        ],
     };
     let job = |name: &str| {
         format!(
@@ -106,5 +126,70 @@ async fn main() {
         "  mode = \"block\":            p50 {bp50:.1} ms  p95 {bp95:.1} ms  ({:+.1}% at p50, {:+.1}% at p95)",
         (bp50 / op50 - 1.0) * 100.0,
         (bp95 / op95 - 1.0) * 100.0
+    );
+
+    let mib = common::env_n("AIRLOCK_BENCH_DOWNLOAD_MIB", 1024) as u64;
+    let bytes = mib << 20;
+    let download = format!(
+        r#"exec python3 - <<'EOF'
+import socket, time
+s = socket.create_connection(("dl.bench.test", 80), 10)
+t = time.monotonic()
+s.sendall(b"GET /bytes/{bytes} HTTP/1.0\r\nHost: dl.bench.test\r\n\r\n")
+buf = bytearray(1 << 20); n = 0
+while True:
+    k = s.recv_into(buf)
+    if not k: break
+    n += k
+print("downloaded", n, time.monotonic() - t, flush=True)
+EOF
+"#
+    );
+    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        for mode in [EgressMode::Open, EgressMode::Block] {
+            let id = format!("ed{}{i}", &mode.as_str()[..1]);
+            let mut s = common::spec(&id, &m, Limits::default());
+            s.egress = policy(mode);
+            b.create(&s).await.unwrap();
+            b.start(&s, &Secret::new(download.clone())).await.unwrap();
+            let code = common::wait_exit(&b, &id, Duration::from_secs(600)).await;
+            let log =
+                std::fs::read_to_string(root.join(&id).join("runner.log")).unwrap_or_default();
+            let report = egress.report(&id);
+            b.destroy(&id).await.unwrap();
+            assert_eq!(code, Some(0), "{id}: {log}");
+            let line = log
+                .lines()
+                .find_map(|l| l.strip_prefix("downloaded "))
+                .unwrap_or_else(|| panic!("{id}: {log}"));
+            let (got, secs) = line.split_once(' ').unwrap();
+            // The body and the head of the answer.
+            assert!(got.parse::<u64>().unwrap() > bytes, "{id}: {line}");
+            let mib_s = mib as f64 / secs.parse::<f64>().unwrap();
+            if mode == EgressMode::Block {
+                // It went through the proxy, which counted it.
+                let r = report.unwrap();
+                let d = r
+                    .destinations
+                    .iter()
+                    .find(|d| d.protocol == airlock_egress::Protocol::Tcp)
+                    .unwrap_or_else(|| panic!("no proxied connection in {r:?}"));
+                assert!(d.bytes_in > bytes, "{d:?}");
+                proxied.push(mib_s);
+            } else {
+                direct.push(mib_s);
+            }
+        }
+    }
+    let (d50, p50) = (
+        common::pct(&mut direct, 0.5),
+        common::pct(&mut proxied, 0.5),
+    );
+    println!("download of {mib} MiB over HTTP by a job, 3 each, interleaved (median):");
+    println!("  mode = \"open\"  (no proxy, baseline): {d50:.0} MiB/s");
+    println!(
+        "  mode = \"block\" (through the proxy):   {p50:.0} MiB/s  (ratio {:.2})",
+        p50 / d50
     );
 }

@@ -46,6 +46,8 @@ pub struct ContainerSpec<'a> {
     /// The network hook's argv (`airlock_net::hook_args`: its program first).
     pub net_hook: Vec<String>,
     pub variant: Variant,
+    /// More of the job's environment (`NAME=value`): a pool's proxy settings.
+    pub env: Vec<String>,
 }
 
 /// Which kind of runtime reads the spec.
@@ -276,14 +278,19 @@ pub fn build(c: &ContainerSpec<'_>) -> Result<Spec, oci_spec::OciSpecError> {
             entry,
             c.runner.to_string_lossy().into_owned(),
         ])
-        .env(vec![
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            "HOME=/home/runner".to_string(),
-            "USER=runner".to_string(),
-            "LANG=C.UTF-8".to_string(),
-            "TMPDIR=/tmp".to_string(),
-            format!("AIRLOCK_SANDBOX={}", c.id),
-        ])
+        .env(
+            vec![
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+                "HOME=/home/runner".to_string(),
+                "USER=runner".to_string(),
+                "LANG=C.UTF-8".to_string(),
+                "TMPDIR=/tmp".to_string(),
+                format!("AIRLOCK_SANDBOX={}", c.id),
+            ]
+            .into_iter()
+            .chain(c.env.iter().cloned())
+            .collect::<Vec<_>>(),
+        )
         .cwd("/home/runner")
         .no_new_privileges(true)
         .capabilities(caps)

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use airlock_core::egress::{Allow, EgressMode, EgressPolicy};
 use airlock_egress::testdns::TestDns;
-use airlock_egress::testweb::TestWeb;
+use airlock_egress::testweb::{TestProxy, TestWeb};
 use airlock_egress::{Egress, EgressConfig, Protocol, Report, Verdict};
 use airlock_sandbox::{Backend, Limits, Secret};
 use common::*;
@@ -49,6 +49,8 @@ struct Net {
     inet: Internet,
     bare: Ipv4Addr,
     denied: Ipv4Addr,
+    /// The operator's proxy an upstream pool goes through.
+    proxy: TestProxy,
     _dns: TestDns,
     dns: SocketAddr,
 }
@@ -89,6 +91,9 @@ impl Net {
         });
         TestWeb::serve(http, https).unwrap();
         let a = inet.addr;
+        let squid = in_ns(&inet.ns, move || std::net::TcpListener::bind((a, 3128)));
+        let proxy =
+            TestProxy::serve(squid, &[("allowed.test", a), ("denied.test", denied)]).unwrap();
         let dns_addr = SocketAddr::from((a, 53));
         let (udp, tcp) = in_ns(&inet.ns, move || {
             Ok((
@@ -112,6 +117,7 @@ impl Net {
             inet,
             bare,
             denied,
+            proxy,
             _dns: dns,
             dns: dns_addr,
         }
@@ -128,6 +134,7 @@ impl Drop for Net {
 
 fn policy(mode: EgressMode) -> EgressPolicy {
     EgressPolicy {
+        proxy: None,
         mode,
         allow: [
             "allowed.test:8000",
@@ -421,10 +428,145 @@ async fn each_mode_lets_through_what_it_should_and_reports_it() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // A pool whose egress all goes through the operator's proxy: the job gets http_proxy and
+    // https_proxy; what it asks for there, and its web traffic sent without them, reaches the
+    // upstream only when the policy allows it; there is no direct route.
+    let id = "eg-upstream";
+    let mut s = spec(id, &m, Limits::default());
+    s.egress = policy(EgressMode::Block);
+    s.egress.proxy = Some(
+        airlock_core::egress::UpstreamProxy::parse(&format!("http://{}", net.proxy.addr)).unwrap(),
+    );
+    s.pool = "pool-up".into();
+    let job = format!(
+        r#"exec python3 - <<'EOF'
+import os, socket, ssl
+print("PROXYENV", os.environ.get("https_proxy"), os.environ.get("http_proxy"), flush=True)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+# What an HTTP client does with https_proxy / http_proxy (the image has no urllib).
+host, port = os.environ["https_proxy"].removeprefix("http://").split(":")
+def body(s):
+    d = b""
+    while True:
+        k = s.recv(200)
+        if not k: break
+        d += k
+    return d.decode(errors="replace")
+def via_connect(label, name):
+    try:
+        c = socket.create_connection((host, int(port)), 5)
+        c.sendall(("CONNECT %s:443 HTTP/1.1\r\nHost: %s:443\r\n\r\n" % (name, name)).encode())
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            k = c.recv(1)
+            if not k: raise Exception("closed")
+            head += k
+        if b" 200 " not in head.split(b"\r\n")[0]: raise Exception(head.split(b"\r\n")[0].decode())
+        t = ctx.wrap_socket(c, server_hostname=name); t.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        print(label + "-REACHED", body(t).split("\r\n\r\n")[-1], flush=True)
+    except Exception as e:
+        print(label + "-blocked", e, flush=True)
+def via_get(label, name):
+    try:
+        h, p = os.environ["http_proxy"].removeprefix("http://").split(":")
+        c = socket.create_connection((h, int(p)), 5)
+        c.sendall(("GET http://%s/ HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (name, name)).encode())
+        d = body(c)
+        if " 200 " not in d.split("\r\n")[0]: raise Exception(d.split("\r\n")[0])
+        print(label + "-REACHED", d.split("\r\n\r\n")[-1], flush=True)
+    except Exception as e:
+        print(label + "-blocked", e, flush=True)
+via_connect("UPHTTPS", "allowed.test")
+via_get("UPHTTP", "allowed.test")
+via_connect("UPDENIED", "denied.test")
+try:
+    c = socket.create_connection(("{a}", 8000), 3); c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    print("UPDIRECT-REACHED" if c.recv(100) else "UPDIRECT-blocked closed", flush=True)
+except Exception as e:
+    print("UPDIRECT-blocked", e, flush=True)
+try:
+    c = socket.create_connection(("{a}", 443), 3)
+    t = ctx.wrap_socket(c, server_hostname="allowed.test"); t.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    d = b""
+    while True:
+        k = t.recv(200)
+        if not k: break
+        d += k
+    print("UPTRANSPARENT-REACHED", d.decode().split("\r\n\r\n")[-1], flush=True)
+except Exception as e:
+    print("UPTRANSPARENT-blocked", e, flush=True)
+EOF
+"#,
+        a = net.inet.addr
+    );
+    b.create(&s).await.unwrap();
+    b.start(&s, &Secret::new(job)).await.unwrap();
+    let code = wait_exit(&b, id, Duration::from_secs(90)).await;
+    let log = std::fs::read_to_string(root.join(id).join("runner.log")).unwrap_or_default();
+    b.destroy(id).await.unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    let gw_url = log
+        .lines()
+        .find_map(|l| l.strip_prefix("PROXYENV "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        gw_url.starts_with("http://10.") && gw_url.contains(":3128 http://10."),
+        "the job's proxy is its gateway: {log}"
+    );
+    let a = net.inet.addr;
+    for (label, want) in [
+        (
+            "UPHTTPS",
+            Some(format!("web-ok at={a} name=allowed.test tls=yes")),
+        ),
+        (
+            "UPHTTP",
+            Some(format!("web-ok at={a} name=allowed.test tls=no")),
+        ),
+        ("UPDENIED", None),
+        ("UPDIRECT", None),
+        (
+            "UPTRANSPARENT",
+            Some(format!("web-ok at={a} name=allowed.test tls=yes")),
+        ),
+    ] {
+        match &want {
+            Some(w) => assert_eq!(answer(&log, label), w, "{label}: {log}"),
+            None => assert_eq!(outcome(&log, label), "blocked", "{label}: {log}"),
+        }
+    }
+    let seen = net.proxy.seen();
+    assert_eq!(
+        seen.iter()
+            .filter(|l| l.starts_with("CONNECT allowed.test:443 "))
+            .count(),
+        2,
+        "the explicit and the transparent HTTPS went through the upstream: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("GET http://allowed.test/ ")),
+        "{seen:?}"
+    );
+    assert!(!seen.iter().any(|l| l.contains("denied")), "{seen:?}");
+    let done = egress.finished();
+    let (session, report) = done.iter().find(|(s, _)| s.id == id).unwrap();
+    links.push(session.link.clone());
+    assert_eq!(
+        tcp(report, Some("denied.test"), 443).map(|t| t.0),
+        Some(Verdict::Blocked),
+        "{report:#?}"
+    );
+    let (v, _, inn) = tcp(report, Some("allowed.test"), 443).unwrap();
+    assert!(v == Verdict::Allowed && inn > 500, "{report:#?}");
+    egress.forget(id).unwrap();
+
     // Nothing of the sandboxes is left in the table: no map element, no opened address.
     assert!(egress.sessions().is_empty());
     let now = airlock_net::rules::attached().unwrap();
-    assert_eq!(links.len(), 3);
+    assert_eq!(links.len(), 4);
     for link in &links {
         assert!(
             !now.links.iter().any(|(l, _)| l == link),

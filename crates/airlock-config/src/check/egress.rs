@@ -7,12 +7,12 @@
 
 use std::collections::HashSet;
 
-use airlock_core::egress::{self, Allow, EgressMode, EgressPolicy, NamePattern};
+use airlock_core::egress::{self, Allow, EgressMode, EgressPolicy, NamePattern, UpstreamProxy};
 use toml::{Table, Value};
 
 use super::Walker;
 
-const KEYS: &[&str] = &["mode", "allow"];
+const KEYS: &[&str] = &["mode", "allow", "proxy"];
 
 /// Pool section `sec`'s `egress` table; the default (open, nothing listed) when absent.
 pub(super) fn read(w: &mut Walker<'_>, t: &mut Table, sec: &str) -> EgressPolicy {
@@ -85,6 +85,22 @@ pub(super) fn read(w: &mut Walker<'_>, t: &mut Table, sec: &str) -> EgressPolicy
         ),
         EgressMode::Block => {}
     }
+    let proxy = w
+        .take::<String>(&mut e, &key, "proxy", "a string")
+        .and_then(|p| match UpstreamProxy::parse(&p) {
+            Ok(u) => Some(u),
+            Err(why) => {
+                w.error(&format!("{key}.proxy"), format!("{p:?}: {why}"));
+                None
+            }
+        });
+    if proxy.is_some() && mode == EgressMode::Open {
+        w.error(
+            &format!("{key}.proxy"),
+            "an upstream proxy needs mode = \"audit\" or \"block\" (airlock's proxy applies the \
+             policy before the upstream; open mode has none)",
+        );
+    }
     w.unknown(e, &key, KEYS);
-    EgressPolicy { mode, allow }
+    EgressPolicy { mode, allow, proxy }
 }

@@ -609,6 +609,42 @@ fn a_pools_egress_section_is_checked_entry_by_entry() {
         !diags.iter().any(|d| d.key == "pool[0].egress.allow[2]"),
         "a good entry beside bad ones is not blamed: {text:?}"
     );
+    // An upstream proxy: an http URL, with audit or block.
+    let up = GOOD.replace(
+        "max_runners = 3\n",
+        "max_runners = 3\n\n[pool.egress]\nmode = \"block\"\nallow = [\"github.com\"]\nproxy = \"http://squid.corp:3128\"\n",
+    );
+    let (c, diags) = load_str(&up, d.path()).unwrap();
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(
+        c.pools[0]
+            .egress
+            .proxy
+            .as_ref()
+            .map(|p| p.to_string())
+            .as_deref(),
+        Some("http://squid.corp:3128")
+    );
+    for (text, want) in [
+        (up.replace("\"block\"", "\"open\""), "needs mode"),
+        (
+            up.replace("http://squid.corp:3128", "https://squid.corp"),
+            "not supported",
+        ),
+        (
+            up.replace("http://squid.corp:3128", "http://u:p@squid.corp:3128"),
+            "credentials",
+        ),
+    ] {
+        let err = match load_str(&text, d.path()) {
+            Err(e) => format!("{e:?}"),
+            Ok((_, diags)) => format!("{diags:?}"),
+        };
+        assert!(
+            err.contains("pool[0].egress.proxy") && err.contains(want),
+            "{want}: {err}"
+        );
+    }
     // Audit and block are accepted as they are; block with nothing allowed is warned of.
     let audit = GOOD.replace(
         "max_runners = 3\n",

@@ -302,21 +302,107 @@ fn parse_net(host: &str) -> Option<Result<IpNet, String>> {
     })
 }
 
-/// A pool's policy: its mode and its allowlist.
+/// A pool's policy: its mode, its allowlist, and the operator's proxy all its egress goes
+/// through, if it has one.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EgressPolicy {
     pub mode: EgressMode,
     pub allow: Vec<Allow>,
+    pub proxy: Option<UpstreamProxy>,
+}
+
+/// Where jobs of a pool with an upstream proxy send their explicit proxy requests: this port of
+/// their gateway (`http_proxy=http://GATEWAY:3128`), redirected to airlock's proxy.
+pub const PROXY_PORT: u16 = 3128;
+
+/// An operator's HTTP proxy (squid, …): `http://host:port`, no credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamProxy {
+    pub host: String,
+    pub port: u16,
+}
+
+impl UpstreamProxy {
+    /// `http://host[:port]` (port 80 when left out); anything else is refused with the reason.
+    pub fn parse(s: &str) -> Result<UpstreamProxy, String> {
+        let rest = s.strip_prefix("http://").ok_or(
+            "expected http://host:port (an HTTP proxy; https:// and others are not supported)",
+        )?;
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains('@') {
+            return Err("credentials in the proxy's URL are not supported".into());
+        }
+        if authority.contains(['/', '?', '#']) {
+            return Err("expected http://host:port with no path".into());
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, _)) if !h.ends_with(']') && h.contains(':') => {
+                return Err("an IPv6 address must be in brackets: http://[addr]:port".into())
+            }
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("{p:?} is not a port"))?,
+            ),
+            None => (authority, 80),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err("no host".into());
+        }
+        if host.parse::<IpAddr>().is_err() {
+            check_name(&normalize(host)).map_err(|e| format!("{host:?}: {e}"))?;
+        }
+        Ok(UpstreamProxy {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// `host:port` as a connection or a `CONNECT` names it.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The environment a job of such a pool gets, for its gateway `gw`: `http_proxy` and
+    /// `https_proxy` (both spellings) at airlock's proxy, and `no_proxy` for the sandbox itself.
+    pub fn job_env(gw: std::net::Ipv4Addr) -> Vec<String> {
+        let url = format!("http://{gw}:{PROXY_PORT}");
+        let mut v = Vec::new();
+        for k in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"] {
+            v.push(format!("{k}={url}"));
+        }
+        for k in ["no_proxy", "NO_PROXY"] {
+            v.push(format!("{k}=localhost,127.0.0.1,::1"));
+        }
+        v
+    }
+}
+
+impl fmt::Display for UpstreamProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}", self.authority())
+    }
 }
 
 /// As the config writes it: `{"mode": "block", "allow": ["github.com", …]}`.
 impl serde::Serialize for EgressPolicy {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("EgressPolicy", 2)?;
+        let mut st = s.serialize_struct("EgressPolicy", 3)?;
         st.serialize_field("mode", self.mode.as_str())?;
         let allow: Vec<String> = self.allow.iter().map(Allow::to_string).collect();
         st.serialize_field("allow", &allow)?;
+        match &self.proxy {
+            Some(p) => st.serialize_field("proxy", &p.to_string())?,
+            None => st.skip_field("proxy")?,
+        }
         st.end()
     }
 }
@@ -331,6 +417,8 @@ impl<'de> serde::Deserialize<'de> for EgressPolicy {
             mode: String,
             #[serde(default)]
             allow: Vec<String>,
+            #[serde(default)]
+            proxy: Option<String>,
         }
         let raw = Raw::deserialize(d)?;
         let mode = EgressMode::parse(&raw.mode)
@@ -340,7 +428,11 @@ impl<'de> serde::Deserialize<'de> for EgressPolicy {
             .iter()
             .map(|e| Allow::parse(e).map_err(D::Error::custom))
             .collect::<Result<_, _>>()?;
-        Ok(EgressPolicy { mode, allow })
+        let proxy = raw
+            .proxy
+            .map(|p| UpstreamProxy::parse(&p).map_err(D::Error::custom))
+            .transpose()?;
+        Ok(EgressPolicy { mode, allow, proxy })
     }
 }
 
@@ -413,6 +505,7 @@ mod tests {
 
     fn p(entries: &[&str]) -> EgressPolicy {
         EgressPolicy {
+            proxy: None,
             mode: EgressMode::Block,
             allow: entries.iter().map(|e| Allow::parse(e).unwrap()).collect(),
         }
@@ -596,6 +689,45 @@ mod tests {
         ] {
             assert!(!public_suffix(d), "{d}");
         }
+    }
+
+    #[test]
+    fn an_upstream_proxy_is_an_http_url_without_credentials() {
+        let p = UpstreamProxy::parse("http://Squid.Internal:3128/").unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("squid.internal", 3128));
+        assert_eq!(p.to_string(), "http://squid.internal:3128");
+        assert_eq!(UpstreamProxy::parse("http://10.0.0.5").unwrap().port, 80);
+        assert_eq!(
+            UpstreamProxy::parse("http://[fd00::5]:8080")
+                .unwrap()
+                .authority(),
+            "[fd00::5]:8080"
+        );
+        for (bad, why) in [
+            ("https://p:3128", "not supported"),
+            ("squid:3128", "expected http://"),
+            ("http://u:pw@p:3128", "credentials"),
+            ("http://p:3128/x", "no path"),
+            ("http://p:0", "not a port"),
+            ("http://p:x", "not a port"),
+            ("http://:3128", "no host"),
+            ("http://fd00::5", "brackets"),
+        ] {
+            let e = UpstreamProxy::parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let env = UpstreamProxy::job_env(std::net::Ipv4Addr::new(10, 0, 0, 1));
+        assert!(env.contains(&"https_proxy=http://10.0.0.1:3128".to_string()));
+        assert!(env.iter().any(|e| e.starts_with("no_proxy=")));
+        // It travels with the policy (sessions are files).
+        let pol = EgressPolicy {
+            mode: EgressMode::Block,
+            allow: vec![],
+            proxy: Some(p),
+        };
+        let back: EgressPolicy =
+            serde_json::from_str(&serde_json::to_string(&pol).unwrap()).unwrap();
+        assert_eq!(back, pol);
     }
 
     #[test]

@@ -202,6 +202,7 @@ mod tests {
         assert_eq!(s[2].jobs, 10, "one name however it was written");
         // Every proposal parses back as an entry, and allows what it was made from.
         let policy = super::super::EgressPolicy {
+            proxy: None,
             mode: super::super::EgressMode::Block,
             allow: entries(&s)
                 .iter()

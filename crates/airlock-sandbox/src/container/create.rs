@@ -39,6 +39,15 @@ impl ContainerBackend {
         out
     }
 
+    /// What a job's environment gets beyond the image's: with an upstream proxy (and airlock's
+    /// egress on), `http_proxy` and friends at the gateway, where airlock's proxy takes them.
+    pub(super) fn job_env(&self, spec: &SandboxSpec, link: &net::Link) -> Vec<String> {
+        match (&self.cfg.egress, &spec.egress.proxy) {
+            (Some(_), Some(_)) => airlock_core::egress::UpstreamProxy::job_env(link.host_ip),
+            _ => Vec::new(),
+        }
+    }
+
     pub(super) async fn create_inner(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
         let id = spec.id.as_str();
         let BackendSpec::Container(c) = &spec.backend else {
@@ -203,6 +212,7 @@ impl ContainerBackend {
                 }
             })?,
             variant: runtime.variant(),
+            env: self.job_env(spec, &link),
         })
         .map_err(|e| SandboxError::Setup {
             id: id.into(),
