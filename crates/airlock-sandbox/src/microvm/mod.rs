@@ -443,7 +443,20 @@ impl Backend for MicrovmBackend {
             runner: RunnerSpec {
                 command: spec.runner_command.to_string_lossy().into_owned(),
                 user: RUNNER_USER.into(),
-                env: Default::default(),
+                // With an upstream proxy (and airlock's egress on): http_proxy and friends at
+                // the gateway, where airlock's proxy takes them.
+                env: match (&self.cfg.egress, &spec.egress.proxy, launch.gateway) {
+                    (Some(_), Some(_), Some(gw)) => {
+                        airlock_core::egress::UpstreamProxy::job_env(gw)
+                            .into_iter()
+                            .filter_map(|kv| {
+                                let (k, v) = kv.split_once('=')?;
+                                Some((k.to_string(), v.to_string()))
+                            })
+                            .collect()
+                    }
+                    _ => Default::default(),
+                },
             },
             jit: airlock_agent::config::Secret::new(jit.expose()),
             docker: vm.docker,
