@@ -1,4 +1,4 @@
-//! Egress policy with real traffic from inside a container sandbox: "the internet" is a network
+//! Egress policy with real traffic from inside a container sandbox and a microVM: "the internet" is a network
 //! namespace with HTTP servers on several addresses and a name server for the test's names,
 //! reached through the same NAT as real traffic; airlock's resolver (`airlock-egress`) runs on
 //! the host with the real nftables table, its proxy taking the web traffic of audit and block
@@ -23,6 +23,8 @@ use airlock_sandbox::{Backend, Limits, Secret};
 use common::*;
 
 const SLOT: u8 = 13;
+/// The microVM's matrix (its own internet and subnet: the two tests may run at once).
+const VM_SLOT: u8 = 49;
 
 /// Makes a socket inside network namespace `ns`.
 fn in_ns<T: Send + 'static>(
@@ -46,6 +48,7 @@ fn sh(c: &str) {
 /// name has an address of its own: block mode opens addresses, so names sharing one would
 /// share what is open (until the proxy checks SNI and Host).
 struct Net {
+    slot: u8,
     inet: Internet,
     bare: Ipv4Addr,
     denied: Ipv4Addr,
@@ -56,18 +59,18 @@ struct Net {
 }
 
 impl Net {
-    fn start() -> Net {
-        let inet = Internet::start(SLOT);
+    fn start(slot: u8) -> Net {
+        let inet = Internet::start(slot);
         let [denied, bare, cdn]: [Ipv4Addr; 3] =
-            [129, 130, 131].map(|n| format!("198.18.{SLOT}.{n}").parse().unwrap());
+            [129, 130, 131].map(|n| format!("198.18.{slot}.{n}").parse().unwrap());
         let _ = std::process::Command::new("ip")
-            .args(["route", "del", &format!("198.18.{SLOT}.128/25")])
+            .args(["route", "del", &format!("198.18.{slot}.128/25")])
             .stderr(std::process::Stdio::null())
             .status();
         sh(&format!(
             "ip -n {ns} addr add {denied}/32 dev lo && ip -n {ns} addr add {bare}/32 dev lo && \
              ip -n {ns} addr add {cdn}/32 dev lo && \
-             ip route add 198.18.{SLOT}.128/25 via {gw}",
+             ip route add 198.18.{slot}.128/25 via {gw}",
             ns = inet.ns,
             gw = inet.addr
         ));
@@ -114,6 +117,7 @@ impl Net {
         )
         .unwrap();
         Net {
+            slot,
             inet,
             bare,
             denied,
@@ -127,7 +131,7 @@ impl Net {
 impl Drop for Net {
     fn drop(&mut self) {
         let _ = std::process::Command::new("ip")
-            .args(["route", "del", &format!("198.18.{SLOT}.128/25")])
+            .args(["route", "del", &format!("198.18.{}.128/25", self.slot)])
             .status();
     }
 }
@@ -274,7 +278,7 @@ async fn each_mode_lets_through_what_it_should_and_reports_it() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("containers");
     let _reaper = Reaper(root.clone());
-    let net = Net::start();
+    let net = Net::start(SLOT);
     let mut ec = EgressConfig::new(t.path().join("egress"));
     ec.upstreams = vec![net.dns];
     let egress = Egress::start(ec).await.unwrap();
@@ -284,6 +288,44 @@ async fn each_mode_lets_through_what_it_should_and_reports_it() {
     })
     .await;
     let m = shell_image();
+    matrix(&b, &root, &egress, &net, &|id| {
+        spec(id, &m, Limits::default())
+    })
+    .await;
+}
+
+/// The same jobs from a microVM, whose job has root: the outcomes are the table's and the
+/// proxy's, on the host, whatever the guest does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_microvm_gets_the_same_outcomes_in_each_mode() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("vms");
+    let _reaper = VmReaper::qemu(root.clone(), VM_SLOT);
+    let net = Net::start(VM_SLOT);
+    let mut ec = EgressConfig::new(t.path().join("egress"));
+    ec.upstreams = vec![net.dns];
+    let egress = Egress::start(ec).await.unwrap();
+    let e2 = egress.clone();
+    let b = vm_backend_configured(&root, VM_SLOT, &[airlock_core::VmDriver::Qemu], move |c| {
+        c.egress = Some(e2)
+    })
+    .await;
+    let m = vm_image();
+    matrix(&b, &root, &egress, &net, &|id| vm_spec(id, &m, 2)).await;
+    assert!(airlock_sandbox::microvm::remnants(&root).is_empty());
+}
+
+/// Open, audit and block, then an upstream-proxy pool, each a sandbox `make` specifies, run by
+/// `b` (whose sandboxes keep their logs under `root`); every outcome and report checked, and
+/// nothing of them left in the table.
+async fn matrix(
+    b: &dyn Backend,
+    root: &std::path::Path,
+    egress: &Egress,
+    net: &Net,
+    make: &dyn Fn(&str) -> airlock_sandbox::SandboxSpec,
+) {
     let mut failures = Vec::new();
     let mut links = Vec::new();
     // (label, open, audit, block)
@@ -312,14 +354,14 @@ async fn each_mode_lets_through_what_it_should_and_reports_it() {
         .enumerate()
     {
         let id = format!("eg-{}", mode.as_str());
-        let mut s = spec(&id, &m, Limits::default());
+        let mut s = make(&id);
         s.egress = policy(mode);
         s.pool = "pool-a".into();
         b.create(&s).await.unwrap();
         b.start(&s, &Secret::new(script(&net, egress.port())))
             .await
             .unwrap();
-        let code = wait_exit(&b, &id, Duration::from_secs(90)).await;
+        let code = wait_exit(b, &id, Duration::from_secs(90)).await;
         let log = std::fs::read_to_string(root.join(&id).join("runner.log")).unwrap_or_default();
         b.destroy(&id).await.unwrap();
         assert_eq!(code, Some(0), "{mode:?}: {log}");
@@ -433,7 +475,7 @@ async fn each_mode_lets_through_what_it_should_and_reports_it() {
     // https_proxy; what it asks for there, and its web traffic sent without them, reaches the
     // upstream only when the policy allows it; there is no direct route.
     let id = "eg-upstream";
-    let mut s = spec(id, &m, Limits::default());
+    let mut s = make(id);
     s.egress = policy(EgressMode::Block);
     s.egress.proxy = Some(
         airlock_core::egress::UpstreamProxy::parse(&format!("http://{}", net.proxy.addr)).unwrap(),
@@ -502,7 +544,7 @@ EOF
     );
     b.create(&s).await.unwrap();
     b.start(&s, &Secret::new(job)).await.unwrap();
-    let code = wait_exit(&b, id, Duration::from_secs(90)).await;
+    let code = wait_exit(b, id, Duration::from_secs(90)).await;
     let log = std::fs::read_to_string(root.join(id).join("runner.log")).unwrap_or_default();
     b.destroy(id).await.unwrap();
     assert_eq!(code, Some(0), "{log}");

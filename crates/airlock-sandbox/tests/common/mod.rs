@@ -130,6 +130,16 @@ pub async fn vm_backend_with(
     slot: u8,
     drivers: &[airlock_core::VmDriver],
 ) -> MicrovmBackend {
+    vm_backend_configured(root, slot, drivers, |_| {}).await
+}
+
+/// `vm_backend_with`, its config adjusted by `adjust` before the probe.
+pub async fn vm_backend_configured(
+    root: &Path,
+    slot: u8,
+    drivers: &[airlock_core::VmDriver],
+    adjust: impl FnOnce(&mut MicrovmConfig),
+) -> MicrovmBackend {
     std::fs::set_permissions(
         root.parent().unwrap(),
         std::fs::Permissions::from_mode(0o711),
@@ -155,6 +165,7 @@ pub async fn vm_backend_with(
         root.parent().unwrap().join("logs"),
         100,
     ));
+    adjust(&mut cfg);
     MicrovmBackend::probe(cfg, None)
         .await
         .expect("microvm probe")
