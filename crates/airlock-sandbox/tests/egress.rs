@@ -154,7 +154,7 @@ fn policy(mode: EgressMode) -> EgressPolicy {
 
 /// The job: each attempt prints `NAME-REACHED <answer>` or `NAME-blocked <why>`. `http` and
 /// `https` connect to `host`'s address (or `ip`) and ask for `name` (`Host`, SNI; none: no SNI).
-fn script(net: &Net, resolver_port: u16) -> String {
+fn script(net: &Net, resolver_port: u16, neighbour: &str) -> String {
     let a = net.inet.addr;
     format!(
         r#"exec python3 - <<'EOF'
@@ -227,6 +227,8 @@ https("SNIFORGED", "-", ip="{bare}", name="allowed.test")
 http("HOSTFORGED", "-", 80, ip="{bare}", name="allowed.test")
 https("NOSNI", "-", ip="{bare}", name=None)
 http("METAWEB", "-", 80, ip="169.254.169.254", name="meta.test")
+http("NEIGHBOUR", "-", 8080, ip="{neighbour}")
+http("NEIGHBOURWEB", "-", 80, ip="{neighbour}", name="nb.test")
 EOF
 "#,
         bare = net.bare,
@@ -328,6 +330,44 @@ async fn matrix(
 ) {
     let mut failures = Vec::new();
     let mut links = Vec::new();
+    // Another sandbox, running beside each job and listening: never reached, straight or
+    // through the proxy (which connects from the host, so it checks itself).
+    let mut s = make("eg-nb");
+    s.pool = "pool-nb".into();
+    b.create(&s).await.unwrap();
+    b.start(
+        &s,
+        &Secret::new(
+            // It listens, and reaches itself on its own address (the positive control: what
+            // the jobs cannot reach is there).
+            "ip -4 -o addr show eth0\nme=$(ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)\n\
+             exec python3 -c '\nimport socket,sys\ns=socket.socket()\n\
+             s.bind((\"0.0.0.0\", 8080)); s.listen(8)\n\
+             socket.create_connection((sys.argv[1], 8080), 3); print(\"listening\", flush=True)\n\
+             while True: s.accept()[0].close()\n' \"$me\""
+                .into(),
+        ),
+    )
+    .await
+    .unwrap();
+    let nb_log = root.join("eg-nb").join("runner.log");
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&nb_log)
+        .unwrap_or_default()
+        .contains("listening")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the neighbour never listened: {:?}",
+            std::fs::read_to_string(&nb_log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let nb = std::fs::read_to_string(&nb_log)
+        .unwrap()
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix("/30").map(str::to_string))
+        .expect("the neighbour's address");
     // (label, open, audit, block)
     let want: &[(&str, [&str; 3])] = &[
         ("ALLOWED", ["reached", "reached", "reached"]),
@@ -348,6 +388,8 @@ async fn matrix(
         ("HOSTFORGED", ["reached", "reached", "reached"]),
         ("NOSNI", ["reached", "reached", "blocked"]),
         ("METAWEB", ["blocked", "blocked", "blocked"]),
+        ("NEIGHBOUR", ["blocked", "blocked", "blocked"]),
+        ("NEIGHBOURWEB", ["blocked", "blocked", "blocked"]),
     ];
     for (i, mode) in [EgressMode::Open, EgressMode::Audit, EgressMode::Block]
         .into_iter()
@@ -358,7 +400,7 @@ async fn matrix(
         s.egress = policy(mode);
         s.pool = "pool-a".into();
         b.create(&s).await.unwrap();
-        b.start(&s, &Secret::new(script(&net, egress.port())))
+        b.start(&s, &Secret::new(script(net, egress.port(), &nb)))
             .await
             .unwrap();
         let code = wait_exit(b, &id, Duration::from_secs(90)).await;
@@ -455,6 +497,21 @@ async fn matrix(
             failures.push(format!(
                 "{mode:?} report tcp allowed/denied/bare: {got_tcp:?}, want {want_tcp:?}: {report:#?}"
             ));
+        }
+        // Dropped by the table (a timeout), not refused by a missing listener.
+        if !log.contains("NEIGHBOUR-blocked timed out") {
+            failures.push(format!("{mode:?}: the neighbour was not dropped"));
+        }
+        // Audit mode would let a name it does not know through: the proxy stopped it, itself.
+        if mode == EgressMode::Audit {
+            let to_nb = report.destinations.iter().find(|d| {
+                d.protocol == Protocol::Tcp && d.addr.map(|a| a.to_string()) == Some(nb.clone())
+            });
+            if to_nb.map(|d| (d.verdict, d.reason.as_deref()))
+                != Some((Verdict::Blocked, Some("another sandbox")))
+            {
+                failures.push(format!("audit: the neighbour through the proxy: {to_nb:?}"));
+            }
         }
         if let Some((_, out, inn)) = allowed {
             // A ClientHello and a request out, a certificate and an answer back.
@@ -605,10 +662,19 @@ EOF
     assert!(v == Verdict::Allowed && inn > 500, "{report:#?}");
     egress.forget(id).unwrap();
 
+    let nb_link = egress
+        .sessions()
+        .into_iter()
+        .find(|s| s.id == "eg-nb")
+        .expect("the neighbour's session")
+        .link;
+    b.destroy("eg-nb").await.unwrap();
+    egress.forget("eg-nb").unwrap();
+    links.push(nb_link);
     // Nothing of the sandboxes is left in the table: no map element, no opened address.
     assert!(egress.sessions().is_empty());
     let now = airlock_net::rules::attached().unwrap();
-    assert_eq!(links.len(), 4);
+    assert_eq!(links.len(), 5);
     for link in &links {
         assert!(
             !now.links.iter().any(|(l, _)| l == link),
