@@ -15,6 +15,7 @@ pub mod metrics;
 mod ops;
 mod poll;
 mod reconcile;
+mod reload;
 mod stock;
 mod view;
 
@@ -87,7 +88,10 @@ pub(crate) struct Shared {
 }
 
 pub struct Inner {
+    /// The config the daemon started with (a reload applies what it can without replacing it).
     cfg: Config,
+    /// The pools' egress policies, as the last reload left them.
+    policies: reload::Policies,
     /// The pools as the planner sees them.
     specs: Vec<airlock_core::PoolSpec>,
     store: Db,
@@ -399,6 +403,7 @@ async fn start_inner(
     let inner = Arc::new(Inner {
         specs: cfg.pools.iter().map(|p| p.spec()).collect(),
         slots: executor::Slots::new(cfg.server.max_parallel_ops),
+        policies: reload::Policies::new(&cfg),
         cfg,
         store: Db::new(store, metrics.clone())?,
         github,
@@ -448,7 +453,25 @@ async fn start_inner(
     })
 }
 
+pub use reload::Reload;
+
 impl Handle {
+    /// Applies what of `new` can change while sandboxes run (pools' egress policies: for
+    /// sandboxes created from now on) and names the rest, which waits for a restart.
+    pub fn reload(&self, new: &Config) -> Reload {
+        let r = reload::reload(&self.inner.cfg, new, &self.inner.policies);
+        for a in &r.applied {
+            tracing::info!(change = %a, "reloaded: applies to sandboxes created from now on");
+        }
+        if !r.needs_restart.is_empty() {
+            tracing::warn!(
+                changed = %r.needs_restart.join(", "),
+                "the reloaded config changes what only a restart applies; left as it was"
+            );
+        }
+        r
+    }
+
     /// Graceful shutdown: stop creating runners, remove idle ones, give busy ones `grace` to
     /// finish their jobs, destroy what is left, then stop.
     pub async fn drain(self, grace: Duration) -> DrainReport {

@@ -184,7 +184,7 @@ async fn create(inner: &Inner, pool_name: &str, ticket: &mut Ticket) -> Result<(
         };
         // Before anything is recorded: a pool whose image is missing creates nothing.
         let recorded: Result<_, OpError> = async {
-            let spec = inner
+            let mut spec = inner
                 .backend
                 .spec_for(pool, &name)
                 .await
@@ -192,6 +192,10 @@ async fn create(inner: &Inner, pool_name: &str, ticket: &mut Ticket) -> Result<(
                     pool: pool.name.clone(),
                     source,
                 })?;
+            // The policy as the last reload left it (running sandboxes keep theirs).
+            if let Some(p) = inner.policies.get(&pool.name) {
+                spec.egress = p;
+            }
             let now = now_ms();
             let (n, p, scope, backend) = (
                 name.clone(),

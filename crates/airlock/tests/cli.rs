@@ -576,3 +576,65 @@ fn image_commands_say_what_is_wrong_with_distinct_exit_statuses() {
     assert!(out.contains("removed fake@sha256:abab"), "{out}");
     assert!(!dir.exists());
 }
+
+/// SIGHUP reads the config again: a file that does not load changes nothing and the daemon
+/// goes on; one that does is applied as far as it can be, and what waits for a restart is
+/// said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_and_a_bad_one_changes_nothing() {
+    let pools = [pool("small", &["self-hosted", "small"])];
+    let e = env(&pools, "1s", Faults::default(), false).await;
+    let cfg_path = e.dir.path().join("airlock.toml");
+    std::fs::write(&cfg_path, &e.config).unwrap();
+    let mut child = airlock()
+        .args(["serve", "--config"])
+        .arg(&cfg_path)
+        .env("AIRLOCK_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let wait_for = |needle: &str| -> Vec<String> {
+        let mut seen = Vec::new();
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while let Ok(l) = rx.recv_timeout(end.saturating_duration_since(std::time::Instant::now()))
+        {
+            let hit = l.contains(needle);
+            seen.push(l);
+            if hit {
+                return seen;
+            }
+        }
+        panic!("no {needle:?} in {seen:#?}");
+    };
+    wait_for("airlock is running");
+    std::fs::write(&cfg_path, "[github\nnot toml").unwrap();
+    signal(&child, "-HUP");
+    wait_for("nothing reloaded");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a bad reload stops nothing"
+    );
+    std::fs::write(
+        &cfg_path,
+        e.config.replace("max_runners = ", "max_runners = 1"),
+    )
+    .unwrap();
+    signal(&child, "-HUP");
+    let lines = wait_for("config reloaded");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("only a restart applies") && l.contains("pool small")),
+        "{lines:#?}"
+    );
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

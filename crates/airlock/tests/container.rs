@@ -722,3 +722,96 @@ async fn egress_is_enforced_reported_and_suggested_end_to_end() {
     env.shutdown().await;
     drop(net);
 }
+
+/// A reload changes a pool's egress policy for the sandboxes created after it; a job already
+/// running keeps the policy it started with, and what only a restart applies is named, not
+/// applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reloaded_egress_policy_applies_to_new_sandboxes_only() {
+    use std::net::{Ipv4Addr, SocketAddr};
+    const SLOT: u8 = 7;
+    let named: Ipv4Addr = format!("198.18.{SLOT}.200").parse().unwrap();
+    let gh: Ipv4Addr = format!("198.18.{SLOT}.6").parse().unwrap();
+    let extra =
+        format!("\n[pool.egress]\nmode = \"block\"\nallow = [\"allowed.test\", \"{gh}\"]\n");
+    let mut c = container_env_with(SLOT, 2, &extra, false).await;
+    c.env.config = c
+        .env
+        .config
+        .replace("[container]\n", &format!("[container]\ndns = [\"{gh}\"]\n"));
+    let dns_at = SocketAddr::from((gh, 53));
+    let (udp, tcp) = airlock_net::outside::in_netns(&c.net.ns, move || {
+        Ok((
+            std::net::UdpSocket::bind(dns_at)?,
+            std::net::TcpListener::bind(dns_at)?,
+        ))
+    })
+    .unwrap();
+    let _dns = airlock_egress::testdns::TestDns::serve(
+        udp,
+        tcp,
+        &[("allowed.test", named), ("denied.test", named)],
+    )
+    .unwrap();
+    c.env.start_daemon().await;
+    // The first job asks, waits past the reload, and asks again: still its own policy.
+    let first = c.env.submit_specs(
+        "octo/hello",
+        vec![job(
+            "before",
+            &[
+                "getent hosts allowed.test",
+                "sleep 12",
+                "getent hosts allowed.test",
+                "! getent hosts denied.test",
+            ],
+        )],
+    );
+    let t0 = std::time::Instant::now();
+    while c
+        .env
+        .sim()
+        .job(first[0])
+        .and_then(|j| j.started_at)
+        .is_none()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the first job never started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let changed = c
+        .env
+        .config
+        .replace(
+            &format!("allow = [\"allowed.test\", \"{gh}\"]"),
+            &format!("allow = [\"denied.test\", \"{gh}\"]"),
+        )
+        .replace("max_runners = 2", "max_runners = 3");
+    assert_ne!(changed, c.env.config);
+    let (cfg, _) = airlock_config::load_str(&changed, c.env.dir.path()).unwrap();
+    let r = c.env.daemon().reload(&cfg);
+    assert_eq!(r.applied, ["pool box: egress policy"], "{r:?}");
+    assert_eq!(r.needs_restart, ["pool box"], "max_runners waits: {r:?}");
+    // Reloading the same again changes nothing more.
+    assert!(c.env.daemon().reload(&cfg).applied.is_empty());
+    c.env.submit_specs(
+        "octo/hello",
+        vec![job(
+            "after",
+            &["! getent hosts allowed.test", "getent hosts denied.test"],
+        )],
+    );
+    c.env.wait_all_done(Duration::from_secs(120)).await;
+    assert_eq!(
+        conclusions(c.env.sim()),
+        [
+            ("after".to_string(), Some("success".to_string())),
+            ("before".to_string(), Some("success".to_string()))
+        ],
+        "each job saw its own policy (see the runner logs)"
+    );
+    let left = c.remnants_settled().await;
+    assert!(left.is_empty(), "{left:?}");
+}

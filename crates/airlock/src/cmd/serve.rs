@@ -1,4 +1,6 @@
-//! `airlock serve --config F`: runs the daemon until SIGTERM or SIGINT, then drains.
+//! `airlock serve --config F`: runs the daemon until SIGTERM or SIGINT, then drains. SIGHUP
+//! reads the config file again and applies what can change live (pools' egress policies, for
+//! sandboxes created from then on); a file that does not load changes nothing.
 use std::path::PathBuf;
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -24,16 +26,31 @@ pub async fn run(a: Args) -> u8 {
         }
     };
     println!("airlock listening on http://{}", handle.addr);
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         eprintln!("airlock: cannot install signal handlers");
         return crate::EXIT_FAILURE;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match super::load_config(&a.config) {
+                Ok(new) => {
+                    let r = handle.reload(&new);
+                    tracing::info!(
+                        applied = r.applied.len(),
+                        needs_restart = r.needs_restart.len(),
+                        "config reloaded"
+                    );
+                }
+                // load_config printed what is wrong; the running config stays.
+                Err(_) => tracing::error!(config = %a.config.display(), "the config does not load: nothing reloaded"),
+            },
+        }
     }
     tracing::info!(grace = %humantime::format_duration(grace), "draining: no new runners; busy runners may finish");
     let report = handle.drain(grace).await;
