@@ -18,6 +18,7 @@
 //! whatever a crash leaves in the table, a session file names it, and the next start (which
 //! re-points every session's DNS at the new resolver port) or the next destroy removes it.
 
+mod flows;
 pub mod proxy;
 pub mod resolver;
 pub mod session;
@@ -46,6 +47,10 @@ pub trait Table: Send + Sync + std::fmt::Debug {
     fn apply(&self, what: &str, script: &str) -> Result<(), NetError>;
     /// What the table holds now.
     fn attached(&self) -> Result<Attached, NetError>;
+    /// Every link's flow counters (none where the table counts nothing).
+    fn flows(&self) -> Result<Vec<rules::Flow>, NetError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The host's `inet airlock` table, through `nft`.
@@ -58,6 +63,9 @@ impl Table for Nft {
     }
     fn attached(&self) -> Result<Attached, NetError> {
         rules::attached()
+    }
+    fn flows(&self) -> Result<Vec<rules::Flow>, NetError> {
+        rules::flows()
     }
 }
 
@@ -250,7 +258,8 @@ impl Egress {
         let tasks = vec![
             tokio::spawn(resolver::serve_udp(weak.clone(), udp)).abort_handle(),
             tokio::spawn(resolver::serve_tcp(weak.clone(), tcp)).abort_handle(),
-            tokio::spawn(flush_loop(weak)).abort_handle(),
+            tokio::spawn(flush_loop(weak.clone())).abort_handle(),
+            tokio::spawn(flows_loop(weak)).abort_handle(),
         ];
         lock(&egress.inner.tasks).extend(tasks);
         tracing::info!(port, upstreams = ?upstreams, "the sandboxes' resolver is listening");
@@ -363,6 +372,7 @@ impl Egress {
             session: s.clone(),
             report: Report::default(),
             opened: Default::default(),
+            flows: Default::default(),
         };
         let p = session::path(&self.inner.dir, &s.id);
         session::write(&p, &f).map_err(|e| err(format!("writing {}: {e}", p.display())))?;
@@ -396,11 +406,21 @@ impl Egress {
             let ours = by_addr.get(&s.addr).is_some_and(|l| Arc::ptr_eq(l, &live));
             ours && by_addr.remove(&s.addr).is_some()
         };
+        // Its last counted bytes into the report, then its counters out of the table.
+        let flows: Vec<rules::Flow> = match self.inner.table.flows() {
+            Ok(f) => f.into_iter().filter(|f| f.link == s.link).collect(),
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "cannot read the flow counters");
+                Vec::new()
+            }
+        };
+        self.inner.collect_flows(&live, &flows);
         let opened: Vec<Named> = lock(&live.file).opened.iter().copied().collect();
         let script = format!(
-            "{}{}",
+            "{}{}{}",
             rules::detach_script(&s.link, &live.chain.name, self.inner.port),
-            rules::close_named_script(&s.link, &opened)
+            rules::close_named_script(&s.link, &opened),
+            rules::forget_flows_script(&flows)
         );
         if let Err(e) = self.inner.table.apply(
             &format!("detaching sandbox {id}'s link {}", s.link),
@@ -577,6 +597,31 @@ fn flush(inner: &Inner) {
                 tracing::warn!(session = %l.session.id, error = %e, "cannot write a report");
             }
         }
+    }
+}
+
+/// Reads the flow counters every `flows::COLLECT_EVERY` into the sessions' reports.
+async fn flows_loop(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(flows::COLLECT_EVERY).await;
+        let Some(i) = inner.upgrade() else { return };
+        let _ = tokio::task::spawn_blocking(move || {
+            let lives: Vec<Arc<Live>> = lock(&i.by_id).values().cloned().collect();
+            if lives.is_empty() {
+                return;
+            }
+            match i.table.flows() {
+                Ok(f) => {
+                    for l in lives {
+                        if !l.detached.load(Ordering::Acquire) {
+                            i.collect_flows(&l, &f);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the flow counters"),
+            }
+        })
+        .await;
     }
 }
 

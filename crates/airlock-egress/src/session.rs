@@ -44,6 +44,9 @@ pub struct SessionFile {
     pub report: Report,
     #[serde(default)]
     pub opened: BTreeSet<Named>,
+    /// Bytes out and back of each counted flow (`tcp 1.2.3.4:22`) as last added to the report.
+    #[serde(default)]
+    pub flows: std::collections::BTreeMap<String, [u64; 2]>,
 }
 
 /// Where session `id`'s file is in `dir`.
@@ -117,6 +120,7 @@ mod tests {
                 port: Some(443),
             }]
             .into(),
+            flows: [("tcp 1.2.3.4:22".to_string(), [10, 20])].into(),
         };
         let p = path(dir.path(), "s1");
         write(&p, &f).unwrap();

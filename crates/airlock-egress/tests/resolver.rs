@@ -387,6 +387,7 @@ async fn a_restart_keeps_sessions_and_points_their_dns_at_the_new_port() {
         services: vec![old],
         named: vec![],
         proxied: vec![],
+        flows: vec![],
     };
     table.take();
     // Hold the old port so the new run cannot have it (once the first run's tasks let go).

@@ -64,6 +64,8 @@ add set {t} proxied {{ type ifname; }}
 add set {t} private4 {{ type ipv4_addr; flags interval; }}
 add set {t} named4 {{ type ifname . ipv4_addr . inet_service; flags timeout; }}
 add set {t} named4any {{ type ifname . ipv4_addr; flags timeout; }}
+add set {t} flows4 {{ type ifname . inet_proto . ipv4_addr . inet_service; flags dynamic, timeout; timeout {FLOW_TIMEOUT_S}s; size {FLOW_SET_SIZE}; counter; }}
+add set {t} flows4r {{ type ifname . inet_proto . ipv4_addr . inet_service; flags dynamic, timeout; timeout {FLOW_TIMEOUT_S}s; size {FLOW_SET_SIZE}; counter; }}
 add element {t} private4 {{ {private} }}
 add chain {t} {OPEN_CHAIN}
 flush chain {t} {OPEN_CHAIN}
@@ -75,6 +77,8 @@ add rule {t} input iifname "airl*" ct status dnat meta l4proto {{ tcp, udp }} th
 add rule {t} input iifname "airl*" counter drop comment "sandboxes never reach the host's own services"
 add chain {t} forward {{ type filter hook forward priority filter - 5; policy accept; }}
 flush chain {t} forward
+add rule {t} forward iifname "airl*" meta nfproto ipv4 meta l4proto {{ tcp, udp }} update @flows4 {{ iifname . meta l4proto . ip daddr . th dport }} comment "what each sandbox sends where (its report), allowed or not"
+add rule {t} forward oifname "airl*" meta nfproto ipv4 meta l4proto {{ tcp, udp }} update @flows4r {{ oifname . meta l4proto . ip saddr . th sport }} comment "and what comes back"
 add rule {t} forward iifname "airl*" oifname "airl*" counter drop comment "no sandbox to sandbox"
 add rule {t} forward iifname "airl*" meta nfproto ipv6 counter drop comment "IPv6 is off in every sandbox: whatever is sent anyway goes nowhere"
 add rule {t} forward iifname "airl*" ip daddr {{ {forbidden} }} counter drop comment "no cloud metadata, no link-local"
@@ -94,6 +98,138 @@ flush chain {t} postrouting
 add rule {t} postrouting iifname "airl*" oifname != "airl*" masquerade
 "#
     )
+}
+
+/// How long a flow's counters stay in `flows4`/`flows4r` after its last packet (the daemon
+/// collects them every few seconds and at detach, when it removes them).
+pub const FLOW_TIMEOUT_S: u64 = 3600;
+/// The most flows the two sets hold (past it, new flows pass uncounted).
+const FLOW_SET_SIZE: u32 = 262_144;
+
+/// One flow's counters: what `link` sent to `addr:port` over `proto` (`reply`: what came
+/// back from there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    pub link: String,
+    /// `tcp` or `udp`.
+    pub proto: String,
+    pub addr: std::net::Ipv4Addr,
+    pub port: u16,
+    pub reply: bool,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Flow {
+    fn element(&self) -> (&'static str, String) {
+        (
+            if self.reply { "flows4r" } else { "flows4" },
+            format!(
+                "\"{}\" . {} . {} . {}",
+                self.link, self.proto, self.addr, self.port
+            ),
+        )
+    }
+}
+
+/// Every flow's counters (two `nft -j list set`).
+pub fn flows() -> Result<Vec<Flow>, NetError> {
+    let mut out = Vec::new();
+    for (set, reply) in [("flows4", false), ("flows4r", true)] {
+        let o = Command::new("nft")
+            .args(["-j", "list", "set", "inet", "airlock", set])
+            .output()
+            .map_err(|e| NetError::Command {
+                what: format!("listing inet airlock's {set}"),
+                detail: format!("cannot run nft: {e}"),
+            })?;
+        if !o.status.success() {
+            let err = String::from_utf8_lossy(&o.stderr);
+            if err.contains("No such file or directory") {
+                continue;
+            }
+            return Err(NetError::Command {
+                what: format!("listing inet airlock's {set}"),
+                detail: err.trim().to_string(),
+            });
+        }
+        out.extend(
+            parse_flows(&String::from_utf8_lossy(&o.stdout), reply).map_err(|detail| {
+                NetError::Command {
+                    what: format!("reading nft's listing of {set}"),
+                    detail,
+                }
+            })?,
+        );
+    }
+    Ok(out)
+}
+
+fn parse_flows(json: &str, reply: bool) -> Result<Vec<Flow>, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for item in v
+        .get("nftables")
+        .and_then(|n| n.as_array())
+        .ok_or("no \"nftables\" array")?
+    {
+        let Some(elems) = item
+            .get("set")
+            .and_then(|s| s.get("elem"))
+            .and_then(|e| e.as_array())
+        else {
+            continue;
+        };
+        for e in elems {
+            let e = e.get("elem").unwrap_or(e);
+            let Some(c) = e
+                .get("val")
+                .and_then(|v| v.get("concat"))
+                .and_then(|c| c.as_array())
+            else {
+                continue;
+            };
+            let (Some(link), Some(proto), Some(addr), Some(port)) = (
+                c.first().and_then(|x| x.as_str()),
+                c.get(1).and_then(|x| x.as_str()),
+                c.get(2)
+                    .and_then(|x| x.as_str())
+                    .and_then(|a| a.parse().ok()),
+                c.get(3).and_then(|x| x.as_u64()),
+            ) else {
+                continue;
+            };
+            let counter = e.get("counter");
+            out.push(Flow {
+                link: link.to_string(),
+                proto: proto.to_string(),
+                addr,
+                port: port as u16,
+                reply,
+                packets: counter
+                    .and_then(|c| c.get("packets"))
+                    .and_then(|p| p.as_u64())
+                    .unwrap_or(0),
+                bytes: counter
+                    .and_then(|c| c.get("bytes"))
+                    .and_then(|p| p.as_u64())
+                    .unwrap_or(0),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Removes `flows`' elements whether or not they are still there (added, then deleted).
+pub fn forget_flows_script(flows: &[Flow]) -> String {
+    let t = TABLE;
+    let mut s = String::new();
+    for f in flows {
+        let (set, e) = f.element();
+        let _ = writeln!(s, "add element {t} {set} {{ {e} }}");
+        let _ = writeln!(s, "delete element {t} {set} {{ {e} }}");
+    }
+    s
 }
 
 /// A pool policy's chain: its name and the script that makes it (idempotent).
@@ -270,6 +406,8 @@ pub struct Attached {
     pub named: Vec<String>,
     /// Links whose web traffic goes through the proxy.
     pub proxied: Vec<String>,
+    /// Links with counted flows in `flows4` or `flows4r` (once per element).
+    pub flows: Vec<String>,
 }
 
 /// Reads the table (one `nft -j list table`); empty when there is none yet.
@@ -356,6 +494,10 @@ fn parse_attached(json: &str) -> Result<Attached, String> {
                     .services
                     .extend(elems(s).iter().filter_map(|p| p.as_u64()).map(|p| p as u16)),
                 // Timed elements are `{"elem": {"val": {"concat": [link, …]}, "timeout": …}}`.
+                Some("flows4" | "flows4r") => out.flows.extend(elems(s).iter().filter_map(|e| {
+                    let v = e.get("elem").and_then(|x| x.get("val")).unwrap_or(e);
+                    Some(v.get("concat")?.get(0)?.as_str()?.to_string())
+                })),
                 Some("named4" | "named4any") => out.named.extend(elems(s).iter().filter_map(|e| {
                     let v = e.get("elem").and_then(|x| x.get("val")).unwrap_or(e);
                     Some(v.get("concat")?.get(0)?.as_str()?.to_string())
@@ -370,6 +512,7 @@ fn parse_attached(json: &str) -> Result<Attached, String> {
     out.services.sort();
     out.named.sort();
     out.proxied.sort();
+    out.flows.sort();
     Ok(out)
 }
 
@@ -534,6 +677,34 @@ mod tests {
         assert!(
             !s.contains("flush table"),
             "a rewrite must keep the maps' elements"
+        );
+    }
+
+    #[test]
+    fn flow_counters_are_read_back() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"set": {"family": "inet", "name": "flows4", "table": "airlock",
+          "type": ["ifname", "inet_proto", "ipv4_addr", "inet_service"], "flags": ["timeout"], "timeout": 3600,
+          "elem": [{"elem": {"val": {"concat": ["airl0001", "tcp", "1.2.3.4", 22]}, "expires": 3599, "counter": {"packets": 3, "bytes": 180}}},
+                   {"elem": {"val": {"concat": ["airl0002", "udp", "9.9.9.9", 53]}, "expires": 10}}]}}]}"#;
+        let f = parse_flows(json, false).unwrap();
+        assert_eq!(f.len(), 2);
+        assert_eq!(
+            f[0],
+            Flow {
+                link: "airl0001".into(),
+                proto: "tcp".into(),
+                addr: "1.2.3.4".parse().unwrap(),
+                port: 22,
+                reply: false,
+                packets: 3,
+                bytes: 180
+            }
+        );
+        assert_eq!((f[1].proto.as_str(), f[1].bytes), ("udp", 0));
+        let s = forget_flows_script(&f[..1]);
+        assert!(
+            s.contains("delete element inet airlock flows4 { \"airl0001\" . tcp . 1.2.3.4 . 22 }"),
+            "{s}"
         );
     }
 

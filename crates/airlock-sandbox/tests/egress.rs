@@ -473,14 +473,15 @@ async fn matrix(
                 ));
             }
         }
-        // The proxy's connections (audit and block only: open mode's web traffic is not proxied).
+        // Web connections: the proxy's (audit, block), the table's count (open).
         let (allowed, denied, bare) = (
             tcp(report, Some("allowed.test"), 443),
             tcp(report, Some("denied.test"), 443),
             tcp(report, None, 443),
         );
         let want_tcp = match mode {
-            EgressMode::Open => [None, None, None],
+            // Not proxied: counted by the table, named from the answers.
+            EgressMode::Open => [Some(Verdict::Allowed); 3],
             EgressMode::Audit => [
                 Some(Verdict::Allowed),
                 Some(Verdict::Audit),
@@ -498,6 +499,48 @@ async fn matrix(
                 "{mode:?} report tcp allowed/denied/bare: {got_tcp:?}, want {want_tcp:?}: {report:#?}"
             ));
         }
+        // Connections that do not pass the proxy, counted by the table: the allowed name's on
+        // its own port (named from the answer), a bare address, DNS to another resolver.
+        let flow = |name: Option<&str>, addr: String, port: u16, proto: Protocol| {
+            report
+                .destinations
+                .iter()
+                .find(|d| {
+                    d.protocol == proto
+                        && d.port == port
+                        && d.addr.map(|a| a.to_string()) == Some(addr.clone())
+                        && d.name.as_deref() == name
+                })
+                .map(|d| (d.verdict, d.bytes_out > 0, d.bytes_in > 0))
+        };
+        let (v_ok, v_bare) = match mode {
+            EgressMode::Open => (Verdict::Allowed, Verdict::Allowed),
+            EgressMode::Audit => (Verdict::Allowed, Verdict::Audit),
+            EgressMode::Block => (Verdict::Allowed, Verdict::Blocked),
+        };
+        let block = mode == EgressMode::Block;
+        for (what, got, want) in [
+            (
+                "allowed.test:8000",
+                flow(Some("allowed.test"), a.to_string(), 8000, Protocol::Tcp),
+                Some((v_ok, true, true)),
+            ),
+            (
+                "the bare address",
+                flow(None, net.bare.to_string(), 8000, Protocol::Tcp),
+                Some((v_bare, true, !block)),
+            ),
+            (
+                "DNS to the outside",
+                // Named: that address was answered for allowed.test.
+                flow(Some("allowed.test"), a.to_string(), 53, Protocol::Udp),
+                Some((v_bare, true, !block)),
+            ),
+        ] {
+            if got != want {
+                failures.push(format!("{mode:?} flow {what}: {got:?}, want {want:?}"));
+            }
+        }
         // Dropped by the table (a timeout), not refused by a missing listener.
         if !log.contains("NEIGHBOUR-blocked timed out") {
             failures.push(format!("{mode:?}: the neighbour was not dropped"));
@@ -505,7 +548,9 @@ async fn matrix(
         // Audit mode would let a name it does not know through: the proxy stopped it, itself.
         if mode == EgressMode::Audit {
             let to_nb = report.destinations.iter().find(|d| {
-                d.protocol == Protocol::Tcp && d.addr.map(|a| a.to_string()) == Some(nb.clone())
+                d.protocol == Protocol::Tcp
+                    && d.port == 80
+                    && d.addr.map(|a| a.to_string()) == Some(nb.clone())
             });
             if to_nb.map(|d| (d.verdict, d.reason.as_deref()))
                 != Some((Verdict::Blocked, Some("another sandbox")))
@@ -692,5 +737,6 @@ EOF
             !now.proxied.contains(link),
             "{link} in the proxied set: {now:?}"
         );
+        assert!(!now.flows.contains(link), "{link}'s flow counters: {now:?}");
     }
 }

@@ -135,6 +135,12 @@ impl CEnv {
             if table.named.contains(l) {
                 out.push(format!("nft named element {l}"));
             }
+            if table.proxied.contains(l) {
+                out.push(format!("nft proxied element {l}"));
+            }
+            if table.flows.contains(l) {
+                out.push(format!("nft flow counters of {l}"));
+            }
         }
         out
     }
@@ -705,7 +711,8 @@ async fn egress_is_enforced_reported_and_suggested_end_to_end() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        out.contains("\"denied.test\"") && out.contains("\"allowed.test\""),
+        // A name only asked has no port; one connected to (counted by the table) has its.
+        out.contains("\"denied.test\"") && out.contains("\"allowed.test:8000\""),
         "{out}"
     );
     assert!(out.contains("mode = \"block\""), "{out}");
