@@ -154,11 +154,11 @@ fn policy(mode: EgressMode) -> EgressPolicy {
 
 /// The job: each attempt prints `NAME-REACHED <answer>` or `NAME-blocked <why>`. `http` and
 /// `https` connect to `host`'s address (or `ip`) and ask for `name` (`Host`, SNI; none: no SNI).
-fn script(net: &Net, resolver_port: u16, neighbour: &str) -> String {
+fn script(net: &Net, resolver_port: u16, neighbour: &str, api_port: u16) -> String {
     let a = net.inet.addr;
     format!(
         r#"exec python3 - <<'EOF'
-import socket, ssl, struct
+import socket, ssl, struct, threading
 def connect(label, host, port, ip):
     try:
         ip = ip or socket.gethostbyname(host)
@@ -209,30 +209,37 @@ def dns(label, server, port, name):
         print(label + "-blocked", e, flush=True)
 gw = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
 print("NAMESERVER", gw, flush=True)
-http("ALLOWED", "allowed.test", 8000)
-http("WILDCARD", "www.cdn.test", 8000)
-http("DENIED", "denied.test", 8000)
-http("BADPORT", "allowed.test", 8001)
-http("BARE", "{bare}", 8000)
-http("METADATA", "meta.test", 80)
-http("PRIVATE", "lan.test", 80)
-dns("OUTSIDEDNS", "{a}", 53, "allowed.test")
-dns("RESOLVERPORT", gw, {resolver_port}, "allowed.test")
-http("HOSTWEB", gw, 80)
-http("WEB80", "allowed.test", 80)
-https("WEB443", "allowed.test")
-https("SNIDENIED", "-", ip="{denied}", name="denied.test")
-http("HOSTDENIED", "allowed.test", 80, name="denied.test")
-https("SNIFORGED", "-", ip="{bare}", name="allowed.test")
-http("HOSTFORGED", "-", 80, ip="{bare}", name="allowed.test")
-https("NOSNI", "-", ip="{bare}", name=None)
-http("METAWEB", "-", 80, ip="169.254.169.254", name="meta.test")
-http("NEIGHBOUR", "-", 8080, ip="{neighbour}")
-http("NEIGHBOURWEB", "-", 80, ip="{neighbour}", name="nb.test")
+ts = []
+def go(f, *a, **k):
+    t = threading.Thread(target=f, args=a, kwargs=k); t.start(); ts.append(t)
+go(http, "ALLOWED", "allowed.test", 8000)
+go(http, "WILDCARD", "www.cdn.test", 8000)
+go(http, "DENIED", "denied.test", 8000)
+go(http, "BADPORT", "allowed.test", 8001)
+go(http, "BARE", "{bare}", 8000)
+go(http, "METADATA", "meta.test", 80)
+go(http, "PRIVATE", "lan.test", 80)
+go(dns, "OUTSIDEDNS", "{a}", 53, "allowed.test")
+go(dns, "RESOLVERPORT", gw, {resolver_port}, "allowed.test")
+go(http, "HOSTWEB", gw, 80)
+go(http, "WEB80", "allowed.test", 80)
+go(https, "WEB443", "allowed.test")
+go(https, "SNIDENIED", "-", ip="{denied}", name="denied.test")
+go(http, "HOSTDENIED", "allowed.test", 80, name="denied.test")
+go(https, "SNIFORGED", "-", ip="{bare}", name="allowed.test")
+go(http, "HOSTFORGED", "-", 80, ip="{bare}", name="allowed.test")
+go(https, "NOSNI", "-", ip="{bare}", name=None)
+go(http, "METAWEB", "-", 80, ip="169.254.169.254", name="meta.test")
+go(http, "NEIGHBOUR", "-", 8080, ip="{neighbour}")
+go(http, "HOSTAPI", gw, {api_port})
+go(http, "HOSTADDR", "-", {api_port}, ip="{host_addr}")
+go(http, "NEIGHBOURWEB", "-", 80, ip="{neighbour}", name="nb.test")
+for t in ts: t.join()
 EOF
 "#,
         bare = net.bare,
         denied = net.denied,
+        host_addr = format!("198.18.{}.1", net.slot),
     )
 }
 
@@ -315,6 +322,41 @@ async fn a_microvm_gets_the_same_outcomes_in_each_mode() {
     .await;
     let m = vm_image();
     matrix(&b, &root, &egress, &net, &|id| vm_spec(id, &m, 2)).await;
+
+    // Root in the guest gives itself other addresses: a packet from any but its own goes
+    // nowhere, whatever its policy (the control: the same connection from its own address).
+    let mut s = vm_spec("eg-spoof", &m, 2);
+    s.pool = "pool-spoof".into();
+    let job = format!(
+        r#"me=$(ip -4 -o addr show eth0 | awk '{{print $4}}' | cut -d/ -f1)
+sudo ip addr add 10.99.0.7/32 dev eth0
+sudo ip addr add 198.18.{VM_SLOT}.77/32 dev eth0
+exec python3 - "$me" <<'EOF'
+import socket, sys
+for label, src in [("OWN", sys.argv[1]), ("FOREIGN", "10.99.0.7"), ("OUTSIDE", "198.18.{VM_SLOT}.77")]:
+    s = socket.socket(); s.settimeout(3)
+    try:
+        s.bind((src, 0)); s.connect(("{a}", 8000)); print(label + "-REACHED", flush=True)
+    except Exception as e:
+        print(label + "-blocked", e, flush=True)
+EOF
+"#,
+        a = net.inet.addr
+    );
+    b.create(&s).await.unwrap();
+    b.start(&s, &Secret::new(job)).await.unwrap();
+    let code = wait_exit(&b, "eg-spoof", Duration::from_secs(90)).await;
+    let log = std::fs::read_to_string(root.join("eg-spoof").join("runner.log")).unwrap_or_default();
+    b.destroy("eg-spoof").await.unwrap();
+    egress.forget("eg-spoof").unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("OWN-REACHED"), "the control: {log}");
+    for spoofed in ["FOREIGN", "OUTSIDE"] {
+        assert!(
+            log.contains(&format!("{spoofed}-blocked timed out")),
+            "{spoofed}: {log}"
+        );
+    }
     assert!(airlock_sandbox::microvm::remnants(&root).is_empty());
 }
 
@@ -368,6 +410,10 @@ async fn matrix(
         .split_whitespace()
         .find_map(|w| w.strip_suffix("/30").map(str::to_string))
         .expect("the neighbour's address");
+    // A port on the host standing for airlock's own API (every address): never reached, on the
+    // gateway or another of the host's addresses.
+    let api = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let api_port = api.local_addr().unwrap().port();
     // (label, open, audit, block)
     let want: &[(&str, [&str; 3])] = &[
         ("ALLOWED", ["reached", "reached", "reached"]),
@@ -390,6 +436,8 @@ async fn matrix(
         ("METAWEB", ["blocked", "blocked", "blocked"]),
         ("NEIGHBOUR", ["blocked", "blocked", "blocked"]),
         ("NEIGHBOURWEB", ["blocked", "blocked", "blocked"]),
+        ("HOSTAPI", ["blocked", "blocked", "blocked"]),
+        ("HOSTADDR", ["blocked", "blocked", "blocked"]),
     ];
     for (i, mode) in [EgressMode::Open, EgressMode::Audit, EgressMode::Block]
         .into_iter()
@@ -400,7 +448,7 @@ async fn matrix(
         s.egress = policy(mode);
         s.pool = "pool-a".into();
         b.create(&s).await.unwrap();
-        b.start(&s, &Secret::new(script(net, egress.port(), &nb)))
+        b.start(&s, &Secret::new(script(net, egress.port(), &nb, api_port)))
             .await
             .unwrap();
         let code = wait_exit(b, &id, Duration::from_secs(90)).await;
