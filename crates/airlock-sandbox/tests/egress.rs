@@ -232,14 +232,14 @@ go(https, "NOSNI", "-", ip="{bare}", name=None)
 go(http, "METAWEB", "-", 80, ip="169.254.169.254", name="meta.test")
 go(http, "NEIGHBOUR", "-", 8080, ip="{neighbour}")
 go(http, "HOSTAPI", gw, {api_port})
-go(http, "HOSTADDR", "-", {api_port}, ip="{host_addr}")
+go(http, "HOSTADDR", "-", {api_port}, ip="198.18.{slot}.1")
 go(http, "NEIGHBOURWEB", "-", 80, ip="{neighbour}", name="nb.test")
 for t in ts: t.join()
 EOF
 "#,
         bare = net.bare,
         denied = net.denied,
-        host_addr = format!("198.18.{}.1", net.slot),
+        slot = net.slot,
     )
 }
 
