@@ -1,4 +1,5 @@
-//! Egress policy with real traffic from inside a container sandbox and a microVM: "the internet" is a network
+//! Egress policy with real traffic from inside a container sandbox (runc or crun, and gVisor)
+//! and a microVM: "the internet" is a network
 //! namespace with HTTP servers on several addresses and a name server for the test's names,
 //! reached through the same NAT as real traffic; airlock's resolver (`airlock-egress`) runs on
 //! the host with the real nftables table, its proxy taking the web traffic of audit and block
@@ -23,8 +24,10 @@ use airlock_sandbox::{Backend, Limits, Secret};
 use common::*;
 
 const SLOT: u8 = 13;
-/// The microVM's matrix (its own internet and subnet: the two tests may run at once).
+/// The microVM's and gVisor's matrices (each its own internet and subnet: the tests may run
+/// at once).
 const VM_SLOT: u8 = 49;
+const GVISOR_SLOT: u8 = 50;
 
 /// Makes a socket inside network namespace `ns`.
 fn in_ns<T: Send + 'static>(
@@ -299,6 +302,29 @@ async fn each_mode_lets_through_what_it_should_and_reports_it() {
     let m = shell_image();
     matrix(&b, &root, &egress, &net, &|id| {
         spec(id, &m, Limits::default())
+    })
+    .await;
+}
+
+/// The same jobs under gVisor: its own network stack sends through the same link and rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gvisor_container_gets_the_same_outcomes_in_each_mode() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let _reaper = Reaper(root.clone());
+    let net = Net::start(GVISOR_SLOT);
+    let mut ec = EgressConfig::new(t.path().join("egress"));
+    ec.upstreams = vec![net.dns];
+    let egress = Egress::start(ec).await.unwrap();
+    let e2 = egress.clone();
+    let b = backend_configured(&root, GVISOR_SLOT, Rt::Runsc, Duration::ZERO, move |c| {
+        c.egress = Some(e2)
+    })
+    .await;
+    let m = shell_image();
+    matrix(&b, &root, &egress, &net, &|id| {
+        spec_on(id, &m, Limits::default(), Rt::Runsc)
     })
     .await;
 }
