@@ -20,6 +20,7 @@
 
 mod flows;
 pub mod proxy;
+pub mod relay;
 pub mod resolver;
 pub mod session;
 #[cfg(feature = "test-util")]
@@ -32,7 +33,7 @@ pub use session::{Destination, Protocol, Report, Session, Verdict};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -116,6 +117,9 @@ pub struct EgressConfig {
     /// the redirect), or one address in tests.
     pub bind: IpAddr,
     pub table: Arc<dyn Table>,
+    /// The most relay threads proxied connections use at once, two a connection (`relay`);
+    /// connections beyond them are spliced on the runtime. 0: all on the runtime.
+    pub relay_threads: usize,
 }
 
 impl EgressConfig {
@@ -125,6 +129,7 @@ impl EgressConfig {
             upstreams: Vec::new(),
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             table: Arc::new(Nft),
+            relay_threads: relay::MAX_THREADS,
         }
     }
 }
@@ -157,6 +162,7 @@ pub(crate) struct Inner {
     blocked: Mutex<BTreeMap<String, u64>>,
     pub(crate) answered: AtomicU64,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    pub(crate) relay_threads: AtomicUsize,
 }
 
 impl Drop for Inner {
@@ -182,6 +188,8 @@ pub(crate) struct Live {
     dirty: AtomicBool,
     /// Set (under `file`'s lock) once detached: its file is no longer rewritten.
     detached: AtomicBool,
+    /// Its proxied connections in flight, landed by its detach.
+    flights: Mutex<relay::Flights>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -248,6 +256,7 @@ impl Egress {
             blocked: Mutex::default(),
             answered: AtomicU64::new(0),
             tasks: Mutex::default(),
+            relay_threads: AtomicUsize::new(cfg.relay_threads),
         });
         let egress = Egress { inner };
         egress.reload()?;
@@ -328,6 +337,7 @@ impl Egress {
             opened_at: Mutex::default(),
             dirty: AtomicBool::new(false),
             detached: AtomicBool::new(false),
+            flights: Mutex::default(),
         });
         self.inner
             .by_addr
@@ -435,6 +445,8 @@ impl Egress {
             }
             return Err(e.into());
         }
+        // Its proxied connections end with it, counted in its report.
+        relay::land_all(&self.inner, &live);
         let f = {
             let f = lock(&live.file);
             live.detached.store(true, Ordering::Release);
@@ -454,6 +466,11 @@ impl Egress {
             Err(e) => return Err(err(format!("removing {}: {e}", p.display()))),
         }
         Ok(Some(f.report))
+    }
+
+    /// Changes [`EgressConfig::relay_threads`] for connections from now on.
+    pub fn set_relay_threads(&self, n: usize) {
+        self.inner.relay_threads.store(n, Ordering::Relaxed);
     }
 
     /// A running sandbox's report so far.

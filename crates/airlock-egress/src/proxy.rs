@@ -17,11 +17,10 @@
 //!   host, so it checks what the forward chain would have.
 //!
 //! Each connection is one `tcp` destination in the session's report, with the bytes each way.
-//! Nothing of a request but the name goes into a report (no path, no header).
+//! Nothing of a request but the name goes into a report (no path, no header). Once let
+//! through, a connection's bytes are moved by the kernel (`relay`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,8 +37,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const HEAD_MAX: usize = 64 * 1024;
 /// How long connecting to the destination may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Each direction's pipe, and the most one `splice` moves.
-const BUF: usize = 1024 * 1024;
 
 /// What the first bytes of a connection say it is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -499,8 +496,16 @@ pub(crate) async fn serve(
     }
     // Seen now (a long download shows in the report while it runs); its bytes at the end.
     record(&inner, &live, plan.clone(), start, 0, 0);
-    let (out, inn) = pump(conn, up, buf.split_off(head.min(buf.len()))).await;
-    inner.record(&live, destination(plan, start, out, inn, 0));
+    let first = buf.split_off(head.min(buf.len()));
+    crate::relay::relay(
+        &inner,
+        &live,
+        conn,
+        up,
+        first,
+        destination(plan, start, 0, 0, 0),
+    )
+    .await;
 }
 
 type Failed = (String, &'static [u8]);
@@ -641,75 +646,6 @@ fn destination(p: Plan, start: i64, out: u64, inn: u64, count: u64) -> Destinati
 
 fn record(inner: &Inner, live: &Live, p: Plan, start: i64, out: u64, inn: u64) {
     inner.record(live, destination(p, start, out, inn, 1));
-}
-
-/// Copies both ways until both are done, `first` (bytes already read from the client) ahead of
-/// the rest; the bytes each way (client to destination, back), counted even when a side fails.
-/// The kernel moves the bytes (`splice` through a pipe per direction): they never enter the
-/// daemon's memory, and a download through the proxy costs little more CPU than one without.
-async fn pump(client: TcpStream, mut up: TcpStream, first: Vec<u8>) -> (u64, u64) {
-    if up.write_all(&first).await.is_err() {
-        return (0, 0);
-    }
-    let out = AtomicU64::new(first.len() as u64);
-    let inn = AtomicU64::new(0);
-    let up_dir = async {
-        if let Err(e) = splice_all(&client, &up, &out).await {
-            tracing::debug!(error = %e, "a proxied connection, client to destination");
-        }
-        let _ = nix::sys::socket::shutdown(up.as_raw_fd(), nix::sys::socket::Shutdown::Write);
-    };
-    let down_dir = async {
-        if let Err(e) = splice_all(&up, &client, &inn).await {
-            tracing::debug!(error = %e, "a proxied connection, destination to client");
-        }
-        let _ = nix::sys::socket::shutdown(client.as_raw_fd(), nix::sys::socket::Shutdown::Write);
-    };
-    tokio::join!(up_dir, down_dir);
-    (out.into_inner(), inn.into_inner())
-}
-
-/// Moves what `from` sends to `to` until `from` ends (or either fails), adding to `n`.
-async fn splice_all(from: &TcpStream, to: &TcpStream, n: &AtomicU64) -> std::io::Result<()> {
-    use nix::fcntl::{splice, OFlag, SpliceFFlags};
-    use tokio::io::Interest;
-    let (pr, pw) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-    // A bigger pipe moves more a call (1 MiB is the unprivileged maximum by default).
-    let _ = nix::fcntl::fcntl(
-        pw.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETPIPE_SZ(BUF as i32),
-    );
-    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-    loop {
-        let got = loop {
-            from.readable().await?;
-            match from.try_io(Interest::READABLE, || {
-                splice(from, None, &pw, None, BUF, flags).map_err(std::io::Error::from)
-            }) {
-                Ok(k) => break k,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        };
-        if got == 0 {
-            return Ok(());
-        }
-        let mut left = got;
-        while left > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || {
-                splice(&pr, None, to, None, left, flags).map_err(std::io::Error::from)
-            }) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(k) => {
-                    left -= k;
-                    n.fetch_add(k as u64, Ordering::Relaxed);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -4,24 +4,29 @@
 //! (both through airlock's resolver; block mode adds its chain and, at the job's first question,
 //! one nftables transaction opening the answer).
 //!
-//!
 //! Then the egress proxy's throughput: a download of AIRLOCK_BENCH_DOWNLOAD_MIB (default 1024)
-//! over HTTP from "the internet" by a job in a block-mode sandbox (through the proxy) against
-//! the same download by a job in an open one (straight through NAT), interleaved, three each;
-//! the job times its own download.
+//! over HTTP from "the internet" by a job in a block-mode sandbox (through the proxy, its
+//! relay threads splicing, and again with the splicing on the runtime) against the same
+//! download by a job in an open one (straight through NAT), interleaved, AIRLOCK_BENCH_DOWNLOADS
+//! (default 9) each; the job times its own download, and the CPU time all CPUs spent during it
+//! (and the hypervisor's steal) comes from /proc/stat.
 //!
-//! `sudo cargo bench -p airlock-sandbox --bench egress` (AIRLOCK_BENCH_SANDBOXES, default 30).
+//! `sudo cargo bench -p airlock-sandbox --bench egress` (AIRLOCK_BENCH_SANDBOXES, default 30;
+//! 0 measures only the downloads).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use airlock_core::egress::{Allow, EgressMode, EgressPolicy};
 use airlock_egress::testdns::TestDns;
 use airlock_egress::testweb::TestWeb;
 use airlock_egress::{Egress, EgressConfig};
+use airlock_image::Manifest;
+use airlock_sandbox::container::ContainerBackend;
 use airlock_sandbox::{Backend, Limits, Secret};
 
 const SLOT: u8 = 14;
@@ -80,7 +85,7 @@ async fn main() {
         )
     };
     let (mut open, mut block) = (Vec::new(), Vec::new());
-    for i in 0..n + 2 {
+    for i in 0..if n == 0 { 0 } else { n + 2 } {
         for mode in [EgressMode::Open, EgressMode::Block] {
             let id = format!("eb{}{i}", &mode.as_str()[..1]);
             let mut s = common::spec(&id, &m, Limits::default());
@@ -116,8 +121,15 @@ async fn main() {
             }
         }
     }
-    let (op50, op95) = (common::pct(&mut open, 0.5), common::pct(&mut open, 0.95));
-    let (bp50, bp95) = (common::pct(&mut block, 0.5), common::pct(&mut block, 0.95));
+    if n > 0 {
+        start_report(n, &mut open, &mut block);
+    }
+    download(&b, &egress, &root, &m, policy).await;
+}
+
+fn start_report(n: usize, open: &mut [f64], block: &mut [f64]) {
+    let (op50, op95) = (common::pct(open, 0.5), common::pct(open, 0.95));
+    let (bp50, bp95) = (common::pct(block, 0.5), common::pct(block, 0.95));
     println!(
         "container create -> start -> first connection by name, {n} sandboxes each, interleaved:"
     );
@@ -127,7 +139,29 @@ async fn main() {
         (bp50 / op50 - 1.0) * 100.0,
         (bp95 / op95 - 1.0) * 100.0
     );
+}
 
+/// How the bytes of one download went.
+#[derive(Clone, Copy, PartialEq)]
+enum Way {
+    /// `mode = "open"`: straight through NAT (the baseline).
+    Direct,
+    /// `mode = "block"`, through the proxy, its relay threads splicing.
+    Threads,
+    /// The same, splicing on the async runtime (`relay_threads = 0`).
+    Runtime,
+}
+
+/// Downloads through the proxy (block mode) against the same with no proxy (open mode),
+/// interleaved, with what each cost the machine's CPUs.
+async fn download(
+    b: &ContainerBackend,
+    egress: &Egress,
+    root: &Path,
+    m: &Manifest,
+    policy: impl Fn(EgressMode) -> EgressPolicy,
+) {
+    let rounds = common::env_n("AIRLOCK_BENCH_DOWNLOADS", 9);
     let mib = common::env_n("AIRLOCK_BENCH_DOWNLOAD_MIB", 1024) as u64;
     let bytes = mib << 20;
     let download = format!(
@@ -145,15 +179,27 @@ print("downloaded", n, time.monotonic() - t, flush=True)
 EOF
 "#
     );
-    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
-    for i in 0..3 {
-        for mode in [EgressMode::Open, EgressMode::Block] {
-            let id = format!("ed{}{i}", &mode.as_str()[..1]);
-            let mut s = common::spec(&id, &m, Limits::default());
+    let ways = [Way::Direct, Way::Threads, Way::Runtime];
+    // Per way: MiB/s, CPU seconds per GiB (all CPUs), steal share.
+    let mut got: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); 3];
+    for i in 0..rounds {
+        for (w, way) in ways.iter().enumerate() {
+            let mode = match way {
+                Way::Direct => EgressMode::Open,
+                _ => EgressMode::Block,
+            };
+            egress.set_relay_threads(match way {
+                Way::Runtime => 0,
+                _ => airlock_egress::relay::MAX_THREADS,
+            });
+            let id = format!("ed{w}{i}");
+            let mut s = common::spec(&id, m, Limits::default());
             s.egress = policy(mode);
             b.create(&s).await.unwrap();
+            let cpu0 = Cpu::now();
             b.start(&s, &Secret::new(download.clone())).await.unwrap();
-            let code = common::wait_exit(&b, &id, Duration::from_secs(600)).await;
+            let code = common::wait_exit(b, &id, Duration::from_secs(600)).await;
+            let cpu = Cpu::now().since(&cpu0);
             let log =
                 std::fs::read_to_string(root.join(&id).join("runner.log")).unwrap_or_default();
             let report = egress.report(&id);
@@ -163,10 +209,9 @@ EOF
                 .lines()
                 .find_map(|l| l.strip_prefix("downloaded "))
                 .unwrap_or_else(|| panic!("{id}: {log}"));
-            let (got, secs) = line.split_once(' ').unwrap();
+            let (n, secs) = line.split_once(' ').unwrap();
             // The body and the head of the answer.
-            assert!(got.parse::<u64>().unwrap() > bytes, "{id}: {line}");
-            let mib_s = mib as f64 / secs.parse::<f64>().unwrap();
+            assert!(n.parse::<u64>().unwrap() > bytes, "{id}: {line}");
             if mode == EgressMode::Block {
                 // It went through the proxy, which counted it.
                 let r = report.unwrap();
@@ -176,20 +221,87 @@ EOF
                     .find(|d| d.protocol == airlock_egress::Protocol::Tcp)
                     .unwrap_or_else(|| panic!("no proxied connection in {r:?}"));
                 assert!(d.bytes_in > bytes, "{d:?}");
-                proxied.push(mib_s);
-            } else {
-                direct.push(mib_s);
             }
+            let g = &mut got[w];
+            g.0.push(mib as f64 / secs.parse::<f64>().unwrap());
+            g.1.push(cpu.busy / mib as f64 * 1024.0);
+            g.2.push(cpu.steal_share());
         }
     }
-    let (d50, p50) = (
-        common::pct(&mut direct, 0.5),
-        common::pct(&mut proxied, 0.5),
+    assert_eq!(
+        airlock_egress::relay::threads(),
+        0,
+        "relay threads left running"
     );
-    println!("download of {mib} MiB over HTTP by a job, 3 each, interleaved (median):");
-    println!("  mode = \"open\"  (no proxy, baseline): {d50:.0} MiB/s");
-    println!(
-        "  mode = \"block\" (through the proxy):   {p50:.0} MiB/s  (ratio {:.2})",
-        p50 / d50
-    );
+    let med: Vec<(f64, f64, f64)> = got
+        .iter_mut()
+        .map(|g| {
+            (
+                common::pct(&mut g.0, 0.5),
+                common::pct(&mut g.1, 0.5),
+                common::pct(&mut g.2, 0.5),
+            )
+        })
+        .collect();
+    println!("download of {mib} MiB over HTTP by a job, {rounds} each, interleaved (medians):");
+    let names = [
+        "mode = \"open\"  (no proxy, baseline)    ",
+        "mode = \"block\" (proxy, relay threads)  ",
+        "mode = \"block\" (proxy, on the runtime) ",
+    ];
+    for (w, (rate, cpu, steal)) in med.iter().enumerate() {
+        let ratio = match w {
+            0 => String::new(),
+            _ => format!("  ratio {:.2}", rate / med[0].0),
+        };
+        println!(
+            "  {}{rate:5.0} MiB/s{ratio}  CPU {cpu:.2} s/GiB  steal {:.0}%",
+            names[w],
+            steal * 100.0
+        );
+    }
+}
+
+/// The machine's CPU time so far (`/proc/stat`, all CPUs), in seconds.
+struct Cpu {
+    busy: f64,
+    steal: f64,
+    all: f64,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap();
+        let f: Vec<f64> = stat
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse::<f64>().unwrap() / 100.0)
+            .collect();
+        // user nice system idle iowait irq softirq steal
+        Cpu {
+            busy: f[0] + f[1] + f[2] + f[5] + f[6],
+            steal: f[7],
+            all: f[..8].iter().sum(),
+        }
+    }
+
+    fn since(&self, then: &Cpu) -> Cpu {
+        Cpu {
+            busy: self.busy - then.busy,
+            steal: self.steal - then.steal,
+            all: self.all - then.all,
+        }
+    }
+
+    /// The share of the time the hypervisor gave these CPUs to someone else.
+    fn steal_share(&self) -> f64 {
+        if self.all > 0.0 {
+            self.steal / self.all
+        } else {
+            0.0
+        }
+    }
 }

@@ -814,3 +814,132 @@ EOF
         assert!(!now.flows.contains(link), "{link}'s flow counters: {now:?}");
     }
 }
+
+/// The address slot of the test below.
+const LAND_SLOT: u8 = 16;
+
+/// A sandbox detached while its proxied connections are open (its job still holding them, as a
+/// killed microVM's vanished TCP stack would) takes them with it: both sides are closed at once
+/// (nothing lingers on the host until TCP gives up), the bytes moved so far are in its final
+/// report, and no relay thread is left. Once with relay threads and once with the splicing on
+/// the runtime (what connections beyond the threads get).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroyed_sandbox_ends_its_proxied_connections_and_counts_them() {
+    use std::io::{Read as _, Write as _};
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("containers");
+    let _reaper = Reaper(root.clone());
+    let inet = Internet::start(LAND_SLOT);
+    let dns_at = SocketAddr::from((inet.addr, 53));
+    let (udp, dns_tcp) = in_ns(&inet.ns, move || {
+        Ok((
+            std::net::UdpSocket::bind(dns_at)?,
+            std::net::TcpListener::bind(dns_at)?,
+        ))
+    });
+    let _dns = TestDns::serve(udp, dns_tcp, &[("hold.test", inet.addr)]).unwrap();
+    // A server that sends 3 MiB and then holds the connection, telling when it ends.
+    let web = in_ns(&inet.ns, || std::net::TcpListener::bind("0.0.0.0:80"));
+    let (ended_tx, ended) = std::sync::mpsc::channel::<std::time::Instant>();
+    std::thread::spawn(move || {
+        for c in web.incoming().flatten() {
+            let ended_tx = ended_tx.clone();
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut head = [0u8; 1024];
+                let _ = c.read(&mut head);
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+                let _ = c.write_all(&vec![b'x'; 3 << 20]);
+                // Nothing more: the sandbox's side ends this connection, or nothing does.
+                let mut rest = [0u8; 64];
+                while matches!(c.read(&mut rest), Ok(n) if n > 0) {}
+                let _ = ended_tx.send(std::time::Instant::now());
+            });
+        }
+    });
+    let mut ec = EgressConfig::new(t.path().join("egress"));
+    ec.upstreams = vec![dns_at];
+    let egress = Egress::start(ec).await.unwrap();
+    let e2 = egress.clone();
+    let b = backend_configured(&root, LAND_SLOT, Rt::Default, Duration::ZERO, move |c| {
+        c.egress = Some(e2)
+    })
+    .await;
+    let m = shell_image();
+    // The job reads what comes and never closes.
+    let job = "exec python3 -c '\nimport socket\n\
+               s=socket.create_connection((\"hold.test\", 80), 5)\n\
+               s.settimeout(60)\n\
+               s.sendall(b\"GET / HTTP/1.1\\r\\nHost: hold.test\\r\\n\\r\\n\")\n\
+               n=0\n\
+               while n < (3 << 20):\n  n += len(s.recv(1 << 20))\n\
+               print(\"got\", n, flush=True)\n\
+               print(\"closed\" if s.recv(64) == b\"\" else \"more\", flush=True)\n\
+               import time\ntime.sleep(3600)\n'";
+    for (threads, id) in [(airlock_egress::relay::MAX_THREADS, "eg-land-t"), (0, "eg-land-r")] {
+        egress.set_relay_threads(threads);
+        let mut s = spec(id, &m, Limits::default());
+        s.egress = EgressPolicy {
+            proxy: None,
+            mode: EgressMode::Block,
+            allow: vec![Allow::parse("hold.test:80").unwrap()],
+        };
+        b.create(&s).await.unwrap();
+        b.start(&s, &Secret::new(job.into())).await.unwrap();
+        let log = root.join(id).join("runner.log");
+        let t0 = std::time::Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("got")
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{id}: {:?}",
+                std::fs::read_to_string(&log)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The positive control: the connection is open, through the proxy.
+        assert!(ended.try_recv().is_err(), "{id}: the connection ended early");
+        if threads > 0 {
+            assert_eq!(airlock_egress::relay::threads(), 2, "{id}: two relay threads");
+        } else {
+            assert_eq!(airlock_egress::relay::threads(), 0, "{id}: none");
+        }
+        let detached = std::time::Instant::now();
+        egress.detach(id).unwrap().expect("attached");
+        let at = ended
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("{id}: the destination's connection outlived the sandbox"));
+        assert!(at >= detached, "{id}");
+        // And the job's side.
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("closed")
+        {
+            assert!(
+                detached.elapsed() < Duration::from_secs(5),
+                "{id}: the job's connection stayed open: {:?}",
+                std::fs::read_to_string(&log)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        b.destroy(id).await.unwrap();
+        let done = egress.finished();
+        let (_, report) = done
+            .iter()
+            .find(|(s, _)| s.id == id)
+            .unwrap_or_else(|| panic!("no finished report for {id}: {done:?}"));
+        let (v, out, inn) = tcp(report, Some("hold.test"), 80).expect("the connection reported");
+        assert_eq!(v, Verdict::Allowed, "{id}");
+        assert!(out > 30, "{id}: the request counted: {out}");
+        assert!(inn >= 3 << 20, "{id}: the answer counted: {inn}");
+        // Relay threads end with their connection.
+        let t1 = std::time::Instant::now();
+        while airlock_egress::relay::threads() > 0 {
+            assert!(t1.elapsed() < Duration::from_secs(2), "{id}: relay threads left");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
