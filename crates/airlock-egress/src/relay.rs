@@ -70,14 +70,18 @@ impl Flight {
         }
     }
 
-    /// Records its destination with the bytes so far, unless that was done.
+    /// Records its destination with the bytes so far, unless that was done. The lock is held
+    /// until the record is in the session's file: a detach that finds this flight waits for it
+    /// (and then finds it recorded) before it takes the file as final.
     fn record(&self, inner: &Inner, live: &Live) {
-        if let Some(mut d) = lock(&self.unrecorded).take() {
+        let mut unrecorded = lock(&self.unrecorded);
+        if let Some(mut d) = unrecorded.take() {
             d.bytes_out = self.out.load(Ordering::Relaxed);
             d.bytes_in = self.inn.load(Ordering::Relaxed);
             d.last_ms = now_ms();
             inner.record(live, d);
         }
+        drop(unrecorded);
     }
 }
 
@@ -116,8 +120,11 @@ pub(crate) async fn relay(
     d: Destination,
 ) {
     if up.write_all(&first).await.is_err() {
+        inner.record(live, d);
         return;
     }
+    keepalive(&client);
+    keepalive(&up);
     let threads = reserve(inner.relay_threads.load(Ordering::Relaxed));
     let ends = match threads {
         true => match (client.into_std(), up.into_std()) {
@@ -128,6 +135,9 @@ pub(crate) async fn relay(
             }
             _ => {
                 release(2);
+                let mut d = d;
+                d.bytes_out = first.len() as u64;
+                inner.record(live, d);
                 return;
             }
         },
@@ -158,8 +168,22 @@ pub(crate) async fn relay(
     } else {
         on_runtime(&flight).await;
     }
-    lock(&live.flights).on.remove(&id);
+    // Recorded before it leaves the session's flights: a detach in between would otherwise
+    // find neither the flight nor its record.
     flight.record(inner, live);
+    lock(&live.flights).on.remove(&id);
+}
+
+/// A connection whose peer vanished (a microVM killed mid-transfer sends no FIN) ends within
+/// minutes instead of holding its relay threads until the sandbox is detached: keepalive probes
+/// after a minute of silence, and unacknowledged data given up after two.
+fn keepalive(s: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(s, sockopt::KeepAlive, &true);
+    let _ = setsockopt(s, sockopt::TcpKeepIdle, &60);
+    let _ = setsockopt(s, sockopt::TcpKeepInterval, &15);
+    let _ = setsockopt(s, sockopt::TcpKeepCount, &4);
+    let _ = setsockopt(s, sockopt::TcpUserTimeout, &120_000);
 }
 
 /// Takes two relay threads when that keeps within `max`.
