@@ -3,7 +3,7 @@
 //! The kernel moves them: each direction is `splice(2)`d from one socket into a pipe and from
 //! the pipe into the other, so the bytes never enter the daemon's memory. Each direction gets a
 //! relay thread making blocking calls: a socket wakes its thread directly, with no readiness
-//! event, runtime wake-up or second `splice` attempt in between (measured 6–9 % more throughput
+//! event, runtime wake-up or second `splice` attempt in between (a median 8 % more throughput
 //! than the same splicing on the async runtime, `benches/egress.rs`). At most
 //! `EgressConfig::relay_threads` relay threads run (default [`MAX_THREADS`]); connections
 //! beyond them are spliced on the runtime instead.
