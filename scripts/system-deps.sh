@@ -3,7 +3,7 @@
 # drive, when they are missing: an OCI runtime (runc; crun too, which the probe tries first;
 # runsc, gVisor's, for pools with runtime = "runsc" and the tests that run each escape under it),
 # mmdebstrap, nftables, iproute2, util-linux's nsenter and setpriv, QEMU (qemu-system-x86,
-# qemu-utils), e2fsprogs (mkfs.ext4 for VM disks) and lz4 (a Firecracker vmlinux out of a
+# qemu-utils), e2fsprogs (mkfs.ext4 for VM disks and container disk caps) and lz4 (a Firecracker vmlinux out of a
 # Debian bzImage, in the driver tests). Needs root and apt-get.
 #   scripts/system-deps.sh          install, or fail when not root
 #   scripts/system-deps.sh --try    install when root; otherwise say what is missing and go on

@@ -158,6 +158,9 @@ pub struct PoolConfig {
     pub memory_mib: Option<u64>,
     pub pids_max: Option<i64>,
     pub io_weight: Option<u16>,
+    /// The cap on what one sandbox may write, in GiB (container and microVM pools; `None` for
+    /// the process backend, which has no cap). Default `microvm::DEFAULT_DISK_GIB`.
+    pub disk_gib: Option<u32>,
     pub min_idle: u32,
     pub max_runners: u32,
     /// JIT configs kept ready for this pool (registrations at GitHub that no runner uses yet), so

@@ -37,6 +37,7 @@ pub struct MicrovmPool {
 }
 
 pub const DEFAULT_UID_BASE: u32 = 200_000;
+/// A sandbox's disk cap when its pool sets no `disk_gib` (containers and microVMs alike).
 pub const DEFAULT_DISK_GIB: u32 = 10;
 /// Guest RAM when a microVM pool sets no `memory_mib`.
 pub const DEFAULT_MEMORY_MIB: u64 = 2048;
@@ -93,8 +94,15 @@ pub(crate) fn settings(w: &mut Walker<'_>, root: &mut Table) -> MicrovmSettings 
     }
 }
 
-/// `sec` is the pool's section (`pool[2]`); `t` its table, from which `microvm` is taken.
-pub(crate) fn pool(w: &mut Walker<'_>, t: &mut Table, sec: &str) -> MicrovmPool {
+/// `sec` is the pool's section (`pool[2]`); `t` its table, from which `microvm` is taken;
+/// `pool_disk` the pool's own `disk_gib`, which `[pool.microvm] disk_gib` may repeat but not
+/// contradict.
+pub(crate) fn pool(
+    w: &mut Walker<'_>,
+    t: &mut Table,
+    sec: &str,
+    pool_disk: Option<u32>,
+) -> MicrovmPool {
     let key = format!("{sec}.microvm");
     let mut m = match t.remove("microvm") {
         None => Table::new(),
@@ -154,12 +162,19 @@ pub(crate) fn pool(w: &mut Walker<'_>, t: &mut Table, sec: &str) -> MicrovmPool 
         }
         other => other,
     };
-    let disk_gib = w
-        .take::<u32>(&mut m, &key, "disk_gib", "a whole number of GiB")
-        .unwrap_or(DEFAULT_DISK_GIB);
-    if !(1..=16384).contains(&disk_gib) {
+    let own = w.take::<u32>(&mut m, &key, "disk_gib", "a whole number of GiB");
+    if own.is_some_and(|d| !(1..=16384).contains(&d)) {
         w.error(&format!("{key}.disk_gib"), "must be from 1 to 16384");
     }
+    if let (Some(a), Some(b)) = (own, pool_disk) {
+        if a != b {
+            w.error(
+                &format!("{key}.disk_gib"),
+                format!("{a} contradicts {sec}.disk_gib = {b}: set one of them"),
+            );
+        }
+    }
+    let disk_gib = own.or(pool_disk).unwrap_or(DEFAULT_DISK_GIB);
     w.unknown(m, &key, POOL_KEYS);
     MicrovmPool {
         driver,

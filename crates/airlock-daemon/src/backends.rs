@@ -355,6 +355,7 @@ impl Backends {
                     io_weight: pool.io_weight,
                 },
                 runtime: pool.runtime.clone(),
+                disk_gib: pool.disk_gib,
             });
         }
         Ok(spec)

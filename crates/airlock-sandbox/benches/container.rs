@@ -6,7 +6,10 @@
 //! beside a bare mmdebstrap. The same sandbox measurements then run under gVisor's runsc (beside a
 //! bare `runsc run` of the same bundle), and the runsc/default ratios are printed. Sizes:
 //! AIRLOCK_BENCH_SANDBOXES (default 100), AIRLOCK_BENCH_IDLE (default 50), AIRLOCK_BENCH_IMAGE=0
-//! to skip the image build, AIRLOCK_BENCH_RUNSC=0 to skip runsc.
+//! to skip the image build, AIRLOCK_BENCH_RUNSC=0 to skip runsc. The disk cap's cost: sandbox
+//! ready times with a 10 GiB cap (a sparse ext4 on a loop device as the overlay's upper layer,
+//! as every daemon's container pool has by default) and without one (a directory), interleaved,
+//! AIRLOCK_BENCH_DISK (default 60) of each; AIRLOCK_BENCH_DISK_ONLY=1 runs only that.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -70,6 +73,87 @@ struct Measured {
     cycle: (f64, f64),
     mem_host: f64,
     mem_cgroup: f64,
+}
+
+/// Ready time (create -> the runner ran inside) and teardown of one sandbox with `cap` GiB of
+/// disk, or none.
+async fn ready_with_cap(
+    b: &ContainerBackend,
+    root: &Path,
+    m: &Manifest,
+    id: &str,
+    cap: Option<u32>,
+) -> (f64, f64) {
+    let mut s = common::spec(id, m, Limits::default());
+    if let airlock_sandbox::BackendSpec::Container(c) = &mut s.backend {
+        c.disk_gib = cap;
+    }
+    let upper = if cap.is_some() {
+        "layer/upper"
+    } else {
+        "upper"
+    };
+    let marker = root.join(id).join(upper).join("home/runner/ready");
+    let t0 = Instant::now();
+    b.create(&s).await.unwrap();
+    b.start(&s, &Secret::new(": > /home/runner/ready; exit 0".into()))
+        .await
+        .unwrap();
+    while !marker.exists() {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let ready = t0.elapsed().as_secs_f64() * 1e3;
+    loop {
+        if let SandboxStatus::Exited(_) = b.status(id).await.unwrap() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let t1 = Instant::now();
+    b.destroy(id).await.unwrap();
+    (ready, t1.elapsed().as_secs_f64() * 1e3)
+}
+
+/// The disk cap's cost to start and teardown: capped and uncapped sandboxes interleaved.
+async fn disk_cap_cost(b: &ContainerBackend, root: &Path, m: &Manifest, n: usize) {
+    let (mut off, mut on, mut off_down, mut on_down) = (vec![], vec![], vec![], vec![]);
+    for i in 0..3 {
+        ready_with_cap(b, root, m, &format!("dwarm{i}"), Some(10)).await;
+    }
+    for i in 0..n {
+        let (r, d) = ready_with_cap(b, root, m, &format!("doff{i}"), None).await;
+        off.push(r);
+        off_down.push(d);
+        let (r, d) = ready_with_cap(b, root, m, &format!("don{i}"), Some(10)).await;
+        on.push(r);
+        on_down.push(d);
+    }
+    let left = airlock_sandbox::container::remnants(root);
+    assert!(left.is_empty(), "{left:?}");
+    let p = |v: &mut Vec<f64>| (common::pct(v, 0.5), common::pct(v, 0.95));
+    let (off, on, off_down, on_down) = (p(&mut off), p(&mut on), p(&mut off_down), p(&mut on_down));
+    println!("== disk cap, {n} sandboxes each, interleaved (default runtime)");
+    println!(
+        "ready, no cap:        p50 {:.1} ms  p95 {:.1} ms",
+        off.0, off.1
+    );
+    println!(
+        "ready, 10 GiB cap:    p50 {:.1} ms  p95 {:.1} ms  (+{:.1} ms p50, {:.2}x)",
+        on.0,
+        on.1,
+        on.0 - off.0,
+        on.0 / off.0
+    );
+    println!(
+        "teardown, no cap:     p50 {:.1} ms  p95 {:.1} ms",
+        off_down.0, off_down.1
+    );
+    println!(
+        "teardown, 10 GiB cap: p50 {:.1} ms  p95 {:.1} ms  (+{:.1} ms p50)",
+        on_down.0,
+        on_down.1,
+        on_down.0 - off_down.0
+    );
 }
 
 /// What both runtimes' runs share.
@@ -143,7 +227,7 @@ async fn measure(b: &ContainerBackend, rt: Rt, setup: &Setup<'_>) -> Measured {
         // (its first act writes a file into the private layer), then until it is gone.
         let id = format!("b{label}{i}");
         let s = common::spec_on(&id, m, limits.clone(), rt);
-        let marker = root.join(&id).join("upper/home/runner/ready");
+        let marker = root.join(&id).join("layer/upper/home/runner/ready");
         let t0 = Instant::now();
         b.create(&s).await.unwrap();
         created.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -294,6 +378,11 @@ async fn main() {
         println!("kept {}", t.join("containers/keep").display());
         return;
     }
+    let disk_n = common::env_n("AIRLOCK_BENCH_DISK", 60);
+    if common::env_n("AIRLOCK_BENCH_DISK_ONLY", 0) == 1 {
+        disk_cap_cost(&b, &root, &m, disk_n).await;
+        return;
+    }
     let setup = Setup {
         root: &root,
         t: t.path(),
@@ -334,6 +423,10 @@ async fn main() {
             d.mem_cgroup,
             g.mem_cgroup / d.mem_cgroup
         );
+    }
+
+    if disk_n > 0 {
+        disk_cap_cost(&b, &root, &m, disk_n).await;
     }
 
     if common::env_n("AIRLOCK_BENCH_IMAGE", 1) == 1 {

@@ -89,6 +89,10 @@ pub struct ContainerImage {
     /// The OCI runtime (a name looked up in PATH, or a path: `runsc` for gVisor); `None`: the
     /// backend's host-wide one.
     pub runtime: Option<String>,
+    /// The cap on what the job may write to its root filesystem, in GiB: the overlay's
+    /// writable layer is a filesystem of this size (`container::disk`); `None`: no cap (the
+    /// layer is a directory on the state directory's filesystem).
+    pub disk_gib: Option<u32>,
 }
 
 /// A microVM sandbox's boot files, size and driver.

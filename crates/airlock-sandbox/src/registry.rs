@@ -166,6 +166,7 @@ mod tests {
             image: "i@sha256:0".into(),
             limits: Limits::default(),
             runtime: None,
+            disk_gib: None,
         });
         r.create(&spec("a", container.clone())).await.unwrap();
         r.start(&spec("a", container), &Secret::new("s".into()))

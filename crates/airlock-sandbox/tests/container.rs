@@ -230,7 +230,8 @@ async fn lifecycle_secret_user_namespace_and_nothing_left_on(rt: Rt) {
     // by the user namespace's mapping.
     let image_root = images().shifted_rootfs(&m, 100_000).unwrap();
     assert!(!image_root.join("home/runner/f").exists());
-    let written = std::fs::metadata(root.join("life1/upper/home/runner/f")).unwrap();
+    // The layer is on the sandbox's own capped filesystem.
+    let written = std::fs::metadata(root.join("life1/layer/upper/home/runner/f")).unwrap();
     assert_eq!(written.uid(), 101_001);
 
     b.destroy("life1").await.unwrap();

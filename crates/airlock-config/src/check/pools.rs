@@ -31,6 +31,7 @@ const POOL_KEYS: &[&str] = &[
     "memory_mib",
     "pids_max",
     "io_weight",
+    "disk_gib",
     "min_idle",
     "max_runners",
     "jit_stock",
@@ -93,7 +94,13 @@ fn pool(
         .take::<String>(&mut t, sec, "runner_group", "a string")
         .unwrap_or_else(|| "Default".into());
     let backend = backend(w, &mut t, sec);
-    let microvm = microvm(w, &mut t, sec, backend);
+    let pool_disk = disk_gib(w, &mut t, sec, backend);
+    let microvm = microvm(w, &mut t, sec, backend, pool_disk);
+    let disk_gib = match backend {
+        BackendKind::Process => None,
+        BackendKind::Container => Some(pool_disk.unwrap_or(crate::microvm::DEFAULT_DISK_GIB)),
+        BackendKind::Microvm => microvm.as_ref().map(|m| m.disk_gib),
+    };
     let image = w.take::<String>(&mut t, sec, "image", "an image name or NAME@DIGEST");
     let runtime = runtime(w, &mut t, sec, backend);
     let runner_command = runner_command(w, &mut t, sec, backend, image.as_deref(), state_dir);
@@ -130,6 +137,7 @@ fn pool(
         memory_mib,
         pids_max,
         io_weight,
+        disk_gib,
         min_idle,
         max_runners,
         jit_stock,
@@ -233,14 +241,32 @@ fn backend(w: &mut Walker<'_>, t: &mut Table, sec: &str) -> BackendKind {
 }
 
 /// `[pool.microvm]`, read for a microVM pool and refused on any other.
+/// The pool's disk cap as written (`None`: not written, or wrong); checked, and warned about
+/// where nothing enforces it.
+fn disk_gib(w: &mut Walker<'_>, t: &mut Table, sec: &str, backend: BackendKind) -> Option<u32> {
+    let d = w.take::<u32>(t, sec, "disk_gib", "a whole number of GiB")?;
+    if !(1..=16384).contains(&d) {
+        w.error(&format!("{sec}.disk_gib"), "must be from 1 to 16384");
+        return None;
+    }
+    if backend == BackendKind::Process {
+        w.warn(
+            &format!("{sec}.disk_gib"),
+            "ignored by the process backend: its jobs write to the host's own filesystem",
+        );
+    }
+    Some(d)
+}
+
 fn microvm(
     w: &mut Walker<'_>,
     t: &mut Table,
     sec: &str,
     backend: BackendKind,
+    pool_disk: Option<u32>,
 ) -> Option<MicrovmPool> {
     if backend == BackendKind::Microvm {
-        Some(crate::microvm::pool(w, t, sec))
+        Some(crate::microvm::pool(w, t, sec, pool_disk))
     } else {
         if t.contains_key("microvm") {
             t.remove("microvm");

@@ -13,6 +13,8 @@ use super::load_str;
 use crate::{Accel, Auth, BackendKind, MicrovmPool, Severity, VmDriver};
 use airlock_core::egress::EgressMode;
 
+mod disk;
+
 fn dir_with_secrets() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     for (f, mode) in [("token", 0o600), ("secret", 0o600), ("open", 0o644)] {

@@ -101,9 +101,17 @@ impl ContainerBackend {
         .map_err(|e| setup(id, "runtime", e))?;
         std::fs::write(dir.join("image"), format!("{}\n", c.image))
             .map_err(|e| setup(id, "image", e))?;
+        // With a disk cap the overlay's writable layers live on a filesystem of that size.
+        let layers = match c.disk_gib {
+            Some(gib) => disk::make(&dir, gib).map_err(|detail| SandboxError::Setup {
+                id: id.into(),
+                detail,
+            })?,
+            None => dir.clone(),
+        };
         let (upper, work, merged, bundle) = (
-            dir.join("upper"),
-            dir.join("ovl-work"),
+            layers.join("upper"),
+            layers.join("ovl-work"),
             dir.join("rootfs"),
             dir.join("bundle"),
         );

@@ -5,7 +5,8 @@
 //!
 //! Per sandbox, under `root/<id>/` (mode 0711: searchable, not listable; each file has its own mode):
 //! - `upper/`, `ovl-work/`: the overlay's private layers, `rootfs/`: the overlay mount; the image
-//!   below is only ever read;
+//!   below is only ever read; with a disk cap (`disk_gib`) the two layers are in `layer/`, the
+//!   mount of `layer.ext4`, a sparse filesystem of that size (see `disk`);
 //! - `bundle/config.json`: the OCI spec (see `ocispec`), without secrets;
 //! - `jit`: the JIT config, mode 0400, owned by the runner's uid as the host sees it, mounted
 //!   read-only at `/run/airlock/jit` and read by the entry shell into the runner's environment;
@@ -131,6 +132,7 @@ impl ContainerConfig {
 }
 
 mod create;
+mod disk;
 mod probe;
 mod runtime;
 
@@ -567,6 +569,8 @@ impl ContainerBackend {
                 }
             }
         }
+        // The capped layer below it, if any (its loop device detaches itself with it).
+        disk::unmount(&dir).map_err(fail)?;
         // 3. The host link (the peer goes with it, or went with the namespace), then its lease.
         let key = self.link_key(id);
         net::delete(&net::link_name(&key)).map_err(|e| fail(e.to_string()))?;
@@ -644,6 +648,7 @@ pub fn tag_of(root: &Path) -> String {
 /// demo` and the tests check it.
 pub fn remnants(root: &Path) -> Vec<String> {
     let mut out = supervise::host_remnants(root, &tag_of(root));
+    out.extend(disk::loops_below(root));
     for r in state_roots(root) {
         let dir = r
             .file_name()

@@ -259,6 +259,8 @@ pub fn spec(id: &str, m: &Manifest, limits: Limits) -> SandboxSpec {
             image: m.short(),
             limits,
             runtime: None,
+            // Every test sandbox has its disk cap, as every daemon's does by default.
+            disk_gib: Some(4),
         }),
         pool: "test".into(),
         egress: Default::default(),
@@ -419,6 +421,8 @@ pub struct Leftovers {
     pub mounts: Vec<String>,
     pub links: Vec<String>,
     pub cgroups: Vec<String>,
+    /// Loop devices backed by a file below the root (disk caps).
+    pub loops: Vec<String>,
     pub processes: Vec<i32>,
     pub netns: usize,
 }
@@ -470,6 +474,12 @@ pub fn leftovers(root: &Path, tag_ids: &[String]) -> Leftovers {
             if tag_ids.iter().any(|id| n == format!("{tag}-{id}")) {
                 l.cgroups.push(format!("{}", parent.join(n).display()));
             }
+        }
+    }
+    for dev in names(Path::new("/sys/block"), |n| n.starts_with("loop")) {
+        let back = std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file"));
+        if back.is_ok_and(|b| b.starts_with(&*prefix)) {
+            l.loops.push(dev);
         }
     }
     let mut ns = std::collections::HashSet::new();
