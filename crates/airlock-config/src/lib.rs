@@ -104,6 +104,10 @@ pub struct ServerConfig {
     pub max_parallel_ops: usize,
     /// Every sandbox's niceness: jobs that saturate the host's cores never starve the daemon.
     pub sandbox_nice: i32,
+    /// A job a pool serves still queued this long after GitHub queued it is stuck: an error in
+    /// the log with the reason, `airlock_jobs_stuck`, and a line in `airlock status`.
+    #[serde(with = "humantime_serde_shim")]
+    pub stuck_after: Duration,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

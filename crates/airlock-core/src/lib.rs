@@ -6,6 +6,7 @@
 //! tables of cases, and what the rest of airlock relies on when it replays a pass after a crash.
 
 pub mod egress;
+pub mod health;
 pub mod labels;
 pub mod planner;
 pub mod state;

@@ -298,9 +298,14 @@ async fn status(inner: &Inner) -> Result<serde_json::Value, airlock_store::Store
                 let state = inner.backend.accel(&p.name);
                 json!({ "driver": m.driver.as_str(), "accel_asked": m.accel.as_str(), "accel": inner.backend.accel_label(p), "warning": state.as_ref().and_then(|s| s.warning()), "disk_gib": m.disk_gib, "kernel": m.kernel })
             });
-            json!({ "name": p.name, "scope": p.scope.to_string(), "labels": p.labels, "backend": p.backend.as_str(), "image": p.image, "microvm": microvm, "queued": demand.get(&p.name).copied().unwrap_or(0), "runners": by_state })
+            let health = inner.health.get(&p.name);
+            let health = json!({ "degraded": health.degraded(), "reason": health.reason(), "detail": health });
+            json!({ "name": p.name, "scope": p.scope.to_string(), "labels": p.labels, "backend": p.backend.as_str(), "image": p.image, "disk_gib": p.disk_gib, "microvm": microvm, "queued": demand.get(&p.name).copied().unwrap_or(0), "runners": by_state, "health": health })
         })
         .collect();
     let draining = inner.shared().draining;
-    Ok(json!({ "draining": draining, "pools": pools, "runners": runners, "jobs": jobs }))
+    let stuck = crate::health::stuck_jobs(inner).await?;
+    Ok(
+        json!({ "draining": draining, "pools": pools, "runners": runners, "jobs": jobs, "stuck": stuck }),
+    )
 }

@@ -10,6 +10,7 @@ mod backends;
 mod backoff;
 mod egress;
 mod executor;
+mod health;
 mod http;
 pub mod metrics;
 mod ops;
@@ -103,6 +104,8 @@ pub struct Inner {
     shared: Mutex<Shared>,
     /// Where the plan's operations run (`server.max_parallel_ops` creates, as many others).
     slots: executor::Slots,
+    /// Each pool's health: degraded, image outdated (see `health`).
+    health: health::Health,
     webhook_secret: Option<Vec<u8>>,
 }
 
@@ -412,6 +415,7 @@ async fn start_inner(
         wake: Notify::new(),
         poll_now: Notify::new(),
         shared: Mutex::new(Shared::default()),
+        health: health::Health::default(),
         webhook_secret,
     });
     if inner.webhook_secret.is_none() {
@@ -443,6 +447,7 @@ async fn start_inner(
     }));
     tasks.push(tokio::spawn(reconcile::run(inner.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(egress::run(inner.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(health::watch(inner.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(poll::run(inner.clone(), stop_rx)));
     tracing::info!(%addr, state_dir = %inner.cfg.server.state_dir.display(), "airlock is running");
     Ok(Handle {

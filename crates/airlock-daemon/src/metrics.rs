@@ -85,6 +85,9 @@ pub struct Metrics {
     pub egress_blocked: Family<PoolLabels, Counter>,
     pub egress_dns_answers: Counter,
     pub github_rate_remaining: Gauge,
+    pub pool_degraded: Family<PoolLabels, Gauge>,
+    pub pool_image_outdated: Family<PoolLabels, Gauge>,
+    pub jobs_stuck: Family<PoolLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -118,6 +121,9 @@ impl Default for Metrics {
             egress_blocked: Family::default(),
             egress_dns_answers: Counter::default(),
             github_rate_remaining: Gauge::default(),
+            pool_degraded: Family::default(),
+            pool_image_outdated: Family::default(),
+            jobs_stuck: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -144,6 +150,21 @@ impl Default for Metrics {
             "queued_jobs",
             "Queued jobs each pool serves (ARC: gha_assigned_jobs)",
             m.queued_jobs.clone(),
+        );
+        registry.register(
+            "pool_degraded",
+            "1 while a pool is degraded: its creates failed several times in a row, or its image is outdated (`airlock status` says why)",
+            m.pool_degraded.clone(),
+        );
+        registry.register(
+            "pool_image_outdated",
+            "1 while a pool's runners exit as outdated (GitHub's runner updating or its version deprecated): rebuild its image",
+            m.pool_image_outdated.clone(),
+        );
+        registry.register(
+            "jobs_stuck",
+            "Jobs a pool serves still queued server.stuck_after after GitHub queued them",
+            m.jobs_stuck.clone(),
         );
         registry.register(
             "runners_created",

@@ -367,7 +367,8 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
             took_unknown_job = code == Some(0) && r.job_id.is_none();
             exit = Some(code);
             tracing::info!(exit = ?code, "runner exited");
-            if r.state == RunnerState::Starting && code != Some(0) {
+            let outdated = inner.health.runner_exited(inner, &r.pool, code);
+            if r.state == RunnerState::Starting && code != Some(0) && !outdated {
                 // Its sandbox died before the runner came online (a guest that cannot mount its
                 // root, a runner that cannot start): replacing it at once would only repeat that.
                 tracing::warn!(
@@ -375,6 +376,8 @@ async fn stop(inner: &Inner, r: &RunnerRecord, reason: StopReason) -> Result<(),
                     "runner exited before it came online; backing off the pool (its log is kept in state_dir/logs)"
                 );
                 back_off(inner, &r.pool, "runner_exit", None);
+                let why = format!("the runner exited with {code:?} before it came online (its log is kept in state_dir/logs)");
+                inner.health.create_failed(inner, &r.pool, "runner_exit", &why);
             }
             if took_unknown_job {
                 // It ran a job airlock has not heard of: learn which one now rather than at the

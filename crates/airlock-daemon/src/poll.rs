@@ -207,6 +207,7 @@ async fn apply_registrations(
         if r.state == RunnerState::Starting {
             // The pool's runners come online again: its creates need no more holding back.
             inner.shared().backoffs.clear_pool(&r.pool);
+            inner.health.runner_online(inner, &r.pool);
         }
         moves.push((r.name, to));
     }

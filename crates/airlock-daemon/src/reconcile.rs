@@ -188,6 +188,21 @@ pub(crate) async fn pass(
             job_known: r.job_id.is_some(),
         });
     }
+    // Health first, so that what it holds back holds this pass's creates: a runner that exited
+    // as outdated backs off its pool now (the stop that records its exit comes later), and a
+    // runner online since its pool's last failure ends the pool's trouble.
+    for v in &views {
+        if v.exited {
+            if v.exit_code
+                .and_then(airlock_core::health::outdated_exit)
+                .is_some()
+            {
+                inner.health.runner_exited(inner, &v.pool, v.exit_code);
+            }
+        } else if matches!(v.state, RunnerState::Idle | RunnerState::Busy) {
+            inner.health.online_since(inner, &v.pool, v.state_since);
+        }
+    }
     let (registrations, draining, since) = {
         let s = inner.shared();
         (s.registrations.clone(), s.draining, s.last_poll_start)
@@ -483,7 +498,12 @@ async fn run_op(inner: &Arc<Inner>, work: crate::ops::Work, mut ticket: Ticket) 
     // GitHub's rate limit is the app's, not the pool's: every create waits for it.
     let wait = github_wait(inner, &e);
     match (created_pool, object) {
-        (Some(pool), _) => back_off(inner, &pool, class, wait),
+        (Some(pool), _) => {
+            inner
+                .health
+                .create_failed(inner, &pool, class, &e.to_string());
+            back_off(inner, &pool, class, wait)
+        }
         (None, Some(key)) => {
             inner.shared().backoffs.fail(key, wait, Instant::now());
         }

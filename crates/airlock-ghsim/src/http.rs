@@ -896,6 +896,15 @@ async fn private(
         (Method::GET, ["stats"]) => Reply::json(200, json!(sim.stats())),
         (Method::GET, ["faults"]) => Reply::json(200, json!(sim.faults())),
         (Method::PUT, ["faults"]) => match serde_json::from_slice::<crate::Faults>(body) {
+            Ok(f) if !matches!(f.runner_outdated.as_str(), "" | "update" | "deprecated") => {
+                Reply::error(
+                    422,
+                    &format!(
+                        "invalid faults: runner_outdated {:?}: expected \"\", \"update\" or \"deprecated\"",
+                        f.runner_outdated
+                    ),
+                )
+            }
             Ok(f) => {
                 sim.set_faults(f.clone());
                 Reply::json(200, json!(f))
@@ -905,6 +914,9 @@ async fn private(
         _ => Reply::not_found(),
     }
 }
+
+/// The runner version the `runner_outdated = "update"` fault asks runners to update to.
+const OUTDATED_VERSION: &str = "2.999.0";
 
 async fn runner_protocol(sim: &Arc<Sim>, action: &str, headers: &HeaderMap, body: &[u8]) -> Reply {
     let token = headers
@@ -916,6 +928,19 @@ async fn runner_protocol(sim: &Arc<Sim>, action: &str, headers: &HeaderMap, body
     let find = |w: &World| w.runners.values().find(|r| r.token == token).map(|r| r.id);
     match action {
         "connect" | "heartbeat" => {
+            let outdated = sim.faults().runner_outdated;
+            if action == "connect" && !outdated.is_empty() {
+                return match outdated.as_str() {
+                    "update" => Reply::json(
+                        200,
+                        json!({ "ok": false, "refusal": "update", "version": OUTDATED_VERSION }),
+                    ),
+                    _ => Reply::json(
+                        200,
+                        json!({ "ok": false, "refusal": "deprecated", "message": "Runner version v2.300.0 is deprecated and cannot receive messages." }),
+                    ),
+                };
+            }
             let mut w = sim.lock_world();
             let Some(id) = find(&w) else {
                 return Reply::error(404, "runner not registered");

@@ -109,6 +109,11 @@ pub struct Faults {
     pub retry_after_s: u64,
     /// Added to every REST answer.
     pub latency_ms: u64,
+    /// How the Actions service answers a runner's connect: `""` (it takes it), `"update"` (it
+    /// tells the runner to update itself first: a run-once runner exits 4 after downloading) or
+    /// `"deprecated"` (its version is refused: it exits 7 with
+    /// `ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE=1`, else 1).
+    pub runner_outdated: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -92,6 +92,33 @@ fn call(agent: &ureq::Agent, id: &Identity, path: &str, body: Value) -> Outcome 
     }
 }
 
+/// The service refused the session as GitHub's does an outdated runner: exits with the code
+/// `actions/runner` returns (4: a run-once runner that updated itself; 7, or 1 unless
+/// `ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE=1`: a deprecated version).
+fn refused(v: &Value) -> ! {
+    match v.get("refusal").and_then(Value::as_str) {
+        Some("update") => {
+            let version = v.get("version").and_then(Value::as_str).unwrap_or("?");
+            println!("Runner update in progress, do not shutdown runner.");
+            println!("Downloading {version} runner");
+            println!(
+                "Runner will exit shortly for update, should be back online within 10 seconds."
+            );
+            std::process::exit(4);
+        }
+        _ => {
+            let msg = v
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("deprecated");
+            eprintln!("An error occurred: {msg}");
+            let seven = std::env::var("ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE")
+                .is_ok_and(|v| v == "1");
+            std::process::exit(if seven { 7 } else { 1 });
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let from_arg = args
@@ -120,6 +147,7 @@ fn main() {
     let mut failures = 0;
     loop {
         match call(&agent, &id, "connect", json!({})) {
+            Outcome::Ok(Some(v)) if v.get("ok") == Some(&Value::Bool(false)) => refused(&v),
             Outcome::Ok(_) => break,
             Outcome::Gone => {
                 eprintln!("airlock-runner: registration {} no longer exists", id.name);

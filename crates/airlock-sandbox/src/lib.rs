@@ -59,6 +59,12 @@ pub struct SandboxSpec {
     pub egress: airlock_core::egress::EgressPolicy,
 }
 
+/// What every runner's environment gets from airlock, whatever its backend: GitHub's runner
+/// exits with 7 (instead of 1) when its version is deprecated, so that the daemon can tell an
+/// outdated image from a failing runner (`airlock_core::health::outdated_exit`).
+pub const RUNNER_ENV: &[(&str, &str)] =
+    &[("ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE", "1")];
+
 /// The per-backend part of a sandbox spec.
 #[derive(Debug, Clone)]
 pub enum BackendSpec {

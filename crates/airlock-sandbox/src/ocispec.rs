@@ -288,6 +288,7 @@ pub fn build(c: &ContainerSpec<'_>) -> Result<Spec, oci_spec::OciSpecError> {
                 format!("AIRLOCK_SANDBOX={}", c.id),
             ]
             .into_iter()
+            .chain(crate::RUNNER_ENV.iter().map(|(k, v)| format!("{k}={v}")))
             .chain(c.env.iter().cloned())
             .collect::<Vec<_>>(),
         )

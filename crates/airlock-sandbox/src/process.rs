@@ -184,7 +184,10 @@ impl Backend for ProcessBackend {
                 ("RUNNER_ALLOW_RUNASROOT", OsStr::new("1")),
                 (MARKER_ENV, OsStr::new(&spec.id)),
                 (JIT_ENV, OsStr::new(jit.expose())),
-            ],
+            ]
+            .into_iter()
+            .chain(crate::RUNNER_ENV.iter().map(|(k, v)| (*k, OsStr::new(v))))
+            .collect::<Vec<_>>(),
         )
         .map_err(start_err)?;
         let child = cmd.spawn().map_err(start_err)?;

@@ -552,10 +552,15 @@ async fn every_metric_is_updated() {
     // stage; `tests/executor.rs` stages it and reads the counter.
     // The egress counters move only with a pool that has a network (containers, microVMs):
     // `tests/container.rs` (`egress_is_enforced_reported_and_suggested_end_to_end`) reads them.
+    // The health gauges are 1 only for a failing pool, an outdated image or a stuck job:
+    // `tests/health.rs` stages each and reads them.
     let staged_elsewhere = [
         "airlock_ops_deferred",
         "airlock_egress_blocked",
         "airlock_egress_dns_answers",
+        "airlock_pool_degraded",
+        "airlock_pool_image_outdated",
+        "airlock_jobs_stuck",
     ];
     for f in families
         .iter()

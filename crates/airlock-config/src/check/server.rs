@@ -20,6 +20,7 @@ const SERVER_KEYS: &[&str] = &[
     "history_retention",
     "max_parallel_ops",
     "sandbox_nice",
+    "stuck_after",
 ];
 
 pub(super) fn read(w: &mut Walker<'_>, root: &mut Table) -> ServerConfig {
@@ -83,6 +84,10 @@ pub(super) fn read(w: &mut Walker<'_>, root: &mut Table) -> ServerConfig {
             format!("{max_parallel_ops} is out of range (1 to 1024)"),
         );
     }
+    let stuck_after = w.duration(&mut t, "server", "stuck_after", Duration::from_secs(600));
+    if stuck_after.is_zero() {
+        w.error("server.stuck_after", "must be more than 0s");
+    }
     let sandbox_nice = w
         .take::<i64>(&mut t, "server", "sandbox_nice", "a niceness from 0 to 19")
         .unwrap_or(DEFAULT_SANDBOX_NICE);
@@ -110,5 +115,6 @@ pub(super) fn read(w: &mut Walker<'_>, root: &mut Table) -> ServerConfig {
         history_retention,
         max_parallel_ops: max_parallel_ops.clamp(1, 1024),
         sandbox_nice: sandbox_nice.clamp(0, 19) as i32,
+        stuck_after: stuck_after.max(Duration::from_millis(1)),
     }
 }

@@ -448,15 +448,20 @@ impl Backend for MicrovmBackend {
                 env: match (&self.cfg.egress, &spec.egress.proxy, launch.gateway) {
                     (Some(_), Some(_), Some(gw)) => {
                         airlock_core::egress::UpstreamProxy::job_env(gw)
-                            .into_iter()
-                            .filter_map(|kv| {
-                                let (k, v) = kv.split_once('=')?;
-                                Some((k.to_string(), v.to_string()))
-                            })
-                            .collect()
                     }
-                    _ => Default::default(),
-                },
+                    _ => Vec::new(),
+                }
+                .into_iter()
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k.to_string(), v.to_string()))
+                })
+                .chain(
+                    crate::RUNNER_ENV
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string())),
+                )
+                .collect(),
             },
             jit: airlock_agent::config::Secret::new(jit.expose()),
             docker: vm.docker,

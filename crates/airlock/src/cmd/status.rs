@@ -66,6 +66,24 @@ pub async fn run(a: Args) -> u8 {
         if let Some(w) = p["microvm"]["warning"].as_str() {
             println!("  warning: {w}");
         }
+        if let Some(r) = p["health"]["reason"].as_str() {
+            println!("  DEGRADED: {r}");
+        }
+    }
+    let stuck = v["stuck"].as_array().cloned().unwrap_or_default();
+    if !stuck.is_empty() {
+        println!();
+        for s in &stuck {
+            println!(
+                "STUCK job {} ({} in {}, pool {}) queued {}s: {}",
+                s["job_id"],
+                s["name"].as_str().unwrap_or("?"),
+                s["repo"].as_str().unwrap_or("?"),
+                s["pool"].as_str().unwrap_or("?"),
+                s["waited_s"],
+                s["reason"].as_str().unwrap_or("?")
+            );
+        }
     }
     println!();
     for r in v["runners"].as_array().into_iter().flatten() {

@@ -59,7 +59,12 @@ fn a_bad_or_contradicted_disk_cap_is_refused_with_its_key() {
     let d = dir_with_secrets();
     std::fs::create_dir_all(d.path().join("state/images/runner")).unwrap();
     for (backend, extra, key, says) in [
-        ("container", "disk_gib = 0\n", "pool[2].disk_gib", "from 1 to 16384"),
+        (
+            "container",
+            "disk_gib = 0\n",
+            "pool[2].disk_gib",
+            "from 1 to 16384",
+        ),
         (
             "container",
             "disk_gib = 20000\n",
