@@ -95,6 +95,56 @@ pub(crate) struct Health {
     pools: Mutex<HashMap<String, PoolHealth>>,
     /// Stuck jobs already logged (dropped once they are no longer stuck).
     logged: Mutex<HashSet<u64>>,
+    /// Whether the clock's drift was past `DRIFT_WARN_MS` at the last look.
+    drifted: std::sync::atomic::AtomicBool,
+}
+
+/// GitHub's clock against ours, as the status reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClockDrift {
+    /// GitHub's time minus ours, from the `Date` of its last answer; `None` before any.
+    pub offset_ms: Option<i64>,
+    /// Past `airlock_github::clock::DRIFT_WARN_MS` either way.
+    pub drifted: bool,
+}
+
+/// The clock drift GitHub's answers show.
+pub(crate) fn clock(inner: &Inner) -> ClockDrift {
+    let offset_ms = inner.github.clock_offset_ms();
+    ClockDrift {
+        offset_ms,
+        drifted: offset_ms.is_some_and(|o| o.abs() > airlock_github::clock::DRIFT_WARN_MS),
+    }
+}
+
+/// The drift into its metric, and a warning when it crosses the threshold (and a note when it
+/// is back under it).
+fn watch_clock(inner: &Inner) {
+    let c = clock(inner);
+    let Some(offset) = c.offset_ms else {
+        return;
+    };
+    inner
+        .metrics
+        .clock_drift_seconds
+        .set(offset.div_euclid(1000));
+    let was = inner
+        .health
+        .drifted
+        .swap(c.drifted, std::sync::atomic::Ordering::Relaxed);
+    if c.drifted && !was {
+        tracing::warn!(
+            offset_s = offset / 1000,
+            "this host's clock is {} s {} GitHub's: fix its time sync (NTP); airlock signs App JWTs and reads rate-limit resets on GitHub's clock meanwhile",
+            (offset / 1000).abs(),
+            if offset > 0 { "behind" } else { "ahead of" }
+        );
+    } else if was && !c.drifted {
+        tracing::info!(
+            offset_ms = offset,
+            "this host's clock agrees with GitHub's again"
+        );
+    }
 }
 
 impl Health {
@@ -282,6 +332,7 @@ pub(crate) async fn watch(
             _ = tokio::time::sleep(every) => {}
             _ = crate::stopped(&mut stop) => return,
         }
+        watch_clock(&inner);
         let stuck = match stuck_jobs(&inner).await {
             Ok(s) => s,
             Err(e) => {

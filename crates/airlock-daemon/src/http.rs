@@ -305,7 +305,8 @@ async fn status(inner: &Inner) -> Result<serde_json::Value, airlock_store::Store
         .collect();
     let draining = inner.shared().draining;
     let stuck = crate::health::stuck_jobs(inner).await?;
+    let clock = crate::health::clock(inner);
     Ok(
-        json!({ "draining": draining, "pools": pools, "runners": runners, "jobs": jobs, "stuck": stuck }),
+        json!({ "draining": draining, "pools": pools, "runners": runners, "jobs": jobs, "stuck": stuck, "clock": clock }),
     )
 }

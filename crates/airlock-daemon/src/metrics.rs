@@ -88,6 +88,7 @@ pub struct Metrics {
     pub pool_degraded: Family<PoolLabels, Gauge>,
     pub pool_image_outdated: Family<PoolLabels, Gauge>,
     pub jobs_stuck: Family<PoolLabels, Gauge>,
+    pub clock_drift_seconds: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -124,6 +125,7 @@ impl Default for Metrics {
             pool_degraded: Family::default(),
             pool_image_outdated: Family::default(),
             jobs_stuck: Family::default(),
+            clock_drift_seconds: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -165,6 +167,11 @@ impl Default for Metrics {
             "jobs_stuck",
             "Jobs a pool serves still queued server.stuck_after after GitHub queued them",
             m.jobs_stuck.clone(),
+        );
+        registry.register(
+            "clock_drift_seconds",
+            "GitHub's clock minus this host's, from the Date of GitHub's last answer (App JWTs and rate-limit resets use GitHub's; past 10 s the host's clock needs fixing)",
+            m.clock_drift_seconds.clone(),
         );
         registry.register(
             "runners_created",

@@ -203,6 +203,8 @@ async fn handle(sim: Arc<Sim>, req: Request<Body>) -> Response {
             .entry(route_name(&parts.method, &segs))
             .or_default() += 1;
     }
+    // GitHub's clock, as every answer of GitHub's states it (hyper adds none when one is set).
+    reply.headers.push(("date", http_date(sim.now_ms())));
     if sim.record.is_some() {
         let req_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         sim.record(&json!({
@@ -211,6 +213,14 @@ async fn handle(sim: Arc<Sim>, req: Request<Body>) -> Response {
         }));
     }
     into_response(reply)
+}
+
+/// An HTTP date (RFC 9110's IMF-fixdate) of Unix ms.
+fn http_date(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string()
 }
 
 /// A stable name for the route, with ids and names replaced, for statistics.
@@ -287,14 +297,14 @@ fn authenticate(sim: &Sim, headers: &HeaderMap) -> Result<Principal, Reply> {
         .get(token)
         .copied()
     {
-        if exp <= now_ms() {
+        if exp <= sim.now_ms() {
             return Err(Reply::error(401, "Bad credentials"));
         }
         return Ok(Principal::Installation(inst));
     }
     if let Some(app) = &sim.cfg.app {
         if token.matches('.').count() == 2 {
-            return verify_jwt(app, token).map(|_| Principal::App);
+            return verify_jwt(app, token, sim.now_ms() / 1000).map(|_| Principal::App);
         }
     }
     Err(Reply::error(401, "Bad credentials"))
@@ -307,7 +317,9 @@ struct Claims {
     iss: Value,
 }
 
-fn verify_jwt(app: &crate::AppConfig, token: &str) -> Result<(), Reply> {
+/// GitHub's checks of an App JWT at `now` (its Unix seconds): the signature, an `exp` in the
+/// future but at most 10 minutes ahead, an `iat` at most 60 s ahead.
+fn verify_jwt(app: &crate::AppConfig, token: &str, now: i64) -> Result<(), Reply> {
     let key = DecodingKey::from_rsa_pem(&app.public_key_pem)
         .map_err(|_| Reply::error(500, "ghsim: the App public key is not an RSA PEM"))?;
     let mut v = Validation::new(Algorithm::RS256);
@@ -316,11 +328,17 @@ fn verify_jwt(app: &crate::AppConfig, token: &str) -> Result<(), Reply> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    v.validate_exp = true;
+    // Expiry against GitHub's own (possibly skewed) clock, below, not the host's.
+    v.validate_exp = false;
     let data = jsonwebtoken::decode::<Claims>(token, &key, &v)
         .map_err(|e| Reply::error(401, &format!("A JSON web token could not be decoded ({e})")))?;
     let c = data.claims;
-    let now = chrono::Utc::now().timestamp();
+    if c.exp <= now {
+        return Err(Reply::error(
+            401,
+            "'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires",
+        ));
+    }
     if c.exp - c.iat > 600 || c.exp > now + 600 {
         return Err(Reply::error(
             401,
@@ -353,7 +371,7 @@ fn rate_check(sim: &Sim, p: &Principal) -> Result<Vec<(&'static str, String)>, R
         Principal::Installation(i) => format!("installation:{i}"),
         Principal::App => "app".into(),
     };
-    let now = chrono::Utc::now().timestamp();
+    let now = sim.now_ms() / 1000;
     let limit = sim.cfg.rate_limit;
     let mut rates = sim.rate.lock().unwrap_or_else(|p| p.into_inner());
     let e = rates.entry(key).or_insert((now + 3600, 0));
@@ -506,7 +524,7 @@ fn rest(
     let path = format!("/{}", segs.join("/"));
     match (method.clone(), segs) {
         (Method::GET, ["rate_limit"]) => {
-            let now = chrono::Utc::now().timestamp();
+            let now = sim.now_ms() / 1000;
             let core = json!({"limit": sim.cfg.rate_limit, "remaining": sim.cfg.rate_limit, "reset": now + 3600, "used": 0});
             Reply::json(
                 200,
@@ -526,7 +544,7 @@ fn rest(
                 return Reply::not_found();
             };
             let token = random_token("ghs");
-            let exp = now_ms() + sim.cfg.installation_token_ttl.as_millis() as i64;
+            let exp = sim.now_ms() + sim.cfg.installation_token_ttl.as_millis() as i64;
             sim.inst_tokens
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

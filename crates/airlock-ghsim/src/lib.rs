@@ -68,6 +68,10 @@ pub struct SimConfig {
     /// "can arrive out of order"); 1 (the default) delivers one after another, the conservative
     /// model the tests use.
     pub webhook_concurrency: usize,
+    /// GitHub's clock minus the host's, in seconds: every REST answer's `Date`, App JWT checks,
+    /// installation tokens' expiry and rate-limit resets follow the skewed clock (a host whose
+    /// clock has drifted, seen from GitHub).
+    pub clock_skew_s: i64,
 }
 
 impl Default for SimConfig {
@@ -85,6 +89,7 @@ impl Default for SimConfig {
             unused_jit_ttl: Duration::from_secs(24 * 3600),
             max_registrations: 10_000,
             webhook_concurrency: 1,
+            clock_skew_s: 0,
         }
     }
 }
@@ -239,6 +244,11 @@ fn now_ms() -> i64 {
 }
 
 impl Sim {
+    /// GitHub's time (Unix ms): the host's, skewed by `SimConfig::clock_skew_s`.
+    pub fn now_ms(&self) -> i64 {
+        now_ms() + self.cfg.clock_skew_s * 1000
+    }
+
     /// Binds `listen` (port 0 picks one) and serves until `shutdown`.
     pub async fn start(cfg: SimConfig, listen: SocketAddr) -> Result<Running, SimError> {
         let listener = tokio::net::TcpListener::bind(listen)

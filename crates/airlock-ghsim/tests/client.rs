@@ -405,3 +405,78 @@ async fn installation_tokens_are_refreshed_before_expiry() {
     );
     s.shutdown().await;
 }
+
+/// A host whose clock is 15 minutes off either way: the client measures GitHub's clock from the
+/// `Date` of its answers and signs App JWTs with it, so they stay valid. The positive control:
+/// the same JWT made with the host's own time is refused by GitHub's checks.
+#[tokio::test]
+async fn a_drifted_clock_is_measured_and_app_jwts_stay_valid() {
+    for skew in [900i64, -900] {
+        let s = sim(SimConfig {
+            clock_skew_s: skew,
+            ..app_sim_config()
+        })
+        .await;
+        let c = app_client(&s.url, "12345", None);
+        c.list_runners(&repo())
+            .await
+            .unwrap_or_else(|e| panic!("skew {skew}: {e}"));
+        let offset = c.clock_offset_ms().expect("measured");
+        assert!(
+            (offset - skew * 1000).abs() < 3000,
+            "skew {skew} s measured as {offset} ms"
+        );
+        // Positive control: a JWT on the host's clock, sent as is.
+        let now = chrono::Utc::now().timestamp();
+        let jwt = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &serde_json::json!({ "iat": now - 60, "exp": now + 480, "iss": "12345" }),
+            &jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("fixtures/test-app-key.pem"))
+                .unwrap(),
+        )
+        .unwrap();
+        let r = reqwest::Client::new()
+            .get(format!("{}/repos/octo/hello/installation", s.url))
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28")
+            .header("user-agent", "clock-test")
+            .bearer_auth(jwt)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            401,
+            "skew {skew}: the host's own time is refused"
+        );
+        s.shutdown().await;
+    }
+}
+
+/// `x-ratelimit-reset` is a time on GitHub's clock: the wait is read against it, not the host's.
+#[tokio::test]
+async fn rate_limit_resets_are_read_on_githubs_clock() {
+    for skew in [3000i64, -3000] {
+        let s = sim(SimConfig {
+            rate_limit: 3,
+            clock_skew_s: skew,
+            ..Default::default()
+        })
+        .await;
+        let c = client(&s.url);
+        for _ in 0..3 {
+            c.get_runner(&repo(), 999).await.unwrap_err();
+        }
+        let e = c.list_runners(&repo()).await.unwrap_err();
+        match e.class() {
+            // The window resets an hour after its first request, on either clock; read on the
+            // host's it would be 600 s or 6600 s away.
+            ErrorClass::RateLimited(wait) => assert!(
+                (Duration::from_secs(3500)..=Duration::from_secs(3605)).contains(&wait),
+                "skew {skew}: {wait:?}"
+            ),
+            other => panic!("{other:?}: {e}"),
+        }
+        s.shutdown().await;
+    }
+}

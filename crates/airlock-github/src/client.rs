@@ -95,6 +95,8 @@ pub struct Client {
     /// No request is sent before this instant after GitHub said we are rate limited.
     blocked_until: Mutex<Option<Instant>>,
     budget: Mutex<Option<RateBudget>>,
+    /// GitHub's time as its answers' `Date` headers say (see `clock`).
+    clock: crate::clock::Clock,
 }
 
 mod bytes_cache {
@@ -107,10 +109,6 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client").field("api", &self.api).finish()
     }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 impl Client {
@@ -138,7 +136,13 @@ impl Client {
             write_interval: opts.write_interval,
             blocked_until: Mutex::new(None),
             budget: Mutex::new(None),
+            clock: crate::clock::Clock::default(),
         })
+    }
+
+    /// GitHub's clock minus ours (ms), as its last answer's `Date` said; `None` before any.
+    pub fn clock_offset_ms(&self) -> Option<i64> {
+        self.clock.offset_ms()
     }
 
     pub fn api_url(&self) -> &str {
@@ -410,6 +414,7 @@ impl Client {
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
         }
+        let sent = crate::clock::local_ms();
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
@@ -428,6 +433,7 @@ impl Client {
         let status = resp.status();
         self.observe(&method, status.as_u16());
         let headers = resp.headers().clone();
+        self.clock.observe(&headers, sent, crate::clock::local_ms());
         self.record_budget(&headers);
         let bytes = resp.bytes().await.map_err(|e| GitHubError::Transient {
             what: what.into(),
@@ -470,9 +476,7 @@ impl Client {
             .map(|m| m.message)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
         let what = what.to_string();
-        if let Some(wait) =
-            rate_limit_wait(status, headers, &message, chrono::Utc::now().timestamp())
-        {
+        if let Some(wait) = rate_limit_wait(status, headers, &message, self.clock.now_s()) {
             *self.blocked_until.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(Instant::now() + wait);
             return GitHubError::RateLimited { what, wait };
@@ -523,7 +527,7 @@ impl Client {
         let Some(b) = self.rate_budget() else {
             return Ok(());
         };
-        let now = chrono::Utc::now().timestamp();
+        let now = self.clock.now_s();
         if b.remaining <= b.reserve() && b.reset > now {
             return Err(GitHubError::RateLimited {
                 what: format!(
@@ -560,7 +564,7 @@ impl Client {
     fn bearer_without_scope(&self) -> Result<String, GitHubError> {
         match &self.auth {
             Auth::Token(t) => Ok(t.clone()),
-            Auth::App(a) => a.jwt(chrono::Utc::now().timestamp()),
+            Auth::App(a) => a.jwt(self.clock.now_s()),
         }
     }
 
@@ -572,16 +576,15 @@ impl Client {
             Auth::App(a) => a,
         };
         let installation = self.installation_for(app, scope).await?;
-        if let Some(t) = app.cached_token(installation, now_ms()) {
+        if let Some(t) = app.cached_token(installation, self.clock.now_ms()) {
             return Ok(t);
         }
         let what = format!("installation token for installation {installation}");
-        let jwt = app.jwt(chrono::Utc::now().timestamp())?;
         let (_, bytes) = self
-            .send_with(
+            .send_as_app(
+                app,
                 Method::POST,
                 &format!("app/installations/{installation}/access_tokens"),
-                &jwt,
                 &what,
             )
             .await?;
@@ -620,14 +623,40 @@ impl Client {
             return Ok(*id);
         }
         let what = format!("find the App installation for {scope}");
-        let jwt = app.jwt(chrono::Utc::now().timestamp())?;
-        let (_, bytes) = self.send_with(Method::GET, &path, &jwt, &what).await?;
+        let (_, bytes) = self.send_as_app(app, Method::GET, &path, &what).await?;
         let inst: Installation = decode(&bytes, &what)?;
         app.installations
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(path, inst.id);
         Ok(inst.id)
+    }
+
+    /// A request as the App (a fresh JWT). A JWT refused (401) by a GitHub whose clock the
+    /// refusal's `Date` shows to be far from ours was made with the wrong time: it is made
+    /// again, once, with GitHub's.
+    async fn send_as_app(
+        &self,
+        app: &AppAuth,
+        method: Method,
+        path: &str,
+        what: &str,
+    ) -> Result<(HeaderMap, bytes_cache::Body), GitHubError> {
+        let before = self.clock.offset_ms().unwrap_or(0);
+        let jwt = app.jwt(self.clock.now_s())?;
+        match self.send_with(method.clone(), path, &jwt, what).await {
+            Err(GitHubError::Permanent { status: 401, .. })
+                if (self.clock.offset_ms().unwrap_or(0) - before).abs() > 30_000 =>
+            {
+                tracing::warn!(
+                    offset_s = self.clock.offset_ms().unwrap_or(0) / 1000,
+                    "GitHub refused the App's JWT and its clock is far from ours: signing again with GitHub's time (fix this host's clock: NTP)"
+                );
+                let jwt = app.jwt(self.clock.now_s())?;
+                self.send_with(method, path, &jwt, what).await
+            }
+            r => r,
+        }
     }
 
     /// A request authenticated with an explicit bearer (the App JWT); no ETags, no write lock.
@@ -640,6 +669,7 @@ impl Client {
     ) -> Result<(HeaderMap, bytes_cache::Body), GitHubError> {
         self.check_blocked(what)?;
         let url = format!("{}/{}", self.api, path);
+        let sent = crate::clock::local_ms();
         let resp = self
             .http
             .request(method.clone(), &url)
@@ -661,6 +691,7 @@ impl Client {
         let status = resp.status();
         self.observe(&method, status.as_u16());
         let headers = resp.headers().clone();
+        self.clock.observe(&headers, sent, crate::clock::local_ms());
         let bytes = resp.bytes().await.map_err(|e| GitHubError::Transient {
             what: what.into(),
             detail: root_cause(&e),

@@ -5,6 +5,7 @@
 
 mod auth;
 mod client;
+pub mod clock;
 mod error;
 mod model;
 pub mod webhook;

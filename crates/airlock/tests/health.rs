@@ -206,3 +206,38 @@ async fn outdated_runner(fault: &str, says: &str) {
     );
     e.shutdown().await;
 }
+
+/// GitHub's clock two minutes behind this host's: jobs run as before, and the drift is in the
+/// metrics and the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drifted_clock_is_reported_and_jobs_still_run() {
+    let pools = [pool("small", &["self-hosted", "small"])];
+    let e = env_with(
+        &pools,
+        "1s",
+        Faults::default(),
+        true,
+        &runner_bin(),
+        airlock_ghsim::SimConfig {
+            clock_skew_s: -120,
+            ..Default::default()
+        },
+    )
+    .await;
+    e.submit("octo/hello", &[("j", &["small"], &["true"])]);
+    assert!(e.wait_jobs_completed(T).await);
+    assert!(
+        wait_until(T, || {
+            let d = metric(&e.metrics(), "airlock_clock_drift_seconds");
+            (-123.0..=-118.0).contains(&d)
+        })
+        .await,
+        "{}",
+        e.metrics()
+    );
+    let v = status(&e).await;
+    assert_eq!(v["clock"]["drifted"], true, "{v}");
+    let off = v["clock"]["offset_ms"].as_i64().unwrap();
+    assert!((-123_000..=-117_000).contains(&off), "{off}");
+    e.shutdown().await;
+}

@@ -70,6 +70,14 @@ pub async fn run(a: Args) -> u8 {
             println!("  DEGRADED: {r}");
         }
     }
+    if v["clock"]["drifted"] == true {
+        let off = v["clock"]["offset_ms"].as_i64().unwrap_or(0);
+        println!(
+            "CLOCK: this host's clock is {} s {} GitHub's: fix its time sync (NTP)",
+            off.abs() / 1000,
+            if off > 0 { "behind" } else { "ahead of" }
+        );
+    }
     let stuck = v["stuck"].as_array().cloned().unwrap_or_default();
     if !stuck.is_empty() {
         println!();
