@@ -27,6 +27,7 @@ pub struct Backends {
     /// (containers, microVMs).
     pub egress: Option<airlock_egress::Egress>,
     microvm: Option<Arc<MicrovmBackend>>,
+    container: Option<ContainerBackend>,
     images: ImageStore,
     uid_base: u32,
     /// What the probe said of each microVM pool's kernel (absent: not probed yet).
@@ -75,9 +76,28 @@ impl Backends {
         cfg: &Config,
         exits: tokio::sync::mpsc::UnboundedSender<String>,
     ) -> Result<Backends, SandboxError> {
-        let dir = &cfg.server.state_dir;
+        Self::build(cfg, Some(exits), &cfg.server.state_dir, true).await
+    }
+
+    /// What `start` probes, made under `scratch` instead of the state directory and without the
+    /// egress resolver (which would take over a running daemon's), for `airlock doctor`: the
+    /// same programs found, the same probe containers and boots, none of a daemon's files
+    /// touched. Images are still the state directory's.
+    pub(crate) async fn probe_in(
+        cfg: &Config,
+        scratch: &std::path::Path,
+    ) -> Result<Backends, SandboxError> {
+        Self::build(cfg, None, scratch, false).await
+    }
+
+    async fn build(
+        cfg: &Config,
+        exits: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+        dir: &std::path::Path,
+        with_egress: bool,
+    ) -> Result<Backends, SandboxError> {
         let logs = LogKeep::new(dir.join("logs"), cfg.server.job_logs_keep);
-        let process = ProcessBackend::new(dir.join("sandboxes"), Some(exits.clone()))
+        let process = ProcessBackend::new(dir.join("sandboxes"), exits.clone())
             .with_log_cap(cfg.server.job_log_max_bytes)
             .with_nice(cfg.server.sandbox_nice)
             .with_logs(logs.clone());
@@ -85,6 +105,7 @@ impl Backends {
         let mut registry = Registry::new();
         registry.insert(Arc::new(process));
         let mut microvm = None;
+        let mut container = None;
         let subnet = Subnet::parse(&cfg.container.subnet).ok_or_else(|| SandboxError::Probe {
             backend: "container",
             detail: format!("bad subnet {:?}", cfg.container.subnet),
@@ -92,7 +113,7 @@ impl Backends {
         let leases = Leases::new(airlock_net::lease_dir(dir), subnet);
         let wanted: std::collections::BTreeSet<BackendKind> =
             cfg.pools.iter().map(|p| p.backend).collect();
-        let egress = if wanted.iter().any(|k| *k != BackendKind::Process) {
+        let egress = if with_egress && wanted.iter().any(|k| *k != BackendKind::Process) {
             Some(start_egress(cfg).await?)
         } else {
             None
@@ -120,9 +141,9 @@ impl Backends {
                     c.dns = cfg.container.dns.clone();
                     c.egress = egress.clone();
                     c.logs = Some(logs.clone());
-                    registry.insert(Arc::new(
-                        ContainerBackend::probe(c, Some(exits.clone())).await?,
-                    ));
+                    let b = ContainerBackend::probe(c, exits.clone()).await?;
+                    container = Some(b.clone());
+                    registry.insert(Arc::new(b));
                 }
                 BackendKind::Microvm => {
                     let mut c = MicrovmConfig::new(dir.join("vms"));
@@ -149,7 +170,7 @@ impl Backends {
                     c.dns = cfg.container.dns.clone();
                     c.egress = egress.clone();
                     c.logs = Some(logs.clone());
-                    let m = Arc::new(MicrovmBackend::probe(c, Some(exits.clone())).await?);
+                    let m = Arc::new(MicrovmBackend::probe(c, exits.clone()).await?);
                     registry.insert(m.clone());
                     microvm = Some(m);
                 }
@@ -159,10 +180,16 @@ impl Backends {
             registry,
             egress,
             microvm,
-            images: ImageStore::new(dir.join("images")),
+            container,
+            images: ImageStore::new(cfg.server.state_dir.join("images")),
             uid_base: cfg.container.uid_base,
             accel: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The container backend, when a pool uses it.
+    pub(crate) fn container(&self) -> Option<&ContainerBackend> {
+        self.container.as_ref()
     }
 
     /// The `accel` label of a pool for metrics and status: `none` for pools that are not
@@ -196,7 +223,7 @@ impl Backends {
 
     /// Resolves a microVM pool's image and kernel, and settles its accelerator by the backend's
     /// (memoized) probe boot.
-    async fn vm_image(&self, pool: &PoolConfig) -> Result<(VmImage, String), SpecError> {
+    pub(crate) async fn vm_image(&self, pool: &PoolConfig) -> Result<(VmImage, String), SpecError> {
         let m = self
             .microvm
             .as_ref()

@@ -8,6 +8,7 @@
 
 mod backends;
 mod backoff;
+pub mod doctor;
 mod egress;
 mod executor;
 mod health;
@@ -292,6 +293,37 @@ pub struct DrainReport {
     pub forced: usize,
 }
 
+/// The GitHub client of `cfg`, its credentials read from their files.
+pub(crate) fn github_client(
+    cfg: &Config,
+    observer: Option<airlock_github::RequestObserver>,
+) -> Result<Client, StartError> {
+    let credentials = match &cfg.github.auth {
+        Auth::Token { token_file } => {
+            Credentials::Token(read_secret("the GitHub token", token_file)?)
+        }
+        Auth::App {
+            issuer,
+            private_key_file,
+            installation_id,
+        } => Credentials::App(AppCredentials {
+            issuer: issuer.clone(),
+            private_key_pem: read_secret("the GitHub App private key", private_key_file)?
+                .into_bytes(),
+            installation_id: *installation_id,
+        }),
+    };
+    Ok(Client::new(
+        &cfg.github.api_url,
+        credentials,
+        ClientOptions {
+            timeout: cfg.github.request_timeout,
+            observer,
+            write_interval: cfg.github.write_interval,
+        },
+    )?)
+}
+
 fn read_secret(what: &'static str, path: &Path) -> Result<String, StartError> {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
@@ -348,21 +380,6 @@ async fn start_inner(
     }
     let metrics = Arc::new(Metrics::default());
 
-    let credentials = match &cfg.github.auth {
-        Auth::Token { token_file } => {
-            Credentials::Token(read_secret("the GitHub token", token_file)?)
-        }
-        Auth::App {
-            issuer,
-            private_key_file,
-            installation_id,
-        } => Credentials::App(AppCredentials {
-            issuer: issuer.clone(),
-            private_key_pem: read_secret("the GitHub App private key", private_key_file)?
-                .into_bytes(),
-            installation_id: *installation_id,
-        }),
-    };
     let m = metrics.clone();
     let observer: airlock_github::RequestObserver = Arc::new(move |method, status| {
         m.github_requests
@@ -372,15 +389,7 @@ async fn start_inner(
             })
             .inc();
     });
-    let github = Client::new(
-        &cfg.github.api_url,
-        credentials,
-        ClientOptions {
-            timeout: cfg.github.request_timeout,
-            observer: Some(observer),
-            write_interval: cfg.github.write_interval,
-        },
-    )?;
+    let github = github_client(&cfg, Some(observer))?;
     let webhook_secret = match &cfg.github.webhook_secret_file {
         Some(p) => Some(read_secret("the webhook secret", p)?.into_bytes()),
         None => None,

@@ -47,7 +47,7 @@ pub(crate) const JWT_BACKDATE_S: i64 = 60;
 
 pub(crate) enum Auth {
     Token(String),
-    App(AppAuth),
+    App(Box<AppAuth>),
 }
 
 pub(crate) struct AppAuth {
@@ -58,6 +58,8 @@ pub(crate) struct AppAuth {
     pub installations: Mutex<HashMap<String, u64>>,
     /// Token and its expiry (Unix ms) per installation.
     pub tokens: Mutex<HashMap<u64, (String, i64)>>,
+    /// What each installation's last token was granted.
+    pub permissions: Mutex<HashMap<u64, std::collections::BTreeMap<String, String>>>,
 }
 
 #[derive(serde::Serialize)]
@@ -71,7 +73,7 @@ impl Auth {
     pub(crate) fn new(c: Credentials) -> Result<Auth, GitHubError> {
         Ok(match c {
             Credentials::Token(t) => Auth::Token(t.trim().to_string()),
-            Credentials::App(a) => Auth::App(AppAuth {
+            Credentials::App(a) => Auth::App(Box::new(AppAuth {
                 key: EncodingKey::from_rsa_pem(&a.private_key_pem).map_err(|e| {
                     GitHubError::Auth {
                         what: "GitHub App private key".into(),
@@ -82,7 +84,8 @@ impl Auth {
                 fixed_installation: a.installation_id,
                 installations: Mutex::new(HashMap::new()),
                 tokens: Mutex::new(HashMap::new()),
-            }),
+                permissions: Mutex::new(HashMap::new()),
+            })),
         })
     }
 }

@@ -568,6 +568,26 @@ impl Client {
         }
     }
 
+    /// With App credentials: the permissions GitHub granted the installation that serves
+    /// `scope` (as its installation token's answer listed them); `None` with a token, whose
+    /// permissions GitHub does not list.
+    pub async fn app_permissions(
+        &self,
+        scope: &Scope,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, GitHubError> {
+        let Auth::App(app) = &self.auth else {
+            return Ok(None);
+        };
+        self.token_for(scope).await?;
+        let installation = self.installation_for(app, scope).await?;
+        Ok(app
+            .permissions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&installation)
+            .cloned())
+    }
+
     /// The token for calls at `scope`: the configured token, or the App installation's token
     /// (looked up and cached per scope, refreshed ten minutes before it expires).
     async fn token_for(&self, scope: &Scope) -> Result<String, GitHubError> {
@@ -597,6 +617,10 @@ impl Client {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(installation, (t.token.clone(), expires));
+        app.permissions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(installation, t.permissions);
         Ok(t.token)
     }
 

@@ -92,6 +92,9 @@ pub(crate) struct Installation {
 pub(crate) struct InstallationToken {
     pub token: String,
     pub expires_at: String,
+    /// What the installation may do (`administration: write`, …).
+    #[serde(default)]
+    pub permissions: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -46,6 +46,9 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Show pools, runners and open jobs of a running daemon.
     Status(cmd::status::Args),
+    /// Check this host, the config and GitHub for what airlock needs; each problem with its fix
+    /// (exit 1 when anything blocks operation).
+    Doctor(cmd::doctor::Args),
     /// Build, list, inspect and remove runner images (container sandboxes start from them).
     Image(Box<cmd::image::Args>),
     /// Where jobs went: a job's egress report, or an allowlist proposed from audit mode.
@@ -72,6 +75,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_log = match cli.command {
         Command::Demo(_) => "warn,airlock_sandbox=error",
+        // The report is the output; the probes' own info lines would only interleave with it.
+        Command::Doctor(_) => "warn",
         _ => "info",
     };
     init_logging(cli.global.log_format, default_log);
@@ -91,6 +96,7 @@ fn main() -> ExitCode {
             Command::CheckConfig(a) => cmd::check_config::run(a),
             Command::Demo(a) => cmd::demo::run(a).await,
             Command::Status(a) => cmd::status::run(a).await,
+            Command::Doctor(a) => cmd::doctor::run(a).await,
             Command::Image(a) => cmd::image::run(*a).await,
             Command::Egress(a) => cmd::egress::run(a).await,
         }
