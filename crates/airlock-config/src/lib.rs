@@ -108,6 +108,10 @@ pub struct ServerConfig {
     /// the log with the reason, `airlock_jobs_stuck`, and a line in `airlock status`.
     #[serde(with = "humantime_serde_shim")]
     pub stuck_after: Duration,
+    /// Below this many MiB free under the state directory no sandbox is created and airlock
+    /// prunes what it owns (0: never); it prunes until `disk_high_mib` are free.
+    pub disk_low_mib: u64,
+    pub disk_high_mib: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -29,6 +29,8 @@ pub fn outdated_exit(code: i32) -> Option<&'static str> {
 pub enum WaitReason {
     /// The daemon is draining: it starts no runners.
     Draining,
+    /// The state directory's disk is below its low-water mark: no sandbox is created.
+    DiskLow { free_mib: u64 },
     /// GitHub's rate limit says wait.
     RateLimited { until: Timestamp },
     /// The pool's image has an outdated runner: its runners exit without taking jobs.
@@ -53,6 +55,7 @@ impl WaitReason {
     pub fn code(&self) -> &'static str {
         match self {
             WaitReason::Draining => "draining",
+            WaitReason::DiskLow { .. } => "disk_low",
             WaitReason::RateLimited { .. } => "rate_limited",
             WaitReason::ImageOutdated { .. } => "image_outdated",
             WaitReason::ImageMissing { .. } => "image_missing",
@@ -69,6 +72,10 @@ impl std::fmt::Display for WaitReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             WaitReason::Draining => write!(f, "the daemon is draining: no new runners"),
+            WaitReason::DiskLow { free_mib } => write!(
+                f,
+                "the state directory's disk is low ({free_mib} MiB free): no new sandboxes until it is back above server.disk_low_mib"
+            ),
             WaitReason::RateLimited { until } => {
                 write!(f, "GitHub's rate limit: no requests until {until} (Unix ms)")
             }
@@ -111,10 +118,11 @@ pub struct PoolFacts {
 }
 
 /// Why a job served by a pool with `facts`, `max` runners at most and `runners` (the states of
-/// its live runners) has no runner yet, at `now`.
+/// its live runners) has no runner yet, at `now`; `disk_low_free_mib` when the disk is low.
 pub fn wait_reason(
     now: Timestamp,
     draining: bool,
+    disk_low_free_mib: Option<u64>,
     rate_limited_until: Option<Timestamp>,
     facts: &PoolFacts,
     max: u32,
@@ -122,6 +130,9 @@ pub fn wait_reason(
 ) -> WaitReason {
     if draining {
         return WaitReason::Draining;
+    }
+    if let Some(free_mib) = disk_low_free_mib {
+        return WaitReason::DiskLow { free_mib };
     }
     if let Some(until) = rate_limited_until.filter(|&u| u > now) {
         return WaitReason::RateLimited { until };
@@ -197,122 +208,37 @@ mod tests {
             ..failing.clone()
         };
         let ok = PoolFacts::default();
-        // (what, draining, rate limited until, facts, max_runners, runners, the reason's code)
+        // (what, draining, disk low, rate limited until, facts, max_runners, runners, code)
         type Case<'a> = (
             &'a str,
             bool,
+            Option<u64>,
             Option<i64>,
             &'a PoolFacts,
             u32,
             Vec<RunnerState>,
             &'a str,
         );
+        #[rustfmt::skip]
         let cases: Vec<Case> = vec![
-            (
-                "draining first",
-                true,
-                Some(2000),
-                &failing,
-                2,
-                vec![],
-                "draining",
-            ),
-            (
-                "rate limit",
-                false,
-                Some(2000),
-                &failing,
-                2,
-                vec![],
-                "rate_limited",
-            ),
-            (
-                "a past rate limit is none",
-                false,
-                Some(500),
-                &ok,
-                2,
-                vec![],
-                "pending",
-            ),
-            (
-                "outdated",
-                false,
-                None,
-                &outdated,
-                2,
-                vec![],
-                "image_outdated",
-            ),
-            ("image", false, None, &image, 2, vec![], "image_missing"),
-            (
-                "degraded",
-                false,
-                None,
-                &failing,
-                2,
-                vec![Busy],
-                "backend_failing",
-            ),
-            (
-                "backing off",
-                false,
-                None,
-                &backing_off,
-                2,
-                vec![],
-                "backend_failing",
-            ),
-            (
-                "one failure, no backoff",
-                false,
-                None,
-                &once,
-                2,
-                vec![],
-                "pending",
-            ),
-            (
-                "at max",
-                false,
-                None,
-                &ok,
-                2,
-                vec![Busy, Starting],
-                "pool_at_max",
-            ),
-            (
-                "starting",
-                false,
-                None,
-                &ok,
-                3,
-                vec![Busy, Creating],
-                "runner_starting",
-            ),
-            (
-                "idle",
-                false,
-                None,
-                &ok,
-                2,
-                vec![Busy, Idle],
-                "not_assigned",
-            ),
-            ("nothing", false, None, &ok, 2, vec![], "pending"),
-            (
-                "stopping counts as live",
-                false,
-                None,
-                &ok,
-                1,
-                vec![Stopping],
-                "pool_at_max",
-            ),
+            ("draining first", true, Some(10), Some(2000), &failing, 2, vec![], "draining"),
+            ("disk low", false, Some(10), Some(2000), &failing, 2, vec![], "disk_low"),
+            ("rate limit", false, None, Some(2000), &failing, 2, vec![], "rate_limited"),
+            ("a past rate limit is none", false, None, Some(500), &ok, 2, vec![], "pending"),
+            ("outdated", false, None, None, &outdated, 2, vec![], "image_outdated"),
+            ("image", false, None, None, &image, 2, vec![], "image_missing"),
+            ("degraded", false, None, None, &failing, 2, vec![Busy], "backend_failing"),
+            ("backing off", false, None, None, &backing_off, 2, vec![], "backend_failing"),
+            ("one failure, no backoff", false, None, None, &once, 2, vec![], "pending"),
+            ("at max", false, None, None, &ok, 2, vec![Busy, Starting], "pool_at_max"),
+            ("starting", false, None, None, &ok, 3, vec![Busy, Creating], "runner_starting"),
+            ("idle", false, None, None, &ok, 2, vec![Busy, Idle], "not_assigned"),
+            ("nothing", false, None, None, &ok, 2, vec![], "pending"),
+            ("stopping counts as live", false, None, None, &ok, 1, vec![Stopping], "pool_at_max"),
         ];
         let mut wrong = Vec::new();
-        for (what, draining, rl, facts, max, runners, want) in cases {
-            let got = wait_reason(1000, draining, rl, facts, max, &runners);
+        for (what, draining, disk, rl, facts, max, runners, want) in cases {
+            let got = wait_reason(1000, draining, disk, rl, facts, max, &runners);
             if got.code() != want {
                 wrong.push(format!("{what}: got {got:?}, want {want}"));
             }

@@ -289,6 +289,7 @@ pub(crate) async fn stuck_jobs(inner: &Inner) -> Result<Vec<StuckJob>, airlock_s
         let reason: WaitReason = wait_reason(
             now,
             draining,
+            inner.disk.low().then(|| inner.disk.free() >> 20),
             rate_limited_until,
             &facts,
             pool.max_runners,
@@ -313,8 +314,9 @@ pub(crate) async fn watch(
     inner: std::sync::Arc<Inner>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    // Also the disk's watch: at least every 5 s.
     let every = (inner.cfg.server.stuck_after / 4)
-        .clamp(Duration::from_millis(200), Duration::from_secs(15));
+        .clamp(Duration::from_millis(200), Duration::from_secs(5));
     for p in &inner.specs {
         for g in [
             &inner.metrics.pool_degraded,
@@ -327,12 +329,15 @@ pub(crate) async fn watch(
             .set(0);
         }
     }
+    // The disk at once: a daemon started on a full disk admits nothing from its first pass.
+    crate::disk::check(&inner).await;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = crate::stopped(&mut stop) => return,
         }
         watch_clock(&inner);
+        crate::disk::check(&inner).await;
         let stuck = match stuck_jobs(&inner).await {
             Ok(s) => s,
             Err(e) => {

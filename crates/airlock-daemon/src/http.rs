@@ -306,7 +306,8 @@ async fn status(inner: &Inner) -> Result<serde_json::Value, airlock_store::Store
     let draining = inner.shared().draining;
     let stuck = crate::health::stuck_jobs(inner).await?;
     let clock = crate::health::clock(inner);
+    let disk = json!({ "free_bytes": inner.disk.free(), "low": inner.disk.low(), "low_water_mib": inner.cfg.server.disk_low_mib, "high_water_mib": inner.cfg.server.disk_high_mib });
     Ok(
-        json!({ "draining": draining, "pools": pools, "runners": runners, "jobs": jobs, "stuck": stuck, "clock": clock }),
+        json!({ "draining": draining, "pools": pools, "runners": runners, "jobs": jobs, "stuck": stuck, "clock": clock, "disk": disk }),
     )
 }

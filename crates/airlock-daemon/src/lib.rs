@@ -8,6 +8,7 @@
 
 mod backends;
 mod backoff;
+mod disk;
 pub mod doctor;
 mod egress;
 mod executor;
@@ -107,6 +108,8 @@ pub struct Inner {
     slots: executor::Slots,
     /// Each pool's health: degraded, image outdated (see `health`).
     health: health::Health,
+    /// The state directory's free space, and whether it is below the low-water mark.
+    disk: disk::Disk,
     webhook_secret: Option<Vec<u8>>,
 }
 
@@ -425,6 +428,7 @@ async fn start_inner(
         poll_now: Notify::new(),
         shared: Mutex::new(Shared::default()),
         health: health::Health::default(),
+        disk: disk::Disk::default(),
         webhook_secret,
     });
     if inner.webhook_secret.is_none() {

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub pool_image_outdated: Family<PoolLabels, Gauge>,
     pub jobs_stuck: Family<PoolLabels, Gauge>,
     pub clock_drift_seconds: Gauge,
+    pub disk_free_bytes: Gauge,
+    pub disk_low: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -126,6 +128,8 @@ impl Default for Metrics {
             pool_image_outdated: Family::default(),
             jobs_stuck: Family::default(),
             clock_drift_seconds: Gauge::default(),
+            disk_free_bytes: Gauge::default(),
+            disk_low: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -172,6 +176,16 @@ impl Default for Metrics {
             "clock_drift_seconds",
             "GitHub's clock minus this host's, from the Date of GitHub's last answer (App JWTs and rate-limit resets use GitHub's; past 10 s the host's clock needs fixing)",
             m.clock_drift_seconds.clone(),
+        );
+        registry.register(
+            "disk_free_bytes",
+            "Free bytes of the state directory's filesystem",
+            m.disk_free_bytes.clone(),
+        );
+        registry.register(
+            "disk_low",
+            "1 while the state directory's free space is below server.disk_low_mib: no sandbox is created and airlock prunes what it owns",
+            m.disk_low.clone(),
         );
         registry.register(
             "runners_created",

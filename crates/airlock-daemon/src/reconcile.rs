@@ -467,7 +467,9 @@ fn is_held(inner: &Inner, work: &crate::ops::Work) -> bool {
     let now = Instant::now();
     match work.create_of() {
         Some(pool) => {
-            s.rate_limited_until.is_some_and(|t| t > now) || s.backoffs.holds_pool(pool, now)
+            inner.disk.low()
+                || s.rate_limited_until.is_some_and(|t| t > now)
+                || s.backoffs.holds_pool(pool, now)
         }
         None => work
             .keys()

@@ -65,6 +65,18 @@ pub struct SandboxSpec {
 pub const RUNNER_ENV: &[(&str, &str)] =
     &[("ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE", "1")];
 
+/// The digests of the images the sandboxes under `state_dir` were made from (container and
+/// microVM sandboxes record theirs): what an image removal or `gc` must keep.
+pub fn images_in_use(state_dir: &std::path::Path) -> std::collections::HashSet<String> {
+    container::ContainerBackend::images_in_use(&state_dir.join("containers"))
+        .into_iter()
+        .chain(microvm::MicrovmBackend::images_in_use(
+            &state_dir.join("vms"),
+        ))
+        .filter_map(|r| r.split_once('@').map(|(_, d)| d.to_string()))
+        .collect()
+}
+
 /// The per-backend part of a sandbox spec.
 #[derive(Debug, Clone)]
 pub enum BackendSpec {

@@ -521,6 +521,18 @@ impl Store {
         Ok(())
     }
 
+    /// SQLite's `PRAGMA integrity_check`: `ok`, or the problems it found, one per line.
+    pub fn integrity_check(&self) -> Result<String, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r?);
+        }
+        Ok(out.join("\n"))
+    }
+
     pub fn live_runners(&self) -> Result<Vec<RunnerRecord>, StoreError> {
         self.runners_where(sql::LIVE_RUNNERS)
     }

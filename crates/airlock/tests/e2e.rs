@@ -552,8 +552,9 @@ async fn every_metric_is_updated() {
     // stage; `tests/executor.rs` stages it and reads the counter.
     // The egress counters move only with a pool that has a network (containers, microVMs):
     // `tests/container.rs` (`egress_is_enforced_reported_and_suggested_end_to_end`) reads them.
-    // The health gauges are 1 only for a failing pool, an outdated image or a stuck job, and the
-    // clock's drift is 0 against ghsim's own clock: `tests/health.rs` stages each and reads them.
+    // The health gauges are 1 only for a failing pool, an outdated image, a stuck job or a low
+    // disk, and the clock's drift is 0 against ghsim's own clock: `tests/health.rs` stages each
+    // and reads them.
     let staged_elsewhere = [
         "airlock_ops_deferred",
         "airlock_egress_blocked",
@@ -562,6 +563,7 @@ async fn every_metric_is_updated() {
         "airlock_pool_image_outdated",
         "airlock_jobs_stuck",
         "airlock_clock_drift_seconds",
+        "airlock_disk_low",
     ];
     for f in families
         .iter()

@@ -13,6 +13,20 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
 
+/// `status`, from a synchronous closure (`wait_until`): on a thread with a runtime of its own.
+fn status_blocking(e: &Env) -> Value {
+    let url = format!("http://{}/api/v1/status", e.daemon().addr);
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async { reqwest::get(&url).await.unwrap().json().await.unwrap() })
+    })
+    .join()
+    .unwrap()
+}
+
 async fn status(e: &Env) -> Value {
     let url = format!("http://{}/api/v1/status", e.daemon().addr);
     reqwest::get(&url).await.unwrap().json().await.unwrap()
@@ -239,5 +253,169 @@ async fn a_drifted_clock_is_reported_and_jobs_still_run() {
     assert_eq!(v["clock"]["drifted"], true, "{v}");
     let off = v["clock"]["offset_ms"].as_i64().unwrap();
     assert!((-123_000..=-117_000).contains(&off), "{off}");
+    e.shutdown().await;
+}
+
+/// Unmounts the test's small filesystem when the test ends, however it ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn fill(path: &std::path::Path, leave_mib: u64) {
+    let free = {
+        let s = nix::sys::statvfs::statvfs(path.parent().unwrap()).unwrap();
+        s.blocks_available() * s.fragment_size()
+    };
+    let size = free.saturating_sub(leave_mib << 20);
+    let mut f = std::fs::File::create(path).unwrap();
+    use std::io::Write;
+    let chunk = vec![0xa5u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        if f.write_all(&chunk[..n]).is_err() {
+            break; // full
+        }
+        left -= n as u64;
+    }
+    let _ = f.sync_all();
+}
+
+/// The state directory on a 320 MiB filesystem of its own. Below the low-water mark no sandbox is
+/// created (the job waits, its reason `disk_low`) and airlock prunes its old job logs back to the
+/// high-water mark; filled to the last byte, the store's writes fail without a crash or a lost
+/// job; once space returns, the queued job runs and the database passes SQLite's integrity check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_disk_admits_nothing_prunes_and_recovers() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (a filesystem of its own)");
+        return;
+    }
+    let pools = [pool("small", &["self-hosted", "small"])];
+    let mut e = env_with(
+        &pools,
+        "1s",
+        Faults::default(),
+        false,
+        &runner_bin(),
+        airlock_ghsim::SimConfig::default(),
+    )
+    .await;
+    let state = e.state();
+    std::fs::create_dir_all(&state).unwrap();
+    let image = e.dir.path().join("state.ext4");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(320 << 20)
+        .unwrap();
+    let ok = |c: &mut std::process::Command| assert!(c.status().unwrap().success(), "{c:?}");
+    ok(std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0"])
+        .arg(&image));
+    ok(std::process::Command::new("mount")
+        .arg("-o")
+        .arg("loop")
+        .arg(&image)
+        .arg(&state));
+    let _mounted = Mounted(state.clone());
+    e.config = e.config.replace(
+        "drain_grace = \"20s\"\n",
+        "drain_grace = \"20s\"\nstuck_after = \"2s\"\ndisk_low_mib = 64\ndisk_high_mib = 128\n",
+    );
+    e.start_daemon().await;
+    e.submit("octo/hello", &[("before", &["small"], &["true"])]);
+    assert!(e.wait_jobs_completed(T).await);
+
+    // 1. Old job logs (8 x 16 MiB) and a filler leave 40 MiB: below the low-water mark.
+    let logs = state.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    for i in 0..8 {
+        std::fs::write(logs.join(format!("old{i}.log")), vec![b'x'; 16 << 20]).unwrap();
+    }
+    fill(&state.join("filler"), 40);
+    assert!(
+        wait_until(T, || metric(&e.metrics(), "airlock_disk_low") == 1.0
+            || std::fs::read_dir(&logs).unwrap().count() < 8)
+        .await,
+        "{}",
+        e.metrics()
+    );
+    // Pruned back to the high-water mark: the oldest logs went, not all of them.
+    assert!(
+        wait_until(T, || metric(&e.metrics(), "airlock_disk_low") == 0.0).await,
+        "{}",
+        e.metrics()
+    );
+    let left = std::fs::read_dir(&logs).unwrap().count();
+    assert!((1..8).contains(&left), "{left} of 8 logs left");
+    assert!(metric(&e.metrics(), "airlock_disk_free_bytes") >= (128 << 20) as f64);
+
+    // 2. Below the low-water mark with nothing of airlock's left to prune: a job is recorded
+    // but no sandbox is made for it, and the status says why.
+    for l in std::fs::read_dir(&logs).unwrap().flatten() {
+        std::fs::remove_file(l.path()).unwrap();
+    }
+    fill(&state.join("filler2"), 24);
+    assert!(wait_until(T, || metric(&e.metrics(), "airlock_disk_low") == 1.0).await);
+    let created = metric(
+        &e.metrics(),
+        "airlock_runners_created_total{pool=\"small\"}",
+    );
+    e.submit("octo/hello", &[("during", &["small"], &["true"])]);
+    assert!(
+        wait_until(T, || {
+            let v = status_blocking(&e);
+            v["stuck"].as_array().is_some_and(|s| {
+                s.iter()
+                    .any(|j| j["name"] == "during" && j["reason_code"] == "disk_low")
+            })
+        })
+        .await,
+        "the waiting job is stuck on the disk"
+    );
+    assert_eq!(
+        metric(
+            &e.metrics(),
+            "airlock_runners_created_total{pool=\"small\"}"
+        ),
+        created,
+        "no runner was made while the disk was low"
+    );
+    // Then full to the last byte: the store's writes fail, nothing crashes, and a job GitHub
+    // queues meanwhile is not lost.
+    fill(&state.join("filler3"), 0);
+    e.submit("octo/hello", &[("full", &["small"], &["true"])]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v = status(&e).await;
+    assert_eq!(v["disk"]["low"], true, "{v}");
+
+    // 3. Space returns: the job runs, and the store is intact.
+    for f in ["filler", "filler2", "filler3"] {
+        std::fs::remove_file(state.join(f)).unwrap();
+    }
+    assert!(
+        wait_until(T, || ["during", "full"].iter().all(|n| e
+            .sim()
+            .jobs()
+            .iter()
+            .any(
+                |j| j.name == *n && j.conclusion.as_deref() == Some("success")
+            )))
+        .await,
+        "the jobs waiting on the disk ran once space returned"
+    );
+    assert!(wait_until(T, || metric(&e.metrics(), "airlock_disk_low") == 0.0).await);
+    let check: String = e
+        .store()
+        .integrity_check()
+        .unwrap_or_else(|err| panic!("integrity check: {err}"));
+    assert_eq!(check, "ok");
     e.shutdown().await;
 }

@@ -21,6 +21,8 @@ const SERVER_KEYS: &[&str] = &[
     "max_parallel_ops",
     "sandbox_nice",
     "stuck_after",
+    "disk_low_mib",
+    "disk_high_mib",
 ];
 
 pub(super) fn read(w: &mut Walker<'_>, root: &mut Table) -> ServerConfig {
@@ -84,6 +86,18 @@ pub(super) fn read(w: &mut Walker<'_>, root: &mut Table) -> ServerConfig {
             format!("{max_parallel_ops} is out of range (1 to 1024)"),
         );
     }
+    let disk_low_mib = w
+        .take::<u64>(&mut t, "server", "disk_low_mib", "a whole number of MiB")
+        .unwrap_or(2048);
+    let disk_high_mib = w
+        .take::<u64>(&mut t, "server", "disk_high_mib", "a whole number of MiB")
+        .unwrap_or(disk_low_mib.saturating_mul(2));
+    if disk_high_mib < disk_low_mib {
+        w.error(
+            "server.disk_high_mib",
+            format!("{disk_high_mib} is below disk_low_mib ({disk_low_mib}): pruning stops at the high-water mark, which must be at least the low one"),
+        );
+    }
     let stuck_after = w.duration(&mut t, "server", "stuck_after", Duration::from_secs(600));
     if stuck_after.is_zero() {
         w.error("server.stuck_after", "must be more than 0s");
@@ -116,5 +130,7 @@ pub(super) fn read(w: &mut Walker<'_>, root: &mut Table) -> ServerConfig {
         max_parallel_ops: max_parallel_ops.clamp(1, 1024),
         sandbox_nice: sandbox_nice.clamp(0, 19) as i32,
         stuck_after: stuck_after.max(Duration::from_millis(1)),
+        disk_low_mib,
+        disk_high_mib: disk_high_mib.max(disk_low_mib),
     }
 }

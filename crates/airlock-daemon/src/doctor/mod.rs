@@ -69,10 +69,6 @@ impl Report {
     }
 }
 
-/// Free space under the state directory below which a check fails / warns.
-const DISK_FAIL_BYTES: u64 = 1 << 30;
-const DISK_WARN_BYTES: u64 = 5 << 30;
-
 /// Runs every check for the config at `path`; `progress` hears of the slow steps (probes,
 /// GitHub) before they run.
 pub async fn run(path: &Path, progress: &(dyn Fn(&str) + Sync)) -> Report {
@@ -152,9 +148,14 @@ fn disk(r: &mut Report, cfg: &Config) {
         "free space under {} (airlock image gc removes unused image builds), or move server.state_dir",
         at.display()
     ));
-    if free < DISK_FAIL_BYTES {
+    // Below the low-water mark the daemon admits no sandbox; below the high one it prunes.
+    let (fail, warn) = (
+        cfg.server.disk_low_mib << 20,
+        cfg.server.disk_high_mib << 20,
+    );
+    if free < fail {
         r.add("disk", "free space", Verdict::Fail, detail, fix);
-    } else if free < DISK_WARN_BYTES {
+    } else if free < warn {
         r.add("disk", "free space", Verdict::Warn, detail, fix);
     } else {
         r.ok("disk", "free space", detail);

@@ -124,13 +124,7 @@ pub fn pool_packages(cfg: &airlock_config::Config, name: &str) -> Vec<String> {
 
 /// Digests of images that sandboxes (containers and VMs) were made from and still exist.
 pub fn in_use(state_dir: &Path) -> HashSet<String> {
-    airlock_sandbox::container::ContainerBackend::images_in_use(&state_dir.join("containers"))
-        .into_iter()
-        .chain(airlock_sandbox::microvm::MicrovmBackend::images_in_use(
-            &state_dir.join("vms"),
-        ))
-        .filter_map(|r| r.split_once('@').map(|(_, d)| d.to_string()))
-        .collect()
+    airlock_sandbox::images_in_use(state_dir)
 }
 
 fn exit_for(e: &ImageError) -> u8 {

@@ -70,6 +70,13 @@ pub async fn run(a: Args) -> u8 {
             println!("  DEGRADED: {r}");
         }
     }
+    if v["disk"]["low"] == true {
+        println!(
+            "DISK LOW: {} MiB free under the state directory (low-water mark {} MiB): no new sandboxes; airlock is pruning what it owns",
+            v["disk"]["free_bytes"].as_u64().unwrap_or(0) >> 20,
+            v["disk"]["low_water_mib"]
+        );
+    }
     if v["clock"]["drifted"] == true {
         let off = v["clock"]["offset_ms"].as_i64().unwrap_or(0);
         println!(
