@@ -24,6 +24,20 @@ pub fn outdated_exit(code: i32) -> Option<&'static str> {
     }
 }
 
+/// What GitHub's side holds back: its rate limit, or the client's open circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GitHubHold {
+    #[default]
+    None,
+    RateLimited {
+        until: Timestamp,
+    },
+    Unavailable {
+        until: Timestamp,
+        failures: u32,
+    },
+}
+
 /// Why a job a pool serves has no runner yet, most telling first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WaitReason {
@@ -33,6 +47,8 @@ pub enum WaitReason {
     DiskLow { free_mib: u64 },
     /// GitHub's rate limit says wait.
     RateLimited { until: Timestamp },
+    /// GitHub keeps failing (5xx, timeouts): the client's circuit breaker sends nothing until.
+    GitHubUnavailable { until: Timestamp, failures: u32 },
     /// The pool's image has an outdated runner: its runners exit without taking jobs.
     ImageOutdated { what: String },
     /// The pool's image is not built (or cannot be resolved).
@@ -57,6 +73,7 @@ impl WaitReason {
             WaitReason::Draining => "draining",
             WaitReason::DiskLow { .. } => "disk_low",
             WaitReason::RateLimited { .. } => "rate_limited",
+            WaitReason::GitHubUnavailable { .. } => "github_unavailable",
             WaitReason::ImageOutdated { .. } => "image_outdated",
             WaitReason::ImageMissing { .. } => "image_missing",
             WaitReason::BackendFailing { .. } => "backend_failing",
@@ -79,6 +96,10 @@ impl std::fmt::Display for WaitReason {
             WaitReason::RateLimited { until } => {
                 write!(f, "GitHub's rate limit: no requests until {until} (Unix ms)")
             }
+            WaitReason::GitHubUnavailable { until, failures } => write!(
+                f,
+                "GitHub is failing ({failures} errors in a row): no requests until {until} (Unix ms)"
+            ),
             WaitReason::ImageOutdated { what } => write!(
                 f,
                 "the pool's image is outdated: {what}; rebuild it (`airlock image build`)"
@@ -123,7 +144,7 @@ pub fn wait_reason(
     now: Timestamp,
     draining: bool,
     disk_low_free_mib: Option<u64>,
-    rate_limited_until: Option<Timestamp>,
+    github: GitHubHold,
     facts: &PoolFacts,
     max: u32,
     runners: &[RunnerState],
@@ -134,8 +155,14 @@ pub fn wait_reason(
     if let Some(free_mib) = disk_low_free_mib {
         return WaitReason::DiskLow { free_mib };
     }
-    if let Some(until) = rate_limited_until.filter(|&u| u > now) {
-        return WaitReason::RateLimited { until };
+    match github {
+        GitHubHold::RateLimited { until } if until > now => {
+            return WaitReason::RateLimited { until }
+        }
+        GitHubHold::Unavailable { until, failures } if until > now => {
+            return WaitReason::GitHubUnavailable { until, failures }
+        }
+        _ => {}
     }
     if let Some(what) = &facts.outdated {
         return WaitReason::ImageOutdated { what: what.clone() };
@@ -208,33 +235,38 @@ mod tests {
             ..failing.clone()
         };
         let ok = PoolFacts::default();
-        // (what, draining, disk low, rate limited until, facts, max_runners, runners, code)
+        // (what, draining, disk low, GitHub's hold, facts, max_runners, runners, code)
         type Case<'a> = (
             &'a str,
             bool,
             Option<u64>,
-            Option<i64>,
+            GitHubHold,
             &'a PoolFacts,
             u32,
             Vec<RunnerState>,
             &'a str,
         );
+        let rl = |until| GitHubHold::RateLimited { until };
+        let down = |until| GitHubHold::Unavailable { until, failures: 5 };
         #[rustfmt::skip]
         let cases: Vec<Case> = vec![
-            ("draining first", true, Some(10), Some(2000), &failing, 2, vec![], "draining"),
-            ("disk low", false, Some(10), Some(2000), &failing, 2, vec![], "disk_low"),
-            ("rate limit", false, None, Some(2000), &failing, 2, vec![], "rate_limited"),
-            ("a past rate limit is none", false, None, Some(500), &ok, 2, vec![], "pending"),
-            ("outdated", false, None, None, &outdated, 2, vec![], "image_outdated"),
-            ("image", false, None, None, &image, 2, vec![], "image_missing"),
-            ("degraded", false, None, None, &failing, 2, vec![Busy], "backend_failing"),
-            ("backing off", false, None, None, &backing_off, 2, vec![], "backend_failing"),
-            ("one failure, no backoff", false, None, None, &once, 2, vec![], "pending"),
-            ("at max", false, None, None, &ok, 2, vec![Busy, Starting], "pool_at_max"),
-            ("starting", false, None, None, &ok, 3, vec![Busy, Creating], "runner_starting"),
-            ("idle", false, None, None, &ok, 2, vec![Busy, Idle], "not_assigned"),
-            ("nothing", false, None, None, &ok, 2, vec![], "pending"),
-            ("stopping counts as live", false, None, None, &ok, 1, vec![Stopping], "pool_at_max"),
+            ("draining first", true, Some(10), rl(2000), &failing, 2, vec![], "draining"),
+            ("disk low", false, Some(10), rl(2000), &failing, 2, vec![], "disk_low"),
+            ("rate limit", false, None, rl(2000), &failing, 2, vec![], "rate_limited"),
+            ("github down", false, None, down(2000), &failing, 2, vec![], "github_unavailable"),
+            ("rate limit before down", false, None, rl(2000), &failing, 2, vec![], "rate_limited"),
+            ("a past outage is none", false, None, down(999), &ok, 2, vec![], "pending"),
+            ("a past rate limit is none", false, None, rl(500), &ok, 2, vec![], "pending"),
+            ("outdated", false, None, GitHubHold::None, &outdated, 2, vec![], "image_outdated"),
+            ("image", false, None, GitHubHold::None, &image, 2, vec![], "image_missing"),
+            ("degraded", false, None, GitHubHold::None, &failing, 2, vec![Busy], "backend_failing"),
+            ("backing off", false, None, GitHubHold::None, &backing_off, 2, vec![], "backend_failing"),
+            ("one failure, no backoff", false, None, GitHubHold::None, &once, 2, vec![], "pending"),
+            ("at max", false, None, GitHubHold::None, &ok, 2, vec![Busy, Starting], "pool_at_max"),
+            ("starting", false, None, GitHubHold::None, &ok, 3, vec![Busy, Creating], "runner_starting"),
+            ("idle", false, None, GitHubHold::None, &ok, 2, vec![Busy, Idle], "not_assigned"),
+            ("nothing", false, None, GitHubHold::None, &ok, 2, vec![], "pending"),
+            ("stopping counts as live", false, None, GitHubHold::None, &ok, 1, vec![Stopping], "pool_at_max"),
         ];
         let mut wrong = Vec::new();
         for (what, draining, disk, rl, facts, max, runners, want) in cases {

@@ -17,8 +17,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use airlock_core::health::{outdated_exit, wait_reason, PoolFacts, WaitReason, DEGRADED_AFTER};
+use airlock_core::health::{
+    outdated_exit, wait_reason, GitHubHold, PoolFacts, WaitReason, DEGRADED_AFTER,
+};
 use airlock_core::{JobStatus, RunnerState};
+use airlock_github::breaker::Circuit;
 use serde::Serialize;
 
 use crate::metrics::PoolLabels;
@@ -147,6 +150,12 @@ fn watch_clock(inner: &Inner) {
     }
 }
 
+/// The client's circuit breaker into `airlock_github_circuit_open`.
+fn watch_circuit(inner: &Inner) {
+    let open = !matches!(inner.github.circuit(), Circuit::Closed);
+    inner.metrics.github_circuit_open.set(open as i64);
+}
+
 impl Health {
     fn with<T>(&self, pool: &str, f: impl FnOnce(&mut PoolHealth) -> T) -> T {
         let mut m = self.pools.lock().unwrap_or_else(|p| p.into_inner());
@@ -253,12 +262,18 @@ pub(crate) async fn stuck_jobs(inner: &Inner) -> Result<Vec<StuckJob>, airlock_s
         .await?;
     let now = crate::now_ms();
     let after = inner.cfg.server.stuck_after.as_millis() as i64;
-    let (draining, rate_limited_until) = {
+    let (draining, github) = {
         let s = inner.shared();
-        let until = s
-            .rate_limited_until
-            .map(|t| now + t.saturating_duration_since(Instant::now()).as_millis() as i64);
-        (s.draining, until)
+        let at = |t: Instant| now + t.saturating_duration_since(Instant::now()).as_millis() as i64;
+        let github = match (inner.github.circuit(), s.rate_limited_until) {
+            (_, Some(t)) if t > Instant::now() => GitHubHold::RateLimited { until: at(t) },
+            (Circuit::Open { until }, _) => GitHubHold::Unavailable {
+                until: at(until),
+                failures: airlock_github::breaker::OPEN_AFTER,
+            },
+            _ => GitHubHold::None,
+        };
+        (s.draining, github)
     };
     let mut out = Vec::new();
     for j in jobs.into_iter().filter(|j| j.status == JobStatus::Queued) {
@@ -290,7 +305,7 @@ pub(crate) async fn stuck_jobs(inner: &Inner) -> Result<Vec<StuckJob>, airlock_s
             now,
             draining,
             inner.disk.low().then(|| inner.disk.free() >> 20),
-            rate_limited_until,
+            github,
             &facts,
             pool.max_runners,
             &states,
@@ -337,6 +352,7 @@ pub(crate) async fn watch(
             _ = crate::stopped(&mut stop) => return,
         }
         watch_clock(&inner);
+        watch_circuit(&inner);
         crate::disk::check(&inner).await;
         let stuck = match stuck_jobs(&inner).await {
             Ok(s) => s,

@@ -306,8 +306,16 @@ async fn status(inner: &Inner) -> Result<serde_json::Value, airlock_store::Store
     let draining = inner.shared().draining;
     let stuck = crate::health::stuck_jobs(inner).await?;
     let clock = crate::health::clock(inner);
+    let github = match inner.github.circuit() {
+        airlock_github::breaker::Circuit::Closed => json!({ "circuit": "closed" }),
+        airlock_github::breaker::Circuit::HalfOpen => json!({ "circuit": "half_open" }),
+        airlock_github::breaker::Circuit::Open { until } => json!({
+            "circuit": "open",
+            "retry_in_ms": until.saturating_duration_since(std::time::Instant::now()).as_millis() as u64,
+        }),
+    };
     let disk = json!({ "free_bytes": inner.disk.free(), "low": inner.disk.low(), "low_water_mib": inner.cfg.server.disk_low_mib, "high_water_mib": inner.cfg.server.disk_high_mib });
     Ok(
-        json!({ "draining": draining, "pools": pools, "runners": runners, "jobs": jobs, "stuck": stuck, "clock": clock, "disk": disk }),
+        json!({ "draining": draining, "pools": pools, "runners": runners, "jobs": jobs, "stuck": stuck, "clock": clock, "disk": disk, "github": github }),
     )
 }

@@ -89,6 +89,7 @@ pub struct Metrics {
     pub pool_image_outdated: Family<PoolLabels, Gauge>,
     pub jobs_stuck: Family<PoolLabels, Gauge>,
     pub clock_drift_seconds: Gauge,
+    pub github_circuit_open: Gauge,
     pub disk_free_bytes: Gauge,
     pub disk_low: Gauge,
 }
@@ -128,6 +129,7 @@ impl Default for Metrics {
             pool_image_outdated: Family::default(),
             jobs_stuck: Family::default(),
             clock_drift_seconds: Gauge::default(),
+            github_circuit_open: Gauge::default(),
             disk_free_bytes: Gauge::default(),
             disk_low: Gauge::default(),
             registry: Registry::default(),
@@ -176,6 +178,11 @@ impl Default for Metrics {
             "clock_drift_seconds",
             "GitHub's clock minus this host's, from the Date of GitHub's last answer (App JWTs and rate-limit resets use GitHub's; past 10 s the host's clock needs fixing)",
             m.clock_drift_seconds.clone(),
+        );
+        registry.register(
+            "github_circuit_open",
+            "1 while GitHub keeps failing (5 transient errors in a row) and airlock sends it nothing until a cool-down of 2 s doubling to 60 s ends",
+            m.github_circuit_open.clone(),
         );
         registry.register(
             "disk_free_bytes",

@@ -47,6 +47,7 @@ impl OpError {
             OpError::GitHub(e) => match e.class() {
                 ErrorClass::Transient => "transient",
                 ErrorClass::RateLimited(_) => "rate_limited",
+                ErrorClass::Unavailable(_) => "unavailable",
                 ErrorClass::NotFound => "not_found",
                 ErrorClass::Permanent => "permanent",
             },
@@ -426,6 +427,13 @@ fn github_wait(inner: &Inner, e: &OpError) -> Option<Duration> {
             ErrorClass::RateLimited(w) => {
                 inner.shared().rate_limited_until = Some(Instant::now() + w);
                 Some(w)
+            }
+            // The circuit is open: nothing is sent before it may probe again.
+            ErrorClass::Unavailable(w) => Some(w),
+            // A runner name GitHub already knows (a registration a lost answer left behind, the
+            // orphan reaper's to remove): the next create has a new name, so no long wait.
+            ErrorClass::Permanent if matches!(g, airlock_github::GitHubError::Conflict { .. }) => {
+                None
             }
             ErrorClass::Permanent => Some(Backoffs::MAX),
             _ => None,

@@ -258,12 +258,26 @@ fn into_response(r: Reply) -> Response {
 
 fn take_fault(sim: &Sim) -> Option<Reply> {
     let mut f = sim.faults.lock().unwrap_or_else(|p| p.into_inner());
-    if f.error_5xx > 0 {
-        f.error_5xx -= 1;
+    let mut rng = rand::thread_rng();
+    let by_chance = |per_mille: u32, rng: &mut rand::rngs::ThreadRng| {
+        per_mille > 0 && rng.gen_range(0..1000) < per_mille
+    };
+    let error = by_chance(f.error_5xx_per_mille, &mut rng);
+    let limited = !error && by_chance(f.rate_limit_per_mille, &mut rng);
+    if f.error_5xx > 0 || error {
+        f.error_5xx = f.error_5xx.saturating_sub(if error { 0 } else { 1 });
+        sim.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .injected_5xx += 1;
         return Some(Reply::error(502, "Server Error"));
     }
-    if f.rate_limit > 0 {
-        f.rate_limit -= 1;
+    if f.rate_limit > 0 || limited {
+        f.rate_limit = f.rate_limit.saturating_sub(if limited { 0 } else { 1 });
+        sim.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .injected_rate_limits += 1;
         let status = if f.rate_limit_status == 403 { 403 } else { 429 };
         return Some(
             Reply::error(status, "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.")
@@ -757,6 +771,36 @@ fn runners(
             }
             let _ = req.work_folder;
             let mut w = sim.lock_world();
+            // Fault: the name is taken, by an offline registration such as an earlier request
+            // whose answer was lost leaves behind.
+            let conflict = {
+                let mut f = sim.faults.lock().unwrap_or_else(|p| p.into_inner());
+                let c = f.jit_conflict > 0;
+                f.jit_conflict = f.jit_conflict.saturating_sub(1);
+                c
+            };
+            if conflict {
+                let id = w.id();
+                let stale = SimRunner {
+                    id,
+                    name: req.name.clone(),
+                    scope: scope.clone(),
+                    labels: vec!["self-hosted".into()],
+                    group_id: 1,
+                    online: false,
+                    busy: false,
+                    job: None,
+                    token: random_token("ghr"),
+                    last_seen: Instant::now(),
+                    created: Instant::now(),
+                    connected: false,
+                };
+                w.runners.insert(id, stale);
+                sim.stats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .injected_conflicts += 1;
+            }
             // GitHub refuses registrations past 10,000 runners (the status and message are
             // inferred: GitHub documents the limit, not the response).
             if w.runners.values().filter(|r| &r.scope == scope).count() >= sim.cfg.max_registrations

@@ -110,6 +110,11 @@ pub struct Faults {
     pub error_5xx: u32,
     /// Answer the next N REST requests as rate limited (`rate_limit_status`, `retry-after`).
     pub rate_limit: u32,
+    /// Answer each REST request with 502 with this chance (in thousandths), as a flaky GitHub
+    /// does whatever the traffic.
+    pub error_5xx_per_mille: u32,
+    /// Answer each REST request as rate limited with this chance (in thousandths).
+    pub rate_limit_per_mille: u32,
     pub rate_limit_status: u16,
     pub retry_after_s: u64,
     /// Added to every REST answer.
@@ -119,6 +124,9 @@ pub struct Faults {
     /// `"deprecated"` (its version is refused: it exits 7 with
     /// `ACTIONS_RUNNER_RETURN_VERSION_DEPRECATED_EXIT_CODE=1`, else 1).
     pub runner_outdated: String,
+    /// The next N `generate-jitconfig` requests find their name taken by an offline
+    /// registration (as one whose answer was lost leaves behind) and get GitHub's 409.
+    pub jit_conflict: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -147,6 +155,11 @@ pub struct Stats {
     pub last_write_start: Option<std::time::Instant>,
     /// JIT registrations removed because no runner ever connected with them in time.
     pub unused_jit_removed: u64,
+    /// REST answers the fault switches turned into a 502, and into a rate limit.
+    pub injected_5xx: u64,
+    pub injected_rate_limits: u64,
+    /// `generate-jitconfig` requests the `jit_conflict` fault answered 409.
+    pub injected_conflicts: u64,
 }
 
 /// A workflow run to submit: jobs with labels and shell steps.

@@ -206,13 +206,43 @@ async fn polling_finds_queued_jobs() {
 async fn errors_are_classified_and_rate_limits_respected() {
     let s = sim(SimConfig::default()).await;
     let c = client(&s.url);
+    // A read that meets a 502 is sent again (twice at most); a write is not (the daemon's
+    // create decides, with a new runner name).
     s.sim.set_faults(Faults {
         error_5xx: 1,
         ..Default::default()
     });
+    let before = s.sim.stats().api_requests;
+    c.list_runners(&repo()).await.unwrap();
+    assert_eq!(s.sim.stats().api_requests - before, 2, "one retry");
+    s.sim.set_faults(Faults {
+        error_5xx: 3,
+        ..Default::default()
+    });
+    let before = s.sim.stats().api_requests;
     assert_eq!(
         c.list_runners(&repo()).await.unwrap_err().class(),
         ErrorClass::Transient
+    );
+    assert_eq!(
+        s.sim.stats().api_requests - before,
+        3,
+        "two retries, no more"
+    );
+    s.sim.set_faults(Faults {
+        error_5xx: 1,
+        ..Default::default()
+    });
+    let before = s.sim.stats().api_requests;
+    let e = c
+        .generate_jitconfig(&repo(), "w-1", 1, &labels(&["x"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Transient, "{e}");
+    assert_eq!(
+        s.sim.stats().api_requests - before,
+        1,
+        "writes are not retried"
     );
     c.list_runners(&repo()).await.unwrap();
 
@@ -275,6 +305,85 @@ async fn errors_are_classified_and_rate_limits_respected() {
         nowhere.list_runners(&repo()).await.unwrap_err().class(),
         ErrorClass::Transient
     );
+    s.shutdown().await;
+}
+
+/// GitHub down: five transient failures in a row open the circuit (requests then fail at once
+/// without reaching GitHub), a probe after the cool-down finds it still down and the circuit
+/// reopens for longer; once GitHub answers, the next probe closes it. Timeouts count as 5xx do.
+#[tokio::test]
+async fn a_failing_github_opens_the_circuit_and_a_probe_closes_it() {
+    use airlock_github::breaker::Circuit;
+    let s = sim(SimConfig::default()).await;
+    let c = Client::new(
+        &s.url,
+        Credentials::Token(TOKEN.into()),
+        ClientOptions {
+            timeout: Duration::from_millis(400),
+            observer: None,
+            write_interval: Duration::ZERO,
+        },
+    )
+    .unwrap();
+    // Timeouts: an answer slower than the client's timeout.
+    s.sim.set_faults(Faults {
+        latency_ms: 700,
+        ..Default::default()
+    });
+    let e = c.list_runners(&repo()).await.unwrap_err();
+    assert!(
+        matches!(&e, GitHubError::Transient { detail, .. } if detail == "timed out"),
+        "{e}"
+    );
+    assert_eq!(
+        c.circuit(),
+        Circuit::Closed,
+        "three failures do not open it"
+    );
+    s.sim.set_faults(Faults {
+        error_5xx: 1000,
+        ..Default::default()
+    });
+    let e = c.list_runners(&repo()).await.unwrap_err();
+    assert!(
+        matches!(e, GitHubError::Unavailable { failures: 5, .. }),
+        "{e}"
+    );
+    let Circuit::Open { until } = c.circuit() else {
+        panic!("open after five: {:?}", c.circuit());
+    };
+    let cool = until.saturating_duration_since(std::time::Instant::now());
+    assert!(
+        cool > Duration::from_millis(1000) && cool <= Duration::from_secs(2),
+        "{cool:?}"
+    );
+    // Open: nothing reaches GitHub.
+    let sent = s.sim.stats().api_requests;
+    for _ in 0..20 {
+        let e = c.get_runner(&repo(), 1).await.unwrap_err();
+        assert!(matches!(e.class(), ErrorClass::Unavailable(_)), "{e}");
+    }
+    assert_eq!(s.sim.stats().api_requests, sent, "fail fast while open");
+    // The probe fails: open again, for about twice as long.
+    tokio::time::sleep(cool + Duration::from_millis(50)).await;
+    let e = c.list_runners(&repo()).await.unwrap_err();
+    assert!(matches!(e.class(), ErrorClass::Unavailable(_)), "{e}");
+    assert_eq!(s.sim.stats().api_requests, sent + 1, "one probe");
+    let Circuit::Open { until } = c.circuit() else {
+        panic!("reopened: {:?}", c.circuit());
+    };
+    let cool = until.saturating_duration_since(std::time::Instant::now());
+    assert!(
+        cool > Duration::from_millis(2900) && cool <= Duration::from_secs(4),
+        "{cool:?}"
+    );
+    // GitHub is back: the next probe closes the circuit and requests flow.
+    s.sim.set_faults(Faults::default());
+    tokio::time::sleep(cool + Duration::from_millis(50)).await;
+    c.list_runners(&repo()).await.unwrap();
+    assert_eq!(c.circuit(), Circuit::Closed);
+    c.get_runner(&repo(), 999).await.unwrap_err();
+    assert_eq!(c.circuit(), Circuit::Closed, "a 404 is an answer");
     s.shutdown().await;
 }
 

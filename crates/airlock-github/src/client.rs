@@ -97,6 +97,22 @@ pub struct Client {
     budget: Mutex<Option<RateBudget>>,
     /// GitHub's time as its answers' `Date` headers say (see `clock`).
     clock: crate::clock::Clock,
+    breaker: crate::breaker::Breaker,
+}
+
+/// Held while a request is out; gives a half-open probe back when dropped (a cancelled request
+/// must not leave the circuit waiting for a probe that never returns).
+struct ProbeGuard<'a> {
+    breaker: &'a crate::breaker::Breaker,
+    probe: bool,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.probe {
+            self.breaker.abandon_probe();
+        }
+    }
 }
 
 mod bytes_cache {
@@ -137,6 +153,7 @@ impl Client {
             blocked_until: Mutex::new(None),
             budget: Mutex::new(None),
             clock: crate::clock::Clock::default(),
+            breaker: crate::breaker::Breaker::default(),
         })
     }
 
@@ -361,7 +378,43 @@ impl Client {
         Ok(out)
     }
 
+    /// A request through the whole path; a GET or DELETE that fails transiently is sent again
+    /// up to `breaker::RETRIES` times, after waits that double with full jitter.
     async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        scope: Option<&Scope>,
+        body: Option<Vec<u8>>,
+        what: &str,
+    ) -> Result<(HeaderMap, bytes_cache::Body), GitHubError> {
+        let idempotent = method == Method::GET || method == Method::DELETE;
+        let mut attempt = 0;
+        loop {
+            let r = self
+                .send_once(method.clone(), path, scope, body.clone(), what)
+                .await;
+            match &r {
+                Err(GitHubError::Transient { detail, .. })
+                    if idempotent && attempt < crate::breaker::RETRIES =>
+                {
+                    attempt += 1;
+                    let wait = crate::breaker::retry_wait(attempt, crate::breaker::jitter());
+                    tracing::debug!(
+                        what,
+                        detail,
+                        attempt,
+                        ?wait,
+                        "retrying after a transient failure"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                _ => return r,
+            }
+        }
+    }
+
+    async fn send_once(
         &self,
         method: Method,
         path: &str,
@@ -392,6 +445,7 @@ impl Client {
         if method == Method::GET {
             self.check_budget(what)?;
         }
+        let _probe = self.admit(what)?;
 
         let mut req = self
             .http
@@ -414,31 +468,7 @@ impl Client {
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
         }
-        let sent = crate::clock::local_ms();
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                self.observe(&method, 0);
-                let detail = if e.is_timeout() {
-                    "timed out".to_string()
-                } else {
-                    root_cause(&e)
-                };
-                return Err(GitHubError::Transient {
-                    what: what.into(),
-                    detail,
-                });
-            }
-        };
-        let status = resp.status();
-        self.observe(&method, status.as_u16());
-        let headers = resp.headers().clone();
-        self.clock.observe(&headers, sent, crate::clock::local_ms());
-        self.record_budget(&headers);
-        let bytes = resp.bytes().await.map_err(|e| GitHubError::Transient {
-            what: what.into(),
-            detail: root_cause(&e),
-        })?;
+        let (status, headers, bytes) = self.settle(self.exchange(&method, req, what).await)?;
 
         if status == StatusCode::NOT_MODIFIED {
             if let Some((_, body)) = cached {
@@ -450,7 +480,7 @@ impl Client {
             });
         }
         if status.is_success() {
-            let body = Arc::new(bytes.to_vec());
+            let body = Arc::new(bytes);
             if method == Method::GET {
                 if let Some(etag) = headers.get("etag").and_then(|v| v.to_str().ok()) {
                     let mut etags = self.etags.lock().unwrap_or_else(|p| p.into_inner());
@@ -463,6 +493,92 @@ impl Client {
             return Ok((headers, body));
         }
         Err(self.classify(status, &headers, &bytes, what))
+    }
+
+    /// One HTTP exchange: the answer's status, headers and body, or a transient error when
+    /// none came back whole. Observes the status, GitHub's clock and its rate budget.
+    async fn exchange(
+        &self,
+        method: &Method,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<(StatusCode, HeaderMap, Vec<u8>), GitHubError> {
+        let sent = crate::clock::local_ms();
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.observe(method, 0);
+                let detail = if e.is_timeout() {
+                    "timed out".to_string()
+                } else {
+                    root_cause(&e)
+                };
+                return Err(GitHubError::Transient {
+                    what: what.into(),
+                    detail,
+                });
+            }
+        };
+        let status = resp.status();
+        self.observe(method, status.as_u16());
+        let headers = resp.headers().clone();
+        self.clock.observe(&headers, sent, crate::clock::local_ms());
+        self.record_budget(&headers);
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| GitHubError::Transient {
+                what: what.into(),
+                detail: root_cause(&e),
+            })?
+            .to_vec();
+        if status.is_server_error() {
+            return Err(self.classify(status, &headers, &bytes, what));
+        }
+        Ok((status, headers, bytes))
+    }
+
+    /// Lets a request through the circuit breaker, or refuses it while the circuit is open.
+    /// The guard returned gives the probe back if its future is dropped before it settles.
+    fn admit(&self, what: &str) -> Result<ProbeGuard<'_>, GitHubError> {
+        match self.breaker.admit(Instant::now()) {
+            Ok(probe) => Ok(ProbeGuard {
+                breaker: &self.breaker,
+                probe,
+            }),
+            Err(r) => Err(GitHubError::Unavailable {
+                what: what.into(),
+                failures: r.failures,
+                retry_in: r.retry_in,
+            }),
+        }
+    }
+
+    /// Tells the breaker how an exchange ended: any answer but a 5xx shows GitHub alive.
+    fn settle<T>(&self, r: Result<T, GitHubError>) -> Result<T, GitHubError> {
+        match &r {
+            Err(GitHubError::Transient { what, detail }) => {
+                if let Some(wait) = self
+                    .breaker
+                    .failure(Instant::now(), crate::breaker::jitter())
+                {
+                    tracing::warn!(
+                        what,
+                        detail,
+                        failures = crate::breaker::OPEN_AFTER,
+                        "GitHub keeps failing: the circuit is open, no request for {:.1} s",
+                        wait.as_secs_f64()
+                    );
+                }
+            }
+            _ => self.breaker.success(),
+        }
+        r
+    }
+
+    /// The circuit breaker's state (for metrics and status).
+    pub fn circuit(&self) -> crate::breaker::Circuit {
+        self.breaker.circuit(Instant::now())
     }
 
     fn classify(
@@ -692,36 +808,17 @@ impl Client {
         what: &str,
     ) -> Result<(HeaderMap, bytes_cache::Body), GitHubError> {
         self.check_blocked(what)?;
+        let _probe = self.admit(what)?;
         let url = format!("{}/{}", self.api, path);
-        let sent = crate::clock::local_ms();
-        let resp = self
+        let req = self
             .http
             .request(method.clone(), &url)
             .header("accept", ACCEPT)
             .header("x-github-api-version", API_VERSION)
-            .bearer_auth(bearer)
-            .send()
-            .await;
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                self.observe(&method, 0);
-                return Err(GitHubError::Transient {
-                    what: what.into(),
-                    detail: root_cause(&e),
-                });
-            }
-        };
-        let status = resp.status();
-        self.observe(&method, status.as_u16());
-        let headers = resp.headers().clone();
-        self.clock.observe(&headers, sent, crate::clock::local_ms());
-        let bytes = resp.bytes().await.map_err(|e| GitHubError::Transient {
-            what: what.into(),
-            detail: root_cause(&e),
-        })?;
+            .bearer_auth(bearer);
+        let (status, headers, bytes) = self.settle(self.exchange(&method, req, what).await)?;
         if status.is_success() {
-            return Ok((headers, Arc::new(bytes.to_vec())));
+            return Ok((headers, Arc::new(bytes)));
         }
         Err(self.classify(status, &headers, &bytes, what))
     }

@@ -7,8 +7,18 @@ use std::time::Duration;
 pub enum GitHubError {
     #[error("{what}: GitHub is unavailable or failing ({detail})")]
     Transient { what: String, detail: String },
-    #[error("{what}: rate limited by GitHub for {}s", wait.as_secs())]
+    #[error("{what}: rate limited by GitHub for {} s", secs(wait))]
     RateLimited { what: String, wait: Duration },
+    /// Not sent: the circuit breaker is open after `failures` transient failures in a row.
+    #[error(
+        "{what}: not sent, GitHub failed {failures} times in a row (next try in {} s)",
+        secs(retry_in)
+    )]
+    Unavailable {
+        what: String,
+        failures: u32,
+        retry_in: Duration,
+    },
     #[error("{what}: not found")]
     NotFound { what: String },
     #[error("{what}: conflict: {message}")]
@@ -34,6 +44,8 @@ pub enum ErrorClass {
     Transient,
     /// Wait at least this long before calling GitHub again.
     RateLimited(Duration),
+    /// GitHub keeps failing and the client's circuit is open for this long.
+    Unavailable(Duration),
     /// The thing is gone: for deletes, that is success.
     NotFound,
     /// Retrying will not help until something changes (credentials, config, the request).
@@ -45,6 +57,7 @@ impl GitHubError {
         match self {
             GitHubError::Transient { .. } => ErrorClass::Transient,
             GitHubError::RateLimited { wait, .. } => ErrorClass::RateLimited(*wait),
+            GitHubError::Unavailable { retry_in, .. } => ErrorClass::Unavailable(*retry_in),
             GitHubError::NotFound { .. } => ErrorClass::NotFound,
             GitHubError::Conflict { .. }
             | GitHubError::Unprocessable { .. }
@@ -53,4 +66,9 @@ impl GitHubError {
             | GitHubError::Auth { .. } => ErrorClass::Permanent,
         }
     }
+}
+
+/// Whole seconds, rounded up (a wait of 300 ms is "1 s", not "0 s").
+fn secs(d: &Duration) -> u64 {
+    d.as_millis().div_ceil(1000) as u64
 }

@@ -4,6 +4,7 @@
 //! airlock domain types from `airlock-core`. It must never log a token, a JWT or a JIT config.
 
 mod auth;
+pub mod breaker;
 mod client;
 pub mod clock;
 mod error;

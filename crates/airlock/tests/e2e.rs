@@ -441,7 +441,8 @@ async fn github_failures_back_off_and_recover() {
         &pools,
         "1s",
         Faults {
-            error_5xx: 2,
+            // More than a read's two retries.
+            error_5xx: 4,
             ..Default::default()
         },
         true,
@@ -553,8 +554,8 @@ async fn every_metric_is_updated() {
     // The egress counters move only with a pool that has a network (containers, microVMs):
     // `tests/container.rs` (`egress_is_enforced_reported_and_suggested_end_to_end`) reads them.
     // The health gauges are 1 only for a failing pool, an outdated image, a stuck job or a low
-    // disk, and the clock's drift is 0 against ghsim's own clock: `tests/health.rs` stages each
-    // and reads them.
+    // disk, and the clock's drift is 0 against ghsim's own clock; the circuit opens only in
+    // an outage: `tests/health.rs` stages each and reads them.
     let staged_elsewhere = [
         "airlock_ops_deferred",
         "airlock_egress_blocked",
@@ -564,6 +565,7 @@ async fn every_metric_is_updated() {
         "airlock_jobs_stuck",
         "airlock_clock_drift_seconds",
         "airlock_disk_low",
+        "airlock_github_circuit_open",
     ];
     for f in families
         .iter()

@@ -419,3 +419,120 @@ async fn a_full_state_disk_admits_nothing_prunes_and_recovers() {
     assert_eq!(check, "ok");
     e.shutdown().await;
 }
+
+/// GitHub down for everything but webhooks: the client's circuit opens after five failures in a
+/// row, status and metrics say so and the waiting job's stuck reason names it, GitHub sees a
+/// handful of probes rather than a hot loop, and once it answers again the job runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_outage_opens_the_circuit_without_a_hot_loop_and_recovers() {
+    let pools = [pool("small", &["self-hosted", "small"])];
+    let e = env_stuck_after_2s(&pools, &runner_bin(), Faults::default()).await;
+    assert!(
+        wait_until(T, || metric(
+            &e.metrics(),
+            "airlock_polls_total{outcome=\"ok\"}"
+        ) >= 1.0)
+        .await
+    );
+    e.sim().set_faults(Faults {
+        error_5xx: 1_000_000,
+        ..Default::default()
+    });
+    e.submit("octo/hello", &[("waits", &["small"], &["true"])]);
+    assert!(
+        wait_until(T, || metric(&e.metrics(), "airlock_github_circuit_open")
+            == 1.0)
+        .await,
+        "{}",
+        e.metrics()
+    );
+    let v = status(&e).await;
+    assert_eq!(v["github"]["circuit"], "open", "{}", v["github"]);
+    assert!(
+        wait_until(T, || {
+            let v = status_blocking(&e);
+            v["stuck"].as_array().is_some_and(|s| {
+                s.iter()
+                    .any(|j| j["name"] == "waits" && j["reason_code"] == "github_unavailable")
+            })
+        })
+        .await,
+        "stuck with the reason: {}",
+        status(&e).await["stuck"]
+    );
+    // Open for 10 s: cool-downs of about 2, 4 and 8 s let a probe or three through.
+    let before = e.sim().stats().injected_5xx;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let during = e.sim().stats().injected_5xx - before;
+    assert!(
+        during <= 6,
+        "{during} requests in 10 s of an outage: a hot loop"
+    );
+    // Back: the next probe closes the circuit and the job runs.
+    e.sim().set_faults(Faults::default());
+    assert!(
+        wait_until(T, || e.sim().jobs().iter().any(
+            |j| j.name == "waits" && j.conclusion.as_deref() == Some("success")
+        ))
+        .await,
+        "the job runs once GitHub is back"
+    );
+    assert!(
+        wait_until(T, || metric(&e.metrics(), "airlock_github_circuit_open")
+            == 0.0)
+        .await
+    );
+    assert_eq!(status(&e).await["github"]["circuit"], "closed");
+    println!(
+        "a 60-minute outage at this pace costs about {} requests",
+        during * 6 * 60 / 10
+    );
+    e.assert_nothing_left();
+    e.shutdown().await;
+}
+
+/// GitHub answers 409 to a JIT request whose name a stale registration already holds (what an
+/// answer lost after GitHub made the registration leaves behind): airlock gives up that name,
+/// creates the runner under a new one at once (no long backoff, the pool not degraded) and the
+/// orphan reaper removes the stale registration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jit_name_conflict_takes_a_new_name_and_the_stale_registration_is_reaped() {
+    let pools = [pool("small", &["self-hosted", "small"])];
+    let e = env(
+        &pools,
+        "1s",
+        Faults {
+            jit_conflict: 1,
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let t0 = std::time::Instant::now();
+    e.submit("octo/hello", &[("j", &["small"], &["true"])]);
+    e.wait_all_done(T).await;
+    let took = t0.elapsed();
+    assert_eq!(e.sim().stats().injected_conflicts, 1);
+    assert!(
+        took < Duration::from_secs(20),
+        "a conflict costs a create, not a minute's backoff: {took:?}"
+    );
+    assert_eq!(e.sim().jobs()[0].conclusion.as_deref(), Some("success"));
+    assert!(
+        wait_until(T, || e.sim().runners().is_empty()).await,
+        "the stale registration is reaped: {:?}",
+        e.sim().runners()
+    );
+    assert_eq!(
+        metric(&e.metrics(), "airlock_pool_degraded{pool=\"small\"}"),
+        0.0
+    );
+    assert!(
+        metric(
+            &e.metrics(),
+            "airlock_orphans_reaped_total{outcome=\"registration\"}"
+        ) >= 1.0
+    );
+    e.assert_nothing_left();
+    e.shutdown().await;
+}

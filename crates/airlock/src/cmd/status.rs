@@ -77,6 +77,13 @@ pub async fn run(a: Args) -> u8 {
             v["disk"]["low_water_mib"]
         );
     }
+    if v["github"]["circuit"] != "closed" && !v["github"]["circuit"].is_null() {
+        println!(
+            "GITHUB FAILING: {} transient errors in a row; airlock sends GitHub nothing for {:.1} s, then tries once",
+            airlock_github::breaker::OPEN_AFTER,
+            v["github"]["retry_in_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+        );
+    }
     if v["clock"]["drifted"] == true {
         let off = v["clock"]["offset_ms"].as_i64().unwrap_or(0);
         println!(

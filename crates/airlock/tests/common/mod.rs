@@ -2,6 +2,7 @@
 //! with the process backend running the real stand-in runner binary.
 #![allow(dead_code)]
 
+pub mod container;
 pub mod vm;
 
 use std::os::unix::fs::PermissionsExt;
