@@ -200,6 +200,8 @@ impl PoolConfig {
             boot_timeout: self.boot_timeout.as_millis() as i64,
             idle_timeout: self.idle_timeout.as_millis() as i64,
             job_timeout: self.job_timeout.as_millis() as i64,
+            // The daemon's (it fingerprints the settings its sandboxes are made from).
+            config: String::new(),
         }
     }
 }

@@ -29,6 +29,10 @@ pub struct PoolSpec {
     /// JIT configs to keep ready (see `plan_stock`), and the age (ms) at which one is replaced.
     pub jit_stock: u32,
     pub jit_stock_refresh: i64,
+    /// The fingerprint of the pool's sandbox settings (image, backend, resources, labels,
+    /// egress…): a runner made with another is replaced once it is not busy. '' compares equal
+    /// to anything.
+    pub config: String,
 }
 
 impl PoolSpec {
@@ -48,6 +52,7 @@ impl PoolSpec {
             job_timeout: 6 * 3_600_000,
             jit_stock: 0,
             jit_stock_refresh: 12 * 3_600_000,
+            config: String::new(),
         }
     }
     pub fn labels(mut self, l: &[&str]) -> Self {
@@ -90,6 +95,8 @@ pub struct RunnerView {
     pub exit_code: Option<i32>,
     /// airlock knows which job it took (a webhook or poll named this runner on a job).
     pub job_known: bool,
+    /// The fingerprint of its pool's settings when it was made ('' unknown: taken as current).
+    pub config: String,
 }
 
 /// A runner registration as GitHub lists it.
@@ -116,6 +123,9 @@ pub enum StopReason {
     Drain,
     /// A teardown that an earlier pass (or process) began and did not finish.
     Resume,
+    /// Its pool's settings changed (a reload, or a restart with another config) and it was
+    /// not busy: it is replaced by a runner made with the new ones.
+    Reconfigured,
 }
 
 impl StopReason {
@@ -127,6 +137,7 @@ impl StopReason {
             StopReason::JobTimeout => "job_timeout",
             StopReason::Drain => "drain",
             StopReason::Resume => "resume",
+            StopReason::Reconfigured => "reconfigured",
         }
     }
 
@@ -135,7 +146,10 @@ impl StopReason {
     /// killing a busy runner, including one that took a job airlock has not heard of yet.
     pub fn deregister_first(self) -> bool {
         match self {
-            StopReason::BootTimeout | StopReason::IdleTimeout | StopReason::Drain => true,
+            StopReason::BootTimeout
+            | StopReason::IdleTimeout
+            | StopReason::Drain
+            | StopReason::Reconfigured => true,
             StopReason::Exited | StopReason::JobTimeout | StopReason::Resume => false,
         }
     }
@@ -248,6 +262,13 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<Op> {
                 Some(StopReason::Exited)
             } else if r.state == RunnerState::Busy && in_state > pool.job_timeout {
                 Some(StopReason::JobTimeout)
+            } else if r.state != RunnerState::Busy
+                && !r.config.is_empty()
+                && !pool.config.is_empty()
+                && r.config != pool.config
+            {
+                // Made with settings the pool no longer has; a busy one finishes its job first.
+                Some(StopReason::Reconfigured)
             } else if matches!(r.state, RunnerState::Creating | RunnerState::Starting)
                 && age > pool.boot_timeout
             {
@@ -394,6 +415,7 @@ mod tests {
             exited: false,
             exit_code: None,
             job_known: false,
+            config: String::new(),
         }
     }
 
@@ -604,6 +626,33 @@ mod tests {
                 jobs: vec![job(1, &["small"])],
                 runners: vec![runner("s1", "small", Starting, 301)],
                 want: vec![stop("s1", StopReason::BootTimeout)],
+                ..Default::default()
+            },
+            Case {
+                name: "a changed pool replaces its runners that are not busy; busy ones finish",
+                pools: vec![PoolSpec {
+                    config: "new".into(),
+                    ..PoolSpec::test("small")
+                }],
+                jobs: vec![job(1, &["small"])],
+                runners: vec![
+                    RunnerView { config: "old".into(), ..runner("i1", "small", Idle, 1) },
+                    RunnerView { config: "old".into(), ..runner("s1", "small", Starting, 1) },
+                    RunnerView {
+                        config: "old".into(),
+                        job_known: true,
+                        ..runner("b1", "small", Busy, 1)
+                    },
+                    RunnerView { config: "new".into(), ..runner("i2", "small", Idle, 700) },
+                    // Made before fingerprints were kept: taken as current.
+                    runner("i3", "small", Idle, 700),
+                ],
+                want: vec![
+                    stop("i1", StopReason::Reconfigured),
+                    stop("s1", StopReason::Reconfigured),
+                    // One job, two current idle runners past their idle timeout: one goes.
+                    stop("i2", StopReason::IdleTimeout),
+                ],
                 ..Default::default()
             },
             Case {

@@ -262,6 +262,7 @@ pub(crate) async fn stuck_jobs(inner: &Inner) -> Result<Vec<StuckJob>, airlock_s
         .await?;
     let now = crate::now_ms();
     let after = inner.cfg.server.stuck_after.as_millis() as i64;
+    let set = inner.pools();
     let (draining, github) = {
         let s = inner.shared();
         let at = |t: Instant| now + t.saturating_duration_since(Instant::now()).as_millis() as i64;
@@ -288,7 +289,7 @@ pub(crate) async fn stuck_jobs(inner: &Inner) -> Result<Vec<StuckJob>, airlock_s
             labels: j.labels.clone(),
             status: j.status,
         };
-        let Some(pool) = airlock_core::choose_pool(&view, &inner.specs) else {
+        let Some(pool) = airlock_core::choose_pool(&view, &set.specs) else {
             continue;
         };
         let states: Vec<RunnerState> = runners
@@ -332,18 +333,6 @@ pub(crate) async fn watch(
     // Also the disk's watch: at least every 5 s.
     let every = (inner.cfg.server.stuck_after / 4)
         .clamp(Duration::from_millis(200), Duration::from_secs(5));
-    for p in &inner.specs {
-        for g in [
-            &inner.metrics.pool_degraded,
-            &inner.metrics.pool_image_outdated,
-            &inner.metrics.jobs_stuck,
-        ] {
-            g.get_or_create(&PoolLabels {
-                pool: p.name.clone(),
-            })
-            .set(0);
-        }
-    }
     // The disk at once: a daemon started on a full disk admits nothing from its first pass.
     crate::disk::check(&inner).await;
     loop {
@@ -361,8 +350,9 @@ pub(crate) async fn watch(
                 continue;
             }
         };
+        let set = inner.pools();
         let mut per_pool: HashMap<&str, i64> =
-            inner.specs.iter().map(|p| (p.name.as_str(), 0)).collect();
+            set.specs.iter().map(|p| (p.name.as_str(), 0)).collect();
         for s in &stuck {
             *per_pool.entry(s.pool.as_str()).or_default() += 1;
         }

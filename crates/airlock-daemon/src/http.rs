@@ -50,8 +50,26 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
             ),
         )
         .route("/api/v1/egress/suggest", get(suggest_handler))
+        .route("/api/v1/reload", post(reload_handler))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(inner)
+}
+
+/// `POST /api/v1/reload` (`airlock reload`): the daemon reads its config file again. 200 with
+/// what changed; 422 with the problems of a config it refuses (the running one stays); 409 when
+/// it was not started from a file. It takes no input: what it applies is the operator's file.
+async fn reload_handler(State(inner): State<Arc<Inner>>) -> Response {
+    match inner.reload_file() {
+        Ok(r) => (StatusCode::OK, Json(json!(r))).into_response(),
+        Err(e) => match &e {
+            crate::ReloadError::NoFile => refuse(StatusCode::CONFLICT, &e.to_string()),
+            crate::ReloadError::Invalid { problems, .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "error": e.to_string(), "problems": problems })),
+            )
+                .into_response(),
+        },
+    }
 }
 
 /// Everything the HTTP side can ask of the daemon.
@@ -163,7 +181,7 @@ async fn suggest_handler(
     let Some(pool) = q.pool.filter(|p| !p.is_empty()) else {
         return refuse(StatusCode::BAD_REQUEST, "missing ?pool=NAME");
     };
-    if !inner.cfg.pools.iter().any(|p| p.name == pool) {
+    if inner.pools().cfg(&pool).is_none() {
         return refuse(StatusCode::NOT_FOUND, &format!("no pool named {pool:?}"));
     }
     let back = match q.since.as_deref().map(humantime::parse_duration) {
@@ -206,7 +224,7 @@ async fn dispatch(inner: &Inner, cmd: Command) -> Response {
                     labels: j.labels.clone(),
                     status: j.status,
                 };
-                airlock_core::choose_pool(&view, &inner.specs).is_some()
+                airlock_core::choose_pool(&view, &inner.pools().specs).is_some()
                     || j.runner_name
                         .as_deref()
                         .is_some_and(|r| r.starts_with(airlock_core::RUNNER_PREFIX))
@@ -273,7 +291,8 @@ async fn status(inner: &Inner) -> Result<serde_json::Value, airlock_store::Store
         .store
         .call(|s| Ok((s.live_runners()?, s.open_jobs()?)))
         .await?;
-    let pools: Vec<_> = inner.cfg.pools.iter().map(|p| p.spec()).collect();
+    let set = inner.pools();
+    let pools = &set.specs;
     let views: Vec<_> = jobs
         .iter()
         .map(|j| airlock_core::JobView {
@@ -284,10 +303,9 @@ async fn status(inner: &Inner) -> Result<serde_json::Value, airlock_store::Store
             status: j.status,
         })
         .collect();
-    let demand = airlock_core::planner::demand(&views, &pools);
-    let pools: Vec<_> = inner
-        .cfg
-        .pools
+    let demand = airlock_core::planner::demand(&views, pools);
+    let pools: Vec<_> = set
+        .cfgs
         .iter()
         .map(|p| {
             let mut by_state: BTreeMap<String, usize> = BTreeMap::new();

@@ -17,6 +17,7 @@ mod http;
 pub mod metrics;
 mod ops;
 mod poll;
+mod pools;
 mod reconcile;
 mod reload;
 mod stock;
@@ -88,15 +89,19 @@ pub(crate) struct Shared {
     stock_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The plan's operations in flight and the objects they own.
     inflight: executor::InFlight,
+    /// Pools whose per-pool series the metrics hold (see `reconcile::update_gauges`).
+    gauged_pools: std::collections::BTreeSet<String>,
 }
 
 pub struct Inner {
-    /// The config the daemon started with (a reload applies what it can without replacing it).
+    /// The config the daemon started with, but for its pools (`pools`): a reload changes only
+    /// those, the rest waits for a restart. Its `pools` is empty.
     cfg: Config,
-    /// The pools' egress policies, as the last reload left them.
-    policies: reload::Policies,
-    /// The pools as the planner sees them.
-    specs: Vec<airlock_core::PoolSpec>,
+    /// The pools as the last load or reload left them (configs and the planner's specs).
+    pools: std::sync::RwLock<Arc<pools::PoolSet>>,
+    /// The config file a reload reads (set by `serve`; `None`: the daemon was started from a
+    /// config in memory, which only `Handle::reload` can replace).
+    config_path: std::sync::OnceLock<std::path::PathBuf>,
     store: Db,
     github: Client,
     backend: backends::Backends,
@@ -124,6 +129,90 @@ impl std::fmt::Debug for Inner {
 impl Inner {
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pools now: kept by the caller for what it is doing (a reload swaps in a new set).
+    pub(crate) fn pools(&self) -> Arc<pools::PoolSet> {
+        self.pools.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the pools with `new`'s (see `reload`) and says what changed.
+    pub(crate) fn apply_reload(self: &Arc<Self>, new: &Config) -> Reload {
+        // A pool on a backend this daemon did not start (no pool used it) waits for a restart;
+        // its earlier version, if any, stays.
+        let running = self.backend.registry.kinds();
+        let mut new = new.clone();
+        let mut waiting = Vec::new();
+        let now_set = self.pools();
+        new.pools = new
+            .pools
+            .into_iter()
+            .filter_map(|p| {
+                if running.contains(&p.backend) {
+                    return Some(p);
+                }
+                waiting.push(format!(
+                    "pool {} (its backend, {}, is not running: a restart starts it)",
+                    p.name,
+                    p.backend.as_str()
+                ));
+                now_set.cfg(&p.name).cloned()
+            })
+            .collect();
+        let r = {
+            let mut now = self.pools.write().unwrap_or_else(|p| p.into_inner());
+            let mut r = reload::diff(&self.cfg, &now, &new);
+            r.needs_restart.extend(waiting);
+            *now = Arc::new(pools::PoolSet::new(&new.pools));
+            r
+        };
+        for a in &r.applied {
+            tracing::info!(change = %a, "reloaded");
+        }
+        if !r.needs_restart.is_empty() {
+            tracing::warn!(
+                changed = %r.needs_restart.join(", "),
+                "the reloaded config changes what only a restart applies; left as it was"
+            );
+        }
+        if !r.applied.is_empty() {
+            // Added microVM pools are probed before they create; then a pass plans the change.
+            let i = self.clone();
+            tokio::spawn(async move {
+                let set = i.pools();
+                i.backend.probe_pools(&set.cfgs).await;
+                i.wake.notify_one();
+            });
+            self.poll_now.notify_one();
+        }
+        r
+    }
+
+    /// Reads and checks the config file the daemon was started with, then `apply_reload`. An
+    /// invalid config changes nothing: its problems come back, one a line.
+    pub(crate) fn reload_file(self: &Arc<Self>) -> Result<Reload, ReloadError> {
+        let Some(path) = self.config_path.get() else {
+            return Err(ReloadError::NoFile);
+        };
+        match airlock_config::load(path) {
+            Ok((new, warnings)) => {
+                for w in warnings {
+                    tracing::warn!(config = %path.display(), "{w}");
+                }
+                Ok(self.apply_reload(&new))
+            }
+            Err(e) => {
+                let problems: Vec<String> = e.diagnostics.iter().map(|d| d.to_string()).collect();
+                for p in &problems {
+                    tracing::error!(config = %path.display(), "{p}");
+                }
+                tracing::error!(config = %path.display(), "the config does not load: nothing reloaded, the running one stays");
+                Err(ReloadError::Invalid {
+                    path: path.display().to_string(),
+                    problems,
+                })
+            }
+        }
     }
 
     /// A microVM pool's accelerator (`kvm`, `tcg`, `refused`) and why, once its probe ran.
@@ -415,10 +504,12 @@ async fn start_inner(
         source,
     })?;
 
+    let mut cfg = cfg;
+    let pools = pools::PoolSet::new(&std::mem::take(&mut cfg.pools));
     let inner = Arc::new(Inner {
-        specs: cfg.pools.iter().map(|p| p.spec()).collect(),
+        pools: std::sync::RwLock::new(Arc::new(pools)),
+        config_path: std::sync::OnceLock::new(),
         slots: executor::Slots::new(cfg.server.max_parallel_ops),
-        policies: reload::Policies::new(&cfg),
         cfg,
         store: Db::new(store, metrics.clone())?,
         github,
@@ -455,7 +546,7 @@ async fn start_inner(
     }));
     let i = inner.clone();
     tasks.push(tokio::spawn(async move {
-        i.backend.probe_pools(&i.cfg.pools).await;
+        i.backend.probe_pools(&i.pools().cfgs).await;
         i.wake.notify_one();
     }));
     tasks.push(tokio::spawn(reconcile::run(inner.clone(), stop_rx.clone())));
@@ -473,21 +564,31 @@ async fn start_inner(
 
 pub use reload::Reload;
 
+/// Why a reload from the config file changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this daemon was not started from a config file")]
+    NoFile,
+    #[error("{path} does not load ({} problems): nothing reloaded", problems.len())]
+    Invalid { path: String, problems: Vec<String> },
+}
+
 impl Handle {
-    /// Applies what of `new` can change while sandboxes run (pools' egress policies: for
-    /// sandboxes created from now on) and names the rest, which waits for a restart.
+    /// Replaces the pools with `new`'s: added ones are served, removed ones drained (busy
+    /// runners finish), changed ones' runners replaced once not busy; what only a restart
+    /// applies (`[server]`, `[github]`, `[container]`, `[microvm]`) is named and left.
     pub fn reload(&self, new: &Config) -> Reload {
-        let r = reload::reload(&self.inner.cfg, new, &self.inner.policies);
-        for a in &r.applied {
-            tracing::info!(change = %a, "reloaded: applies to sandboxes created from now on");
-        }
-        if !r.needs_restart.is_empty() {
-            tracing::warn!(
-                changed = %r.needs_restart.join(", "),
-                "the reloaded config changes what only a restart applies; left as it was"
-            );
-        }
-        r
+        self.inner.apply_reload(new)
+    }
+
+    /// The file `reload_file` (SIGHUP, `airlock reload`) reads.
+    pub fn set_config_path(&self, path: &Path) {
+        let _ = self.inner.config_path.set(path.to_path_buf());
+    }
+
+    /// Reads the config file again and reloads it, or refuses it with its problems.
+    pub fn reload_file(&self) -> Result<Reload, ReloadError> {
+        self.inner.reload_file()
     }
 
     /// Graceful shutdown: stop creating runners, remove idle ones, give busy ones `grace` to

@@ -282,3 +282,33 @@ impl Metrics {
         s
     }
 }
+
+/// Removes a pool's gauges (a reload removed it and its last runner is gone); its counters stay,
+/// as counters do.
+pub(crate) fn forget_pool(m: &Metrics, pool: &str) {
+    let labels = PoolLabels { pool: pool.into() };
+    for g in [
+        &m.queued_jobs,
+        &m.jit_stock,
+        &m.pool_degraded,
+        &m.pool_image_outdated,
+        &m.jobs_stuck,
+    ] {
+        g.remove(&labels);
+    }
+    for state in airlock_core::RunnerState::ALL {
+        m.runners.remove(&PoolStateLabels {
+            pool: pool.into(),
+            state: state.to_string(),
+        });
+    }
+    for backend in airlock_core::BackendKind::ALL {
+        for accel in ["none", "unprobed", "kvm", "tcg", "refused"] {
+            m.pool_info.remove(&PoolInfoLabels {
+                pool: pool.into(),
+                backend: backend.as_str().into(),
+                accel: accel.into(),
+            });
+        }
+    }
+}

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::executor::{registration_key, runner_key, sandbox_key, Kind, Ticket};
 use crate::metrics::{OutcomeLabels, PoolLabels, StopLabels};
-use crate::reconcile::{back_off, pool_of, OpError};
+use crate::reconcile::{back_off, OpError};
 use crate::{now_ms, Inner};
 
 /// One of the plan's operations with what it acts on, as the pass observed it: it runs as a task
@@ -151,22 +151,36 @@ pub(crate) async fn group_id(
     inner: &Inner,
     pool: &airlock_config::PoolConfig,
 ) -> Result<u64, GitHubError> {
-    if let Some(id) = inner.shared().group_ids.get(&pool.name) {
+    // By scope and group, not pool: a reload may give a pool another of either.
+    let key = format!("{} {}", pool.scope, pool.runner_group);
+    if let Some(id) = inner.shared().group_ids.get(&key) {
         return Ok(*id);
     }
     let id = inner
         .github
         .runner_group_id(&pool.scope, &pool.runner_group)
         .await?;
-    inner.shared().group_ids.insert(pool.name.clone(), id);
+    inner.shared().group_ids.insert(key, id);
     Ok(id)
 }
 
 async fn create(inner: &Inner, pool_name: &str, ticket: &mut Ticket) -> Result<(), OpError> {
     let started = Instant::now();
-    let pool = pool_of(inner, pool_name).ok_or_else(|| OpError::NoPool(pool_name.into()))?;
-    // A stocked config, when the pool has one: no GitHub request on this runner's path.
-    let stocked = crate::stock::take(inner, &pool.name, pool.jit_stock_refresh.as_millis() as i64);
+    // The pool as it is now: its config and its settings' fingerprint from one set, kept for
+    // the whole create (a reload meanwhile changes the next runner, not this one).
+    let set = inner.pools();
+    let (pool, fingerprint) = set
+        .get(pool_name)
+        .map(|(c, s)| (c, s.config.clone()))
+        .ok_or_else(|| OpError::NoPool(pool_name.into()))?;
+    // A stocked config made under these settings, when the pool has one: no GitHub request on
+    // this runner's path.
+    let stocked = crate::stock::take(
+        inner,
+        &pool.name,
+        pool.jit_stock_refresh.as_millis() as i64,
+        &fingerprint,
+    );
     let name = stocked
         .as_ref()
         .map_or_else(|| new_runner_name(pool), |s| s.name.clone());
@@ -184,7 +198,7 @@ async fn create(inner: &Inner, pool_name: &str, ticket: &mut Ticket) -> Result<(
         };
         // Before anything is recorded: a pool whose image is missing creates nothing.
         let recorded: Result<_, OpError> = async {
-            let mut spec = inner
+            let spec = inner
                 .backend
                 .spec_for(pool, &name)
                 .await
@@ -192,10 +206,6 @@ async fn create(inner: &Inner, pool_name: &str, ticket: &mut Ticket) -> Result<(
                     pool: pool.name.clone(),
                     source,
                 })?;
-            // The policy as the last reload left it (running sandboxes keep theirs).
-            if let Some(p) = inner.policies.get(&pool.name) {
-                spec.egress = p;
-            }
             let now = now_ms();
             let (n, p, scope, backend) = (
                 name.clone(),
@@ -208,6 +218,7 @@ async fn create(inner: &Inner, pool_name: &str, ticket: &mut Ticket) -> Result<(
                 .store
                 .call(move |s| {
                     s.insert_runner(&n, &p, &scope, &n, backend, now)?;
+                    s.set_runner_config(&n, &fingerprint)?;
                     match registered {
                         Some(id) => s.set_runner_registration(&n, id),
                         None => Ok(()),

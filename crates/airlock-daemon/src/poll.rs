@@ -19,8 +19,8 @@ const MIN_POLL_SPACING: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     if inner
-        .cfg
-        .pools
+        .pools()
+        .cfgs
         .iter()
         .any(|p| matches!(p.scope, Scope::Enterprise(_)))
     {
@@ -84,7 +84,7 @@ async fn poll_once(inner: &Inner) -> Result<(), PollError> {
     if pruned > 0 {
         tracing::debug!(rows = pruned, "pruned old history");
     }
-    let scopes: BTreeSet<Scope> = inner.cfg.pools.iter().map(|p| p.scope.clone()).collect();
+    let scopes: BTreeSet<Scope> = inner.pools().cfgs.iter().map(|p| p.scope.clone()).collect();
     let mut registrations = Vec::new();
     let mut first_error = None;
     for scope in &scopes {

@@ -129,8 +129,9 @@ pub(crate) enum Next {
     Idle,
 }
 
-pub(crate) fn pool_of<'a>(inner: &'a Inner, name: &str) -> Option<&'a airlock_config::PoolConfig> {
-    inner.cfg.pools.iter().find(|p| p.name == name)
+/// A pool's config as it is now (a copy: a reload may replace it meanwhile).
+pub(crate) fn pool_of(inner: &Inner, name: &str) -> Option<airlock_config::PoolConfig> {
+    inner.pools().cfg(name).cloned()
 }
 
 /// One pass: observe, plan, act; says when the next one is due. `view` holds what the last
@@ -187,6 +188,7 @@ pub(crate) async fn pass(
                 _ => None,
             },
             job_known: r.job_id.is_some(),
+            config: r.config.clone(),
         });
     }
     // Health first, so that what it holds back holds this pass's creates: a runner that exited
@@ -220,11 +222,12 @@ pub(crate) async fn pass(
         .await?;
     view.jobs.apply_changed(open);
     let jobs = view.jobs.rows();
-    let pools = &inner.specs;
+    let set = inner.pools();
+    let pools = &set.specs;
     let ids: Vec<String> = kinds.keys().cloned().collect();
     let (stock_views, reserved) = {
         let s = inner.shared();
-        (crate::stock::views(&s), crate::stock::reserved(&s))
+        (crate::stock::views(&s, &set), crate::stock::reserved(&s))
     };
     let input = PlanInput {
         now,
@@ -274,7 +277,7 @@ pub(crate) async fn pass(
         .min()
         .map(at);
 
-    update_gauges(inner, pools, jobs, &views);
+    update_gauges(inner, &set, jobs, &views);
     // Each operation runs as a task of its own (`executor`): the pass does not wait for them,
     // so the next pass plans while they run. `schedule` keeps one operation per object and puts
     // stops and reaps first; the executor drops any on an object another operation owns (or
@@ -372,13 +375,13 @@ fn start_stock_op(inner: &Arc<Inner>, op: StockOp) {
             let Some(cfg) = pool_of(inner, &pool) else {
                 return;
             };
-            let name = crate::stock::reserve(inner, cfg);
+            let name = crate::stock::reserve(inner, &cfg);
             let inner = inner.clone();
             tokio::spawn(async move {
                 let Some(cfg) = pool_of(&inner, &pool) else {
                     return;
                 };
-                match crate::stock::fill(&inner, cfg, name).await {
+                match crate::stock::fill(&inner, &cfg, name).await {
                     Ok(()) => inner.shared().backoffs.clear(&key),
                     Err(e) => {
                         count_error(&inner, "stock_fill", &e);
@@ -523,12 +526,28 @@ async fn run_op(inner: &Arc<Inner>, work: crate::ops::Work, mut ticket: Ticket) 
 
 fn update_gauges(
     inner: &Inner,
-    pools: &[airlock_core::PoolSpec],
+    set: &crate::pools::PoolSet,
     jobs: &[JobView],
     runners: &[RunnerView],
 ) {
+    let pools = &set.specs;
     let demand = airlock_core::planner::demand(jobs, pools);
-    for p in &inner.cfg.pools {
+    // A pool removed by a reload loses its series once its last runner is gone.
+    let names: std::collections::BTreeSet<String> = pools
+        .iter()
+        .map(|p| p.name.clone())
+        .chain(runners.iter().map(|r| r.pool.clone()))
+        .collect();
+    let gone: Vec<String> = {
+        let mut s = inner.shared();
+        let gone = s.gauged_pools.difference(&names).cloned().collect();
+        s.gauged_pools = names.clone();
+        gone
+    };
+    for pool in gone {
+        crate::metrics::forget_pool(&inner.metrics, &pool);
+    }
+    for p in &set.cfgs {
         let accel = inner.backend.accel_label(p);
         for a in ["none", "unprobed", "kvm", "tcg", "refused"] {
             let labels = PoolInfoLabels {
@@ -543,27 +562,33 @@ fn update_gauges(
             }
         }
     }
-    for p in pools {
+    for name in &names {
+        for g in [
+            &inner.metrics.pool_degraded,
+            &inner.metrics.pool_image_outdated,
+            &inner.metrics.jobs_stuck,
+        ] {
+            // Present (0) from the pool's first pass on; the health watch sets them.
+            let _ = g.get_or_create(&PoolLabels { pool: name.clone() });
+        }
         inner
             .metrics
             .queued_jobs
-            .get_or_create(&PoolLabels {
-                pool: p.name.clone(),
-            })
-            .set(demand.get(&p.name).copied().unwrap_or(0) as i64);
+            .get_or_create(&PoolLabels { pool: name.clone() })
+            .set(demand.get(name).copied().unwrap_or(0) as i64);
         for state in RunnerState::ALL {
             if state == RunnerState::Gone {
                 continue;
             }
             let n = runners
                 .iter()
-                .filter(|r| r.pool == p.name && r.state == state)
+                .filter(|r| &r.pool == name && r.state == state)
                 .count();
             inner
                 .metrics
                 .runners
                 .get_or_create(&PoolStateLabels {
-                    pool: p.name.clone(),
+                    pool: name.clone(),
                     state: state.to_string(),
                 })
                 .set(n as i64);

@@ -1,56 +1,55 @@
-//! A config reload (`SIGHUP` to `airlock serve`, or `Handle::reload`): what can change while
-//! sandboxes run is applied, the rest is named as needing a restart and left as it was.
+//! A config reload (`SIGHUP` to `airlock serve`, `airlock reload`, `POST /api/v1/reload`, or
+//! `Handle::reload`): the pools are replaced as a whole, the rest of the config is named as
+//! needing a restart and left as it was. An invalid config is refused before anything changes.
 //!
-//! Applied today: each pool's egress policy (`[pool.egress]`). A new policy reaches sandboxes
-//! created from then on; running ones keep the policy they were attached with (their nftables
-//! chain is named by what it enforces, and their session file holds their policy), so a reload
-//! never changes what a job already running may reach.
+//! What a pool's change does (see `pools` for the fingerprint):
+//! - added: served from the next pass (a microVM pool's accelerator is probed first);
+//! - removed: no new runners; its idle and starting runners are stopped, busy ones finish their
+//!   jobs and go (the planner drains runners of pools it does not know), its JIT stock is
+//!   deleted;
+//! - planner knobs changed (`max_runners`, `min_idle`, timeouts, the stock's size): they apply
+//!   to its runners as they are;
+//! - sandbox settings changed (image, backend, resources, labels, scope, egress…): new runners
+//!   are made with the new ones, runners not busy are replaced, busy ones finish under what they
+//!   started with (a job never sees its sandbox's policy change), stocked JIT configs are dropped.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
+use airlock_config::{Config, PoolConfig};
 
-use airlock_config::Config;
-use airlock_core::egress::EgressPolicy;
+use crate::pools::{fingerprint, sandbox_settings, PoolSet};
 
 /// What a reload did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Reload {
-    /// Changes applied, in words (`pool box: egress policy`).
+    /// Changes applied, in words (`pool box: changed image, egress`).
     pub applied: Vec<String>,
-    /// Changes left for a restart to apply (`server`, `pool box`, `pool new (added)`).
+    /// Changes left for a restart to apply (`[server]`).
     pub needs_restart: Vec<String>,
-}
-
-/// The pools' egress policies as the last load or reload left them.
-#[derive(Debug, Default)]
-pub(crate) struct Policies(RwLock<HashMap<String, EgressPolicy>>);
-
-impl Policies {
-    pub(crate) fn new(cfg: &Config) -> Policies {
-        Policies(RwLock::new(
-            cfg.pools
-                .iter()
-                .map(|p| (p.name.clone(), p.egress.clone()))
-                .collect(),
-        ))
-    }
-
-    pub(crate) fn get(&self, pool: &str) -> Option<EgressPolicy> {
-        self.0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(pool)
-            .cloned()
-    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
-/// Compares `new` with `old` (the config the daemon started with) and applies to `policies`
-/// what may change live.
-pub(crate) fn reload(old: &Config, new: &Config, policies: &Policies) -> Reload {
+/// The top-level keys whose values differ between two pools' settings.
+fn changed_keys(a: &PoolConfig, b: &PoolConfig) -> Vec<String> {
+    let (a, b) = (json(a), json(b));
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return vec!["(settings)".into()];
+    };
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Compares `new` with the running config (`old`'s sections, `pools` for the pools) and says
+/// what a reload does; the caller swaps in `PoolSet::new(&new.pools)`.
+pub(crate) fn diff(old: &Config, pools: &PoolSet, new: &Config) -> Reload {
     let mut r = Reload::default();
     for (name, a, b) in [
         ("server", json(&old.server), json(&new.server)),
@@ -62,29 +61,34 @@ pub(crate) fn reload(old: &Config, new: &Config, policies: &Policies) -> Reload 
             r.needs_restart.push(format!("[{name}]"));
         }
     }
-    let mut now = policies.0.write().unwrap_or_else(|p| p.into_inner());
     for p in &new.pools {
-        let Some(was) = old.pools.iter().find(|o| o.name == p.name) else {
-            r.needs_restart.push(format!("pool {} (added)", p.name));
+        let Some(was) = pools.cfg(&p.name) else {
+            r.applied.push(format!("pool {}: added", p.name));
             continue;
         };
-        // Everything of the pool but its policy must be as it was.
-        let strip = |c: &airlock_config::PoolConfig| {
-            let mut c = c.clone();
-            c.egress = EgressPolicy::default();
-            json(&c)
-        };
-        if strip(was) != strip(p) {
-            r.needs_restart.push(format!("pool {}", p.name));
+        let keys = changed_keys(was, p);
+        if keys.is_empty() {
+            continue;
         }
-        if now.get(&p.name) != Some(&p.egress) {
-            now.insert(p.name.clone(), p.egress.clone());
-            r.applied.push(format!("pool {}: egress policy", p.name));
-        }
+        let remade = sandbox_settings(was) != sandbox_settings(p);
+        debug_assert_eq!(remade, fingerprint(was) != fingerprint(p));
+        r.applied.push(format!(
+            "pool {}: changed {}{}",
+            p.name,
+            keys.join(", "),
+            if remade {
+                " (runners not busy are replaced; busy ones finish first)"
+            } else {
+                ""
+            }
+        ));
     }
-    for o in &old.pools {
+    for o in &pools.cfgs {
         if !new.pools.iter().any(|p| p.name == o.name) {
-            r.needs_restart.push(format!("pool {} (removed)", o.name));
+            r.applied.push(format!(
+                "pool {}: removed (idle runners stop, busy ones finish their jobs)",
+                o.name
+            ));
         }
     }
     r

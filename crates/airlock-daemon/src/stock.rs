@@ -30,6 +30,9 @@ pub(crate) struct Stocked {
     pub github_id: u64,
     pub encoded: Secret,
     pub made: Timestamp,
+    /// The fingerprint of the pool's settings it was made under (`pools`): a reload that
+    /// changes them makes it stale.
+    pub config: String,
 }
 
 /// One pool's stock.
@@ -44,15 +47,32 @@ pub(crate) struct PoolStock {
     pub deleting: HashSet<String>,
 }
 
-/// What the planner needs to see of the stock.
-pub(crate) fn views(s: &Shared) -> HashMap<String, StockView> {
+/// What the planner needs to see of the stock. A config made under settings its pool no longer
+/// has shows as made at time 0: stale, so the planner drops it.
+pub(crate) fn views(s: &Shared, set: &crate::pools::PoolSet) -> HashMap<String, StockView> {
     s.stock
         .iter()
         .map(|(pool, st)| {
+            let current = set
+                .specs
+                .iter()
+                .find(|spec| &spec.name == pool)
+                .map(|spec| spec.config.as_str());
             (
                 pool.clone(),
                 StockView {
-                    ready: st.ready.iter().map(|x| (x.name.clone(), x.made)).collect(),
+                    ready: st
+                        .ready
+                        .iter()
+                        .map(|x| {
+                            let made = if current == Some(x.config.as_str()) {
+                                x.made
+                            } else {
+                                0
+                            };
+                            (x.name.clone(), made)
+                        })
+                        .collect(),
                     pending: st.pending.len() as u32,
                 },
             )
@@ -74,9 +94,9 @@ pub(crate) fn reserved(s: &Shared) -> HashSet<String> {
         .collect()
 }
 
-/// Takes the oldest config of `pool` that is still fresh (younger than `refresh` ms), for a
-/// runner about to be created.
-pub(crate) fn take(inner: &Inner, pool: &str, refresh: i64) -> Option<Stocked> {
+/// Takes the oldest config of `pool` that is still fresh (younger than `refresh` ms) and made
+/// under the pool's settings now (`config`), for a runner about to be created.
+pub(crate) fn take(inner: &Inner, pool: &str, refresh: i64, config: &str) -> Option<Stocked> {
     let now = now_ms();
     let mut s = inner.shared();
     let st = s.stock.get_mut(pool)?;
@@ -84,7 +104,7 @@ pub(crate) fn take(inner: &Inner, pool: &str, refresh: i64) -> Option<Stocked> {
         .ready
         .iter()
         .enumerate()
-        .filter(|(_, x)| now - x.made < refresh)
+        .filter(|(_, x)| now - x.made < refresh && x.config == config)
         .min_by_key(|(_, x)| x.made)
         .map(|(i, _)| i)?;
     let taken = st.ready.swap_remove(i);
@@ -157,6 +177,7 @@ pub(crate) async fn fill(
         github_id: jit.runner_id,
         encoded: Secret::new(jit.encoded),
         made: now_ms(),
+        config: crate::pools::fingerprint(pool),
     });
     let n = st.ready.len();
     drop(s);
@@ -241,15 +262,35 @@ mod tests {
             scope: airlock_core::Scope::parse("repo:o/r").unwrap(),
             github_id: 1,
             encoded: Secret::new("x".into()),
-            made: 0,
+            made: 5,
+            config: "old".into(),
         });
         st.pending.insert("asking".into());
         st.deleting.insert("deleting".into());
         let mut r: Vec<String> = reserved(&s).into_iter().collect();
         r.sort();
         assert_eq!(r, ["asking", "deleting", "ready"]);
-        // Only what is ready or asked for is stock the planner counts.
-        let v = &views(&s)["p"];
+        // Only what is ready or asked for is stock the planner counts; a config made under
+        // settings the pool no longer has shows as made at 0 (stale: dropped).
+        let set = crate::pools::PoolSet::new(&[]);
+        let v = &views(&s, &set)["p"];
         assert_eq!((v.ready.len(), v.pending), (1, 1));
+        assert_eq!(v.ready[0].1, 0, "a pool not in the set: stale");
+        let mut set = set;
+        set.specs.push(airlock_core::PoolSpec {
+            config: "old".into(),
+            ..airlock_core::PoolSpec::test("p")
+        });
+        assert_eq!(
+            views(&s, &set)["p"].ready[0].1,
+            5,
+            "made under the current settings"
+        );
+        set.specs[0].config = "new".into();
+        assert_eq!(
+            views(&s, &set)["p"].ready[0].1,
+            0,
+            "settings changed: stale"
+        );
     }
 }

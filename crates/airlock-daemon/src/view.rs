@@ -159,6 +159,7 @@ mod tests {
             exit_code: None,
             stop_reason: None,
             backend: BackendKind::Process,
+            config: String::new(),
         }
     }
 

@@ -143,6 +143,8 @@ pub struct RunnerRecord {
     pub stop_reason: Option<String>,
     /// The backend its sandbox lives in (the sandbox row's `backend`).
     pub backend: BackendKind,
+    /// The fingerprint of its pool's sandbox settings when it was made ('' if unknown).
+    pub config: String,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -449,6 +451,15 @@ impl Store {
         }
         tx.commit()?;
         Ok(step)
+    }
+
+    /// Records the fingerprint of the pool settings a runner is made with.
+    pub fn set_runner_config(&self, name: &str, config: &str) -> Result<(), StoreError> {
+        self.conn().exec(
+            "UPDATE runners SET config = ?2 WHERE name = ?1",
+            params![name, config],
+        )?;
+        Ok(())
     }
 
     pub fn set_runner_registration(&self, name: &str, github_id: u64) -> Result<(), StoreError> {

@@ -7,7 +7,7 @@ use super::*;
 /// always finds one.
 pub(super) const RUNNER_COLS: &str =
     "SELECT r.name, r.pool, r.scope, r.state, r.github_id, r.sandbox_id, r.job_id, r.created_at,
-    r.state_since, r.started_at, r.stopped_at, r.exit_code, r.stop_reason, s.backend
+    r.state_since, r.started_at, r.stopped_at, r.exit_code, r.stop_reason, s.backend, r.config
     FROM runners r LEFT JOIN sandboxes s ON s.id = r.sandbox_id";
 
 pub(super) fn runner_row(
@@ -29,6 +29,7 @@ pub(super) fn runner_row(
             exit_code: r.get(11)?,
             stop_reason: r.get(12)?,
             backend: BackendKind::Process,
+            config: r.get(14)?,
         },
         (r.get(3)?, r.get(13)?),
     ))

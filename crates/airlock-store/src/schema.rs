@@ -120,4 +120,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX egress_pool ON egress(pool, stored_at);
     CREATE INDEX egress_stored ON egress(stored_at);
     "#,
+    // 5: the fingerprint of the pool's sandbox settings a runner was made with
+    // (`Store::set_runner_config`): a reload or restart that changes them replaces its idle
+    // runners. Rows from before have '' (taken as current).
+    r#"
+    ALTER TABLE runners ADD COLUMN config TEXT NOT NULL DEFAULT '';
+    "#,
 ];

@@ -297,6 +297,7 @@ fn planner(reps: usize) -> String {
             exited: false,
             exit_code: None,
             job_known: false,
+            config: String::new(),
         })
         .collect();
     let mut read = Vec::new();

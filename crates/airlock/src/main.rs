@@ -53,6 +53,9 @@ enum Command {
     Image(Box<cmd::image::Args>),
     /// Where jobs went: a job's egress report, or an allowlist proposed from audit mode.
     Egress(cmd::egress::Args),
+    /// Have the running daemon read its config again (as SIGHUP does): pools added, changed or
+    /// removed without a restart; an invalid config is refused (exit 2) and the running one stays.
+    Reload(cmd::reload::Args),
 }
 
 pub const EXIT_FAILURE: u8 = 1;
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
             Command::Doctor(a) => cmd::doctor::run(a).await,
             Command::Image(a) => cmd::image::run(*a).await,
             Command::Egress(a) => cmd::egress::run(a).await,
+            Command::Reload(a) => cmd::reload::run(a).await,
         }
     });
     ExitCode::from(code)

@@ -577,15 +577,25 @@ fn image_commands_say_what_is_wrong_with_distinct_exit_statuses() {
     assert!(!dir.exists());
 }
 
-/// SIGHUP reads the config again: a file that does not load changes nothing and the daemon
-/// goes on; one that does is applied as far as it can be, and what waits for a restart is
-/// said.
+/// SIGHUP and `airlock reload` read the config again: a file that does not load changes nothing,
+/// its problems are said (exit 2) and the daemon goes on; one that does is applied (pools) and
+/// what waits for a restart (`[server]`) is said.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_the_config_and_a_bad_one_changes_nothing() {
+async fn sighup_and_airlock_reload_reload_the_config_and_a_bad_one_changes_nothing() {
     let pools = [pool("small", &["self-hosted", "small"])];
     let e = env(&pools, "1s", Faults::default(), false).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let good = e.config.replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    assert_ne!(good, e.config);
     let cfg_path = e.dir.path().join("airlock.toml");
-    std::fs::write(&cfg_path, &e.config).unwrap();
+    std::fs::write(&cfg_path, &good).unwrap();
     let mut child = airlock()
         .args(["serve", "--config"])
         .arg(&cfg_path)
@@ -614,17 +624,84 @@ async fn sighup_reloads_the_config_and_a_bad_one_changes_nothing() {
         }
         panic!("no {needle:?} in {seen:#?}");
     };
+    let reload = || {
+        let out = airlock()
+            .args(["reload", "--config"])
+            .arg(&cfg_path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
     wait_for("airlock is running");
-    std::fs::write(&cfg_path, "[github\nnot toml").unwrap();
+
+    // A file that does not load: SIGHUP logs its problem; `airlock reload` names it, exit 2; the
+    // daemon's endpoint refuses it too (422 with the problems).
+    let bad = good.replace("max_runners = 8", "max_runners = \"lots\"");
+    assert_ne!(bad, good);
+    std::fs::write(&cfg_path, &bad).unwrap();
     signal(&child, "-HUP");
-    wait_for("nothing reloaded");
+    let lines = wait_for("nothing reloaded");
+    assert!(
+        lines.iter().any(|l| l.contains("max_runners")),
+        "{lines:#?}"
+    );
+    let (code, _, err) = reload();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("max_runners"), "{err}");
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/api/v1/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["problems"][0].as_str().unwrap().contains("max_runners"),
+        "{v}"
+    );
     assert!(
         child.try_wait().unwrap().is_none(),
         "a bad reload stops nothing"
     );
+
+    // A pool change is applied; a second reload finds nothing to do.
     std::fs::write(
         &cfg_path,
-        e.config.replace("max_runners = ", "max_runners = 1"),
+        good.replace("max_runners = 8", "max_runners = 3"),
+    )
+    .unwrap();
+    let (code, out, err) = reload();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim(),
+        "reloaded: pool small: changed max_runners",
+        "{out}"
+    );
+    let (code, out, _) = reload();
+    assert_eq!((code, out.trim()), (Some(0), "reloaded: nothing changed"));
+    // `[server]` waits for a restart, and says so; SIGHUP reloads the same way.
+    std::fs::write(
+        &cfg_path,
+        good.replace("drain_grace = \"20s\"", "drain_grace = \"30s\""),
+    )
+    .unwrap();
+    let (code, out, _) = reload();
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("needs a restart (left as it was): [server]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("pool small: changed max_runners"),
+        "back to 8: {out}"
+    );
+    std::fs::write(
+        &cfg_path,
+        good.replace("max_runners = 8", "max_runners = 2"),
     )
     .unwrap();
     signal(&child, "-HUP");
@@ -632,7 +709,7 @@ async fn sighup_reloads_the_config_and_a_bad_one_changes_nothing() {
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("only a restart applies") && l.contains("pool small")),
+            .any(|l| l.contains("pool small: changed max_runners")),
         "{lines:#?}"
     );
     signal(&child, "-TERM");

@@ -50,7 +50,8 @@ pub(super) async fn github(r: &mut Report, cfg: &Config) {
         let name = format!("scope {s}");
         let t0 = std::time::Instant::now();
         let listed = tokio::time::timeout(
-            cfg.github.request_timeout + Duration::from_secs(5),
+            // The client sends a read up to three times.
+            cfg.github.request_timeout * 3 + Duration::from_secs(5),
             client.list_runners(&scope),
         )
         .await
@@ -76,7 +77,7 @@ pub(super) async fn github(r: &mut Report, cfg: &Config) {
             Err(e) => {
                 use airlock_github::GitHubError as E;
                 let (what, fix) = match &e {
-                    E::Transient { .. } => (
+                    E::Transient { .. } | E::Unavailable { .. } => (
                         format!("GitHub is not reachable at {}: {e}", cfg.github.api_url),
                         "check github.api_url, DNS, the proxy and the firewall".to_string(),
                     ),

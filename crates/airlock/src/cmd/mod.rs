@@ -4,6 +4,7 @@ pub mod demo;
 pub mod doctor;
 pub mod egress;
 pub mod image;
+pub mod reload;
 pub mod serve;
 pub mod status;
 

@@ -25,6 +25,7 @@ pub async fn run(a: Args) -> u8 {
             return crate::EXIT_FAILURE;
         }
     };
+    handle.set_config_path(&a.config);
     println!("airlock listening on http://{}", handle.addr);
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -38,17 +39,13 @@ pub async fn run(a: Args) -> u8 {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match super::load_config(&a.config) {
-                Ok(new) => {
-                    let r = handle.reload(&new);
-                    tracing::info!(
-                        applied = r.applied.len(),
-                        needs_restart = r.needs_restart.len(),
-                        "config reloaded"
-                    );
-                }
-                // load_config printed what is wrong; the running config stays.
-                Err(_) => tracing::error!(config = %a.config.display(), "the config does not load: nothing reloaded"),
+            // The daemon logs each change, or each problem of a config it refuses.
+            _ = hup.recv() => if let Ok(r) = handle.reload_file() {
+                tracing::info!(
+                    applied = r.applied.len(),
+                    needs_restart = r.needs_restart.len(),
+                    "config reloaded"
+                );
             },
         }
     }
