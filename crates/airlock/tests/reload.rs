@@ -193,3 +193,39 @@ async fn pools_added_changed_and_removed_apply_without_a_restart_and_busy_runner
     );
     e.shutdown().await;
 }
+
+/// The fingerprint is stored with each runner: a daemon killed and started again with a changed
+/// pool replaces the idle runner the old config made, as a reload would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_changed_pool_settings_replaces_the_idle_runners_they_made() {
+    let before = [Pool {
+        extra: "min_idle = 1",
+        ..pool("warm", &["self-hosted", "warm"])
+    }];
+    let mut e = env(&before, "1s", Faults::default(), true).await;
+    assert!(wait_until(T, || runner_names(&e, "warm").len() == 1).await);
+    let old = runner_names(&e, "warm").remove(0);
+    e.daemon.take().unwrap().crash().await;
+    let after = [Pool {
+        extra: "min_idle = 1",
+        ..pool("warm", &["self-hosted", "warm", "bigger"])
+    }];
+    e.config = with_pools(&e, &after);
+    e.start_daemon().await;
+    assert!(
+        wait_until(T, || {
+            let now = runner_names(&e, "warm");
+            now.len() == 1 && now[0] != old
+        })
+        .await,
+        "a new warm runner replaces {old}"
+    );
+    let rec = e.store().runner(&old).unwrap().unwrap();
+    assert_eq!(rec.stop_reason.as_deref(), Some("reconfigured"), "{rec:?}");
+    e.submit("octo/hello", &[("big", &["warm", "bigger"], &["true"])]);
+    assert!(
+        wait_until(T, || job_state(&e, "big").1.as_deref() == Some("success")).await,
+        "the new label is served"
+    );
+    e.shutdown().await;
+}
