@@ -416,6 +416,19 @@ fn rate_check(sim: &Sim, p: &Principal) -> Result<Vec<(&'static str, String)>, R
     Ok(headers(e.1, e.0))
 }
 
+/// The permissions an installation lists (`SimConfig::app_runner_permission` on runners).
+fn permissions(sim: &Sim) -> Value {
+    let mut p = serde_json::Map::new();
+    p.insert("actions".into(), json!("read"));
+    let level = sim.cfg.app_runner_permission.as_str();
+    if level != "none" {
+        for k in ["administration", "organization_self_hosted_runners"] {
+            p.insert(k.into(), json!(level));
+        }
+    }
+    Value::Object(p)
+}
+
 fn allowed(sim: &Sim, p: &Principal, scope: &Scope) -> Result<(), Reply> {
     match p {
         Principal::Token(_) => Ok(()),
@@ -521,7 +534,7 @@ fn installation_json(sim: &Sim, id: u64, account: &str) -> Value {
         "html_url": format!("https://github.example.invalid/settings/installations/{id}"),
         "repositories_url": format!("{}/installation/repositories", sim.base()),
         "events": ["workflow_job"], "account": model::user(sim.base(), account, id + 500, "Organization"),
-        "permissions": { "administration": "write", "actions": "read", "organization_self_hosted_runners": "write" },
+        "permissions": permissions(sim),
         "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z",
         "suspended_by": null, "suspended_at": null
     })
@@ -567,7 +580,7 @@ fn rest(
                 201,
                 json!({
                     "token": token, "expires_at": model::rfc3339(exp),
-                    "permissions": { "administration": "write", "organization_self_hosted_runners": "write", "actions": "read" },
+                    "permissions": permissions(sim),
                     "repository_selection": "all"
                 }),
             )
@@ -740,6 +753,13 @@ fn runners(
 ) -> Reply {
     if let Err(r) = allowed(sim, p, scope) {
         return r;
+    }
+    // An installation gets what its App was granted on runners.
+    if matches!(p, Principal::Installation(_)) {
+        let level = sim.cfg.app_runner_permission.as_str();
+        if level == "none" || (method != Method::GET && level != "write") {
+            return Reply::error(403, "Resource not accessible by integration");
+        }
     }
     match (method, rest) {
         (Method::GET, []) => {

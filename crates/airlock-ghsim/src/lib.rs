@@ -72,6 +72,10 @@ pub struct SimConfig {
     /// installation tokens' expiry and rate-limit resets follow the skewed clock (a host whose
     /// clock has drifted, seen from GitHub).
     pub clock_skew_s: i64,
+    /// What the App's installations were granted on self-hosted runners (`administration` for
+    /// a repository, `organization_self_hosted_runners` for an organization): `"write"` (the
+    /// default), `"read"` (lists work, registering and removing runners get 403) or `"none"`.
+    pub app_runner_permission: String,
 }
 
 impl Default for SimConfig {
@@ -90,6 +94,7 @@ impl Default for SimConfig {
             max_registrations: 10_000,
             webhook_concurrency: 1,
             clock_skew_s: 0,
+            app_runner_permission: "write".into(),
         }
     }
 }

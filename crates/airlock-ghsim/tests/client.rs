@@ -589,3 +589,31 @@ async fn rate_limit_resets_are_read_on_githubs_clock() {
         s.shutdown().await;
     }
 }
+
+/// An installation granted only read on runners lists them but may not register or remove one,
+/// as GitHub answers ("Resource not accessible by integration"); the client says it is
+/// permanent (no retry helps until the permission is granted).
+#[tokio::test]
+async fn an_installation_without_runner_write_is_refused_registrations() {
+    let s = sim(SimConfig {
+        app_runner_permission: "read".into(),
+        ..app_sim_config()
+    })
+    .await;
+    let c = app_client(&s.url, "12345", None);
+    c.list_runners(&repo()).await.unwrap();
+    let perms = c.app_permissions(&repo()).await.unwrap().unwrap();
+    assert_eq!(
+        perms.get("administration").map(String::as_str),
+        Some("read")
+    );
+    let e = c
+        .generate_jitconfig(&repo(), "w-1", 1, &labels(&["x"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, GitHubError::Permanent { status: 403, message, .. } if message.contains("not accessible")),
+        "{e}"
+    );
+    s.shutdown().await;
+}

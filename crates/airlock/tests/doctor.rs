@@ -238,3 +238,76 @@ async fn container_pools_are_probed_and_a_missing_image_fails() {
     assert!(left.is_empty(), "{left:?}");
     s.shutdown().await;
 }
+
+/// With App credentials doctor reads what the installation was granted: write on runners passes,
+/// read-only fails with the permission to grant, and ghsim then refuses registrations as GitHub
+/// does ("Resource not accessible by integration").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_installation_without_runner_write_fails_with_the_permission_to_grant() {
+    let key = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../airlock-ghsim/tests/fixtures/test-app-key.pem");
+    let public = std::fs::read(key.with_file_name("test-app-key.pub.pem")).unwrap();
+    for level in ["write", "read"] {
+        let s = Sim::start(
+            SimConfig {
+                webhook_secret: SECRET.as_bytes().to_vec(),
+                app: Some(airlock_ghsim::AppConfig {
+                    app_id: 12345,
+                    client_id: "Iv1.ghsimtest".into(),
+                    public_key_pem: public.clone(),
+                    installations: vec![(678, "octo".into())],
+                }),
+                app_runner_permission: level.into(),
+                ..Default::default()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let d = tempfile::tempdir().unwrap();
+        write_secret(
+            &d.path().join("app.pem"),
+            &std::fs::read_to_string(&key).unwrap(),
+        );
+        let cfg = config(d.path(), &s.url, &process_pool());
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "token_file = \"token\"",
+            "app_id = 12345\nprivate_key_file = \"app.pem\"",
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let (code, v) = doctor(&cfg);
+        let repo = check(&v, "github", "scope repo:octo/hello permissions");
+        let org = check(&v, "github", "scope org:octo permissions");
+        if level == "write" {
+            assert_eq!(code, 0, "{:?}", fails(&v));
+            assert_eq!(repo["verdict"], "ok", "{repo}");
+            assert_eq!(repo["detail"], "administration: write", "{repo}");
+            assert_eq!(org["verdict"], "ok", "{org}");
+        } else {
+            assert_eq!(code, 1, "{v:#}");
+            assert_eq!(repo["verdict"], "fail", "{repo}");
+            assert!(
+                repo["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("administration: read"),
+                "{repo}"
+            );
+            assert!(
+                repo["fix"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Administration: read and write"),
+                "{repo}"
+            );
+            assert!(
+                org["fix"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Self-hosted runners: read and write"),
+                "{org}"
+            );
+        }
+        s.shutdown().await;
+    }
+}
