@@ -801,20 +801,13 @@ fn runners(
             };
             if conflict {
                 let id = w.id();
-                let stale = SimRunner {
+                let stale = SimRunner::registered(
                     id,
-                    name: req.name.clone(),
-                    scope: scope.clone(),
-                    labels: vec!["self-hosted".into()],
-                    group_id: 1,
-                    online: false,
-                    busy: false,
-                    job: None,
-                    token: random_token("ghr"),
-                    last_seen: Instant::now(),
-                    created: Instant::now(),
-                    connected: false,
-                };
+                    req.name.clone(),
+                    scope.clone(),
+                    vec!["self-hosted".into()],
+                    random_token("ghr"),
+                );
                 w.runners.insert(id, stale);
                 sim.stats
                     .lock()
@@ -853,20 +846,13 @@ fn runners(
                     labels.push(l.clone());
                 }
             }
-            let runner = SimRunner {
+            let runner = SimRunner::registered(
                 id,
-                name: req.name.clone(),
-                scope: scope.clone(),
+                req.name.clone(),
+                scope.clone(),
                 labels,
-                group_id: 1,
-                online: false,
-                busy: false,
-                job: None,
-                token: random_token("ghr"),
-                last_seen: Instant::now(),
-                created: Instant::now(),
-                connected: false,
-            };
+                random_token("ghr"),
+            );
             let encoded = encode_jit(sim, &runner);
             let json = model::runner_json(&runner);
             w.runners.insert(id, runner);

@@ -48,6 +48,32 @@ pub struct SimRunner {
     pub connected: bool,
 }
 
+impl SimRunner {
+    /// A registration as `generate-jitconfig` makes it: offline, idle, never connected.
+    pub fn registered(
+        id: u64,
+        name: String,
+        scope: Scope,
+        labels: Vec<String>,
+        token: String,
+    ) -> SimRunner {
+        SimRunner {
+            id,
+            name,
+            scope,
+            labels,
+            group_id: 1,
+            online: false,
+            busy: false,
+            job: None,
+            token,
+            last_seen: Instant::now(),
+            created: Instant::now(),
+            connected: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SimJob {
     pub id: u64,
