@@ -4,7 +4,8 @@
 # runsc, gVisor's, for pools with runtime = "runsc" and the tests that run each escape under it),
 # mmdebstrap, nftables, iproute2, util-linux's nsenter and setpriv, QEMU (qemu-system-x86,
 # qemu-utils), e2fsprogs (mkfs.ext4 for VM disks and container disk caps) and lz4 (a Firecracker vmlinux out of a
-# Debian bzImage, in the driver tests). Needs root and apt-get.
+# Debian bzImage, in the driver tests) and g++ (libFuzzer, which the fuzz targets link, is C++).
+# Needs root and apt-get.
 #   scripts/system-deps.sh          install, or fail when not root
 #   scripts/system-deps.sh --try    install when root; otherwise say what is missing and go on
 set -euo pipefail
@@ -14,7 +15,7 @@ missing() {
   need=()
   for tool in mmdebstrap:mmdebstrap runc:runc crun:crun runsc:runsc nft:nftables ip:iproute2 nsenter:util-linux \
       setpriv:util-linux qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mkfs.ext4:e2fsprogs \
-      lz4:lz4; do
+      lz4:lz4 c++:g++; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || need+=("${tool##*:}")
   done
   # QEMU and its tools come from one version: installing qemu-system-x86 next to another

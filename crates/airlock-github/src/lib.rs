@@ -11,6 +11,10 @@ mod error;
 mod model;
 pub mod webhook;
 
+/// The client's decoding of GitHub's answers, for the fuzz targets only (`fuzz/`).
+#[doc(hidden)]
+pub use model::fuzzing;
+
 pub use auth::{AppCredentials, Credentials};
 pub use client::{Client, ClientOptions, JitConfig, RateBudget, Registration, RequestObserver};
 pub use error::{ErrorClass, GitHubError};

@@ -17,50 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
+use airlock_runner::{decode_jit, Identity};
 use serde_json::{json, Value};
 
 const ENV: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
 const LOG_CAP: usize = 64 * 1024;
-
-struct Identity {
-    name: String,
-    server: String,
-    token: String,
-}
-
-fn b64(s: &str) -> Result<Vec<u8>, String> {
-    base64::engine::general_purpose::STANDARD
-        .decode(s.trim())
-        .map_err(|e| format!("not base64: {e}"))
-}
-
-/// GitHub's encoding: base64 of a JSON map from file name to base64 file content.
-fn decode_jit(encoded: &str) -> Result<Identity, String> {
-    let files: serde_json::Map<String, Value> =
-        serde_json::from_slice(&b64(encoded)?).map_err(|e| format!("not a JSON map: {e}"))?;
-    let file = |name: &str| -> Result<Value, String> {
-        let v = files
-            .get(name)
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("no {name} file"))?;
-        serde_json::from_slice(&b64(v)?).map_err(|e| format!("{name} is not JSON: {e}"))
-    };
-    let runner = file(".runner")?;
-    let creds = file(".credentials")?;
-    file(".credentials_rsaparams")?;
-    let s = |v: &Value, k: &str| {
-        v.get(k)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| format!("missing {k}"))
-    };
-    Ok(Identity {
-        name: s(&runner, "agentName")?,
-        server: s(&runner, "serverUrl")?.trim_end_matches('/').to_string(),
-        token: s(creds.get("data").unwrap_or(&Value::Null), "token")?,
-    })
-}
 
 fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new()

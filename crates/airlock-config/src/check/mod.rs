@@ -57,14 +57,27 @@ pub fn load_str(text: &str, base: &Path) -> Result<(Config, Vec<Diagnostic>), Ve
 /// A syntax error is the one problem reported alone: without a table there is nothing to walk.
 fn parse(text: &str) -> Result<Table, Vec<Diagnostic>> {
     text.parse::<Table>().map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        // The offset where the parser stopped, on a character boundary of the text.
+        let at = e.span().map(|s| {
+            let mut at = s.start.min(text.len());
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            at
+        });
+        // The line holding that offset (an offset at a line's start is on that line).
+        let line = at.map(|at| text[..at].matches('\n').count() + 1);
+        // toml says nothing for some errors (a control character in a comment): name it.
+        let message = match (e.message(), at.and_then(|at| text[at..].chars().next())) {
+            ("", Some(c)) => format!("unexpected character {c:?}"),
+            ("", None) => "unexpected end of the file".to_string(),
+            (m, _) => m.to_string(),
+        };
         vec![Diagnostic {
             severity: Severity::Error,
             key: "(syntax)".into(),
             line,
-            message: e.message().to_string(),
+            message,
         }]
     })
 }

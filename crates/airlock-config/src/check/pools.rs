@@ -16,6 +16,9 @@ use toml::{Table, Value};
 use super::Walker;
 use crate::{BackendKind, MicrovmPool, PoolConfig};
 
+/// The largest `memory_mib` (16 TiB).
+const MAX_MEMORY_MIB: u64 = 1 << 24;
+
 const POOL_KEYS: &[&str] = &[
     "name",
     "scope",
@@ -401,8 +404,12 @@ fn limits(w: &mut Walker<'_>, t: &mut Table, sec: &str, backend: BackendKind) ->
     let memory_mib = w
         .take::<u64>(t, sec, "memory_mib", "a whole number of MiB")
         .or((backend == BackendKind::Microvm).then_some(crate::microvm::DEFAULT_MEMORY_MIB));
-    if memory_mib.is_some_and(|m| m < 16) {
-        w.error(&format!("{sec}.memory_mib"), "must be at least 16");
+    // At most 16 TiB: backends count the limit in bytes, which must fit an i64.
+    if memory_mib.is_some_and(|m| !(16..=MAX_MEMORY_MIB).contains(&m)) {
+        w.error(
+            &format!("{sec}.memory_mib"),
+            format!("must be from 16 to {MAX_MEMORY_MIB} (16 TiB)"),
+        );
     }
     let pids_max = w.take::<i64>(t, sec, "pids_max", "a whole number");
     if pids_max.is_some_and(|p| p < 8) {

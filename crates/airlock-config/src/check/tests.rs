@@ -513,6 +513,86 @@ fn syntax_errors_name_the_line() {
     assert_eq!(diags[0].line, Some(2), "{diags:?}");
 }
 
+/// Found by the `config` fuzz target (`fuzz/regressions/config/`): a `job_timeout` of millions
+/// of years loaded, and became a negative number of milliseconds in the pool's spec; a
+/// `memory_mib` past 16 TiB overflows the byte counts backends compute.
+#[test]
+fn durations_and_memory_have_a_ceiling() {
+    let d = dir_with_secrets();
+    let text = format!("{GOOD}job_timeout = \"300000000y\"\nmemory_mib = 17592186044416\n");
+    let diags = load_str(&text, d.path()).unwrap_err();
+    let errors: Vec<(&str, &str)> = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| (d.key.as_str(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            ("pool[1].memory_mib", "must be from 16 to 16777216 (16 TiB)"),
+            (
+                "pool[1].job_timeout",
+                "\"300000000y\" is too long: a duration may be at most 100y"
+            ),
+        ],
+        "{diags:?}"
+    );
+
+    let text = format!("{GOOD}job_timeout = \"100y\"\nmemory_mib = 16777216\n");
+    let (c, _) = load_str(&text, d.path()).unwrap();
+    assert_eq!(c.pools[1].spec().job_timeout, 3_155_760_000_000);
+    assert_eq!(c.pools[1].memory_mib, Some(1 << 24));
+}
+
+/// Found by the `config` fuzz target (`fuzz/regressions/config/`): a `job_timeout` of "1ns"
+/// loaded as longer than zero, and became a timeout of 0 ms in the pool's spec.
+#[test]
+fn durations_are_at_least_a_millisecond() {
+    let d = dir_with_secrets();
+    let text = format!("{GOOD}job_timeout = \"999us\"\nidle_timeout = \"1ns\"\n");
+    let diags = load_str(&text, d.path()).unwrap_err();
+    let errors: Vec<(&str, &str)> = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| (d.key.as_str(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (
+                "pool[1].idle_timeout",
+                "\"1ns\" is too short: a duration must be at least 1ms"
+            ),
+            (
+                "pool[1].job_timeout",
+                "\"999us\" is too short: a duration must be at least 1ms"
+            ),
+        ],
+        "{diags:?}"
+    );
+
+    let text = format!("{GOOD}job_timeout = \"1ms\"\n");
+    let (c, _) = load_str(&text, d.path()).unwrap();
+    assert_eq!(c.pools[1].spec().job_timeout, 1);
+}
+
+/// Found by the `config` fuzz target (`fuzz/regressions/config/`): toml reports a control
+/// character in a comment with an empty message, which left `check-config` saying nothing.
+#[test]
+fn a_syntax_error_always_says_what_is_wrong() {
+    for (text, line, message) in [
+        ("#\0", 1, "unexpected character '\\0'"),
+        ("a = 1\n# x\u{7f}\n", 2, "unexpected character '\\u{7f}'"),
+        ("a = 1\n= 2\n", 2, ""),
+    ] {
+        let diags = load_str(text, Path::new(".")).unwrap_err();
+        assert_eq!(diags.len(), 1, "{text:?}: {diags:?}");
+        assert_eq!(diags[0].line, Some(line), "{text:?}: {diags:?}");
+        assert!(!diags[0].message.is_empty(), "{text:?}: {diags:?}");
+        assert!(diags[0].message.starts_with(message), "{text:?}: {diags:?}");
+    }
+}
+
 #[test]
 fn a_pools_egress_section_is_checked_entry_by_entry() {
     let d = dir_with_secrets();

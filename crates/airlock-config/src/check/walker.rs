@@ -15,6 +15,11 @@ use toml::{Table, Value};
 use crate::lines::LineIndex;
 use crate::{Diagnostic, Severity};
 
+/// No duration may be longer (humantime's `100y`): the daemon adds them to Unix milliseconds and
+/// `Instant`s, which a duration of millions of years overflows (a pool's `job_timeout` of
+/// "300000000y" became a negative number of milliseconds).
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(3_155_760_000);
+
 pub(crate) struct Walker<'a> {
     lines: LineIndex,
     base: &'a Path,
@@ -111,6 +116,21 @@ impl<'a> Walker<'a> {
         match humantime::parse_duration(&s) {
             Ok(d) if d.is_zero() && !zero_ok => {
                 self.error(&format!("{section}.{key}"), "must be longer than zero");
+                default
+            }
+            // The daemon counts in whole milliseconds: "1ns" would be a timeout of 0 ms.
+            Ok(d) if d < Duration::from_millis(1) && !zero_ok => {
+                self.error(
+                    &format!("{section}.{key}"),
+                    format!("{s:?} is too short: a duration must be at least 1ms"),
+                );
+                default
+            }
+            Ok(d) if d > MAX_DURATION => {
+                self.error(
+                    &format!("{section}.{key}"),
+                    format!("{s:?} is too long: a duration may be at most 100y"),
+                );
                 default
             }
             Ok(d) => d,
